@@ -1,0 +1,16 @@
+//! `engine`: a config-driven sync engine that pushes contact rows from a SQL
+//! database (SQLite or PostgreSQL) into CRMs described by TOML files.
+//!
+//! # Layout
+//! The pipeline has one module per stage (see `docs/DESIGN.md`):
+//! `config` (raw TOML) → `plan` (validated, pure) → `store::claim` →
+//! `template` (render) → `crm` (send, classify) → `store::record`.
+
+/// Installs the process-wide rustls crypto provider (ring).
+///
+/// reqwest is built with `rustls-no-provider`, so a provider must be installed
+/// before the first `reqwest::Client` is built, in the binary and in every test
+/// binary. Calling it more than once is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
