@@ -14,3 +14,12 @@
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+pub mod config;
+pub mod diagnostic;
+pub mod crm;
+pub mod engine;
+pub mod plan;
+pub mod check;
+pub mod cli;
+pub mod demo;

@@ -1,1 +1,4 @@
 //! The one integration-test binary: each module is a feature area.
+
+mod check;
+mod support;

@@ -1,0 +1,80 @@
+//! `engine check`: the first half of `run`. Loads and plans every file, and with a
+//! database also checks that tables, state columns and template columns exist.
+
+use std::path::Path;
+
+use crate::config::{self, ConfigSet};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::plan::{self, Env, Plan, mapping_columns};
+use crate::store::Store;
+
+/// Everything `check` found, and the plan (usable only when there is no error).
+pub struct Checked {
+    /// The loaded files.
+    pub set: ConfigSet,
+    /// The plan.
+    pub plan: Plan,
+    /// Every problem, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Checked {
+    /// `true` when some problem is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads and plans `dir`, without touching any database.
+pub fn check_dir(dir: &Path, env: &dyn Env) -> Checked {
+    let (set, mut diagnostics) = config::load_dir(dir);
+    let (plan, mut planned) = plan::build(&set, env);
+    diagnostics.append(&mut planned);
+    diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Checked { set, plan, diagnostics }
+}
+
+/// Checks every mapping against the database's tables.
+pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Diagnostic>> {
+    let mut out = Vec::new();
+    for mapping in plan.mappings.values() {
+        let source = &mapping.source;
+        let Some(columns) = store.columns(&mapping.table.table).await? else {
+            out.push(
+                source
+                    .diagnostic_at_value(Severity::Error, "source.table", format!("table `{}` does not exist in the database", mapping.table.table))
+                    .hint(format!("create it with `engine migrate --mapping {}`", mapping.name)),
+            );
+            continue;
+        };
+        let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        for (path, column) in mapping_columns(&mapping.table) {
+            if !names.contains(&column) {
+                out.push(
+                    source
+                        .diagnostic_at_value(Severity::Error, path, format!("column `{column}` is not in table `{}`", mapping.table.table))
+                        .hint(format!("`engine migrate --mapping {}` adds missing state columns", mapping.name)),
+                );
+            }
+        }
+        for used in &mapping.variables {
+            if used.name != "params" && !names.contains(&used.name.as_str()) {
+                let best = names
+                    .iter()
+                    .map(|n| (strsim::jaro_winkler(&used.name, n), *n))
+                    .filter(|(s, _)| *s > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                let diagnostic = source.diagnostic_at_value(
+                    Severity::Error,
+                    &used.at,
+                    format!("template `{}` uses `{}`, which is not a column of `{}`", used.at, used.name, mapping.table.table),
+                );
+                out.push(match best {
+                    Some((_, best)) => diagnostic.hint(format!("did you mean `{best}`?")),
+                    None => diagnostic.hint(format!("columns: {}", names.join(", "))),
+                });
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,284 @@
+//! Command-line interface: flags, and one function per subcommand. Each returns
+//! the process exit code: 0 ok, 1 a run finished but some rows ended in `Error`,
+//! 2 a config, usage or environment error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::check::{check_dir, check_database};
+use crate::clock::SystemClock;
+use crate::diagnostic::summary;
+use crate::engine::{RunOptions, run_connector};
+use crate::plan::{Plan, ProcessEnv};
+use crate::store::Store;
+
+const ABOUT: &str = "Sync contact rows from a SQL table into CRMs described by TOML files.";
+const LONG_ABOUT: &str = "\
+Sync contact rows from a SQL table into CRMs described by TOML files.
+
+A config dir holds connectors/<crm>.toml (one CRM's API) and mappings/<name>.toml
+(one sync: table, key, state columns, schedule, fields). Rows whose processing
+status is `Queued` are claimed, rendered, upserted, and marked `Complete` with the
+CRM's id or `Error` with its message.
+
+Start with `engine demo` (SQLite and a built-in CRM sandbox, no account needed),
+then `engine check` and `engine run --connector hubspot`.
+
+Secrets come only from environment variables (or a .env file) named in the
+connector files, e.g. HUBSPOT_ACCESS_TOKEN, BREVO_API_KEY.";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "engine", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter (overrides RUST_LOG), e.g. `debug` or `engine=debug`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the config files and the database are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Location {
+    /// Directory holding connectors/ and mappings/.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub config_dir: PathBuf,
+    /// Database URL: sqlite://engine.db (the default) or postgres://user@host/db.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://engine.db", value_name = "URL")]
+    pub database: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate every connector and mapping; with --database also the tables and columns.
+    Check {
+        /// Directory holding connectors/ and mappings/.
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        config_dir: PathBuf,
+        /// Also check tables and columns in this database.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
+    /// Sync every mapping of a connector until no row is claimable, then exit.
+    Run {
+        /// Connector name (connectors/<NAME>.toml).
+        #[arg(long, value_name = "NAME")]
+        connector: String,
+        /// Keep running: a cycle every interval_secs until SIGINT/SIGTERM.
+        #[arg(long)]
+        watch: bool,
+        /// Claim-and-send loops per mapping.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        workers: usize,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Count rows per status and show the latest errors.
+    Status {
+        /// Only this connector's mappings.
+        #[arg(long, value_name = "NAME")]
+        connector: Option<String>,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Queue the rows in `Error` again.
+    Retry {
+        /// Connector name.
+        #[arg(long, value_name = "NAME")]
+        connector: String,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Create the source table, or add the state columns a mapping needs.
+    Migrate {
+        /// Mapping name (mappings/<NAME>.toml).
+        #[arg(long, value_name = "NAME")]
+        mapping: String,
+        /// Print the SQL instead of running it.
+        #[arg(long)]
+        print: bool,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Serve a local imitation of the HubSpot and Brevo contact APIs.
+    Sandbox(crate::sandbox::SandboxOptions),
+    /// Run both shipped syncs on SQLite against the built-in sandbox, and show the result.
+    Demo,
+}
+
+/// Parses arguments, runs the command, and maps errors to exit code 2.
+pub async fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    crate::install_crypto_provider();
+    match dispatch(cli.command).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let filter = cli
+        .log_level
+        .clone()
+        .map(tracing_subscriber::EnvFilter::new)
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config_dir, database } => check(config_dir, database).await,
+        Command::Run { connector, watch, workers, location } => run(&connector, watch, workers, &location).await,
+        Command::Status { connector, location } => status(connector.as_deref(), &location).await,
+        Command::Retry { connector, location } => retry(&connector, &location).await,
+        Command::Migrate { mapping, print, location } => migrate(&mapping, print, &location).await,
+        Command::Sandbox(options) => crate::sandbox::serve_forever(options).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo => crate::demo::run().await,
+    }
+}
+
+async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut checked = check_dir(&config_dir, &ProcessEnv);
+    if let (Some(url), false) = (database, checked.has_errors()) {
+        let store = Store::connect(&url).await?;
+        checked.diagnostics.extend(check_database(&checked.plan, &store).await?);
+    }
+    for diagnostic in &checked.diagnostics {
+        eprint!("{diagnostic}");
+    }
+    let files = checked.set.connectors.len() + checked.set.mappings.len() + checked.set.broken.len();
+    if checked.has_errors() {
+        eprintln!("check failed: {} in {files} files", summary(&checked.diagnostics));
+        return Ok(ExitCode::from(2));
+    }
+    println!(
+        "ok: {} connectors, {} mappings checked ({})",
+        checked.set.connectors.len(),
+        checked.set.mappings.len(),
+        summary(&checked.diagnostics)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads and plans the config, printing problems; `None` when it has errors.
+fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
+    let checked = check_dir(config_dir, &ProcessEnv);
+    for diagnostic in checked.diagnostics.iter().filter(|d| d.is_error()) {
+        eprint!("{diagnostic}");
+    }
+    if checked.has_errors() {
+        eprintln!("the config has errors ({}); see `engine check`", summary(&checked.diagnostics));
+        return None;
+    }
+    Some(checked.plan)
+}
+
+async fn run(connector: &str, watch: bool, workers: usize, location: &Location) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let store = Store::connect(&location.database).await?;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Signal received: finishing in-flight requests, then stopping.");
+        let _ = stop.send(true);
+    });
+    let options = RunOptions { watch, workers, ..RunOptions::default() };
+    let summary = run_connector(Arc::new(plan), connector, store.clone(), &ProcessEnv, Arc::new(SystemClock), options, shutdown).await?;
+    store.close().await;
+    let failed = summary.failed.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let store = Store::connect(&location.database).await?;
+    let mappings: Vec<_> = plan.mappings.values().filter(|m| connector.is_none_or(|c| m.connector == c)).collect();
+    if mappings.is_empty() {
+        anyhow::bail!("no mapping matches");
+    }
+    for mapping in mappings {
+        println!("mapping {} -> connector {} (table {})", mapping.name, mapping.connector, mapping.table.table);
+        for (status, count) in store.status_counts(&mapping.table).await? {
+            println!("  {:<12} {count}", status.as_deref().unwrap_or("(none)"));
+        }
+        let errors = store.latest_errors(&mapping.table, 10).await?;
+        if !errors.is_empty() {
+            println!("  latest errors:");
+            for (key, error, retries) in errors {
+                println!("    {key} (retries {retries}): {error}");
+            }
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let store = Store::connect(&location.database).await?;
+    let mappings = plan.mappings_of(connector);
+    anyhow::ensure!(!mappings.is_empty(), "no mapping syncs to connector `{connector}`");
+    for mapping in mappings {
+        let count = store.requeue_errors(&mapping.table).await?;
+        println!("mapping {}: {count} rows queued again", mapping.name);
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let mapping = plan.mappings.get(mapping).with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
+    let store = Store::connect(&location.database).await?;
+    let statements = if print { store.migration_sql(&mapping.table).await? } else { store.migrate(&mapping.table).await? };
+    if statements.is_empty() {
+        println!("-- table `{}` already has every column mapping `{}` needs", mapping.table.table, mapping.name);
+    }
+    for statement in statements {
+        println!("{statement};");
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

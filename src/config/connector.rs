@@ -1,0 +1,462 @@
+//! Raw types of `connectors/<crm>.toml`: everything about one CRM's HTTP API.
+//!
+//! These structs mirror the file exactly (`deny_unknown_fields` everywhere) and
+//! generate `schemas/connector.schema.json`; `plan` turns them into validated
+//! runtime values. Doc comments here are the user documentation of each key.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// One CRM's API: where it is, how to authenticate, how fast it may be called,
+/// and how to upsert one record or a batch of them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorFile {
+    /// Base URL every operation path is appended to, e.g. `https://api.hubapi.com`.
+    /// The environment variable `<NAME>_BASE_URL` (upper-cased connector name)
+    /// replaces it wholesale, e.g. to point at the sandbox.
+    pub base_url: String,
+    /// How requests are authenticated. Secrets are named by environment variable, never written here.
+    pub auth: Auth,
+    /// Total time allowed for one HTTP request, in seconds.
+    #[serde(default = "default_timeout_secs")]
+    #[schemars(range(min = 1))]
+    pub timeout_secs: u64,
+    /// Requests in flight at once for this connector (across all its mappings).
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_in_flight: u32,
+    /// Static headers sent with every request (never secrets), e.g. `Intercom-Version = "2.14"`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Every rate-limit window the CRM enforces; all are respected at once.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
+    /// Response headers that report the CRM's own rate-limit count.
+    #[serde(default)]
+    pub rate_limit_headers: RateLimitHeaders,
+    /// How failed requests are retried within one cycle.
+    #[serde(default)]
+    pub retry: Retry,
+    /// Where the human-readable message is in an error body.
+    #[serde(default)]
+    pub errors: Errors,
+    /// Default values for `params`, which mappings may override (e.g. `list_ids = []`).
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Which flow upserts a record, and the requests it uses.
+    pub upsert: Upsert,
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+fn default_max_in_flight() -> u32 {
+    4
+}
+
+/// How requests are authenticated. Every secret is the NAME of an environment variable.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// No authentication.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// Environment variable holding the token, e.g. `HUBSPOT_ACCESS_TOKEN`.
+        token_env: String,
+    },
+    /// An API key in a named request header, e.g. Brevo's `api-key`.
+    ApiKeyHeader {
+        /// Header name, e.g. `api-key`, `Api-Token`, `x-api-token`.
+        header: String,
+        /// Environment variable holding the key, e.g. `BREVO_API_KEY`.
+        key_env: String,
+    },
+    /// An API key in a query parameter, e.g. Pipedrive's `api_token`.
+    ApiKeyQuery {
+        /// Query parameter name.
+        param: String,
+        /// Environment variable holding the key.
+        key_env: String,
+    },
+    /// HTTP basic authentication.
+    Basic {
+        /// A literal user name (not a secret), e.g. Mailchimp accepts any.
+        #[serde(default)]
+        username: Option<String>,
+        /// Environment variable holding the user name, when it is not literal.
+        #[serde(default)]
+        username_env: Option<String>,
+        /// Environment variable holding the password or API key.
+        password_env: String,
+    },
+    /// OAuth 2 refresh-token flow: an access token is fetched from `token_url`
+    /// and refreshed before it expires.
+    Oauth2Refresh {
+        /// Token endpoint, e.g. `https://login.salesforce.com/services/oauth2/token`.
+        token_url: String,
+        /// Environment variable holding the client id.
+        client_id_env: String,
+        /// Environment variable holding the client secret.
+        client_secret_env: String,
+        /// Environment variable holding the refresh token.
+        refresh_token_env: String,
+        /// Optional scope parameter.
+        #[serde(default)]
+        scope: Option<String>,
+        /// Where the access token is in the token response (JSON pointer).
+        #[serde(default = "default_access_token_pointer")]
+        access_token_pointer: String,
+        /// Where the lifetime in seconds is in the token response; when absent the token is refreshed on 401.
+        #[serde(default = "default_expires_in_pointer")]
+        expires_in_pointer: String,
+        /// When set, the base URL is taken from the token response (Salesforce's `/instance_url`).
+        #[serde(default)]
+        base_url_pointer: Option<String>,
+        /// Refresh this many seconds before the token expires.
+        #[serde(default = "default_refresh_margin_secs")]
+        refresh_margin_secs: u64,
+    },
+}
+
+fn default_access_token_pointer() -> String {
+    "/access_token".into()
+}
+fn default_expires_in_pointer() -> String {
+    "/expires_in".into()
+}
+fn default_refresh_margin_secs() -> u64 {
+    60
+}
+
+/// One rate-limit window: at most `requests` per `per_secs` seconds (a rolling window).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// A name for logs, e.g. `ten_secondly`.
+    pub name: String,
+    /// Requests allowed in the window.
+    #[schemars(range(min = 1))]
+    pub requests: u32,
+    /// Window length in seconds.
+    #[schemars(range(min = 1))]
+    pub per_secs: u64,
+    /// Endpoint classes the window applies to (see `endpoint_class` on operations); `*` means all.
+    #[serde(default = "default_all_classes")]
+    pub endpoint_classes: Vec<String>,
+}
+
+fn default_all_classes() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// Names of the headers through which the CRM reports its own count. All optional.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeaders {
+    /// Requests left in the current window, e.g. `X-HubSpot-RateLimit-Remaining`.
+    #[serde(default)]
+    pub remaining: Option<String>,
+    /// When the window frees up, e.g. `x-sib-ratelimit-reset`.
+    #[serde(default)]
+    pub reset: Option<String>,
+    /// Unit of `reset`.
+    #[serde(default)]
+    pub reset_unit: ResetUnit,
+    /// Header giving the window length in milliseconds, e.g. `X-HubSpot-RateLimit-Interval-Milliseconds`.
+    #[serde(default)]
+    pub window_ms: Option<String>,
+    /// Header with the wait before retrying (seconds or HTTP date); default `Retry-After`.
+    #[serde(default)]
+    pub retry_after: Option<String>,
+}
+
+/// Unit of a rate-limit reset header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetUnit {
+    /// Seconds from now (Brevo).
+    #[default]
+    Seconds,
+    /// Milliseconds from now.
+    Milliseconds,
+    /// An absolute UNIX timestamp in seconds (Intercom).
+    EpochSeconds,
+}
+
+/// How one request is retried inside a cycle before the row is handed back to the
+/// mapping's durable retry schedule.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per request within one cycle (1 = no immediate retry).
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds.
+    #[serde(default = "default_base_delay_ms")]
+    pub base_delay_ms: u64,
+    /// Upper bound of any retry delay, in milliseconds.
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// Double the delay at each attempt.
+    #[serde(default = "default_true")]
+    pub exponential: bool,
+    /// Randomise delays so parallel workers do not retry in lockstep.
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+    /// Statuses that are worth retrying (besides timeouts and connection errors).
+    #[serde(default = "default_retryable_statuses")]
+    pub retryable_statuses: Vec<u16>,
+    /// Statuses that mean "too fast": wait, and spend no retry.
+    #[serde(default = "default_rate_limited_statuses")]
+    pub rate_limited_statuses: Vec<u16>,
+    /// Longest wait taken in-process for a rate limit; a longer one hands the row
+    /// back to the queue with its retry time instead.
+    #[serde(default = "default_max_rate_limit_wait_secs")]
+    pub max_rate_limit_wait_secs: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            base_delay_ms: default_base_delay_ms(),
+            max_delay_ms: default_max_delay_ms(),
+            exponential: true,
+            jitter: true,
+            retryable_statuses: default_retryable_statuses(),
+            rate_limited_statuses: default_rate_limited_statuses(),
+            max_rate_limit_wait_secs: default_max_rate_limit_wait_secs(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_base_delay_ms() -> u64 {
+    500
+}
+fn default_max_delay_ms() -> u64 {
+    30_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_retryable_statuses() -> Vec<u16> {
+    vec![408, 500, 502, 503, 504]
+}
+fn default_rate_limited_statuses() -> Vec<u16> {
+    vec![429]
+}
+fn default_max_rate_limit_wait_secs() -> u64 {
+    120
+}
+
+/// Where the message is in an error body.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Errors {
+    /// JSON pointers tried in order; the first string found is the error message.
+    #[serde(default = "default_message_pointers")]
+    pub message_pointers: Vec<String>,
+}
+
+impl Default for Errors {
+    fn default() -> Self {
+        Self { message_pointers: default_message_pointers() }
+    }
+}
+
+fn default_message_pointers() -> Vec<String> {
+    ["/message", "/errors/0/message", "/error", "/detail", "/0/message", "/title"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Which flow upserts a record, and the requests it is made of.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upsert {
+    /// The flow: `single` (one upsert request per record), `batch` (a batch upsert
+    /// request for many records), or `lookup_then_write` (find the record by key,
+    /// then update it or create it).
+    pub mode: UpsertMode,
+    /// The one-record upsert request (mode `single`).
+    #[serde(default)]
+    pub single: Option<Operation>,
+    /// The batch upsert request (mode `batch`).
+    #[serde(default)]
+    pub batch: Option<BatchOperation>,
+    /// Finds a record's id by its key (mode `lookup_then_write`, or a rule's `then = "lookup"`).
+    #[serde(default)]
+    pub lookup: Option<Operation>,
+    /// Creates a record (mode `lookup_then_write`).
+    #[serde(default)]
+    pub create: Option<Operation>,
+    /// Updates the record `{{id}}` (mode `lookup_then_write`, or a rule's `then = "update"`).
+    #[serde(default)]
+    pub update: Option<Operation>,
+}
+
+/// The upsert flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsertMode {
+    /// One request per record that creates or updates (Brevo, Mailchimp, Salesforce, Attio).
+    Single,
+    /// One request for many records (HubSpot batch upsert).
+    Batch,
+    /// Look the key up, then update or create (Pipedrive, Intercom).
+    LookupThenWrite,
+}
+
+/// HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// GET
+    Get,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+}
+
+/// One HTTP request. Templates see `key` (the normalised match key), `fields`
+/// (the mapping's rendered fields), `params`, `row` (all columns), `trace_id`
+/// (the row's id) and, in `update`, `id` (the CRM record id).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// HTTP method.
+    pub method: Method,
+    /// Path appended to the base URL; interpolated values are percent-encoded,
+    /// e.g. `/contacts/{{key}}`.
+    pub path: String,
+    /// Query parameters (templates).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body written as TOML; every string leaf is a template, and a leaf that
+    /// is exactly `{{fields}}` inserts the rendered fields object.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Rate-limit class of this endpoint (see `rate_limits.endpoint_classes`).
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// Where the record id is in a success response (JSON pointer), e.g. `/id`.
+    #[serde(default)]
+    pub id_pointer: Option<String>,
+    /// Special cases checked before the default classification, in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+fn default_class() -> String {
+    "default".into()
+}
+
+/// A batch request: `body` holds `{{items}}`, each item rendered from `item`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOperation {
+    /// HTTP method.
+    pub method: Method,
+    /// Path appended to the base URL.
+    pub path: String,
+    /// Query parameters (templates).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body as TOML; a leaf that is exactly `{{items}}` inserts the rendered items.
+    pub body: serde_json::Value,
+    /// One item per row, as TOML; templates see the same variables as a single operation.
+    pub item: serde_json::Value,
+    /// Most items one request may carry (HubSpot: 100).
+    #[schemars(range(min = 1))]
+    pub max_items: u32,
+    /// Rate-limit class of this endpoint.
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// How per-item results are found in the response.
+    pub results: BatchResults,
+    /// Special cases checked before the default classification, in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// Where per-item results and errors are in a batch response, and how they map back to rows.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchResults {
+    /// Array of successful items, e.g. `/results`.
+    pub results_pointer: String,
+    /// Record id inside one result, e.g. `/id`.
+    pub id_pointer: String,
+    /// Value inside one result that identifies its row: the row's `trace_id` or its
+    /// key (compared case-insensitively), e.g. `/objectWriteTraceId` or `/properties/email`.
+    pub match_pointer: String,
+    /// Array of per-item errors, e.g. `/errors`.
+    #[serde(default)]
+    pub errors_pointer: Option<String>,
+    /// Value (or array of values) inside one error that identifies its row(s) by
+    /// `trace_id` or key, e.g. `/context/objectWriteTraceId`.
+    #[serde(default)]
+    pub error_match_pointer: Option<String>,
+    /// Message inside one error.
+    #[serde(default = "default_error_message_pointer")]
+    pub error_message_pointer: String,
+}
+
+fn default_error_message_pointer() -> String {
+    "/message".into()
+}
+
+/// A special case: when the response has `status` (and the error message matches
+/// `message_regex`, if given), do `then`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// HTTP status the rule applies to.
+    #[schemars(range(min = 100, max = 599))]
+    pub status: u16,
+    /// Regular expression the error message must match; its first capture group, if
+    /// any, is the existing record's id (HubSpot `Existing ID: (\d+)`).
+    #[serde(default)]
+    pub message_regex: Option<String>,
+    /// What the response means.
+    pub then: RuleAction,
+}
+
+/// What a rule's response means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    /// Success (id from `id_pointer` when present).
+    Success,
+    /// Success without an id in the body: find it with the `lookup` operation (Brevo's 204).
+    Lookup,
+    /// The record exists with the captured id: run `update` on it (HubSpot's 409).
+    Update,
+    /// Nothing found (for `lookup`): go on to `create`.
+    NotFound,
+    /// A transient failure: retry.
+    Retry,
+    /// Too fast: wait, spend no retry.
+    RateLimited,
+    /// A permanent failure: the row ends in Error with the message.
+    Permanent,
+}

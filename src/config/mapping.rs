@@ -1,0 +1,156 @@
+//! Raw types of `mappings/<name>.toml`: one sync from a source table to one connector.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// One sync: which rows, which connector, when, and how each row becomes a CRM record.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// Name of the connector file (`connectors/<name>.toml`) this mapping syncs to.
+    pub connector: String,
+    /// The source table and its key.
+    pub source: Source,
+    /// Columns that carry the sync state; each defaults to the seed's naming.
+    #[serde(default)]
+    pub state: State,
+    /// When and how much to sync, and how failed rows are retried.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// What a field that renders empty (or from a NULL column) becomes.
+    #[serde(default)]
+    pub on_empty: OnEmptyChoice,
+    /// Constants for the connector's templates, e.g. `list_ids = [3]`.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// CRM field <- template over the row's columns. Nested tables and arrays are
+    /// allowed; every string leaf is a handlebars template.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The source table.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Table name, e.g. `contacts`.
+    pub table: String,
+    /// Column the CRM matches records on (trimmed and lower-cased), e.g. `email`.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Primary-key column.
+    #[serde(default = "default_id")]
+    pub id: String,
+}
+
+fn default_key() -> String {
+    "email".into()
+}
+fn default_id() -> String {
+    "id".into()
+}
+
+/// State columns. Unset names default to `<connector>_processing_status`,
+/// `<connector>_sync_status`, `<connector>_contact_id`, `<connector>_processing_error`,
+/// and the seed's shared `retry_count` / `next_retry_at`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `Queued` -> `Processing` -> `Complete` | `Error`; rows set to `Queued` are synced.
+    #[serde(default)]
+    pub processing_status: Option<String>,
+    /// Set to `Complete` on success and `Error` on final failure.
+    #[serde(default)]
+    pub sync_status: Option<String>,
+    /// The CRM's record id.
+    #[serde(default)]
+    pub crm_id: Option<String>,
+    /// The CRM's error message; NULL on success.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Failed attempts so far.
+    #[serde(default)]
+    pub retry_count: Option<String>,
+    /// When a failed row may be tried again; while `Processing`, the lease deadline.
+    #[serde(default)]
+    pub next_retry_at: Option<String>,
+}
+
+/// The seed's scheduler settings, with its defaults.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Seconds between cycles with `run --watch`.
+    #[serde(default = "default_interval_secs")]
+    #[schemars(range(min = 1))]
+    pub interval_secs: u64,
+    /// Rows claimed per claim statement.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: u32,
+    /// Processes allowed to run this mapping at once.
+    #[serde(default = "default_max_instances")]
+    #[schemars(range(min = 1, max = 64))]
+    pub max_instances: u32,
+    /// Retries after the first failure before a row ends in `Error`.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Delay before the first retry, in seconds.
+    #[serde(default = "default_retry_delay_secs")]
+    pub retry_delay_secs: u64,
+    /// Double the delay at each retry.
+    #[serde(default = "default_true")]
+    pub retry_exponential: bool,
+    /// How long a claimed row may stay `Processing` before another run may reclaim it.
+    #[serde(default = "default_lease_secs")]
+    #[schemars(range(min = 1))]
+    pub lease_secs: u64,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            interval_secs: default_interval_secs(),
+            batch_size: default_batch_size(),
+            max_instances: default_max_instances(),
+            max_retries: default_max_retries(),
+            retry_delay_secs: default_retry_delay_secs(),
+            retry_exponential: true,
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+fn default_interval_secs() -> u64 {
+    300
+}
+fn default_batch_size() -> u32 {
+    10
+}
+fn default_max_instances() -> u32 {
+    1
+}
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_retry_delay_secs() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lease_secs() -> u64 {
+    600
+}
+
+/// What a field that renders empty becomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnEmptyChoice {
+    /// Leave the field out of the request.
+    #[default]
+    Omit,
+    /// Send `""` (HubSpot clears the value).
+    EmptyString,
+    /// Send JSON `null`.
+    Null,
+}

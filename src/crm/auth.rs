@@ -1,0 +1,181 @@
+//! Applying a connector's authentication to requests. Secret values are read from
+//! the environment once, kept in [`Secret`] (whose Debug prints `***`), and never logged.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::RequestBuilder;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::config::connector::Auth;
+use crate::plan::Env;
+
+/// A secret value: formatting never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Secret {
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+fn secret(env: &dyn Env, name: &str) -> anyhow::Result<Secret> {
+    env.var(name).map(Secret).with_context(|| format!("environment variable `{name}` is not set (put it in the environment or .env)"))
+}
+
+/// Authentication with its secrets resolved.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// Nothing to add.
+    None,
+    /// `Authorization: Bearer`.
+    Bearer(Secret),
+    /// A header carrying a key.
+    Header(String, Secret),
+    /// A query parameter carrying a key.
+    Query(String, Secret),
+    /// HTTP basic.
+    Basic(Secret, Secret),
+    /// OAuth 2 refresh flow.
+    OAuth(Box<OAuth>),
+}
+
+/// OAuth 2 refresh-token state.
+#[derive(Debug)]
+pub struct OAuth {
+    token_url: String,
+    client_id: Secret,
+    client_secret: Secret,
+    refresh_token: Mutex<Secret>,
+    scope: Option<String>,
+    access_token_pointer: String,
+    expires_in_pointer: String,
+    base_url_pointer: Option<String>,
+    margin: Duration,
+    current: Mutex<Option<Token>>,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    access: Secret,
+    expires_at: Option<Instant>,
+    base_url: Option<String>,
+}
+
+impl Authenticator {
+    /// Resolves every secret the auth kind names; fails listing the missing variable.
+    pub fn resolve(auth: &Auth, env: &dyn Env) -> anyhow::Result<Self> {
+        Ok(match auth {
+            Auth::None => Self::None,
+            Auth::Bearer { token_env } => Self::Bearer(secret(env, token_env)?),
+            Auth::ApiKeyHeader { header, key_env } => Self::Header(header.clone(), secret(env, key_env)?),
+            Auth::ApiKeyQuery { param, key_env } => Self::Query(param.clone(), secret(env, key_env)?),
+            Auth::Basic { username, username_env, password_env } => {
+                let user = match (username, username_env) {
+                    (_, Some(name)) => secret(env, name)?,
+                    (Some(literal), None) => Secret(literal.clone()),
+                    (None, None) => bail!("basic auth needs `username` or `username_env`"),
+                };
+                Self::Basic(user, secret(env, password_env)?)
+            }
+            Auth::Oauth2Refresh {
+                token_url,
+                client_id_env,
+                client_secret_env,
+                refresh_token_env,
+                scope,
+                access_token_pointer,
+                expires_in_pointer,
+                base_url_pointer,
+                refresh_margin_secs,
+            } => Self::OAuth(Box::new(OAuth {
+                token_url: token_url.clone(),
+                client_id: secret(env, client_id_env)?,
+                client_secret: secret(env, client_secret_env)?,
+                refresh_token: Mutex::new(secret(env, refresh_token_env)?),
+                scope: scope.clone(),
+                access_token_pointer: access_token_pointer.clone(),
+                expires_in_pointer: expires_in_pointer.clone(),
+                base_url_pointer: base_url_pointer.clone(),
+                margin: Duration::from_secs(*refresh_margin_secs),
+                current: Mutex::new(None),
+            })),
+        })
+    }
+
+    /// Adds credentials to a request; for OAuth, fetches or refreshes the token first.
+    /// Returns the base URL the token response named, if any (Salesforce's instance URL).
+    pub async fn apply(&self, http: &reqwest::Client, request: RequestBuilder) -> anyhow::Result<(RequestBuilder, Option<String>)> {
+        Ok(match self {
+            Self::None => (request, None),
+            Self::Bearer(token) => (request.bearer_auth(token.expose()), None),
+            Self::Header(name, key) => (request.header(name.as_str(), key.expose()), None),
+            Self::Query(name, key) => (request.query(&[(name.as_str(), key.expose())]), None),
+            Self::Basic(user, password) => (request.basic_auth(user.expose(), Some(password.expose())), None),
+            Self::OAuth(oauth) => {
+                let token = oauth.token(http).await?;
+                (request.bearer_auth(token.access.expose()), token.base_url)
+            }
+        })
+    }
+
+    /// A 401 arrived: drop a cached OAuth token so the next request refreshes it.
+    pub async fn invalidate(&self) {
+        if let Self::OAuth(oauth) = self {
+            *oauth.current.lock().await = None;
+        }
+    }
+}
+
+impl OAuth {
+    async fn token(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
+        let mut current = self.current.lock().await;
+        if let Some(token) = current.as_ref()
+            && token.expires_at.is_none_or(|at| Instant::now() + self.margin < at)
+        {
+            return Ok(token.clone());
+        }
+        let token = self.refresh(http).await?;
+        *current = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn refresh(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
+        let refresh = self.refresh_token.lock().await.clone();
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", refresh.expose().to_string()),
+            ("client_id", self.client_id.expose().to_string()),
+            ("client_secret", self.client_secret.expose().to_string()),
+        ];
+        if let Some(scope) = &self.scope {
+            form.push(("scope", scope.clone()));
+        }
+        let response = http.post(&self.token_url).form(&form).send().await.context("token request failed")?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let reason = body.get("error_description").or_else(|| body.get("error")).cloned().unwrap_or(Value::Null);
+            bail!("token refresh answered {status}: {reason}");
+        }
+        let access = body
+            .pointer(&self.access_token_pointer)
+            .and_then(Value::as_str)
+            .with_context(|| format!("token response has no `{}`", self.access_token_pointer))?;
+        // Providers that rotate refresh tokens invalidate the old one: keep the new one.
+        if let Some(rotated) = body.get("refresh_token").and_then(Value::as_str) {
+            *self.refresh_token.lock().await = Secret(rotated.to_string());
+        }
+        let expires_at = body.pointer(&self.expires_in_pointer).and_then(Value::as_u64).map(|s| Instant::now() + Duration::from_secs(s));
+        let base_url = self.base_url_pointer.as_ref().and_then(|p| body.pointer(p)).and_then(Value::as_str).map(String::from);
+        Ok(Token { access: Secret(access.to_string()), expires_at, base_url })
+    }
+}

@@ -1,0 +1,106 @@
+//! Batch upserts: chunk, send, map per-item results back to rows, and bisect a
+//! batch that fails as a whole so one bad row cannot fail the other 99.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use super::client::{CrmClient, ReplyAction};
+use super::flow::{RowJob, RowOutcome, failure};
+use super::response::{Response, id_text};
+use crate::plan::BatchPlan;
+use crate::template::OnEmpty;
+
+/// Sends `jobs` in chunks of `max_items`, concurrently (the client caps requests in flight).
+pub async fn run(client: &CrmClient, plan: &BatchPlan, jobs: &[RowJob]) -> Vec<RowOutcome> {
+    let refs: Vec<&RowJob> = jobs.iter().collect();
+    let chunks = refs.chunks(plan.max_items.max(1));
+    join_all(chunks.map(|chunk| send_chunk(client, plan, chunk.to_vec()))).await.into_iter().flatten().collect()
+}
+
+type Outcomes<'a> = Pin<Box<dyn Future<Output = Vec<RowOutcome>> + Send + 'a>>;
+
+/// One request for `jobs`; outcomes in job order.
+fn send_chunk<'a>(client: &'a CrmClient, plan: &'a BatchPlan, jobs: Vec<&'a RowJob>) -> Outcomes<'a> {
+    Box::pin(async move {
+        let mut outcomes: Vec<Option<RowOutcome>> = vec![None; jobs.len()];
+        let mut items = Vec::with_capacity(jobs.len());
+        let mut sent = Vec::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            match client.templates().render_tree(&plan.item, &job.ctx, OnEmpty::Omit) {
+                Ok(item) => {
+                    items.push(item);
+                    sent.push(index);
+                }
+                Err(err) => outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}"))),
+            }
+        }
+        if !sent.is_empty() {
+            let sent_jobs: Vec<&RowJob> = sent.iter().map(|&i| jobs[i]).collect();
+            let params = jobs[0].ctx.get("params").cloned().unwrap_or(Value::Null);
+            let ctx = json!({ "items": items, "params": params });
+            let reply = client.send(&plan.op, &ctx).await;
+            let results = match reply.action {
+                ReplyAction::Success => map_results(plan, reply.response.as_ref(), &sent_jobs),
+                ReplyAction::Permanent(reason) if sent_jobs.len() > 1 => {
+                    tracing::info!(rows = sent_jobs.len(), %reason, "Batch rejected as a whole; splitting it to isolate the bad rows.");
+                    bisect(client, plan, sent_jobs).await
+                }
+                other => vec![failure(other, &plan.op.label); sent_jobs.len()],
+            };
+            for (index, outcome) in sent.into_iter().zip(results) {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes.into_iter().map(|o| o.expect("every row has an outcome")).collect()
+    })
+}
+
+async fn bisect<'a>(client: &'a CrmClient, plan: &'a BatchPlan, jobs: Vec<&'a RowJob>) -> Vec<RowOutcome> {
+    let (left, right) = jobs.split_at(jobs.len() / 2);
+    let (left, right) = futures::join!(send_chunk(client, plan, left.to_vec()), send_chunk(client, plan, right.to_vec()));
+    left.into_iter().chain(right).collect()
+}
+
+/// Maps per-item results and errors back to rows by trace id or key.
+fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) -> Vec<RowOutcome> {
+    let mut outcomes: Vec<Option<RowOutcome>> = vec![None; jobs.len()];
+    let body = response.map_or(&Value::Null, |r| &r.body);
+    let spec = &plan.results;
+    let find = |value: &str| {
+        jobs.iter().position(|job| job.trace_id == value).or_else(|| {
+            let lowered = value.trim().to_lowercase();
+            jobs.iter().position(|job| job.key == lowered)
+        })
+    };
+    for result in body.pointer(&spec.results_pointer).and_then(Value::as_array).into_iter().flatten() {
+        let Some(index) = result.pointer(&spec.match_pointer).and_then(id_text).and_then(|v| find(&v)) else { continue };
+        let crm_id = result.pointer(&spec.id_pointer).and_then(id_text);
+        outcomes[index] = Some(RowOutcome::Synced { crm_id });
+    }
+    if let (Some(errors), Some(matcher)) = (&spec.errors_pointer, &spec.error_match_pointer) {
+        for error in body.pointer(errors).and_then(Value::as_array).into_iter().flatten() {
+            let message = error.pointer(&spec.error_message_pointer).and_then(Value::as_str).unwrap_or("item rejected");
+            for value in values_at(error, matcher) {
+                if let Some(index) = find(&value) {
+                    outcomes[index] = Some(RowOutcome::Permanent(message.to_string()));
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| RowOutcome::Transient("the batch response has no result for this row".into())))
+        .collect()
+}
+
+/// A string, number, or array of them at `pointer`.
+fn values_at(value: &Value, pointer: &str) -> Vec<String> {
+    match value.pointer(pointer) {
+        Some(Value::Array(items)) => items.iter().filter_map(id_text).collect(),
+        Some(other) => id_text(other).into_iter().collect(),
+        None => Vec::new(),
+    }
+}

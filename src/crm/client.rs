@@ -1,0 +1,321 @@
+//! One connector's HTTP client: renders an operation, paces it through the rate
+//! limiter and the in-flight cap, sends it, and classifies the answer into a closed
+//! [`ReplyAction`], retrying transient failures within the connector's policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use super::auth::Authenticator;
+use super::response::Response;
+use crate::clock::Clock;
+use crate::config::connector::RuleAction;
+use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
+use crate::plan::base_url_problem;
+use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::ratelimit::{RateLimiter, Window};
+use crate::retry::{Backoff, Jitter};
+use crate::template::{OnEmpty, Templates};
+
+/// What one request (after in-cycle retries) means for the flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyAction {
+    /// Done; the id may be in the body.
+    Success,
+    /// Done, but the id must be looked up.
+    Lookup,
+    /// The record exists with this id: update it.
+    Update(String),
+    /// A lookup found nothing.
+    NotFound,
+    /// Will never work as sent (the CRM's message).
+    Permanent(String),
+    /// Kept failing transiently; the row's durable retry schedule takes over.
+    Transient(String),
+    /// Rate-limited for longer than we wait in-process: hand the row back until then.
+    Deferred {
+        /// When to try again.
+        until: DateTime<Utc>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The action and the response it came from (none for transport errors).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// What it means.
+    pub action: ReplyAction,
+    /// The response, if one arrived.
+    pub response: Option<Response>,
+}
+
+/// A rendered request.
+struct Rendered {
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(String, String)>,
+    headers: Vec<(String, String)>,
+    body: Option<Value>,
+}
+
+/// One connector's client, shared by every task syncing to it.
+#[derive(Debug)]
+pub struct CrmClient {
+    /// The validated connector.
+    pub plan: Arc<ConnectorPlan>,
+    templates: Arc<Templates>,
+    http: reqwest::Client,
+    base_url: String,
+    auth: Authenticator,
+    limiter: Arc<RateLimiter>,
+    in_flight: Arc<Semaphore>,
+    backoff: Backoff,
+    policy: ClassifyPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl CrmClient {
+    /// Builds the client: resolves the base URL override and every secret.
+    pub fn new(plan: Arc<ConnectorPlan>, templates: Arc<Templates>, env: &dyn Env, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let base_url = match env.var(&plan.base_url_env) {
+            Some(url) => {
+                if let Some(problem) = base_url_problem(&url) {
+                    bail!("{} is set but is not usable: {problem}", plan.base_url_env);
+                }
+                url.trim_end_matches('/').to_string()
+            }
+            None => plan.base_url.clone(),
+        };
+        let auth = Authenticator::resolve(&plan.auth, env).with_context(|| format!("connector `{}`", plan.name))?;
+        let http = reqwest::Client::builder()
+            .timeout(plan.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(plan.max_in_flight)
+            .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let windows = plan
+            .rate_limits
+            .iter()
+            .map(|limit| Window {
+                name: limit.name.clone(),
+                requests: limit.requests,
+                per: Duration::from_secs(limit.per_secs),
+                classes: limit.endpoint_classes.clone(),
+            })
+            .collect();
+        // Requests are counted from when they leave; the CRM counts from when they
+        // arrive. The margin keeps two requests a window apart on our side from
+        // landing in one window on theirs.
+        let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), Duration::from_millis(100)));
+        let retry = &plan.retry;
+        let backoff = Backoff {
+            base: Duration::from_millis(retry.base_delay_ms),
+            max: Duration::from_millis(retry.max_delay_ms),
+            exponential: retry.exponential,
+            jitter: if retry.jitter { Jitter::Full } else { Jitter::None },
+        };
+        let headers = &plan.rate_limit_headers;
+        let policy = ClassifyPolicy {
+            retryable_statuses: retry.retryable_statuses.clone(),
+            rate_limited_statuses: retry.rate_limited_statuses.clone(),
+            headers: HeaderPolicy {
+                retry_after: Some(headers.retry_after.clone().unwrap_or_else(|| "Retry-After".into())),
+                remaining: headers.remaining.clone(),
+                reset: headers.reset.clone(),
+                reset_unit: match headers.reset_unit {
+                    crate::config::connector::ResetUnit::Seconds => outcome::ResetUnit::Seconds,
+                    crate::config::connector::ResetUnit::Milliseconds => outcome::ResetUnit::Milliseconds,
+                    crate::config::connector::ResetUnit::EpochSeconds => outcome::ResetUnit::EpochSeconds,
+                },
+                window_ms: headers.window_ms.clone(),
+                max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
+            },
+        };
+        Ok(Self {
+            in_flight: Arc::new(Semaphore::new(plan.max_in_flight)),
+            plan,
+            templates,
+            http,
+            base_url,
+            auth,
+            limiter,
+            backoff,
+            policy,
+            clock,
+        })
+    }
+
+    /// The compiled templates.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
+    /// The base URL requests go to.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Renders and sends `op` with the template context `ctx`, retrying transient
+    /// failures up to the connector's `max_attempts` and waiting out rate limits
+    /// without spending an attempt.
+    pub async fn send(&self, op: &OpPlan, ctx: &Value) -> Reply {
+        let rendered = match self.render(op, ctx) {
+            Ok(rendered) => rendered,
+            Err(err) => return Reply { action: ReplyAction::Permanent(format!("render error: {err}")), response: None },
+        };
+        let mut attempt = 1;
+        let mut waited = Duration::ZERO;
+        loop {
+            self.limiter.acquire(&op.class).await;
+            let (outcome, response) = self.send_once(op, &rendered).await;
+            match outcome {
+                Step::Done(action) => return Reply { action, response },
+                Step::Retry { reason, after } if attempt < self.plan.retry.max_attempts => {
+                    let delay = after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
+                    tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
+                    tokio::time::sleep(delay.min(self.backoff.max)).await;
+                    attempt += 1;
+                }
+                Step::Retry { reason, .. } => {
+                    let reason = format!("{reason} (after {attempt} attempts)");
+                    return Reply { action: ReplyAction::Transient(reason), response };
+                }
+                Step::RateLimited { reason, after } => {
+                    let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
+                    if waited + pause > self.policy.headers.max_wait {
+                        let until = self.clock.utc() + chrono::Duration::from_std(pause).unwrap_or_default();
+                        return Reply { action: ReplyAction::Deferred { until, reason }, response };
+                    }
+                    tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
+                    self.limiter.pause(&op.class, pause);
+                    waited += pause;
+                }
+            }
+        }
+    }
+
+    /// The longest window that applies to `class`, or one second.
+    fn default_pause(&self, class: &str) -> Duration {
+        self.plan
+            .rate_limits
+            .iter()
+            .filter(|l| l.endpoint_classes.iter().any(|c| c == "*" || c == class))
+            .map(|l| Duration::from_secs(l.per_secs))
+            .filter(|d| *d <= Duration::from_secs(60))
+            .max()
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    fn render(&self, op: &OpPlan, ctx: &Value) -> anyhow::Result<Rendered> {
+        let path = self.templates.render_path(&op.path, ctx)?;
+        let mut query = Vec::with_capacity(op.query.len());
+        for (name, tree) in &op.query {
+            query.push((name.clone(), self.templates.render_str(tree, ctx)?));
+        }
+        let mut headers: Vec<(String, String)> = self.plan.headers.clone();
+        for (name, tree) in &op.headers {
+            headers.push((name.clone(), self.templates.render_str(tree, ctx)?));
+        }
+        let body = match &op.body {
+            Some(tree) => Some(self.templates.render_tree(tree, ctx, OnEmpty::Omit)?),
+            None => None,
+        };
+        Ok(Rendered { method: op.method.clone(), path, query, headers, body })
+    }
+
+    async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
+        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
+        let (request, token_base) = match self.build_request(rendered).await {
+            Ok(parts) => parts,
+            Err(err) => return (Step::Retry { reason: format!("authentication failed: {err:#}"), after: None }, None),
+        };
+        let _ = token_base;
+        let result = request.send().await;
+        let response = match result {
+            Ok(response) => response,
+            Err(err) => return (step_of(outcome::classify_transport_error(&err)), None),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let now = self.clock.utc();
+        let info = outcome::rate_info(&headers, &self.policy.headers, now);
+        self.limiter.observe(&op.class, info.remaining, info.reset);
+        let response = Response::new(status, &text, &self.plan.message_pointers);
+        if status == 401 {
+            self.auth.invalidate().await;
+        }
+        if let Some(step) = apply_rules(op, &response) {
+            return (step, Some(response));
+        }
+        let reason = format!("{status}: {}", response.message);
+        let classified = outcome::classify(status, &headers, &reason, &self.policy, now);
+        (step_of(classified), Some(response))
+    }
+
+    async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)> {
+        // OAuth may name the base URL (Salesforce's instance URL); apply auth to learn it.
+        let probe = self.http.request(rendered.method.clone(), &self.base_url);
+        let (_, token_base) = self.auth.apply(&self.http, probe).await?;
+        let base = token_base.as_deref().unwrap_or(&self.base_url).trim_end_matches('/');
+        let mut request = self.http.request(rendered.method.clone(), format!("{base}{}", rendered.path));
+        if !rendered.query.is_empty() {
+            request = request.query(&rendered.query);
+        }
+        for (name, value) in &rendered.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(body) = &rendered.body {
+            request = request.json(body);
+        }
+        self.auth.apply(&self.http, request).await
+    }
+}
+
+/// A single attempt's meaning, before retry policy.
+enum Step {
+    Done(ReplyAction),
+    Retry { reason: String, after: Option<Duration> },
+    RateLimited { reason: String, after: Option<Duration> },
+}
+
+fn step_of(outcome: Outcome) -> Step {
+    match outcome {
+        Outcome::Success => Step::Done(ReplyAction::Success),
+        Outcome::Permanent { reason } => Step::Done(ReplyAction::Permanent(reason)),
+        Outcome::Retry { reason, after } => Step::Retry { reason, after },
+        Outcome::RateLimited { reason, after } => Step::RateLimited { reason, after },
+    }
+}
+
+/// The connector's special cases, in order; the first that matches decides.
+fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
+    let rule = op.rules.iter().find(|rule| {
+        rule.status == response.status && rule.regex.as_ref().is_none_or(|regex| regex.is_match(&response.message))
+    })?;
+    let captured = rule
+        .regex
+        .as_ref()
+        .and_then(|regex| regex.captures(&response.message))
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().to_string());
+    let reason = format!("{}: {}", response.status, response.message);
+    Some(match rule.then {
+        RuleAction::Success => Step::Done(ReplyAction::Success),
+        RuleAction::Lookup => Step::Done(ReplyAction::Lookup),
+        RuleAction::Update => match captured {
+            Some(id) => Step::Done(ReplyAction::Update(id)),
+            None => Step::Done(ReplyAction::Permanent(reason)),
+        },
+        RuleAction::NotFound => Step::Done(ReplyAction::NotFound),
+        RuleAction::Retry => Step::Retry { reason, after: None },
+        RuleAction::RateLimited => Step::RateLimited { reason, after: None },
+        RuleAction::Permanent => Step::Done(ReplyAction::Permanent(reason)),
+    })
+}

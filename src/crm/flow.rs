@@ -1,0 +1,148 @@
+//! The upsert flows: how the requests of a connector combine to create or update
+//! one record and learn its id. Every flow ends each row in a [`RowOutcome`].
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use serde_json::Value;
+
+use super::batch;
+use super::client::{CrmClient, ReplyAction};
+use super::response::Response;
+use crate::plan::{Flow, OpPlan};
+
+/// One record to upsert: its match key, its row id (sent as `trace_id`), and the
+/// template context `{key, fields, params, row, trace_id}`.
+#[derive(Debug, Clone)]
+pub struct RowJob {
+    /// Normalised key (trimmed, lower-cased).
+    pub key: String,
+    /// The row's id.
+    pub trace_id: String,
+    /// Template context.
+    pub ctx: Value,
+}
+
+/// How one record ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Created or updated; the CRM's id when known.
+    Synced {
+        /// Record id.
+        crm_id: Option<String>,
+    },
+    /// Will not work as sent.
+    Permanent(String),
+    /// Failed transiently after in-cycle retries.
+    Transient(String),
+    /// Rate-limited: try again after `until`, without spending a retry.
+    Deferred {
+        /// When.
+        until: DateTime<Utc>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Runs the connector's flow for every job; outcomes are in job order.
+pub async fn execute(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
+    match &client.plan.flow {
+        Flow::Batch { batch } => batch::run(client, batch, jobs).await,
+        Flow::Single { upsert, lookup, update } => {
+            join_all(jobs.iter().map(|job| single(client, upsert, lookup.as_ref(), update.as_ref(), job))).await
+        }
+        Flow::LookupThenWrite { lookup, create, update } => {
+            join_all(jobs.iter().map(|job| lookup_then_write(client, lookup, create, update, job))).await
+        }
+    }
+}
+
+async fn single(client: &CrmClient, upsert: &OpPlan, lookup: Option<&OpPlan>, update: Option<&OpPlan>, job: &RowJob) -> RowOutcome {
+    let reply = client.send(upsert, &job.ctx).await;
+    resolve(client, reply.action, reply.response.as_ref(), upsert, lookup, update, job).await
+}
+
+/// Turns a write's reply into an outcome, following `lookup` / `update` redirections.
+async fn resolve(
+    client: &CrmClient,
+    action: ReplyAction,
+    response: Option<&Response>,
+    op: &OpPlan,
+    lookup: Option<&OpPlan>,
+    update: Option<&OpPlan>,
+    job: &RowJob,
+) -> RowOutcome {
+    match action {
+        ReplyAction::Success => {
+            let id = op.id_pointer.as_deref().and_then(|p| response.and_then(|r| r.id_at(p)));
+            match (id, lookup) {
+                (Some(id), _) => RowOutcome::Synced { crm_id: Some(id) },
+                (None, Some(lookup)) if op.id_pointer.is_some() => find_id(client, lookup, job).await,
+                (None, _) => RowOutcome::Synced { crm_id: None },
+            }
+        }
+        ReplyAction::Lookup => match lookup {
+            Some(lookup) => find_id(client, lookup, job).await,
+            None => RowOutcome::Synced { crm_id: None },
+        },
+        ReplyAction::Update(id) => match update {
+            Some(update) => update_existing(client, update, job, id).await,
+            None => RowOutcome::Permanent(format!("record exists with id {id} but the connector has no update operation")),
+        },
+        other => failure(other, &op.label),
+    }
+}
+
+/// Looks the record up by key after a write that returned no id.
+async fn find_id(client: &CrmClient, lookup: &OpPlan, job: &RowJob) -> RowOutcome {
+    let reply = client.send(lookup, &job.ctx).await;
+    match reply.action {
+        ReplyAction::Success => match lookup.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p)) {
+            Some(id) => RowOutcome::Synced { crm_id: Some(id) },
+            None => RowOutcome::Transient("written, but the lookup returned no id yet".into()),
+        },
+        ReplyAction::NotFound => RowOutcome::Transient("written, but the lookup did not find the record yet".into()),
+        other => failure(other, &lookup.label),
+    }
+}
+
+async fn update_existing(client: &CrmClient, update: &OpPlan, job: &RowJob, id: String) -> RowOutcome {
+    let mut ctx = job.ctx.clone();
+    ctx["id"] = Value::String(id.clone());
+    let reply = client.send(update, &ctx).await;
+    match reply.action {
+        ReplyAction::Success => {
+            let returned = update.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p));
+            RowOutcome::Synced { crm_id: Some(returned.unwrap_or(id)) }
+        }
+        other => failure(other, &update.label),
+    }
+}
+
+async fn lookup_then_write(client: &CrmClient, lookup: &OpPlan, create: &OpPlan, update: &OpPlan, job: &RowJob) -> RowOutcome {
+    let reply = client.send(lookup, &job.ctx).await;
+    let found = match reply.action {
+        ReplyAction::Success => lookup.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p)),
+        ReplyAction::NotFound => None,
+        other => return failure(other, &lookup.label),
+    };
+    if let Some(id) = found {
+        return update_existing(client, update, job, id).await;
+    }
+    // Not found: create. A search index may lag behind a record created moments
+    // ago, so a conflict on create names the existing id and becomes an update.
+    let reply = client.send(create, &job.ctx).await;
+    resolve(client, reply.action, reply.response.as_ref(), create, None, Some(update), job).await
+}
+
+/// The outcome of a reply that is not a success.
+pub fn failure(action: ReplyAction, label: &str) -> RowOutcome {
+    match action {
+        ReplyAction::Permanent(reason) => RowOutcome::Permanent(reason),
+        ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
+        ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
+        ReplyAction::NotFound => RowOutcome::Permanent(format!("{label}: not found")),
+        ReplyAction::Success | ReplyAction::Lookup | ReplyAction::Update(_) => {
+            RowOutcome::Permanent(format!("{label}: this rule action is not supported here"))
+        }
+    }
+}

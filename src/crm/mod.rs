@@ -1,0 +1,12 @@
+//! Talking to one CRM: authentication, pacing, sending one request with in-cycle
+//! retries, and the upsert flows (single, batch, lookup-then-write) built from the
+//! connector's TOML. Nothing here names a particular CRM.
+
+mod auth;
+mod batch;
+mod client;
+mod flow;
+mod response;
+
+pub use client::{CrmClient, Reply, ReplyAction};
+pub use flow::{RowJob, RowOutcome, execute};

@@ -1,0 +1,537 @@
+//! Validating one connector file into a [`ConnectorPlan`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use super::templates::check_tree;
+use super::{Env, is_env_name};
+use crate::config::connector::{
+    Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction, Upsert, UpsertMode,
+};
+use crate::config::toml_json::{join_index, join_key};
+use crate::config::{ConnectorFile, Loaded, SourceFile};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::template::{CompiledPath, CompiledTree, Templates};
+
+/// Variables connector templates may use.
+pub const OPERATION_VARIABLES: &[&str] = &["key", "fields", "params", "row", "trace_id", "id"];
+const BATCH_BODY_VARIABLES: &[&str] = &["items", "params"];
+
+/// A validated connector.
+#[derive(Debug)]
+pub struct ConnectorPlan {
+    /// File stem, e.g. `hubspot`.
+    pub name: String,
+    /// Base URL from the file (the `<NAME>_BASE_URL` override is applied at run time).
+    pub base_url: String,
+    /// The variable that overrides `base_url`.
+    pub base_url_env: String,
+    /// Authentication (environment-variable names only).
+    pub auth: Auth,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
+    /// Static headers.
+    pub headers: Vec<(String, String)>,
+    /// Rate-limit windows.
+    pub rate_limits: Vec<RateLimit>,
+    /// Rate-limit headers.
+    pub rate_limit_headers: RateLimitHeaders,
+    /// In-cycle retry policy.
+    pub retry: Retry,
+    /// Where error messages are.
+    pub message_pointers: Vec<String>,
+    /// Default params.
+    pub params: Map<String, Value>,
+    /// The upsert flow.
+    pub flow: Flow,
+}
+
+/// How a record is upserted.
+#[derive(Debug)]
+pub enum Flow {
+    /// One upsert request per record.
+    Single {
+        /// The upsert.
+        upsert: OpPlan,
+        /// For rules that say `lookup`.
+        lookup: Option<OpPlan>,
+        /// For rules that say `update`.
+        update: Option<OpPlan>,
+    },
+    /// One request for many records.
+    Batch {
+        /// The batch request.
+        batch: BatchPlan,
+    },
+    /// Find, then update or create.
+    LookupThenWrite {
+        /// Finds the id.
+        lookup: OpPlan,
+        /// Creates.
+        create: OpPlan,
+        /// Updates `{{id}}`.
+        update: OpPlan,
+    },
+}
+
+/// A compiled request.
+#[derive(Debug)]
+pub struct OpPlan {
+    /// `upsert.single`, `upsert.lookup`, ...
+    pub label: String,
+    /// HTTP method.
+    pub method: reqwest::Method,
+    /// Path template (values percent-encoded).
+    pub path: CompiledPath,
+    /// Query parameters.
+    pub query: Vec<(String, CompiledTree)>,
+    /// Headers.
+    pub headers: Vec<(String, CompiledTree)>,
+    /// Body.
+    pub body: Option<CompiledTree>,
+    /// Rate-limit class.
+    pub class: String,
+    /// Where the id is in a success body.
+    pub id_pointer: Option<String>,
+    /// Special cases.
+    pub rules: Vec<RulePlan>,
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct RulePlan {
+    /// Status it applies to.
+    pub status: u16,
+    /// Message pattern; capture 1 is an id.
+    pub regex: Option<Regex>,
+    /// Meaning.
+    pub then: RuleAction,
+}
+
+/// A compiled batch request.
+#[derive(Debug)]
+pub struct BatchPlan {
+    /// Envelope request (its body holds `{{items}}`).
+    pub op: OpPlan,
+    /// One item per row.
+    pub item: CompiledTree,
+    /// Most items per request.
+    pub max_items: usize,
+    /// Where results are.
+    pub results: BatchResults,
+}
+
+struct Ctx<'a> {
+    source: &'a SourceFile,
+    name: &'a str,
+    templates: &'a mut Templates,
+    diagnostics: &'a mut Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
+        self.diagnostics.push(self.source.diagnostic_at_value(Severity::Error, path, message).hint(hint));
+    }
+}
+
+/// Validates one connector; `None` when it has errors.
+pub fn build(
+    loaded: &Loaded<ConnectorFile>,
+    env: &dyn Env,
+    used: bool,
+    templates: &mut Templates,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ConnectorPlan> {
+    let before = diagnostics.iter().filter(|d| d.is_error()).count();
+    let raw = &loaded.raw;
+    let mut ctx = Ctx { source: &loaded.source, name: &loaded.name, templates, diagnostics };
+    let base_url_env = format!("{}_BASE_URL", loaded.name.to_ascii_uppercase().replace('-', "_"));
+    check_base_url(&mut ctx, &raw.base_url, &base_url_env);
+    check_auth(&mut ctx, &raw.auth, env, used);
+    check_headers(&mut ctx, &raw.headers);
+    check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert);
+    check_retry(&mut ctx, &raw.retry);
+    check_pointers(&mut ctx, "errors.message_pointers", &raw.errors.message_pointers);
+    let flow = build_flow(&mut ctx, &raw.upsert);
+    let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
+    let flow = flow.filter(|_| after == before)?;
+    Some(ConnectorPlan {
+        name: loaded.name.clone(),
+        base_url: raw.base_url.trim_end_matches('/').to_string(),
+        base_url_env,
+        auth: raw.auth.clone(),
+        timeout: Duration::from_secs(raw.timeout_secs),
+        max_in_flight: raw.max_in_flight as usize,
+        headers: raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        rate_limits: raw.rate_limits.clone(),
+        rate_limit_headers: raw.rate_limit_headers.clone(),
+        retry: raw.retry.clone(),
+        message_pointers: raw.errors.message_pointers.clone(),
+        params: raw.params.clone(),
+        flow,
+    })
+}
+
+/// Checks a base URL: absolute http(s) with a host.
+pub fn base_url_problem(url: &str) -> Option<String> {
+    match url::Url::parse(url) {
+        Err(err) => Some(format!("`{url}` is not a URL ({err})")),
+        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
+            Some(format!("`{url}` must use http or https, not `{}`", parsed.scheme()))
+        }
+        Ok(parsed) if parsed.host_str().is_none() => Some(format!("`{url}` has no host")),
+        Ok(parsed) if parsed.query().is_some() => Some(format!("`{url}` must not carry a query string")),
+        Ok(_) => None,
+    }
+}
+
+fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
+    if let Some(problem) = base_url_problem(url) {
+        ctx.error(
+            "base_url",
+            format!("bad base URL: {problem}"),
+            format!("write an absolute URL such as `https://api.example.com/v3`; {env_name} may override it"),
+        );
+    }
+}
+
+fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
+    match auth {
+        Auth::None => vec![],
+        Auth::Bearer { token_env } => vec![("auth.token_env", token_env)],
+        Auth::ApiKeyHeader { key_env, .. } | Auth::ApiKeyQuery { key_env, .. } => vec![("auth.key_env", key_env)],
+        Auth::Basic { username_env, password_env, .. } => {
+            let mut fields = vec![("auth.password_env", password_env.as_str())];
+            if let Some(user) = username_env {
+                fields.push(("auth.username_env", user));
+            }
+            fields
+        }
+        Auth::Oauth2Refresh { client_id_env, client_secret_env, refresh_token_env, .. } => vec![
+            ("auth.client_id_env", client_id_env),
+            ("auth.client_secret_env", client_secret_env),
+            ("auth.refresh_token_env", refresh_token_env),
+        ],
+    }
+}
+
+fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
+    for (path, name) in env_fields(auth) {
+        if !is_env_name(name) {
+            ctx.error(
+                path,
+                format!("`{path}` must name an environment variable, and `{}` does not look like one", mask(name)),
+                "if this is the secret itself, remove it from the file and put it in the environment or .env; write its variable name here, e.g. \"HUBSPOT_ACCESS_TOKEN\"",
+            );
+        } else if used && env.var(name).is_none() {
+            ctx.diagnostics.push(
+                ctx.source
+                    .diagnostic_at_value(Severity::Warning, path, format!("environment variable `{name}` is not set"))
+                    .hint(format!("set it in the environment or in .env before `engine run --connector {}`", ctx.name)),
+            );
+        }
+    }
+    match auth {
+        Auth::Basic { username: None, username_env: None, .. } => ctx.error(
+            "auth",
+            "basic auth needs `username` or `username_env`",
+            "e.g. `username = \"anystring\"` for Mailchimp",
+        ),
+        Auth::Oauth2Refresh { token_url, .. } => {
+            if let Some(problem) = base_url_problem(token_url) {
+                ctx.error("auth.token_url", format!("bad token URL: {problem}"), "an absolute https URL");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Shows only the start of something that may be a secret.
+fn mask(text: &str) -> String {
+    let shown: String = text.chars().take(4).collect();
+    format!("{shown}…")
+}
+
+fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
+    for (name, value) in headers {
+        let path = join_key("headers", name);
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            ctx.error(&path, format!("`{name}` is not a valid header name"), "letters, digits and dashes");
+        }
+        let lowered = name.to_ascii_lowercase();
+        if lowered == "authorization" || lowered.contains("api-key") || lowered.contains("token") || value.starts_with("Bearer ") {
+            ctx.error(
+                &path,
+                format!("literal secret in header `{name}`: config files never hold secrets"),
+                "use the [auth] table with an environment-variable name instead",
+            );
+        }
+    }
+}
+
+fn operation_classes(upsert: &Upsert) -> Vec<&str> {
+    let single = [&upsert.single, &upsert.lookup, &upsert.create, &upsert.update];
+    let mut classes: Vec<&str> = single.iter().filter_map(|op| op.as_ref()).map(|op| op.endpoint_class.as_str()).collect();
+    if let Some(batch) = &upsert.batch {
+        classes.push(&batch.endpoint_class);
+    }
+    classes
+}
+
+fn check_rate_limits(ctx: &mut Ctx<'_>, limits: &[RateLimit], upsert: &Upsert) {
+    let classes = operation_classes(upsert);
+    let mut names = Vec::new();
+    for (index, limit) in limits.iter().enumerate() {
+        let path = join_index("rate_limits", index);
+        if names.contains(&limit.name.as_str()) {
+            ctx.error(&join_key(&path, "name"), format!("duplicate rate limit name `{}`", limit.name), "give each window its own name");
+        }
+        names.push(&limit.name);
+        for (i, class) in limit.endpoint_classes.iter().enumerate() {
+            if class != "*" && !classes.contains(&class.as_str()) {
+                ctx.diagnostics.push(
+                    ctx.source
+                        .diagnostic_at_value(
+                            Severity::Warning,
+                            &join_index(&join_key(&path, "endpoint_classes"), i),
+                            format!("no operation has endpoint_class `{class}`, so this window never applies"),
+                        )
+                        .hint(format!("operations use: {}", classes.join(", "))),
+                );
+            }
+        }
+    }
+}
+
+fn check_retry(ctx: &mut Ctx<'_>, retry: &Retry) {
+    if retry.base_delay_ms > retry.max_delay_ms {
+        ctx.error("retry.base_delay_ms", "`retry.base_delay_ms` is above `retry.max_delay_ms`", "the cap must be at least the first delay");
+    }
+    for (key, statuses) in [("retryable_statuses", &retry.retryable_statuses), ("rate_limited_statuses", &retry.rate_limited_statuses)] {
+        for (index, status) in statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                ctx.error(&join_index(&join_key("retry", key), index), format!("{status} is not an HTTP status"), "100 to 599");
+            }
+        }
+    }
+}
+
+fn check_pointers(ctx: &mut Ctx<'_>, path: &str, pointers: &[String]) {
+    for (index, pointer) in pointers.iter().enumerate() {
+        check_pointer(ctx, &join_index(path, index), pointer);
+    }
+}
+
+fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
+    if !pointer.is_empty() && !pointer.starts_with('/') {
+        ctx.error(path, format!("`{pointer}` is not a JSON pointer"), format!("JSON pointers start with `/`, e.g. `/{pointer}`"));
+    }
+}
+
+fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
+    let lookup = upsert.lookup.as_ref().map(|op| build_op(ctx, "upsert.lookup", op));
+    let update = upsert.update.as_ref().map(|op| build_op(ctx, "upsert.update", op));
+    let create = upsert.create.as_ref().map(|op| build_op(ctx, "upsert.create", op));
+    let single = upsert.single.as_ref().map(|op| build_op(ctx, "upsert.single", op));
+    let batch = upsert.batch.as_ref().map(|op| build_batch(ctx, op));
+    let all_ops = [&single, &lookup, &create, &update];
+    for op in all_ops.iter().copied().flatten().flatten() {
+        check_rule_targets(ctx, op, lookup.is_some(), update.is_some());
+    }
+    if let Some(Some(batch)) = &batch {
+        check_rule_targets(ctx, &batch.op, lookup.is_some(), update.is_some());
+    }
+    let missing = |ctx: &mut Ctx<'_>, what: &str| {
+        ctx.error(
+            "upsert.mode",
+            format!("mode `{:?}` needs `[upsert.{what}]`", upsert.mode).to_lowercase(),
+            format!("add an [upsert.{what}] table, or choose another mode"),
+        );
+    };
+    match upsert.mode {
+        UpsertMode::Single => match single {
+            Some(upsert_op) => Some(Flow::Single { upsert: upsert_op?, lookup: lookup.flatten(), update: update.flatten() }),
+            None => {
+                missing(ctx, "single");
+                None
+            }
+        },
+        UpsertMode::Batch => match batch {
+            Some(batch) => Some(Flow::Batch { batch: batch? }),
+            None => {
+                missing(ctx, "batch");
+                None
+            }
+        },
+        UpsertMode::LookupThenWrite => {
+            for (op, what) in [(&lookup, "lookup"), (&create, "create"), (&update, "update")] {
+                if op.is_none() {
+                    missing(ctx, what);
+                }
+            }
+            Some(Flow::LookupThenWrite { lookup: lookup??, create: create??, update: update?? })
+        }
+    }
+}
+
+fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_update: bool) {
+    for (index, rule) in op.rules.iter().enumerate() {
+        let path = join_key(&join_index(&join_key(&op.label, "rules"), index), "then");
+        if rule.then == RuleAction::Lookup && !has_lookup {
+            ctx.error(&path, "`then = \"lookup\"` needs an [upsert.lookup] operation", "add [upsert.lookup] to find the record's id");
+        }
+        if rule.then == RuleAction::Update && !has_update {
+            ctx.error(&path, "`then = \"update\"` needs an [upsert.update] operation", "add [upsert.update] with `{{id}}` in its path");
+        }
+        if rule.then == RuleAction::Update && rule.regex.as_ref().is_none_or(|r| r.captures_len() < 2) {
+            ctx.error(
+                &path,
+                "`then = \"update\"` needs a `message_regex` with a capture group for the existing id",
+                "e.g. message_regex = 'Existing ID: (\\d+)'",
+            );
+        }
+    }
+}
+
+fn method(m: crate::config::connector::Method) -> reqwest::Method {
+    use crate::config::connector::Method as M;
+    match m {
+        M::Get => reqwest::Method::GET,
+        M::Post => reqwest::Method::POST,
+        M::Put => reqwest::Method::PUT,
+        M::Patch => reqwest::Method::PATCH,
+        M::Delete => reqwest::Method::DELETE,
+    }
+}
+
+fn build_op(ctx: &mut Ctx<'_>, label: &str, op: &Operation) -> Option<OpPlan> {
+    let body = op.body.clone();
+    build_request(ctx, label, op.method, &op.path, &op.query, &op.headers, body.as_ref(), OPERATION_VARIABLES, &op.endpoint_class, op.id_pointer.clone(), &op.rules)
+}
+
+fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
+    let label = "upsert.batch";
+    check_tree(ctx.source, &join_key(label, "item"), &op.item, Some(OPERATION_VARIABLES), ctx.diagnostics);
+    let results = &op.results;
+    check_pointer(ctx, "upsert.batch.results.results_pointer", &results.results_pointer);
+    check_pointer(ctx, "upsert.batch.results.id_pointer", &results.id_pointer);
+    check_pointer(ctx, "upsert.batch.results.match_pointer", &results.match_pointer);
+    check_pointer(ctx, "upsert.batch.results.error_message_pointer", &results.error_message_pointer);
+    if let Some(p) = &results.errors_pointer {
+        check_pointer(ctx, "upsert.batch.results.errors_pointer", p);
+    }
+    if let Some(p) = &results.error_match_pointer {
+        check_pointer(ctx, "upsert.batch.results.error_match_pointer", p);
+    }
+    if !contains_exact(&op.body, "{{items}}") {
+        ctx.error(
+            "upsert.batch.body",
+            "the batch body must contain a leaf that is exactly \"{{items}}\"",
+            "e.g. body = { inputs = \"{{items}}\" }",
+        );
+    }
+    let item = compile(ctx, &format!("{label}.item"), &op.item);
+    let request = build_request(ctx, label, op.method, &op.path, &op.query, &op.headers, Some(&op.body), BATCH_BODY_VARIABLES, &op.endpoint_class, None, &op.rules);
+    Some(BatchPlan { op: request?, item: item?, max_items: op.max_items as usize, results: results.clone() })
+}
+
+fn contains_exact(tree: &Value, text: &str) -> bool {
+    match tree {
+        Value::String(s) => s.trim() == text,
+        Value::Array(items) => items.iter().any(|v| contains_exact(v, text)),
+        Value::Object(map) => map.values().any(|v| contains_exact(v, text)),
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_request(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    m: crate::config::connector::Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    headers: &BTreeMap<String, String>,
+    body: Option<&Value>,
+    body_variables: &[&str],
+    class: &str,
+    id_pointer: Option<String>,
+    rules: &[crate::config::connector::Rule],
+) -> Option<OpPlan> {
+    let path_key = join_key(label, "path");
+    check_tree(ctx.source, &path_key, &Value::String(path.to_string()), Some(OPERATION_VARIABLES), ctx.diagnostics);
+    if !path.starts_with('/') {
+        ctx.error(&path_key, format!("path `{path}` must start with `/`"), "it is appended to base_url");
+    }
+    if let Some(pointer) = &id_pointer {
+        check_pointer(ctx, &join_key(label, "id_pointer"), pointer);
+    }
+    let compiled_path = ctx.templates.compile_path(&format!("{}:{path_key}", ctx.name), path).ok();
+    let query = compile_pairs(ctx, &join_key(label, "query"), query);
+    let headers = compile_pairs(ctx, &join_key(label, "headers"), headers);
+    let body = match body {
+        Some(tree) => {
+            let key = join_key(label, "body");
+            check_tree(ctx.source, &key, tree, Some(body_variables), ctx.diagnostics);
+            Some(compile(ctx, &key, tree)?)
+        }
+        None => None,
+    };
+    let mut rules = build_rules(ctx, label, rules);
+    if label == "upsert.lookup" {
+        // A lookup that answers 404 found nothing; that is not an error.
+        rules.push(RulePlan { status: 404, regex: None, then: RuleAction::NotFound });
+    }
+    Some(OpPlan {
+        label: label.to_string(),
+        method: method(m),
+        path: compiled_path?,
+        query: query?,
+        headers: headers?,
+        body,
+        class: class.to_string(),
+        id_pointer,
+        rules,
+    })
+}
+
+fn compile_pairs(ctx: &mut Ctx<'_>, base: &str, pairs: &BTreeMap<String, String>) -> Option<Vec<(String, CompiledTree)>> {
+    let mut out = Vec::new();
+    for (name, value) in pairs {
+        let key = join_key(base, name);
+        let tree = Value::String(value.clone());
+        check_tree(ctx.source, &key, &tree, Some(OPERATION_VARIABLES), ctx.diagnostics);
+        out.push((name.clone(), compile(ctx, &key, &tree)?));
+    }
+    Some(out)
+}
+
+/// Compiles a tree whose problems were already reported by `check_tree`.
+fn compile(ctx: &mut Ctx<'_>, key: &str, tree: &Value) -> Option<CompiledTree> {
+    ctx.templates.compile_tree(&format!("{}:{key}", ctx.name), tree).ok()
+}
+
+fn build_rules(ctx: &mut Ctx<'_>, label: &str, rules: &[crate::config::connector::Rule]) -> Vec<RulePlan> {
+    let mut out = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let path = join_key(&join_index(&join_key(label, "rules"), index), "message_regex");
+        let regex = match &rule.message_regex {
+            Some(pattern) => match Regex::new(pattern) {
+                Ok(regex) => Some(regex),
+                Err(err) => {
+                    let first = err.to_string().lines().last().unwrap_or_default().to_string();
+                    ctx.error(&path, format!("`message_regex` does not compile: {first}"), "Rust regex syntax; write it as a TOML literal string '...'");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        out.push(RulePlan { status: rule.status, regex, then: rule.then });
+    }
+    out
+}

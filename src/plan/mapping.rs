@@ -1,0 +1,181 @@
+//! Validating one mapping file into a [`MappingPlan`].
+
+use serde_json::{Map, Value};
+
+use super::is_identifier;
+use super::templates::{VariableUse, check_tree};
+use crate::config::mapping::{OnEmptyChoice, Schedule};
+use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile, SourceFile};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::store::TableSpec;
+use crate::template::{CompiledTree, OnEmpty, Templates};
+
+/// Names mapping templates may use besides the row's columns.
+pub const MAPPING_EXTRA_VARIABLES: &[&str] = &["params"];
+
+/// A validated mapping.
+#[derive(Debug)]
+pub struct MappingPlan {
+    /// File stem, e.g. `hubspot`.
+    pub name: String,
+    /// Connector it syncs to.
+    pub connector: String,
+    /// Table and state columns.
+    pub table: TableSpec,
+    /// Schedule and retry settings.
+    pub schedule: Schedule,
+    /// What empty fields become.
+    pub on_empty: OnEmpty,
+    /// Connector params overridden by the mapping's.
+    pub params: Map<String, Value>,
+    /// The fields tree.
+    pub fields: CompiledTree,
+    /// Variables the field templates use (checked against the table's columns when a database is known).
+    pub variables: Vec<VariableUse>,
+    /// The file, for diagnostics found later (database checks).
+    pub source: SourceFile,
+}
+
+/// Validates one mapping; `None` when it has errors.
+pub fn build(
+    loaded: &Loaded<MappingFile>,
+    connector: Option<&Loaded<ConnectorFile>>,
+    set: &ConfigSet,
+    templates: &mut Templates,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<MappingPlan> {
+    let raw = &loaded.raw;
+    let source = &loaded.source;
+    let before = diagnostics.iter().filter(|d| d.is_error()).count();
+    if connector.is_none() && !set.broken.contains(&format!("connectors/{}", raw.connector)) {
+        diagnostics.push(missing_connector(source, &raw.connector, set));
+    }
+    let table = table_spec(raw);
+    check_identifiers(source, raw, &table, diagnostics);
+    if raw.fields.is_empty() {
+        diagnostics.push(
+            source
+                .diagnostic_at_key(Severity::Error, "fields", "`fields` is empty: nothing would be sent")
+                .hint("map at least one CRM field, e.g. `email = \"{{email}}\"`"),
+        );
+    }
+    let fields_tree = Value::Object(raw.fields.clone());
+    let variables = check_tree(source, "fields", &fields_tree, None, diagnostics);
+    check_case_duplicates(source, &raw.fields, diagnostics);
+    let fields = templates.compile_tree(&format!("{}:fields", source.display), &fields_tree).ok();
+    let after = diagnostics.iter().filter(|d| d.is_error()).count();
+    if after > before {
+        return None;
+    }
+    let mut params = connector.map(|c| c.raw.params.clone()).unwrap_or_default();
+    params.extend(raw.params.clone());
+    Some(MappingPlan {
+        name: loaded.name.clone(),
+        connector: raw.connector.clone(),
+        table,
+        schedule: raw.schedule.clone(),
+        on_empty: match raw.on_empty {
+            OnEmptyChoice::Omit => OnEmpty::Omit,
+            OnEmptyChoice::EmptyString => OnEmpty::EmptyString,
+            OnEmptyChoice::Null => OnEmpty::Null,
+        },
+        params,
+        fields: fields?,
+        variables,
+        source: source.clone(),
+    })
+}
+
+/// The table spec with the seed's default column names.
+pub fn table_spec(raw: &MappingFile) -> TableSpec {
+    let prefix = raw.connector.replace('-', "_");
+    let state = &raw.state;
+    let or = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
+    TableSpec {
+        table: raw.source.table.clone(),
+        id_column: raw.source.id.clone(),
+        key_column: raw.source.key.clone(),
+        processing_status: or(&state.processing_status, format!("{prefix}_processing_status")),
+        sync_status: or(&state.sync_status, format!("{prefix}_sync_status")),
+        crm_id: or(&state.crm_id, format!("{prefix}_contact_id")),
+        error: or(&state.error, format!("{prefix}_processing_error")),
+        retry_count: or(&state.retry_count, "retry_count".into()),
+        next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+    }
+}
+
+/// Every column name of a spec with the key path that sets it.
+pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
+    vec![
+        ("source.id", spec.id_column.as_str()),
+        ("source.key", spec.key_column.as_str()),
+        ("state.processing_status", spec.processing_status.as_str()),
+        ("state.sync_status", spec.sync_status.as_str()),
+        ("state.crm_id", spec.crm_id.as_str()),
+        ("state.error", spec.error.as_str()),
+        ("state.retry_count", spec.retry_count.as_str()),
+        ("state.next_retry_at", spec.next_retry_at.as_str()),
+    ]
+}
+
+fn check_identifiers(source: &SourceFile, raw: &MappingFile, spec: &TableSpec, diagnostics: &mut Vec<Diagnostic>) {
+    let mut names = vec![("source.table", raw.source.table.as_str())];
+    names.extend(spec_columns(spec));
+    for (path, name) in names {
+        if !is_identifier(name) {
+            diagnostics.push(
+                source
+                    .diagnostic_at_value(Severity::Error, path, format!("`{name}` is not a plain SQL identifier"))
+                    .hint("letters, digits and underscores, starting with a letter or underscore"),
+            );
+        }
+    }
+    let state = spec_columns(spec);
+    for (i, (path, name)) in state.iter().enumerate().skip(2) {
+        if let Some((other, _)) = state.iter().skip(2).take(i - 2).find(|(_, n)| n == name) {
+            diagnostics.push(
+                source
+                    .diagnostic_at_value(Severity::Error, path, format!("`{path}` and `{other}` both use column `{name}`"))
+                    .hint("each state needs its own column"),
+            );
+        }
+    }
+}
+
+fn check_case_duplicates(source: &SourceFile, fields: &Map<String, Value>, diagnostics: &mut Vec<Diagnostic>) {
+    let keys: Vec<&String> = fields.keys().collect();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(first) = keys[..i].iter().find(|k| k.eq_ignore_ascii_case(key)) {
+            diagnostics.push(
+                source
+                    .diagnostic_at_key(
+                        Severity::Error,
+                        &crate::config::toml_json::join_key("fields", key),
+                        format!("duplicate field: `{key}` and `{first}` differ only in case"),
+                    )
+                    .hint("CRMs match field names case-insensitively or by exact name; keep one"),
+            );
+        }
+    }
+}
+
+fn missing_connector(source: &SourceFile, name: &str, set: &ConfigSet) -> Diagnostic {
+    let known: Vec<&String> = set.connectors.keys().collect();
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let diagnostic = source.diagnostic_at_value(
+        Severity::Error,
+        "connector",
+        format!("connector `{name}` not found: there is no connectors/{name}.toml"),
+    );
+    match best {
+        Some((_, best)) => diagnostic.hint(format!("did you mean `{best}`?")),
+        None => diagnostic.hint(format!(
+            "known connectors: {}",
+            known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}

@@ -1,0 +1,97 @@
+//! Raw config → a validated [`Plan`]: pure (no network, no database), collecting
+//! every problem. `engine check` stops here; `engine run` executes the same plan,
+//! so what was checked is exactly what runs.
+
+mod connector;
+mod mapping;
+mod templates;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use connector::{BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_problem};
+pub use mapping::{MappingPlan, spec_columns as mapping_columns, table_spec};
+
+use crate::config::ConfigSet;
+use crate::diagnostic::Diagnostic;
+use crate::template::Templates;
+
+/// Everything `run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// By connector name.
+    pub connectors: BTreeMap<String, Arc<ConnectorPlan>>,
+    /// By mapping name.
+    pub mappings: BTreeMap<String, Arc<MappingPlan>>,
+    /// Every compiled template.
+    pub templates: Arc<Templates>,
+}
+
+impl Plan {
+    /// The mappings that sync to `connector`.
+    pub fn mappings_of(&self, connector: &str) -> Vec<Arc<MappingPlan>> {
+        self.mappings.values().filter(|m| m.connector == connector).cloned().collect()
+    }
+}
+
+/// Where environment values come from; a trait so `check` and tests can pass a map.
+pub trait Env {
+    /// The value of variable `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment (after `.env` was loaded).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Validates every loaded file and builds the plan. Returns the plan (possibly
+/// partial) and all diagnostics; callers refuse to run when any is an error.
+pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
+    let mut diagnostics = Vec::new();
+    let mut templates = Templates::new();
+    let mut connectors = BTreeMap::new();
+    for loaded in set.connectors.values() {
+        // Secrets matter only for connectors some mapping runs; example connectors
+        // without a mapping are checked but not nagged about.
+        let used = set.mappings.values().any(|m| m.raw.connector == loaded.name);
+        if let Some(plan) = connector::build(loaded, env, used, &mut templates, &mut diagnostics) {
+            connectors.insert(loaded.name.clone(), Arc::new(plan));
+        }
+    }
+    let mut mappings = BTreeMap::new();
+    for loaded in set.mappings.values() {
+        let connector = set.connectors.get(&loaded.raw.connector);
+        if let Some(plan) = mapping::build(loaded, connector, set, &mut templates, &mut diagnostics) {
+            mappings.insert(loaded.name.clone(), Arc::new(plan));
+        }
+    }
+    let plan = Plan { connectors, mappings, templates: Arc::new(templates) };
+    (plan, diagnostics)
+}
+
+/// `true` when `name` can be used unquoted as an SQL identifier (we still quote it).
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+/// `true` when `name` looks like an environment-variable name rather than a secret.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}

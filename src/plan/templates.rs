@@ -1,0 +1,123 @@
+//! Template checks shared by connectors and mappings: syntax (at the line and
+//! column inside the TOML string), unknown helpers, and the variables used.
+
+use serde_json::Value;
+
+use crate::config::SourceFile;
+use crate::config::toml_json::{join_index, join_key};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::template::{self, HELPERS};
+
+/// A variable a template uses, and where.
+#[derive(Debug, Clone)]
+pub struct VariableUse {
+    /// Key path of the template.
+    pub at: String,
+    /// Root variable name.
+    pub name: String,
+}
+
+/// Checks every string leaf of `tree` (found at key path `path` in `source`).
+/// Variables outside `allowed` (when given) are reported; all uses are returned.
+pub fn check_tree(
+    source: &SourceFile,
+    path: &str,
+    tree: &Value,
+    allowed: Option<&[&str]>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<VariableUse> {
+    let mut uses = Vec::new();
+    walk(source, path, tree, allowed, diagnostics, &mut uses);
+    uses
+}
+
+fn walk(
+    source: &SourceFile,
+    path: &str,
+    tree: &Value,
+    allowed: Option<&[&str]>,
+    diagnostics: &mut Vec<Diagnostic>,
+    uses: &mut Vec<VariableUse>,
+) {
+    match tree {
+        Value::String(text) => check_leaf(source, path, text, allowed, diagnostics, uses),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                walk(source, &join_index(path, index), item, allowed, diagnostics, uses);
+            }
+        }
+        Value::Object(map) => {
+            for (key, value) in map {
+                walk(source, &join_key(path, key), value, allowed, diagnostics, uses);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks one template string.
+pub fn check_leaf(
+    source: &SourceFile,
+    path: &str,
+    text: &str,
+    allowed: Option<&[&str]>,
+    diagnostics: &mut Vec<Diagnostic>,
+    uses: &mut Vec<VariableUse>,
+) {
+    let analysis = template::analyse(text);
+    for error in &analysis.errors {
+        diagnostics.push(
+            source
+                .diagnostic_inside_value(
+                    Severity::Error,
+                    path,
+                    error.line,
+                    error.column,
+                    format!("template `{path}` does not compile: {}", error.message),
+                )
+                .hint("handlebars syntax: `{{column}}`, `{{helper column}}`, `{{#if column}}...{{/if}}`"),
+        );
+    }
+    for helper in &analysis.helpers {
+        if !HELPERS.contains(&helper.as_str()) && !BUILT_IN_BLOCKS.contains(&helper.as_str()) {
+            diagnostics.push(unknown_helper(source, path, helper));
+        }
+    }
+    for name in &analysis.variables {
+        if let Some(allowed) = allowed
+            && !allowed.contains(&name.as_str())
+        {
+            diagnostics.push(
+                source
+                    .diagnostic_at_value(
+                        Severity::Error,
+                        path,
+                        format!("template `{path}` uses `{name}`, which is not available here"),
+                    )
+                    .hint(format!("connector templates see: {}", allowed.join(", "))),
+            );
+        }
+        uses.push(VariableUse { at: path.to_string(), name: name.clone() });
+    }
+}
+
+/// Handlebars' own block helpers, always available.
+const BUILT_IN_BLOCKS: &[&str] = &["if", "unless", "each", "with", "lookup", "log", "eq", "ne", "and", "or", "not"];
+
+fn unknown_helper(source: &SourceFile, path: &str, helper: &str) -> Diagnostic {
+    let suggestion = HELPERS
+        .iter()
+        .map(|h| (strsim::jaro_winkler(helper, h), *h))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, h)| h);
+    let diagnostic = source.diagnostic_at_value(
+        Severity::Error,
+        path,
+        format!("template `{path}` calls unknown helper `{helper}`"),
+    );
+    match suggestion {
+        Some(best) => diagnostic.hint(format!("did you mean `{best}`? helpers: {}", HELPERS.join(", "))),
+        None => diagnostic.hint(format!("helpers: {}", HELPERS.join(", "))),
+    }
+}
