@@ -16,3 +16,4 @@ pub fn install_crypto_provider() {
 }
 
 pub mod clock;
+pub mod retry;
