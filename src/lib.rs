@@ -16,4 +16,5 @@ pub fn install_crypto_provider() {
 }
 
 pub mod clock;
+pub mod outcome;
 pub mod retry;
