@@ -17,4 +17,5 @@ pub fn install_crypto_provider() {
 
 pub mod clock;
 pub mod outcome;
+pub mod ratelimit;
 pub mod retry;
