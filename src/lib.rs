@@ -15,11 +15,15 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub mod config;
-pub mod diagnostic;
-pub mod crm;
-pub mod engine;
-pub mod plan;
 pub mod check;
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crm;
 pub mod demo;
+pub mod diagnostic;
+pub mod engine;
+pub mod outcome;
+pub mod plan;
+pub mod ratelimit;
+pub mod retry;
