@@ -24,6 +24,7 @@ pub struct Analysis {
 }
 
 /// Analyses `template` without rendering it. See [`Analysis`].
+#[must_use]
 pub fn analyse(template: &str) -> Analysis {
     match Template::compile(template) {
         Ok(t) => analyse_compiled(template, &t),
@@ -46,7 +47,7 @@ pub(crate) fn analyse_compiled(source: &str, template: &Template) -> Analysis {
 }
 
 /// Turns a handlebars compile error into ours, with a message a user can act
-/// on. pest's own messages ("expected EOI, pre_whitespace_omitter, …") are a
+/// on. pest's own messages ("expected `EOI`, `pre_whitespace_omitter`, …") are a
 /// last resort: a small scan finds the usual mistakes first.
 pub(crate) fn compile_error(source: &str, e: &handlebars::TemplateError) -> TemplateError {
     let (line, column) = e.pos().unwrap_or((1, 1));
@@ -170,7 +171,6 @@ fn unbalanced(body: &str) -> Option<&'static str> {
     for c in body.chars() {
         match (quote, c) {
             (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
             (None, '"' | '\'') => quote = Some(c),
             (None, '(') => depth += 1,
             (None, ')') => {
@@ -179,7 +179,7 @@ fn unbalanced(body: &str) -> Option<&'static str> {
                     return Some("unbalanced `)`");
                 }
             }
-            _ => {}
+            _ => {} // inside a string literal, or an ordinary character
         }
     }
     if quote.is_some() {
@@ -215,6 +215,7 @@ fn offset_of(source: &str, line: usize, column: usize) -> usize {
 }
 
 /// The closest known helper to an unknown name, if it is close enough.
+#[must_use]
 pub fn suggest_helper(name: &str) -> Option<&'static str> {
     HELPERS
         .iter()

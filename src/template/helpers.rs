@@ -213,8 +213,8 @@ impl HelperDef for EngineHelper {
 /// Registers every engine helper on `hb`.
 pub(crate) fn register(hb: &mut Handlebars<'static>) {
     let table: &[(&'static str, HelperFn)] = &[
-        ("lower", |c| map_text(c.arg(0), |s| s.to_lowercase())),
-        ("upper", |c| map_text(c.arg(0), |s| s.to_uppercase())),
+        ("lower", |c| map_text(c.arg(0), str::to_lowercase)),
+        ("upper", |c| map_text(c.arg(0), str::to_uppercase)),
         ("trim", |c| map_text(c.arg(0), |s| s.trim().to_owned())),
         ("first_name", |c| {
             map_text(c.arg(0), |s| split_name(s).0.to_owned())
@@ -415,9 +415,9 @@ fn timestamp_arg(v: &Value, f: impl FnOnce(DateTime<Utc>) -> String) -> Result<V
 }
 
 /// Parses the timestamp shapes SQL drivers hand us, to UTC:
-/// RFC 3339 (`2025-01-31T10:00:00+01:00`, `…Z`), PostgreSQL's text form
+/// RFC 3339 (`2025-01-31T10:00:00+01:00`, `…Z`), `PostgreSQL`'s text form
 /// (`2025-01-31 10:00:00.123+00`), a naive `YYYY-MM-DD HH:MM[:SS[.fff]]`
-/// (taken as UTC, as SQLite's `CURRENT_TIMESTAMP` is) and a bare date
+/// (taken as UTC, as `SQLite`'s `CURRENT_TIMESTAMP` is) and a bare date
 /// `YYYY-MM-DD` (UTC midnight).
 pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
     let s = s.trim();
@@ -447,6 +447,7 @@ pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
 
 /// Formats a UTC instant the way `__now` expects it (for callers building a
 /// render context).
+#[must_use]
 pub fn now_rfc3339(now: DateTime<Utc>) -> String {
     now.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

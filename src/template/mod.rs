@@ -180,6 +180,7 @@ const EMPTY_SEGMENT: &str = "\u{0}";
 
 impl Templates {
     /// Registries with every helper, strict mode on, no HTML escaping.
+    #[must_use]
     pub fn new() -> Self {
         let mut fields = Handlebars::new();
         fields.set_strict_mode(true);
@@ -204,6 +205,10 @@ impl Templates {
     /// `{name}:{leaf}` (e.g. `mappings/hubspot.toml:fields.firstname`), or
     /// just `{name}` when the tree is one string. Returns every error: syntax
     /// errors, unknown helpers, wrong argument counts.
+    ///
+    /// # Errors
+    /// Every leaf that does not compile, each with its key path, line and
+    /// column.
     pub fn compile_tree(
         &mut self,
         name: &str,
@@ -215,6 +220,9 @@ impl Templates {
     /// Compiles a URL path template. What `{{…}}` interpolates is
     /// percent-encoded as one path segment (`/` → `%2F`, `@` → `%40`), the
     /// literal text is not; `{{{raw}}}` opts out of encoding.
+    ///
+    /// # Errors
+    /// The first syntax error, unknown helper or wrong argument count.
     pub fn compile_path(
         &mut self,
         name: &str,
@@ -235,6 +243,10 @@ impl Templates {
     /// Renders `tree` for one render context (usually a row). Empty leaves
     /// follow `on_empty`; a tree that is one string leaf rendering empty with
     /// [`OnEmpty::Omit`] gives `null`.
+    ///
+    /// # Errors
+    /// The first leaf that fails: a variable missing from `ctx`, or a helper
+    /// given something it cannot convert.
     pub fn render_tree(
         &self,
         tree: &CompiledTree,
@@ -247,6 +259,9 @@ impl Templates {
     /// Renders a path template. A `{{…}}` that renders empty (a NULL or
     /// empty value) is an error: `/contacts/` would address the collection,
     /// not the record.
+    ///
+    /// # Errors
+    /// As [`Templates::render_tree`], plus an interpolation that renders empty.
     pub fn render_path(
         &self,
         path: &CompiledPath,
@@ -268,6 +283,9 @@ impl Templates {
 
     /// Renders a tree that is one string leaf (a query or header value) to
     /// its text, with no omission: an empty value gives `""`.
+    ///
+    /// # Errors
+    /// As [`Templates::render_tree`], plus a tree that is an array or table.
     pub fn render_str(
         &self,
         tree: &CompiledTree,
