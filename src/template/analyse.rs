@@ -109,8 +109,7 @@ fn diagnose(source: &str) -> Option<(usize, String)> {
             return Some((start, "`{{` is never closed: add `}}`".into()));
         };
         let inner = &source[after..after + len];
-        if let Some(nested) = inner.find("{{") {
-            let _ = nested;
+        if inner.contains("{{") {
             return Some((start, "`{{` is not closed before the next `{{`".into()));
         }
         i = after + len + 2;
