@@ -27,3 +27,4 @@ pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
 pub mod retry;
+pub mod template;

@@ -1,0 +1,85 @@
+//! A scripted CRM for one-off exchanges: answers each request with the next reply
+//! of a script (the last one repeats) and records what it received.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+/// One scripted reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self { status, body: body.to_string(), headers: vec![] }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A request the server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body: serde_json::Value,
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Reply>,
+    received: Vec<Received>,
+}
+
+/// The running server.
+pub struct ScriptedCrm {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl ScriptedCrm {
+    pub async fn start(script: Vec<Reply>) -> Self {
+        let state = Arc::new(Mutex::new(State { script: script.into(), received: vec![] }));
+        let shared = state.clone();
+        let app = Router::new().fallback(move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
+            let state = shared.clone();
+            async move { answer(&state, method, uri, body) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { base_url, state }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+}
+
+fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let mut state = state.lock().unwrap();
+    state.received.push(Received {
+        method: method.to_string(),
+        path: uri.to_string(),
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    });
+    let reply = if state.script.len() > 1 { state.script.pop_front() } else { state.script.front().cloned() };
+    let reply = reply.expect("a script with at least one reply");
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
+    response
+}
