@@ -27,4 +27,5 @@ pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
 pub mod retry;
+pub mod store;
 pub mod template;

@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module is a feature area.
 
 mod check;
+mod store;
 mod support;
 mod template;

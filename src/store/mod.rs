@@ -1,0 +1,370 @@
+//! All database access: claim queued rows, record what happened to them,
+//! report on the table, migrate it, and hold `max_instances` slots.
+//!
+//! One [`Store`] serves SQLite (the embedded default) and PostgreSQL
+//! (production). It is an enum, not a trait: each backend gets its own SQL
+//! text where the dialects differ (`sqlite.rs`, `postgres.rs`) and shares it
+//! where they agree (`sql.rs`), so both behave the same and one test suite
+//! covers both.
+//!
+//! # The row lifecycle
+//! A row's processing status goes `Queued` → `Processing` → `Complete` or
+//! `Error`, or back to `Queued` to be retried. While a row is `Processing`
+//! its `next_retry_at` column holds the claimer's *lease deadline*: a row
+//! whose lease has passed belongs to a run that crashed, and is claimed
+//! again. Writes are fenced by the lease, so a worker that outlived its
+//! lease cannot overwrite the row's new owner.
+//!
+//! # Timestamps
+//! PostgreSQL stores them as `timestamptz`. SQLite stores UTC text shaped
+//! like its own `datetime()` plus milliseconds (`YYYY-MM-DD HH:MM:SS.fff`),
+//! so comparing the text orders the instants. Both backends keep them to the
+//! millisecond, so a lease read back compares equal to the one written.
+
+mod lock;
+mod postgres;
+mod schema;
+mod sql;
+mod sqlite;
+
+use std::fmt;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgPool, SqlitePool};
+
+pub use lock::InstanceGuard;
+
+/// A database the engine reads rows from and writes their status to.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// Which table and columns one mapping works on.
+///
+/// All names are already validated as SQL identifiers by the caller; the
+/// store still quotes them with double quotes.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub table: String,
+    pub id_column: String,
+    pub key_column: String,
+    /// The engine's status: `Queued` → `Processing` → `Complete` | `Error`.
+    pub processing_status: String,
+    /// The user's status: set to `Complete` on success, `Error` on final error.
+    pub sync_status: String,
+    /// The CRM's id for the row.
+    pub crm_id: String,
+    /// The last error message; NULL after a success.
+    pub error: String,
+    /// Attempts that failed so far (the seed shares one between CRMs; a
+    /// mapping may name its own).
+    pub retry_count: String,
+    /// When a `Queued` row may be tried again; the lease deadline while
+    /// `Processing`.
+    pub next_retry_at: String,
+}
+
+/// One column of a table, as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// The declared type (PostgreSQL: `format_type`, e.g. `uuid`,
+    /// `timestamp with time zone`; SQLite: the declared type text).
+    pub sql_type: String,
+    pub nullable: bool,
+}
+
+/// A row taken for processing.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    /// The id column as text.
+    pub id: String,
+    /// Every column of the row (after the claim), because templates render
+    /// over all of them.
+    pub row: Map<String, Value>,
+    pub retry_count: i64,
+    /// The lease this claim holds; hand it back in [`RowResult::lease`].
+    pub lease: DateTime<Utc>,
+}
+
+/// What to write back for one claimed row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowUpdate {
+    /// Processing and sync status `Complete`, the CRM id (kept as it was
+    /// when `None`), error NULL, retry count 0, next_retry_at NULL.
+    Complete { crm_id: Option<String> },
+    /// Back to `Queued` with the error text, to be tried at `next_retry_at`.
+    RetryLater {
+        error: String,
+        retry_count: i64,
+        next_retry_at: DateTime<Utc>,
+    },
+    /// Back to `Queued` without counting an attempt (rate limited, shutting
+    /// down); retry count and error stay as they were.
+    Release {
+        next_retry_at: Option<DateTime<Utc>>,
+    },
+    /// Processing and sync status `Error` for good; next_retry_at NULL.
+    Failed { error: String, retry_count: i64 },
+}
+
+/// The outcome for one claimed row, fenced by the lease it was claimed with.
+#[derive(Debug, Clone)]
+pub struct RowResult {
+    pub id: String,
+    pub lease: DateTime<Utc>,
+    pub update: RowUpdate,
+}
+
+impl Store {
+    /// Connects to `sqlite://path` (the file is created if missing),
+    /// `sqlite::memory:`, or `postgres://…`.
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        let store = if url.starts_with("sqlite:") {
+            Store::Sqlite(sqlite::connect(url).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(postgres::connect(url).await?)
+        } else {
+            bail!("unsupported database URL: expected `sqlite://…` or `postgres://…`");
+        };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The table's columns in order, or `None` when the table does not exist.
+    pub async fn columns(&self, table: &str) -> anyhow::Result<Option<Vec<Column>>> {
+        let columns = match self {
+            Store::Sqlite(pool) => sqlite::columns(pool, table).await?,
+            Store::Postgres(pool) => postgres::columns(pool, table).await?,
+        };
+        Ok((!columns.is_empty()).then_some(columns))
+    }
+
+    /// Takes up to `limit` due rows in one statement and marks them
+    /// `Processing` until `lease`.
+    ///
+    /// Due means `Queued` with `next_retry_at` NULL or `<= now`, or
+    /// `Processing` with a lease `<= now` (its run crashed). Rows are taken
+    /// in `next_retry_at` order, NULLs first, then by id; the returned rows
+    /// are in no particular order. Concurrent claimers, in this process or
+    /// others, never get the same row.
+    pub async fn claim(
+        &self,
+        spec: &TableSpec,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<ClaimedRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (now, lease) = (stored_time(now), stored_time(lease));
+        let limit = i64::try_from(limit).context("claim limit too large")?;
+        let claimed = match self {
+            Store::Sqlite(pool) => sqlite::claim(pool, spec, limit, now, lease).await,
+            Store::Postgres(pool) => postgres::claim(pool, spec, limit, now, lease).await,
+        };
+        claimed.with_context(|| format!("claiming rows of {}", spec.table))
+    }
+
+    /// Writes all `results` in one statement and returns how many rows were
+    /// written.
+    ///
+    /// Fenced: a row is only written while it is still `Processing` under
+    /// the result's lease, so a row that was reclaimed after its lease
+    /// expired keeps its new owner's state.
+    pub async fn record(&self, spec: &TableSpec, results: &[RowResult]) -> anyhow::Result<u64> {
+        if results.is_empty() {
+            return Ok(0);
+        }
+        let written = match self {
+            Store::Sqlite(pool) => sqlite::record(pool, spec, results).await,
+            Store::Postgres(pool) => postgres::record(pool, spec, results).await,
+        };
+        written.with_context(|| format!("recording results in {}", spec.table))
+    }
+
+    /// How many rows have each processing status (NULL included), NULL
+    /// first, then alphabetical.
+    pub async fn status_counts(
+        &self,
+        spec: &TableSpec,
+    ) -> anyhow::Result<Vec<(Option<String>, i64)>> {
+        let sql = sql::status_counts(spec);
+        let counts = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        Ok(counts?)
+    }
+
+    /// Up to `limit` rows that failed for good, or wait for a retry with an
+    /// error: `(key, error, retry count)`, by id descending.
+    pub async fn latest_errors(
+        &self,
+        spec: &TableSpec,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let sql = sql::latest_errors(spec);
+        let errors = match self {
+            Store::Sqlite(pool) => {
+                let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit);
+                query.fetch_all(pool).await
+            }
+            Store::Postgres(pool) => {
+                let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(limit);
+                query.fetch_all(pool).await
+            }
+        };
+        Ok(errors?)
+    }
+
+    /// Puts every `Error` row back in the queue with a fresh retry budget.
+    /// The error text stays until the next outcome replaces it.
+    pub async fn requeue_errors(&self, spec: &TableSpec) -> anyhow::Result<u64> {
+        self.execute(sql::requeue_errors(spec)).await
+    }
+
+    /// Queues every row that is not `Processing`, due now with a fresh retry
+    /// budget (demo and benchmarks start from here).
+    pub async fn queue_all(&self, spec: &TableSpec) -> anyhow::Result<u64> {
+        self.execute(sql::queue_all(spec)).await
+    }
+
+    /// The statements `engine migrate` would run: create the seed's contacts
+    /// table when it is missing, else add the state columns `spec` names
+    /// that it lacks; and add the claim index when the table has none.
+    pub async fn migration_sql(&self, spec: &TableSpec) -> anyhow::Result<Vec<String>> {
+        let columns = self.columns(&spec.table).await?;
+        let has_claim_index = match &columns {
+            None => false,
+            Some(_) => self.has_claim_index(spec).await?,
+        };
+        schema::migration_sql(self.backend(), spec, columns.as_deref(), has_claim_index)
+    }
+
+    /// Runs [`Store::migration_sql`] in one transaction and returns what it ran.
+    pub async fn migrate(&self, spec: &TableSpec) -> anyhow::Result<Vec<String>> {
+        let statements = self.migration_sql(spec).await?;
+        match self {
+            Store::Sqlite(pool) => sqlite::run_in_transaction(pool, &statements).await?,
+            Store::Postgres(pool) => postgres::run_in_transaction(pool, &statements).await?,
+        }
+        Ok(statements)
+    }
+
+    /// Takes one of `max_instances` slots named `lock_name` (e.g.
+    /// `mapping:hubspot`), shared by every process using this database.
+    /// `None` when all slots are taken; the slot is freed when the guard
+    /// drops (or sooner with [`InstanceGuard::release`]).
+    pub async fn acquire_instance_slot(
+        &self,
+        lock_name: &str,
+        max_instances: u32,
+    ) -> anyhow::Result<Option<InstanceGuard>> {
+        match self {
+            Store::Sqlite(pool) => lock::acquire_file_slot(pool, lock_name, max_instances).await,
+            Store::Postgres(pool) => {
+                lock::acquire_advisory_slot(pool, lock_name, max_instances).await
+            }
+        }
+    }
+
+    /// Inserts rows given as JSON objects (column → value) in one
+    /// transaction, many rows per statement; for loading the seed's contacts
+    /// and benchmark data. Consecutive rows with the same keys share a
+    /// statement; columns a row leaves out take their defaults.
+    pub async fn insert_rows(
+        &self,
+        table: &str,
+        rows: &[Map<String, Value>],
+    ) -> anyhow::Result<u64> {
+        let inserted = match self {
+            Store::Sqlite(pool) => sqlite::insert_rows(pool, table, rows).await,
+            Store::Postgres(pool) => postgres::insert_rows(pool, table, rows).await,
+        };
+        inserted.with_context(|| format!("inserting rows into {table}"))
+    }
+
+    /// Reads one row as a JSON object of all its columns, as [`Store::claim`]
+    /// returns it; `None` if no row has that id.
+    pub async fn fetch_row(
+        &self,
+        spec: &TableSpec,
+        id: &str,
+    ) -> anyhow::Result<Option<Map<String, Value>>> {
+        match self {
+            Store::Sqlite(pool) => sqlite::fetch_row(pool, spec, id).await,
+            Store::Postgres(pool) => postgres::fetch_row(pool, spec, id).await,
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(pool) => pool.close().await,
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    async fn has_claim_index(&self, spec: &TableSpec) -> anyhow::Result<bool> {
+        let (table, first, second) = (&spec.table, &spec.processing_status, &spec.next_retry_at);
+        match self {
+            Store::Sqlite(pool) => sqlite::has_index_on(pool, table, first, second).await,
+            Store::Postgres(pool) => postgres::has_index_on(pool, table, first, second).await,
+        }
+    }
+
+    async fn execute(&self, sql: String) -> anyhow::Result<u64> {
+        let done = match self {
+            Store::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Store::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done)
+    }
+}
+
+/// Times are kept to the millisecond (SQLite's text shape holds no more),
+/// so a lease compares equal after a round trip through either backend.
+fn stored_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
+}

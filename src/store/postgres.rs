@@ -1,0 +1,229 @@
+//! PostgreSQL's SQL. Claims lock rows with `FOR UPDATE SKIP LOCKED`, so
+//! concurrent claimers pass over each other's rows instead of waiting.
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, pg_time, quote};
+use super::{ClaimedRow, Column, RowResult, TableSpec};
+
+/// Rows per INSERT statement in `insert_rows`.
+const INSERT_CHUNK: usize = 1000;
+
+pub(super) async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    // UTC sessions, so timestamps in row JSON read the same whatever the
+    // server's default time zone.
+    let options = PgConnectOptions::from_str(url)
+        .context("invalid PostgreSQL URL")?
+        .options([("timezone", "UTC")]);
+    PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(options)
+        .await
+        .context("cannot connect to PostgreSQL")
+}
+
+pub(super) async fn columns(pool: &PgPool, table: &str) -> anyhow::Result<Vec<Column>> {
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull \
+         FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await?;
+    let columns = rows.into_iter().map(|(name, sql_type, nullable)| Column {
+        name,
+        sql_type,
+        nullable,
+    });
+    Ok(columns.collect())
+}
+
+/// The declared type of the id column, so ids sent as text are cast to it
+/// and compared with the column as it is: that is what lets the primary-key
+/// index find the rows.
+async fn id_type(pool: &PgPool, spec: &TableSpec) -> anyhow::Result<String> {
+    let id_type: Option<String> = sqlx::query_scalar(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attname = $2 AND NOT a.attisdropped",
+    )
+    .bind(&spec.table)
+    .bind(&spec.id_column)
+    .fetch_optional(pool)
+    .await?;
+    id_type.with_context(|| format!("table {} has no column {}", spec.table, spec.id_column))
+}
+
+pub(super) async fn claim(
+    pool: &PgPool,
+    spec: &TableSpec,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease: DateTime<Utc>,
+) -> anyhow::Result<Vec<ClaimedRow>> {
+    let rows: Vec<(String, Json<Map<String, Value>>, i64)> =
+        sqlx::query_as(AssertSqlSafe(claim_sql(spec)))
+            .bind(now)
+            .bind(lease)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    let claimed = rows
+        .into_iter()
+        .map(|(id, Json(row), retry_count)| ClaimedRow {
+            id,
+            row,
+            retry_count,
+            lease,
+        });
+    Ok(claimed.collect())
+}
+
+/// Each arm (due queued rows; expired leases) walks the claim index in
+/// order, locks up to `limit` rows no one else holds, and stops; the outer
+/// query keeps the first `limit` of both (the rest are unlocked when the
+/// statement ends). $1 = now, $2 = lease, $3 = limit.
+fn claim_sql(spec: &TableSpec) -> String {
+    let (table, id, due) = (
+        quote(&spec.table),
+        quote(&spec.id_column),
+        quote(&spec.next_retry_at),
+    );
+    let arm = |predicate: String| {
+        format!(
+            "SELECT {id} AS id, {due} AS due FROM {table} WHERE {predicate} \
+             ORDER BY {due} NULLS FIRST, {id} LIMIT $3 FOR UPDATE SKIP LOCKED"
+        )
+    };
+    format!(
+        "WITH _claim_queued AS ({queued}), \
+              _claim_expired AS ({expired}), \
+              _claim_picked AS ( \
+                SELECT id FROM (SELECT * FROM _claim_queued UNION ALL SELECT * FROM _claim_expired) c \
+                ORDER BY due NULLS FIRST, id LIMIT $3) \
+         UPDATE {table} AS _t SET {status} = '{processing}', {due} = $2 \
+         FROM _claim_picked WHERE _t.{id} = _claim_picked.id \
+         RETURNING _t.{id}::text, row_to_json(_t), COALESCE(_t.{retries}, 0)::bigint",
+        queued = arm(sql::queued_and_due(spec, "$1")),
+        expired = arm(sql::lease_expired(spec, "$1")),
+        status = quote(&spec.processing_status),
+        processing = sql::PROCESSING,
+        retries = quote(&spec.retry_count),
+    )
+}
+
+pub(super) async fn record(
+    pool: &PgPool,
+    spec: &TableSpec,
+    results: &[RowResult],
+) -> anyhow::Result<u64> {
+    let rows: Vec<WriteBack> = results.iter().map(|r| WriteBack::new(r, pg_time)).collect();
+    let sql = record_sql(spec, &id_type(pool, spec).await?);
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(Json(rows))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// One UPDATE … FROM over the JSON array of write-backs ($1).
+fn record_sql(spec: &TableSpec, id_type: &str) -> String {
+    let fields: Vec<String> = WRITE_BACK_FIELDS
+        .iter()
+        .map(|(name, pg_type)| format!("{name} {pg_type}"))
+        .collect();
+    let (set, fence) = sql::record_assignments_and_fence(spec);
+    format!(
+        "UPDATE {table} AS _t SET {set} \
+         FROM jsonb_to_recordset($1::jsonb) AS v({fields}) \
+         WHERE _t.{id} = v.id::{id_type} AND {fence}",
+        table = quote(&spec.table),
+        fields = fields.join(", "),
+        id = quote(&spec.id_column),
+    )
+}
+
+pub(super) async fn fetch_row(
+    pool: &PgPool,
+    spec: &TableSpec,
+    id: &str,
+) -> anyhow::Result<Option<Map<String, Value>>> {
+    let sql = format!(
+        "SELECT row_to_json(_t) FROM {table} AS _t WHERE {id} = $1::{id_type}",
+        table = quote(&spec.table),
+        id = quote(&spec.id_column),
+        id_type = id_type(pool, spec).await?,
+    );
+    let row: Option<Json<Map<String, Value>>> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|Json(row)| row))
+}
+
+/// Whether some index of `table` starts with the columns (first, second).
+pub(super) async fn has_index_on(
+    pool: &PgPool,
+    table: &str,
+    first: &str,
+    second: &str,
+) -> anyhow::Result<bool> {
+    let found: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i \
+         JOIN pg_attribute c0 ON c0.attrelid = i.indrelid AND c0.attnum = i.indkey[0] \
+         JOIN pg_attribute c1 ON c1.attrelid = i.indrelid AND c1.attnum = i.indkey[1] \
+         WHERE i.indrelid = to_regclass(quote_ident($1)) AND c0.attname = $2 AND c1.attname = $3)",
+    )
+    .bind(table)
+    .bind(first)
+    .bind(second)
+    .fetch_one(pool)
+    .await?;
+    Ok(found)
+}
+
+pub(super) async fn run_in_transaction(pool: &PgPool, statements: &[String]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        sqlx::query(AssertSqlSafe(statement.as_str()))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("running {statement}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `jsonb_populate_recordset` converts each JSON value to its column's type
+/// (uuid, timestamptz, integer …), which binding text parameters would not.
+pub(super) async fn insert_rows(
+    pool: &PgPool,
+    table: &str,
+    rows: &[Map<String, Value>],
+) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let mut inserted = 0;
+    for (keys, chunk) in sql::insert_batches(rows, INSERT_CHUNK)? {
+        let columns = sql::column_list(&keys);
+        let sql = format!(
+            "INSERT INTO {table} ({columns}) SELECT {columns} \
+             FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)",
+            table = quote(table),
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(Json(chunk))
+            .execute(&mut *tx)
+            .await?;
+        inserted += done.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}

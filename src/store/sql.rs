@@ -1,0 +1,296 @@
+//! SQL text both backends share, and the pieces the per-backend SQL is built
+//! from. Both dialects accept `$n` placeholders, double-quoted identifiers,
+//! `CAST(… AS TEXT)` and `NULLS FIRST`, so most statements are written once.
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{RowResult, RowUpdate, TableSpec};
+
+pub(super) const QUEUED: &str = "Queued";
+pub(super) const PROCESSING: &str = "Processing";
+pub(super) const COMPLETE: &str = "Complete";
+pub(super) const ERROR: &str = "Error";
+
+/// Quotes an identifier. Names are validated upstream; doubling quotes keeps
+/// even an unvalidated name from escaping its quotes.
+pub(super) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// True for names made of ASCII letters, digits and `_`, not starting with a
+/// digit: the only column names `insert_rows` accepts, because they also
+/// appear inside JSON paths.
+pub(super) fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// SQLite's text shape for a UTC instant (`datetime()` plus milliseconds).
+pub(super) fn sqlite_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+/// PostgreSQL input text for a UTC instant (RFC 3339 with milliseconds).
+pub(super) fn pg_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The predicate of the claim's first arm: queued rows that are due.
+/// Plain comparisons on the indexed columns, so the claim index serves it.
+pub(super) fn queued_and_due(spec: &TableSpec, now: &str) -> String {
+    let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
+    format!("{status} = '{QUEUED}' AND ({due} IS NULL OR {due} <= {now})")
+}
+
+/// The predicate of the claim's second arm: rows whose lease has expired.
+pub(super) fn lease_expired(spec: &TableSpec, now: &str) -> String {
+    let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
+    format!("{status} = '{PROCESSING}' AND {due} <= {now}")
+}
+
+/// One row's write-back, as an element of the JSON array `record` binds.
+/// A `None` (or `set_error: false`) keeps the column's current value.
+#[derive(Serialize)]
+pub(super) struct WriteBack<'a> {
+    id: &'a str,
+    lease: String,
+    status: &'static str,
+    sync: Option<&'static str>,
+    crm_id: Option<&'a str>,
+    set_error: bool,
+    error: Option<&'a str>,
+    retry_count: Option<i64>,
+    next_retry_at: Option<String>,
+}
+
+/// The fields of [`WriteBack`] in order, with the types PostgreSQL reads
+/// them as; SQLite reads the same names with `->>`.
+pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 9] = [
+    ("id", "text"),
+    ("lease", "timestamptz"),
+    ("status", "text"),
+    ("sync", "text"),
+    ("crm_id", "text"),
+    ("set_error", "boolean"),
+    ("error", "text"),
+    ("retry_count", "bigint"),
+    ("next_retry_at", "timestamptz"),
+];
+
+impl<'a> WriteBack<'a> {
+    /// `time` renders instants for the backend at hand.
+    pub(super) fn new(result: &'a RowResult, time: fn(DateTime<Utc>) -> String) -> Self {
+        let at = |t: DateTime<Utc>| time(super::stored_time(t));
+        let base = WriteBack {
+            id: &result.id,
+            lease: at(result.lease),
+            status: QUEUED,
+            sync: None,
+            crm_id: None,
+            set_error: false,
+            error: None,
+            retry_count: None,
+            next_retry_at: None,
+        };
+        match &result.update {
+            RowUpdate::Complete { crm_id } => WriteBack {
+                status: COMPLETE,
+                sync: Some(COMPLETE),
+                crm_id: crm_id.as_deref(),
+                set_error: true,
+                retry_count: Some(0),
+                ..base
+            },
+            RowUpdate::RetryLater {
+                error,
+                retry_count,
+                next_retry_at,
+            } => WriteBack {
+                set_error: true,
+                error: Some(error),
+                retry_count: Some(*retry_count),
+                next_retry_at: Some(at(*next_retry_at)),
+                ..base
+            },
+            RowUpdate::Release { next_retry_at } => WriteBack {
+                next_retry_at: next_retry_at.map(at),
+                ..base
+            },
+            RowUpdate::Failed { error, retry_count } => WriteBack {
+                status: ERROR,
+                sync: Some(ERROR),
+                set_error: true,
+                error: Some(error),
+                retry_count: Some(*retry_count),
+                ..base
+            },
+        }
+    }
+}
+
+/// The SET list and fence of `record`, given how the backend names the
+/// target row (`_t`) and the write-back row (`v`).
+pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String) {
+    let c = |name: &str| quote(name);
+    let t = |name: &str| format!("_t.{}", quote(name));
+    let set = format!(
+        "{status} = v.status, \
+         {sync} = COALESCE(v.sync, {t_sync}), \
+         {crm} = COALESCE(v.crm_id, {t_crm}), \
+         {error} = CASE WHEN v.set_error THEN v.error ELSE {t_error} END, \
+         {retries} = COALESCE(v.retry_count, {t_retries}), \
+         {due} = v.next_retry_at",
+        status = c(&spec.processing_status),
+        sync = c(&spec.sync_status),
+        t_sync = t(&spec.sync_status),
+        crm = c(&spec.crm_id),
+        t_crm = t(&spec.crm_id),
+        error = c(&spec.error),
+        t_error = t(&spec.error),
+        retries = c(&spec.retry_count),
+        t_retries = t(&spec.retry_count),
+        due = c(&spec.next_retry_at),
+    );
+    let fence = format!(
+        "{} = '{PROCESSING}' AND {} = v.lease",
+        t(&spec.processing_status),
+        t(&spec.next_retry_at)
+    );
+    (set, fence)
+}
+
+pub(super) fn status_counts(spec: &TableSpec) -> String {
+    let status = quote(&spec.processing_status);
+    format!(
+        "SELECT CAST({status} AS TEXT), COUNT(*) FROM {table} \
+         GROUP BY {status} ORDER BY {status} NULLS FIRST",
+        table = quote(&spec.table)
+    )
+}
+
+pub(super) fn latest_errors(spec: &TableSpec) -> String {
+    let (status, error) = (quote(&spec.processing_status), quote(&spec.error));
+    format!(
+        "SELECT CAST({key} AS TEXT), COALESCE({error}, ''), CAST(COALESCE({retries}, 0) AS BIGINT) \
+         FROM {table} \
+         WHERE {status} = '{ERROR}' OR ({status} = '{QUEUED}' AND {error} IS NOT NULL) \
+         ORDER BY {id} DESC LIMIT $1",
+        key = quote(&spec.key_column),
+        retries = quote(&spec.retry_count),
+        table = quote(&spec.table),
+        id = quote(&spec.id_column),
+    )
+}
+
+pub(super) fn requeue_errors(spec: &TableSpec) -> String {
+    let status = quote(&spec.processing_status);
+    format!(
+        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
+         WHERE {status} = '{ERROR}'",
+        table = quote(&spec.table),
+        retries = quote(&spec.retry_count),
+        due = quote(&spec.next_retry_at),
+    )
+}
+
+pub(super) fn queue_all(spec: &TableSpec) -> String {
+    let status = quote(&spec.processing_status);
+    format!(
+        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
+         WHERE {status} IS NULL OR {status} <> '{PROCESSING}'",
+        table = quote(&spec.table),
+        retries = quote(&spec.retry_count),
+        due = quote(&spec.next_retry_at),
+    )
+}
+
+/// Splits rows for `insert_rows` into statements: consecutive rows with the
+/// same columns, at most `chunk` at a time, each with its column names.
+pub(super) fn insert_batches(
+    rows: &[Map<String, Value>],
+    chunk: usize,
+) -> anyhow::Result<Vec<(Vec<&str>, &[Map<String, Value>])>> {
+    let same_columns = |a: &Map<String, Value>, b: &Map<String, Value>| {
+        a.len() == b.len() && a.keys().all(|k| b.contains_key(k))
+    };
+    let mut batches = Vec::new();
+    for group in rows.chunk_by(same_columns) {
+        let keys: Vec<&str> = group[0].keys().map(String::as_str).collect();
+        if let Some(bad) = keys.iter().find(|k| !is_plain_identifier(k)) {
+            bail!("column name {bad:?} is not a plain identifier");
+        }
+        for rows in group.chunks(chunk) {
+            batches.push((keys.clone(), rows));
+        }
+    }
+    Ok(batches)
+}
+
+/// `"a", "b", …`
+pub(super) fn column_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| quote(n)).collect();
+    quoted.join(", ")
+}
+
+/// The claim index's name: unique per mapping's status column, and within
+/// PostgreSQL's 63-byte limit (a long name is shortened with a hash suffix,
+/// so two long names do not collide).
+pub(super) fn claim_index_name(spec: &TableSpec) -> String {
+    let name = format!("{}_{}_claim", spec.table, spec.processing_status);
+    if name.len() <= 63 {
+        return name;
+    }
+    let mut cut = 54;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:08x}", &name[..cut], fnv1a(name.as_bytes()))
+}
+
+/// FNV-1a, 32 bits: a hash that is the same in every process and release,
+/// unlike `std`'s hasher, for names shared across processes.
+pub(super) fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, &b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_index_names_are_shortened_to_a_unique_63_bytes() {
+        let spec = |status: &str| TableSpec {
+            table: "t".repeat(40),
+            id_column: "id".into(),
+            key_column: "email".into(),
+            processing_status: status.into(),
+            sync_status: "s".into(),
+            crm_id: "c".into(),
+            error: "e".into(),
+            retry_count: "r".into(),
+            next_retry_at: "n".into(),
+        };
+        let a = claim_index_name(&spec("a_very_long_processing_status_one"));
+        let b = claim_index_name(&spec("a_very_long_processing_status_two"));
+        assert_eq!(a.len(), 63);
+        assert_ne!(a, b);
+        assert_eq!(
+            claim_index_name(&spec("ps")),
+            format!("{}_ps_claim", "t".repeat(40))
+        );
+    }
+
+    #[test]
+    fn sqlite_times_sort_as_text_in_time_order() {
+        let t = DateTime::parse_from_rfc3339("2025-11-19T02:13:46.5Z").unwrap();
+        assert_eq!(sqlite_time(t.to_utc()), "2025-11-19 02:13:46.500");
+    }
+}

@@ -1,0 +1,244 @@
+//! SQLite's SQL. SQLite has one writer at a time and a write statement takes
+//! the write lock before it reads, so a single `UPDATE … RETURNING` claim is
+//! exclusive without row locks.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, SqlitePool};
+
+use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, quote, sqlite_time};
+use super::{ClaimedRow, Column, RowResult, TableSpec};
+
+/// Writers wait this long for the write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rows per INSERT statement in `insert_rows`.
+const INSERT_CHUNK: usize = 1000;
+
+pub(super) async fn connect(url: &str) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)
+        .context("invalid SQLite URL")?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT);
+    let pool = if is_in_memory(url) {
+        // An in-memory database lives as long as one of its connections:
+        // keep exactly one, forever. (Shared-cache locks also ignore
+        // busy_timeout, so a single connection avoids SQLITE_LOCKED.)
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+    } else {
+        SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+    };
+    pool.context("cannot open the SQLite database")
+}
+
+fn is_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+pub(super) async fn columns(pool: &SqlitePool, table: &str) -> anyhow::Result<Vec<Column>> {
+    let rows: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT name, type, \"notnull\" FROM pragma_table_info($1) ORDER BY cid")
+            .bind(table)
+            .fetch_all(pool)
+            .await?;
+    let columns = rows.into_iter().map(|(name, sql_type, not_null)| Column {
+        name,
+        sql_type,
+        nullable: !not_null,
+    });
+    Ok(columns.collect())
+}
+
+/// `json_object('a', "a", 'b', "b", …)` over every column of the table:
+/// the row as the JSON object templates render over. Names stay
+/// unqualified: SQLite's RETURNING takes no table or alias prefix.
+async fn row_json(pool: &SqlitePool, table: &str) -> anyhow::Result<String> {
+    let columns = columns(pool, table).await?;
+    ensure!(!columns.is_empty(), "table {table} does not exist");
+    let pairs: Vec<String> = columns
+        .iter()
+        .map(|c| format!("'{}', {}", c.name.replace('\'', "''"), quote(&c.name)))
+        .collect();
+    Ok(format!("json_object({})", pairs.join(", ")))
+}
+
+pub(super) async fn claim(
+    pool: &SqlitePool,
+    spec: &TableSpec,
+    limit: i64,
+    now: DateTime<Utc>,
+    lease: DateTime<Utc>,
+) -> anyhow::Result<Vec<ClaimedRow>> {
+    let sql = claim_sql(spec, &row_json(pool, &spec.table).await?);
+    let rows: Vec<(String, Json<Map<String, Value>>, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(sqlite_time(now))
+        .bind(sqlite_time(lease))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    let claimed = rows
+        .into_iter()
+        .map(|(id, Json(row), retry_count)| ClaimedRow {
+            id,
+            row,
+            retry_count,
+            lease,
+        });
+    Ok(claimed.collect())
+}
+
+/// Each arm (due queued rows; expired leases) walks the claim index in
+/// order and stops after `limit` rows; the outer query keeps the first
+/// `limit` of both. $1 = now, $2 = lease, $3 = limit.
+fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
+    let (table, id, due) = (
+        quote(&spec.table),
+        quote(&spec.id_column),
+        quote(&spec.next_retry_at),
+    );
+    let arm = |predicate: String| {
+        format!(
+            "SELECT * FROM (SELECT {id} AS id, {due} AS due FROM {table} \
+             WHERE {predicate} ORDER BY {due}, {id} LIMIT $3)"
+        )
+    };
+    format!(
+        "UPDATE {table} SET {status} = '{processing}', {due} = $2 \
+         WHERE {id} IN (SELECT id FROM ({queued} UNION ALL {expired}) \
+                        ORDER BY due, id LIMIT $3) \
+         RETURNING CAST({id} AS TEXT), {row_json}, CAST(COALESCE({retries}, 0) AS INTEGER)",
+        status = quote(&spec.processing_status),
+        processing = sql::PROCESSING,
+        queued = arm(sql::queued_and_due(spec, "$1")),
+        expired = arm(sql::lease_expired(spec, "$1")),
+        retries = quote(&spec.retry_count),
+    )
+}
+
+pub(super) async fn record(
+    pool: &SqlitePool,
+    spec: &TableSpec,
+    results: &[RowResult],
+) -> anyhow::Result<u64> {
+    let rows: Vec<WriteBack> = results
+        .iter()
+        .map(|r| WriteBack::new(r, sqlite_time))
+        .collect();
+    let done = sqlx::query(AssertSqlSafe(record_sql(spec)))
+        .bind(Json(rows))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// One UPDATE … FROM over the JSON array of write-backs ($1).
+fn record_sql(spec: &TableSpec) -> String {
+    let fields: Vec<String> = WRITE_BACK_FIELDS
+        .iter()
+        .map(|(name, _)| format!("value ->> '$.{name}' AS {name}"))
+        .collect();
+    let (set, fence) = sql::record_assignments_and_fence(spec);
+    format!(
+        "WITH v AS (SELECT {fields} FROM json_each($1)) \
+         UPDATE {table} AS _t SET {set} FROM v \
+         WHERE _t.{id} = v.id AND {fence}",
+        fields = fields.join(", "),
+        table = quote(&spec.table),
+        id = quote(&spec.id_column),
+    )
+}
+
+pub(super) async fn fetch_row(
+    pool: &SqlitePool,
+    spec: &TableSpec,
+    id: &str,
+) -> anyhow::Result<Option<Map<String, Value>>> {
+    let sql = format!(
+        "SELECT {row_json} FROM {table} WHERE {id} = $1",
+        row_json = row_json(pool, &spec.table).await?,
+        table = quote(&spec.table),
+        id = quote(&spec.id_column),
+    );
+    let row: Option<(Json<Map<String, Value>>,)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|(Json(row),)| row))
+}
+
+/// Whether some index of `table` starts with the columns (first, second).
+pub(super) async fn has_index_on(
+    pool: &SqlitePool,
+    table: &str,
+    first: &str,
+    second: &str,
+) -> anyhow::Result<bool> {
+    let found: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pragma_index_list($1) AS l \
+         JOIN pragma_index_info(l.name) AS c0 ON c0.seqno = 0 AND c0.name = $2 \
+         JOIN pragma_index_info(l.name) AS c1 ON c1.seqno = 1 AND c1.name = $3)",
+    )
+    .bind(table)
+    .bind(first)
+    .bind(second)
+    .fetch_one(pool)
+    .await?;
+    Ok(found)
+}
+
+pub(super) async fn run_in_transaction(
+    pool: &SqlitePool,
+    statements: &[String],
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        sqlx::query(AssertSqlSafe(statement.as_str()))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("running {statement}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn insert_rows(
+    pool: &SqlitePool,
+    table: &str,
+    rows: &[Map<String, Value>],
+) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let mut inserted = 0;
+    for (keys, chunk) in sql::insert_batches(rows, INSERT_CHUNK)? {
+        let values: Vec<String> = keys.iter().map(|k| format!("value ->> '$.{k}'")).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({columns}) SELECT {values} FROM json_each($1)",
+            table = quote(table),
+            columns = sql::column_list(&keys),
+            values = values.join(", "),
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(Json(chunk))
+            .execute(&mut *tx)
+            .await?;
+        inserted += done.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
