@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::config::{self, ConfigSet};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::plan::{self, Env, Plan, mapping_columns};
+use crate::plan::{self, Env, MAPPING_EXTRA_VARIABLES, Plan, mapping_columns};
 use crate::store::Store;
 
 /// Everything `check` found, and the plan (usable only when there is no error).
@@ -58,7 +58,7 @@ pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Di
             }
         }
         for used in &mapping.variables {
-            if used.name != "params" && !names.contains(&used.name.as_str()) {
+            if !MAPPING_EXTRA_VARIABLES.contains(&used.name.as_str()) && !names.contains(&used.name.as_str()) {
                 let best = names
                     .iter()
                     .map(|n| (strsim::jaro_winkler(&used.name, n), *n))

@@ -101,15 +101,20 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         let options = RunOptions { progress_every: None, ..RunOptions::default() };
         run_connector(plan.clone(), connector, store.clone(), &env, Arc::new(SystemClock), options, shutdown.clone()).await?;
     }
-    let all_complete = print_rows(&store).await?;
+    let spec = &plan.mappings.get("hubspot").context("the shipped hubspot mapping")?.table;
+    let all_complete = print_rows(&store, spec).await?;
     print_sandbox(&sandbox);
     store.close().await;
     sandbox.shutdown().await;
     Ok(if all_complete { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-async fn print_rows(store: &Store) -> anyhow::Result<bool> {
-    let rows = store.select_rows("contacts", "email").await?;
+async fn print_rows(store: &Store, spec: &crate::store::TableSpec) -> anyhow::Result<bool> {
+    let mut rows = Vec::new();
+    for seed in seed_rows() {
+        let id = seed["id"].as_str().unwrap_or_default();
+        rows.extend(store.fetch_row(spec, id).await?);
+    }
     println!("{:<46} {:<8} {:<10} {:<14} error", "contact", "crm", "status", "crm id");
     let mut all_complete = true;
     for row in &rows {

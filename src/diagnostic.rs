@@ -67,6 +67,20 @@ impl Diagnostic {
         self
     }
 
+    /// Hides `secret` wherever the excerpt shows it: a diagnostic about a pasted
+    /// secret must not print it again.
+    #[must_use]
+    pub fn redact(mut self, secret: &str) -> Self {
+        if let Some((line, width)) = &mut self.excerpt
+            && !secret.is_empty()
+            && line.contains(secret)
+        {
+            *line = line.replace(secret, "***");
+            *width = (*width).min(5);
+        }
+        self
+    }
+
     /// `true` for errors.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error

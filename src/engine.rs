@@ -164,7 +164,7 @@ async fn drain(run: Arc<Run>, mapping: Arc<MappingPlan>, workers: usize) -> anyh
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
-pub(crate) async fn process_one_batch(run: &Run, mapping: &MappingPlan) -> anyhow::Result<usize> {
+async fn process_one_batch(run: &Run, mapping: &MappingPlan) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
     let rows = run.store.claim(&mapping.table, mapping.schedule.batch_size as usize, now, lease).await?;

@@ -29,3 +29,4 @@ pub mod ratelimit;
 pub mod retry;
 pub mod store;
 pub mod template;
+pub mod sandbox;

@@ -63,6 +63,13 @@ pub fn validate(kind: Kind, source: &SourceFile) -> Vec<Diagnostic> {
         explain(&error, source, schema, &mut out);
     }
     out.dedup();
+    // A pasted secret also leaves its `*_env` key missing; the secret is the news.
+    let secret_tables: Vec<String> = out
+        .iter()
+        .filter(|d| d.message.starts_with("literal secret"))
+        .map(|d| d.key_path.rsplit_once('.').map_or(String::new(), |(parent, _)| parent.to_string()))
+        .collect();
+    out.retain(|d| !(d.message.starts_with("missing key") && secret_tables.contains(&d.key_path)));
     out
 }
 
@@ -149,8 +156,10 @@ const SECRET_KEYS: &[&str] = &[
 fn unknown_key(source: &SourceFile, schema: &Value, node: &Value, path: &str, key: &str) -> Diagnostic {
     let full = join_key(path, key);
     if SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+        let value = source.json.pointer(&pointer_of(&full)).and_then(Value::as_str).unwrap_or_default().to_string();
         return source
             .diagnostic_at_key(Severity::Error, &full, format!("literal secret `{full}`: config files never hold secrets"))
+            .redact(&value)
             .hint(format!(
                 "name the environment variable that holds it instead, e.g. `{key}_env = \"HUBSPOT_ACCESS_TOKEN\"` (see the auth kinds in schemas/connector.schema.json)"
             ));
@@ -164,6 +173,11 @@ fn unknown_key(source: &SourceFile, schema: &Value, node: &Value, path: &str, ke
     }
 }
 
+/// The JSON pointer of a simple dotted key path (`auth.token` -> `/auth/token`).
+fn pointer_of(path: &str) -> String {
+    path.split('.').map(|segment| format!("/{}", segment.trim_matches('"'))).collect()
+}
+
 /// A tagged union (`kind = "..."`) or other `oneOf`: report the errors of the
 /// variant the user picked, or that the tag itself is unknown.
 fn explain_union(
@@ -174,6 +188,25 @@ fn explain_union(
     path: &str,
     out: &mut Vec<Diagnostic>,
 ) {
+    let expected: Vec<String> = context
+        .iter()
+        .flatten()
+        .filter_map(|e| match e.kind() {
+            ValidationErrorKind::Constant { expected_value } => expected_value.as_str().map(String::from),
+            _ => None,
+        })
+        .collect();
+    if let Value::String(given) = error.instance().as_ref() {
+        // A plain enum of strings: name the valid values.
+        let shown = if path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
+        let diagnostic = source.diagnostic_at_value(Severity::Error, path, format!("{shown} has an unknown value \"{given}\""));
+        let list = expected.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+        out.push(match closest(given, &expected) {
+            Some(best) => diagnostic.hint(format!("did you mean \"{best}\"? expected one of {list}")),
+            None => diagnostic.hint(format!("expected one of {list}")),
+        });
+        return;
+    }
     let tag_path = format!("{}/kind", error.instance_path().as_str());
     let tag_failed = |branch: &Vec<ValidationError<'static>>| {
         branch.iter().any(|e| e.instance_path().as_str() == tag_path)
@@ -184,14 +217,6 @@ fn explain_union(
         }
         return;
     }
-    let expected: Vec<String> = context
-        .iter()
-        .flatten()
-        .filter_map(|e| match e.kind() {
-            ValidationErrorKind::Constant { expected_value } => expected_value.as_str().map(String::from),
-            _ => None,
-        })
-        .collect();
     let tag = error.instance().get("kind").cloned();
     let (at, message) = match &tag {
         Some(value) => (join_key(path, "kind"), format!("unknown `{}` value {value}", join_key(path, "kind"))),

@@ -223,10 +223,12 @@ fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
 fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
     for (path, name) in env_fields(auth) {
         if !is_env_name(name) {
-            ctx.error(
-                path,
-                format!("`{path}` must name an environment variable, and `{}` does not look like one", mask(name)),
-                "if this is the secret itself, remove it from the file and put it in the environment or .env; write its variable name here, e.g. \"HUBSPOT_ACCESS_TOKEN\"",
+            let message = format!("`{path}` must name an environment variable, and `{}` does not look like one", mask(name));
+            ctx.diagnostics.push(
+                ctx.source
+                    .diagnostic_at_value(Severity::Error, path, message)
+                    .hint("if this is the secret itself, remove it from the file and put it in the environment or .env; write its variable name here, e.g. \"HUBSPOT_ACCESS_TOKEN\"")
+                    .redact(name),
             );
         } else if used && env.var(name).is_none() {
             ctx.diagnostics.push(
@@ -280,6 +282,8 @@ fn operation_classes(upsert: &Upsert) -> Vec<&str> {
     if let Some(batch) = &upsert.batch {
         classes.push(&batch.endpoint_class);
     }
+    classes.sort_unstable();
+    classes.dedup();
     classes
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_problem};
-pub use mapping::{MappingPlan, spec_columns as mapping_columns, table_spec};
+pub use mapping::{MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec};
 
 use crate::config::ConfigSet;
 use crate::diagnostic::Diagnostic;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::config::SourceFile;
 use crate::config::toml_json::{join_index, join_key};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::template::{self, HELPERS};
+use crate::template::{self, ENGINE_HELPERS};
 
 /// A variable a template uses, and where.
 #[derive(Debug, Clone)]
@@ -66,24 +66,28 @@ pub fn check_leaf(
 ) {
     let analysis = template::analyse(text);
     for error in &analysis.errors {
-        diagnostics.push(
-            source
-                .diagnostic_inside_value(
-                    Severity::Error,
-                    path,
-                    error.line,
-                    error.column,
-                    format!("template `{path}` does not compile: {}", error.message),
-                )
-                .hint("handlebars syntax: `{{column}}`, `{{helper column}}`, `{{#if column}}...{{/if}}`"),
-        );
-    }
-    for helper in &analysis.helpers {
-        if !HELPERS.contains(&helper.as_str()) && !BUILT_IN_BLOCKS.contains(&helper.as_str()) {
-            diagnostics.push(unknown_helper(source, path, helper));
-        }
+        let hint = if error.message.starts_with("unknown helper") {
+            format!("helpers: {}", ENGINE_HELPERS.join(", "))
+        } else {
+            "handlebars syntax: `{{column}}`, `{{helper column}}`, `{{#if column}}...{{/if}}`".to_string()
+        };
+        let message = format!("template `{path}` does not compile: {}", error.message);
+        diagnostics.push(source.diagnostic_inside_value(Severity::Error, path, error.line, error.column, message).hint(hint));
     }
     for name in &analysis.variables {
+        if allowed.is_none()
+            && let Some(helper) = looks_like_helper(name)
+        {
+            diagnostics.push(
+                source
+                    .diagnostic_at_value(
+                        Severity::Warning,
+                        path,
+                        format!("template `{path}` reads a column `{name}`; did you mean the helper `{helper}`?"),
+                    )
+                    .hint("`engine check --database URL` tells whether it is a column"),
+            );
+        }
         if let Some(allowed) = allowed
             && !allowed.contains(&name.as_str())
         {
@@ -101,23 +105,16 @@ pub fn check_leaf(
     }
 }
 
-/// Handlebars' own block helpers, always available.
-const BUILT_IN_BLOCKS: &[&str] = &["if", "unless", "each", "with", "lookup", "log", "eq", "ne", "and", "or", "not"];
-
-fn unknown_helper(source: &SourceFile, path: &str, helper: &str) -> Diagnostic {
-    let suggestion = HELPERS
-        .iter()
-        .map(|h| (strsim::jaro_winkler(helper, h), *h))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, h)| h);
-    let diagnostic = source.diagnostic_at_value(
-        Severity::Error,
-        path,
-        format!("template `{path}` calls unknown helper `{helper}`"),
-    );
-    match suggestion {
-        Some(best) => diagnostic.hint(format!("did you mean `{best}`? helpers: {}", HELPERS.join(", "))),
-        None => diagnostic.hint(format!("helpers: {}", HELPERS.join(", "))),
+/// A variable spelt almost like one of our helpers (`todya` for `today`) is
+/// probably a typo rather than a column.
+fn looks_like_helper(name: &str) -> Option<&'static str> {
+    if ENGINE_HELPERS.contains(&name) {
+        return None;
     }
+    ENGINE_HELPERS
+        .iter()
+        .map(|h| (strsim::jaro_winkler(name, h), *h))
+        .filter(|(score, _)| *score > 0.9)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, h)| h)
 }

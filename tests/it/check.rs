@@ -83,6 +83,13 @@ fn a_secret_pasted_into_an_env_name_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn a_column_spelt_like_a_helper_gets_a_warning() {
+    let config = ConfigDir::shipped();
+    config.edit("mappings/hubspot.toml", "{{today}}", "{{todya}}");
+    insta::assert_snapshot!(check(&config));
+}
+
+#[test]
 fn a_bad_base_url_is_reported() {
     let config = ConfigDir::shipped();
     config.edit("connectors/hubspot.toml", "base_url = \"https://api.hubapi.com\"", "base_url = \"api.hubapi.com\"");
@@ -123,7 +130,7 @@ fn every_problem_in_every_file_is_reported_at_once() {
     config
         .edit("connectors/hubspot.toml", "timeout_secs = 30", "timeout_secs = -1")
         .edit("connectors/brevo.toml", "max_attempts = 3", "max_attempt = 3")
-        .edit("mappings/hubspot.toml", "{{today}}", "{{todya}}");
+        .edit("mappings/hubspot.toml", "connector = \"hubspot\"", "connector = \"hubspot\"\non_empty = \"nul\"");
     let output = check(&config);
     assert!(output.contains("3 errors"), "{output}");
     insta::assert_snapshot!(output);
