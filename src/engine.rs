@@ -94,7 +94,9 @@ pub async fn run_connector(
     let client = Arc::new(CrmClient::new(connector_plan, plan.templates.clone(), env, clock.clone())?);
     let mut guards = Vec::new();
     for mapping in &mappings {
-        let slot = store.acquire_instance_slot(&format!("mapping:{}", mapping.name), mapping.schedule.max_instances).await?;
+        // Named by mapping and table: the same mapping name over another table is another queue.
+        let lock_name = format!("mapping:{}:{}", mapping.name, mapping.table.table);
+        let slot = store.acquire_instance_slot(&lock_name, mapping.schedule.max_instances).await?;
         match slot {
             Some(guard) => guards.push(guard),
             None => bail!(
@@ -111,7 +113,9 @@ pub async fn run_connector(
     if let Some(progress) = progress {
         progress.abort();
     }
-    drop(guards);
+    for guard in guards {
+        guard.release().await?;
+    }
     result?;
     Ok(summary)
 }

@@ -183,7 +183,7 @@ impl CrmClient {
                     attempt += 1;
                 }
                 Step::Retry { reason, .. } => {
-                    let reason = format!("{reason} (after {attempt} attempts)");
+                    let reason = if attempt > 1 { format!("{reason} (after {attempt} attempts)") } else { reason };
                     return Reply { action: ReplyAction::Transient(reason), response };
                 }
                 Step::RateLimited { reason, after } => {
@@ -254,8 +254,7 @@ impl CrmClient {
         if let Some(step) = apply_rules(op, &response) {
             return (step, Some(response));
         }
-        let reason = format!("{status}: {}", response.message);
-        let classified = outcome::classify(status, &headers, &reason, &self.policy, now);
+        let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
         (step_of(classified), Some(response))
     }
 
@@ -305,7 +304,7 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
         .and_then(|regex| regex.captures(&response.message))
         .and_then(|c| c.get(1))
         .map(|m| m.as_str().to_string());
-    let reason = format!("{}: {}", response.status, response.message);
+    let reason = response.reason();
     Some(match rule.then {
         RuleAction::Success => Step::Done(ReplyAction::Success),
         RuleAction::Lookup => Step::Done(ReplyAction::Lookup),

@@ -24,6 +24,15 @@ impl Response {
         Self { status, body, message }
     }
 
+    /// `HTTP 409 Conflict: <message>`, the form every stored error takes.
+    pub fn reason(&self) -> String {
+        let canonical = reqwest::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason());
+        match canonical {
+            Some(text) => format!("HTTP {} {text}: {}", self.status, self.message),
+            None => format!("HTTP {}: {}", self.status, self.message),
+        }
+    }
+
     /// The id at `pointer`, as text (ids may be numbers or strings).
     pub fn id_at(&self, pointer: &str) -> Option<String> {
         id_text(self.body.pointer(pointer)?)

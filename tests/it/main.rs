@@ -1,6 +1,8 @@
 //! The one integration-test binary: each module is a feature area.
 
 mod check;
+mod run;
+mod scripted;
 mod store;
 mod support;
 mod template;

@@ -65,3 +65,60 @@ pub fn run_engine(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     );
     text.replace(&dir.display().to_string(), "[DIR]")
 }
+
+/// The PostgreSQL the tests use: `ENGINE_TEST_PG_URL`, or the local default.
+pub fn pg_url() -> String {
+    std::env::var("ENGINE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database for one test, or `None` when PostgreSQL is not reachable outside CI
+/// (under `CI` that is a failure, never a silent skip).
+pub struct TestDb {
+    pub store: engine::store::Store,
+    pub url: String,
+    /// A table name no other test uses.
+    pub table: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn open(backend: engine::store::Backend) -> Option<TestDb> {
+        let table = format!("contacts_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        match backend {
+            engine::store::Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("engine.db").display());
+                let store = engine::store::Store::connect(&url).await.unwrap();
+                Some(TestDb { store, url, table, _dir: Some(dir) })
+            }
+            engine::store::Backend::Postgres => {
+                let url = pg_url();
+                match engine::store::Store::connect(&url).await {
+                    Ok(store) => Some(TestDb { store, url, table, _dir: None }),
+                    Err(e) if std::env::var_os("CI").is_some() => panic!("PostgreSQL not reachable at {url} under CI: {e:#}"),
+                    Err(e) => {
+                        eprintln!("skipped: PostgreSQL not reachable at {url}: {e:#}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Generates `mod <test> { on_sqlite, on_postgres }` for async fns taking a `Backend`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$test(engine::store::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$test(engine::store::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
