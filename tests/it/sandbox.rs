@@ -270,3 +270,29 @@ async fn reset_forgets_contacts_counters_and_limits() {
     assert_eq!(env.sandbox.stats()["requests"], json!({}));
     env.hubspot_contact(json!({"email": "a@example.com"})).await;
 }
+
+#[test]
+fn sandbox_options_default_matches_the_cli_defaults() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sandbox: SandboxOptions,
+    }
+    let parsed = Cli::parse_from(["engine"]).sandbox;
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", SandboxOptions::default())
+    );
+    let args = [
+        "engine",
+        "--port",
+        "0",
+        "--hubspot-properties",
+        "a,b",
+        "--hubspot-upsert-partial",
+    ];
+    let parsed = Cli::parse_from(args).sandbox;
+    assert_eq!(parsed.hubspot_properties, ["a", "b"]);
+    assert!(parsed.hubspot_upsert_partial);
+}

@@ -153,6 +153,26 @@ async fn hubspot_patch_by_email_overwrites_values_and_an_empty_string_clears_one
 }
 
 #[tokio::test]
+async fn hubspot_patch_to_an_email_another_contact_has_answers_409() {
+    let env = start(options()).await;
+    let taken = env.hubspot_contact(json!({"email": "a@example.com"})).await;
+    let id = env.hubspot_contact(json!({"email": "b@example.com"})).await;
+    let body = json!({"properties": {"email": "A@example.com"}});
+    let answer = env
+        .hubspot(Method::PATCH, &format!("{CONTACTS}/{id}"), Some(body))
+        .await;
+    assert_eq!(answer.status, 409);
+    assert_eq!(
+        answer.body["message"],
+        format!("Contact already exists. Existing ID: {taken}")
+    );
+    assert_eq!(
+        env.sandbox.hubspot_contacts()[1]["properties"]["email"],
+        "b@example.com"
+    );
+}
+
+#[tokio::test]
 async fn hubspot_search_finds_contacts_by_email_with_eq_and_in() {
     let env = start(options()).await;
     for email in ["a@example.com", "b@example.com", "c@example.com"] {
