@@ -296,3 +296,24 @@ fn sandbox_options_default_matches_the_cli_defaults() {
     assert_eq!(parsed.hubspot_properties, ["a", "b"]);
     assert!(parsed.hubspot_upsert_partial);
 }
+
+#[tokio::test]
+async fn shutdown_stops_serving_even_with_idle_keep_alive_connections() {
+    let env = start(options()).await;
+    let base = env.sandbox.base_url();
+    assert_eq!(
+        env.brevo(Method::GET, "/contacts/1", None).await.status,
+        404
+    );
+    let stopping = tokio::time::timeout(Duration::from_secs(1), env.sandbox.shutdown());
+    stopping
+        .await
+        .expect("shutdown does not wait for idle connections");
+    assert!(
+        env.http
+            .get(format!("{base}/_sandbox/stats"))
+            .send()
+            .await
+            .is_err()
+    );
+}

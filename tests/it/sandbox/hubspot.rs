@@ -36,15 +36,13 @@ async fn hubspot_requests_without_a_valid_bearer_token_answer_401_invalid_authen
         let correlation = answer.body["correlationId"].as_str().unwrap();
         assert!(uuid::Uuid::parse_str(correlation).is_ok());
     }
-    let answer = env
-        .send(
-            Method::GET,
-            &path,
-            Some(("authorization", "Bearer secret")),
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, 404);
+    for scheme in ["Bearer", "bearer"] {
+        let auth = format!("{scheme} secret");
+        let answer = env
+            .send(Method::GET, &path, Some(("authorization", &auth)), None)
+            .await;
+        assert_eq!(answer.status, 404);
+    }
 }
 
 #[tokio::test]
