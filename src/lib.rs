@@ -27,6 +27,6 @@ pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
 pub mod retry;
+pub mod sandbox;
 pub mod store;
 pub mod template;
-pub mod sandbox;

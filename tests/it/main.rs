@@ -2,6 +2,7 @@
 
 mod check;
 mod run;
+mod sandbox;
 mod scripted;
 mod store;
 mod support;
