@@ -439,6 +439,10 @@ pub struct Rule {
     pub message_regex: Option<String>,
     /// What the response means.
     pub then: RuleAction,
+    /// For `retry` and `rate_limited`: how long to wait, in seconds (e.g. 3600 for
+    /// HubSpot's daily limit, which no header announces).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
 }
 
 /// What a rule's response means.

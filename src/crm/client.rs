@@ -172,6 +172,14 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
+            // A pause longer than we wait in-process (a daily limit) defers the row
+            // without sending anything, so a run ends instead of hanging.
+            let pending = self.limiter.wait_time(&op.class);
+            if pending > self.policy.headers.max_wait {
+                let until = self.clock.utc() + chrono::Duration::from_std(pending).unwrap_or_default();
+                let reason = format!("rate limit of `{}` requests: paused until {until}", op.class);
+                return Reply { action: ReplyAction::Deferred { until, reason }, response: None };
+            }
             self.limiter.acquire(&op.class).await;
             let (outcome, response) = self.send_once(op, &rendered).await;
             match outcome {
@@ -188,12 +196,12 @@ impl CrmClient {
                 }
                 Step::RateLimited { reason, after } => {
                     let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
+                    tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
+                    self.limiter.pause(&op.class, pause);
                     if waited + pause > self.policy.headers.max_wait {
                         let until = self.clock.utc() + chrono::Duration::from_std(pause).unwrap_or_default();
                         return Reply { action: ReplyAction::Deferred { until, reason }, response };
                     }
-                    tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
-                    self.limiter.pause(&op.class, pause);
                     waited += pause;
                 }
             }
@@ -313,8 +321,8 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
             None => Step::Done(ReplyAction::Permanent(reason)),
         },
         RuleAction::NotFound => Step::Done(ReplyAction::NotFound),
-        RuleAction::Retry => Step::Retry { reason, after: None },
-        RuleAction::RateLimited => Step::RateLimited { reason, after: None },
+        RuleAction::Retry => Step::Retry { reason, after: rule.wait },
+        RuleAction::RateLimited => Step::RateLimited { reason, after: rule.wait },
         RuleAction::Permanent => Step::Done(ReplyAction::Permanent(reason)),
     })
 }

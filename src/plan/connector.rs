@@ -111,6 +111,8 @@ pub struct RulePlan {
     pub regex: Option<Regex>,
     /// Meaning.
     pub then: RuleAction,
+    /// Wait before the retry.
+    pub wait: Option<Duration>,
 }
 
 /// A compiled batch request.
@@ -489,7 +491,7 @@ fn build_request(
     let mut rules = build_rules(ctx, label, rules);
     if label == "upsert.lookup" {
         // A lookup that answers 404 found nothing; that is not an error.
-        rules.push(RulePlan { status: 404, regex: None, then: RuleAction::NotFound });
+        rules.push(RulePlan { status: 404, regex: None, then: RuleAction::NotFound, wait: None });
     }
     Some(OpPlan {
         label: label.to_string(),
@@ -535,7 +537,7 @@ fn build_rules(ctx: &mut Ctx<'_>, label: &str, rules: &[crate::config::connector
             },
             None => None,
         };
-        out.push(RulePlan { status: rule.status, regex, then: rule.then });
+        out.push(RulePlan { status: rule.status, regex, then: rule.then, wait: rule.wait_secs.map(Duration::from_secs) });
     }
     out
 }
