@@ -474,15 +474,14 @@ fn compile_tree_reports_every_broken_leaf_with_its_key_path() {
     let errors = templates
         .compile_tree("mappings/hubspot.toml", &tree)
         .unwrap_err();
-    // In the tree's key order (the `toml` crate sorts keys without its
-    // `preserve_order` feature).
+    // In the order the keys are written (toml's `preserve_order` is on).
     let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
             "`fields.firstname` line 1, column 1: `{{` is never closed: add `}}`",
-            "`fields.\"odd.key\"` line 1, column 3: helper `first_name` takes 1 argument, got 2",
             "`fields.phone` line 1, column 3: unknown helper `e146`; did you mean `e164`?",
+            "`fields.\"odd.key\"` line 1, column 3: helper `first_name` takes 1 argument, got 2",
             "`items[0].tags[1]` line 1, column 1: `{{#each}}` is never closed: add `{{/each}}`",
         ]
     );
