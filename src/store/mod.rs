@@ -107,6 +107,21 @@ pub struct ClaimedRow {
     pub lease: DateTime<Utc>,
 }
 
+/// A claim's RETURNING row: the id as text, all columns as JSON, the retry
+/// count.
+type Returned = (String, sqlx::types::Json<Map<String, Value>>, i64);
+
+impl ClaimedRow {
+    fn from_returned((id, row, retry_count): Returned, lease: DateTime<Utc>) -> Self {
+        ClaimedRow {
+            id,
+            row: row.0,
+            retry_count,
+            lease,
+        }
+    }
+}
+
 /// What to write back for one claimed row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowUpdate {

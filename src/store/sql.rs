@@ -41,17 +41,19 @@ pub(super) fn pg_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The predicate of the claim's first arm: queued rows that are due.
-/// Plain comparisons on the indexed columns, so the claim index serves it.
-pub(super) fn queued_and_due(spec: &TableSpec, now: &str) -> String {
+/// The predicates of the claim's arms: queued rows never tried, queued
+/// rows due for a retry, and rows whose lease has expired. Each is a single
+/// range of the claim index (status, next_retry_at, id), so each arm reads
+/// only rows it may take. (One `IS NULL OR <= now` condition would make the
+/// time a filter instead, and every claim would walk past all the rows
+/// scheduled for later: 0.8 s per claim with 500k of them on PostgreSQL.)
+pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 3] {
     let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
-    format!("{status} = '{QUEUED}' AND ({due} IS NULL OR {due} <= {now})")
-}
-
-/// The predicate of the claim's second arm: rows whose lease has expired.
-pub(super) fn lease_expired(spec: &TableSpec, now: &str) -> String {
-    let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
-    format!("{status} = '{PROCESSING}' AND {due} <= {now}")
+    [
+        format!("{status} = '{QUEUED}' AND {due} IS NULL"),
+        format!("{status} = '{QUEUED}' AND {due} <= {now}"),
+        format!("{status} = '{PROCESSING}' AND {due} <= {now}"),
+    ]
 }
 
 /// One row's write-back, as an element of the JSON array `record` binds.
@@ -210,12 +212,18 @@ pub(super) fn queue_all(spec: &TableSpec) -> String {
     )
 }
 
+/// Rows one INSERT statement of `insert_rows` writes, all with these columns.
+pub(super) struct InsertBatch<'a> {
+    pub(super) columns: Vec<&'a str>,
+    pub(super) rows: &'a [Map<String, Value>],
+}
+
 /// Splits rows for `insert_rows` into statements: consecutive rows with the
-/// same columns, at most `chunk` at a time, each with its column names.
+/// same columns, at most `chunk` at a time.
 pub(super) fn insert_batches(
     rows: &[Map<String, Value>],
     chunk: usize,
-) -> anyhow::Result<Vec<(Vec<&str>, &[Map<String, Value>])>> {
+) -> anyhow::Result<Vec<InsertBatch<'_>>> {
     let same_columns = |a: &Map<String, Value>, b: &Map<String, Value>| {
         a.len() == b.len() && a.keys().all(|k| b.contains_key(k))
     };
@@ -226,7 +234,8 @@ pub(super) fn insert_batches(
             bail!("column name {bad:?} is not a plain identifier");
         }
         for rows in group.chunks(chunk) {
-            batches.push((keys.clone(), rows));
+            let columns = keys.clone();
+            batches.push(InsertBatch { columns, rows });
         }
     }
     Ok(batches)
