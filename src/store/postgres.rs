@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, pg_time, quote};
 use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
@@ -22,11 +22,16 @@ pub(super) async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("invalid PostgreSQL URL")?
         .options([("timezone", "UTC")]);
-    PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(options)
+    // One direct connection first: the pool would retry until its acquire
+    // timeout (30 s) and then report only that it timed out, hiding the
+    // server's own error (refused, bad password, no such database).
+    let probe = PgConnection::connect_with(&options)
         .await
-        .context("cannot connect to PostgreSQL")
+        .context("cannot connect to PostgreSQL")?;
+    probe.close().await?;
+    Ok(PgPoolOptions::new()
+        .max_connections(10)
+        .connect_lazy_with(options))
 }
 
 pub(super) async fn columns(pool: &PgPool, table: &str) -> anyhow::Result<Vec<Column>> {
