@@ -194,18 +194,6 @@ pub(super) async fn has_index_on(
     Ok(found)
 }
 
-pub(super) async fn run_in_transaction(pool: &PgPool, statements: &[String]) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    for statement in statements {
-        sqlx::query(AssertSqlSafe(statement.as_str()))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("running {statement}"))?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 /// `jsonb_populate_recordset` converts each JSON value to its column's type
 /// (uuid, timestamptz, integer …), which binding text parameters would not.
 pub(super) async fn insert_rows(

@@ -136,10 +136,9 @@ impl<'a> WriteBack<'a> {
     }
 }
 
-/// The SET list and fence of `record`, given how the backend names the
-/// target row (`_t`) and the write-back row (`v`).
+/// The SET list and the lease fence of `record`, written against the
+/// target row `_t` and the write-back row `v`.
 pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String) {
-    let c = |name: &str| quote(name);
     let t = |name: &str| format!("_t.{}", quote(name));
     let set = format!(
         "{status} = v.status, \
@@ -148,16 +147,16 @@ pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String)
          {error} = CASE WHEN v.set_error THEN v.error ELSE {t_error} END, \
          {retries} = COALESCE(v.retry_count, {t_retries}), \
          {due} = v.next_retry_at",
-        status = c(&spec.processing_status),
-        sync = c(&spec.sync_status),
+        status = quote(&spec.processing_status),
+        sync = quote(&spec.sync_status),
         t_sync = t(&spec.sync_status),
-        crm = c(&spec.crm_id),
+        crm = quote(&spec.crm_id),
         t_crm = t(&spec.crm_id),
-        error = c(&spec.error),
+        error = quote(&spec.error),
         t_error = t(&spec.error),
-        retries = c(&spec.retry_count),
+        retries = quote(&spec.retry_count),
         t_retries = t(&spec.retry_count),
-        due = c(&spec.next_retry_at),
+        due = quote(&spec.next_retry_at),
     );
     let fence = format!(
         "{} = '{PROCESSING}' AND {} = v.lease",

@@ -204,21 +204,6 @@ pub(super) async fn has_index_on(
     Ok(found)
 }
 
-pub(super) async fn run_in_transaction(
-    pool: &SqlitePool,
-    statements: &[String],
-) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    for statement in statements {
-        sqlx::query(AssertSqlSafe(statement.as_str()))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("running {statement}"))?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 pub(super) async fn insert_rows(
     pool: &SqlitePool,
     table: &str,
