@@ -191,21 +191,23 @@ pub(super) fn latest_errors(spec: &TableSpec) -> String {
 
 pub(super) fn requeue_errors(spec: &TableSpec) -> String {
     let status = quote(&spec.processing_status);
-    format!(
-        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
-         WHERE {status} = '{ERROR}'",
-        table = quote(&spec.table),
-        retries = quote(&spec.retry_count),
-        due = quote(&spec.next_retry_at),
-    )
+    requeue(spec, &format!("{status} = '{ERROR}'"))
 }
 
 pub(super) fn queue_all(spec: &TableSpec) -> String {
     let status = quote(&spec.processing_status);
+    requeue(
+        spec,
+        &format!("{status} IS NULL OR {status} <> '{PROCESSING}'"),
+    )
+}
+
+/// Queues the rows `condition` picks, due now, with a fresh retry budget.
+fn requeue(spec: &TableSpec, condition: &str) -> String {
     format!(
-        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
-         WHERE {status} IS NULL OR {status} <> '{PROCESSING}'",
+        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL WHERE {condition}",
         table = quote(&spec.table),
+        status = quote(&spec.processing_status),
         retries = quote(&spec.retry_count),
         due = quote(&spec.next_retry_at),
     )
