@@ -107,6 +107,21 @@ pub struct ClaimedRow {
     pub lease: DateTime<Utc>,
 }
 
+/// A claim's RETURNING row: the id as text, all columns as JSON, the retry
+/// count.
+type Returned = (String, sqlx::types::Json<Map<String, Value>>, i64);
+
+impl ClaimedRow {
+    fn from_returned((id, row, retry_count): Returned, lease: DateTime<Utc>) -> Self {
+        ClaimedRow {
+            id,
+            row: row.0,
+            retry_count,
+            lease,
+        }
+    }
+}
+
 /// What to write back for one claimed row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowUpdate {
@@ -281,8 +296,8 @@ impl Store {
     pub async fn migrate(&self, spec: &TableSpec) -> anyhow::Result<Vec<String>> {
         let statements = self.migration_sql(spec).await?;
         match self {
-            Store::Sqlite(pool) => sqlite::run_in_transaction(pool, &statements).await?,
-            Store::Postgres(pool) => postgres::run_in_transaction(pool, &statements).await?,
+            Store::Sqlite(pool) => run_in_transaction(pool, &statements).await?,
+            Store::Postgres(pool) => run_in_transaction(pool, &statements).await?,
         }
         Ok(statements)
     }
@@ -361,6 +376,26 @@ impl Store {
         };
         Ok(done)
     }
+}
+
+/// Runs `statements` all or nothing (both backends have transactional DDL).
+async fn run_in_transaction<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statements: &[String],
+) -> anyhow::Result<()>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut tx = pool.begin().await?;
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("running {statement}"))?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Times are kept to the millisecond (SQLite's text shape holds no more),

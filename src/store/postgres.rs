@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, pg_time, quote};
-use super::{ClaimedRow, Column, RowResult, TableSpec};
+use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
 
 /// Rows per INSERT statement in `insert_rows`.
 const INSERT_CHUNK: usize = 1000;
@@ -22,11 +22,16 @@ pub(super) async fn connect(url: &str) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("invalid PostgreSQL URL")?
         .options([("timezone", "UTC")]);
-    PgPoolOptions::new()
-        .max_connections(10)
-        .connect_with(options)
+    // One direct connection first: the pool would retry until its acquire
+    // timeout (30 s) and then report only that it timed out, hiding the
+    // server's own error (refused, bad password, no such database).
+    let probe = PgConnection::connect_with(&options)
         .await
-        .context("cannot connect to PostgreSQL")
+        .context("cannot connect to PostgreSQL")?;
+    probe.close().await?;
+    Ok(PgPoolOptions::new()
+        .max_connections(10)
+        .connect_lazy_with(options))
 }
 
 pub(super) async fn columns(pool: &PgPool, table: &str) -> anyhow::Result<Vec<Column>> {
@@ -69,27 +74,21 @@ pub(super) async fn claim(
     now: DateTime<Utc>,
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
-    let rows: Vec<(String, Json<Map<String, Value>>, i64)> =
-        sqlx::query_as(AssertSqlSafe(claim_sql(spec)))
-            .bind(now)
-            .bind(lease)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(claim_sql(spec)))
+        .bind(now)
+        .bind(lease)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     let claimed = rows
         .into_iter()
-        .map(|(id, Json(row), retry_count)| ClaimedRow {
-            id,
-            row,
-            retry_count,
-            lease,
-        });
+        .map(|row| ClaimedRow::from_returned(row, lease));
     Ok(claimed.collect())
 }
 
-/// Each arm (due queued rows; expired leases) walks the claim index in
-/// order, locks up to `limit` rows no one else holds, and stops; the outer
-/// query keeps the first `limit` of both (the rest are unlocked when the
+/// Each arm (see [`sql::claim_arms`]) walks the claim index in order,
+/// locks up to `limit` rows no one else holds, and stops; the outer query
+/// keeps the first `limit` of all three (the others are unlocked when the
 /// statement ends). $1 = now, $2 = lease, $3 = limit.
 fn claim_sql(spec: &TableSpec) -> String {
     let (table, id, due) = (
@@ -97,23 +96,28 @@ fn claim_sql(spec: &TableSpec) -> String {
         quote(&spec.id_column),
         quote(&spec.next_retry_at),
     );
-    let arm = |predicate: String| {
+    // FOR UPDATE is not allowed in a UNION, so each arm is a CTE.
+    let arms = sql::claim_arms(spec, "$1").map(|predicate| {
         format!(
             "SELECT {id} AS id, {due} AS due FROM {table} WHERE {predicate} \
              ORDER BY {due} NULLS FIRST, {id} LIMIT $3 FOR UPDATE SKIP LOCKED"
         )
-    };
+    });
+    let ctes: Vec<String> = (0..)
+        .zip(&arms)
+        .map(|(n, arm)| format!("_claim_{n} AS ({arm})"))
+        .collect();
+    let union: Vec<String> = (0..arms.len())
+        .map(|n| format!("SELECT * FROM _claim_{n}"))
+        .collect();
     format!(
-        "WITH _claim_queued AS ({queued}), \
-              _claim_expired AS ({expired}), \
-              _claim_picked AS ( \
-                SELECT id FROM (SELECT * FROM _claim_queued UNION ALL SELECT * FROM _claim_expired) c \
-                ORDER BY due NULLS FIRST, id LIMIT $3) \
+        "WITH {ctes}, \
+              _claim_picked AS (SELECT id FROM ({union}) c ORDER BY due NULLS FIRST, id LIMIT $3) \
          UPDATE {table} AS _t SET {status} = '{processing}', {due} = $2 \
          FROM _claim_picked WHERE _t.{id} = _claim_picked.id \
          RETURNING _t.{id}::text, row_to_json(_t), COALESCE(_t.{retries}, 0)::bigint",
-        queued = arm(sql::queued_and_due(spec, "$1")),
-        expired = arm(sql::lease_expired(spec, "$1")),
+        ctes = ctes.join(", "),
+        union = union.join(" UNION ALL "),
         status = quote(&spec.processing_status),
         processing = sql::PROCESSING,
         retries = quote(&spec.retry_count),
@@ -190,18 +194,6 @@ pub(super) async fn has_index_on(
     Ok(found)
 }
 
-pub(super) async fn run_in_transaction(pool: &PgPool, statements: &[String]) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    for statement in statements {
-        sqlx::query(AssertSqlSafe(statement.as_str()))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("running {statement}"))?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 /// `jsonb_populate_recordset` converts each JSON value to its column's type
 /// (uuid, timestamptz, integer …), which binding text parameters would not.
 pub(super) async fn insert_rows(
@@ -211,15 +203,15 @@ pub(super) async fn insert_rows(
 ) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let mut inserted = 0;
-    for (keys, chunk) in sql::insert_batches(rows, INSERT_CHUNK)? {
-        let columns = sql::column_list(&keys);
+    for batch in sql::insert_batches(rows, INSERT_CHUNK)? {
+        let columns = sql::column_list(&batch.columns);
         let sql = format!(
             "INSERT INTO {table} ({columns}) SELECT {columns} \
              FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb)",
             table = quote(table),
         );
         let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(Json(chunk))
+            .bind(Json(batch.rows))
             .execute(&mut *tx)
             .await?;
         inserted += done.rows_affected();

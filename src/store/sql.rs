@@ -41,17 +41,19 @@ pub(super) fn pg_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The predicate of the claim's first arm: queued rows that are due.
-/// Plain comparisons on the indexed columns, so the claim index serves it.
-pub(super) fn queued_and_due(spec: &TableSpec, now: &str) -> String {
+/// The predicates of the claim's arms: queued rows never tried, queued
+/// rows due for a retry, and rows whose lease has expired. Each is a single
+/// range of the claim index (status, next_retry_at, id), so each arm reads
+/// only rows it may take. (One `IS NULL OR <= now` condition would make the
+/// time a filter instead, and every claim would walk past all the rows
+/// scheduled for later: 0.8 s per claim with 500k of them on PostgreSQL.)
+pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 3] {
     let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
-    format!("{status} = '{QUEUED}' AND ({due} IS NULL OR {due} <= {now})")
-}
-
-/// The predicate of the claim's second arm: rows whose lease has expired.
-pub(super) fn lease_expired(spec: &TableSpec, now: &str) -> String {
-    let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
-    format!("{status} = '{PROCESSING}' AND {due} <= {now}")
+    [
+        format!("{status} = '{QUEUED}' AND {due} IS NULL"),
+        format!("{status} = '{QUEUED}' AND {due} <= {now}"),
+        format!("{status} = '{PROCESSING}' AND {due} <= {now}"),
+    ]
 }
 
 /// One row's write-back, as an element of the JSON array `record` binds.
@@ -134,10 +136,9 @@ impl<'a> WriteBack<'a> {
     }
 }
 
-/// The SET list and fence of `record`, given how the backend names the
-/// target row (`_t`) and the write-back row (`v`).
+/// The SET list and the lease fence of `record`, written against the
+/// target row `_t` and the write-back row `v`.
 pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String) {
-    let c = |name: &str| quote(name);
     let t = |name: &str| format!("_t.{}", quote(name));
     let set = format!(
         "{status} = v.status, \
@@ -146,16 +147,16 @@ pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String)
          {error} = CASE WHEN v.set_error THEN v.error ELSE {t_error} END, \
          {retries} = COALESCE(v.retry_count, {t_retries}), \
          {due} = v.next_retry_at",
-        status = c(&spec.processing_status),
-        sync = c(&spec.sync_status),
+        status = quote(&spec.processing_status),
+        sync = quote(&spec.sync_status),
         t_sync = t(&spec.sync_status),
-        crm = c(&spec.crm_id),
+        crm = quote(&spec.crm_id),
         t_crm = t(&spec.crm_id),
-        error = c(&spec.error),
+        error = quote(&spec.error),
         t_error = t(&spec.error),
-        retries = c(&spec.retry_count),
+        retries = quote(&spec.retry_count),
         t_retries = t(&spec.retry_count),
-        due = c(&spec.next_retry_at),
+        due = quote(&spec.next_retry_at),
     );
     let fence = format!(
         "{} = '{PROCESSING}' AND {} = v.lease",
@@ -190,32 +191,40 @@ pub(super) fn latest_errors(spec: &TableSpec) -> String {
 
 pub(super) fn requeue_errors(spec: &TableSpec) -> String {
     let status = quote(&spec.processing_status);
-    format!(
-        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
-         WHERE {status} = '{ERROR}'",
-        table = quote(&spec.table),
-        retries = quote(&spec.retry_count),
-        due = quote(&spec.next_retry_at),
-    )
+    requeue(spec, &format!("{status} = '{ERROR}'"))
 }
 
 pub(super) fn queue_all(spec: &TableSpec) -> String {
     let status = quote(&spec.processing_status);
+    requeue(
+        spec,
+        &format!("{status} IS NULL OR {status} <> '{PROCESSING}'"),
+    )
+}
+
+/// Queues the rows `condition` picks, due now, with a fresh retry budget.
+fn requeue(spec: &TableSpec, condition: &str) -> String {
     format!(
-        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL \
-         WHERE {status} IS NULL OR {status} <> '{PROCESSING}'",
+        "UPDATE {table} SET {status} = '{QUEUED}', {retries} = 0, {due} = NULL WHERE {condition}",
         table = quote(&spec.table),
+        status = quote(&spec.processing_status),
         retries = quote(&spec.retry_count),
         due = quote(&spec.next_retry_at),
     )
 }
 
+/// Rows one INSERT statement of `insert_rows` writes, all with these columns.
+pub(super) struct InsertBatch<'a> {
+    pub(super) columns: Vec<&'a str>,
+    pub(super) rows: &'a [Map<String, Value>],
+}
+
 /// Splits rows for `insert_rows` into statements: consecutive rows with the
-/// same columns, at most `chunk` at a time, each with its column names.
+/// same columns, at most `chunk` at a time.
 pub(super) fn insert_batches(
     rows: &[Map<String, Value>],
     chunk: usize,
-) -> anyhow::Result<Vec<(Vec<&str>, &[Map<String, Value>])>> {
+) -> anyhow::Result<Vec<InsertBatch<'_>>> {
     let same_columns = |a: &Map<String, Value>, b: &Map<String, Value>| {
         a.len() == b.len() && a.keys().all(|k| b.contains_key(k))
     };
@@ -226,7 +235,8 @@ pub(super) fn insert_batches(
             bail!("column name {bad:?} is not a plain identifier");
         }
         for rows in group.chunks(chunk) {
-            batches.push((keys.clone(), rows));
+            let columns = keys.clone();
+            batches.push(InsertBatch { columns, rows });
         }
     }
     Ok(batches)

@@ -13,7 +13,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, SqlitePool};
 
 use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, quote, sqlite_time};
-use super::{ClaimedRow, Column, RowResult, TableSpec};
+use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
 
 /// Writers wait this long for the write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +87,7 @@ pub(super) async fn claim(
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
     let sql = claim_sql(spec, &row_json(pool, &spec.table).await?);
-    let rows: Vec<(String, Json<Map<String, Value>>, i64)> = sqlx::query_as(AssertSqlSafe(sql))
+    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(sqlite_time(now))
         .bind(sqlite_time(lease))
         .bind(limit)
@@ -104,30 +104,28 @@ pub(super) async fn claim(
     Ok(claimed.collect())
 }
 
-/// Each arm (due queued rows; expired leases) walks the claim index in
-/// order and stops after `limit` rows; the outer query keeps the first
-/// `limit` of both. $1 = now, $2 = lease, $3 = limit.
+/// Each arm (see [`sql::claim_arms`]) walks the claim index in order and
+/// stops after `limit` rows; the outer query keeps the first `limit` of
+/// all three. $1 = now, $2 = lease, $3 = limit.
 fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     let (table, id, due) = (
         quote(&spec.table),
         quote(&spec.id_column),
         quote(&spec.next_retry_at),
     );
-    let arm = |predicate: String| {
+    let arms = sql::claim_arms(spec, "$1").map(|predicate| {
         format!(
             "SELECT * FROM (SELECT {id} AS id, {due} AS due FROM {table} \
              WHERE {predicate} ORDER BY {due}, {id} LIMIT $3)"
         )
-    };
+    });
     format!(
         "UPDATE {table} SET {status} = '{processing}', {due} = $2 \
-         WHERE {id} IN (SELECT id FROM ({queued} UNION ALL {expired}) \
-                        ORDER BY due, id LIMIT $3) \
+         WHERE {id} IN (SELECT id FROM ({arms}) ORDER BY due, id LIMIT $3) \
          RETURNING CAST({id} AS TEXT), {row_json}, CAST(COALESCE({retries}, 0) AS INTEGER)",
         status = quote(&spec.processing_status),
         processing = sql::PROCESSING,
-        queued = arm(sql::queued_and_due(spec, "$1")),
-        expired = arm(sql::lease_expired(spec, "$1")),
+        arms = arms.join(" UNION ALL "),
         retries = quote(&spec.retry_count),
     )
 }
@@ -149,6 +147,9 @@ pub(super) async fn record(
 }
 
 /// One UPDATE … FROM over the JSON array of write-backs ($1).
+/// `MATERIALIZED` parses the JSON once and makes the planner drive the join
+/// from it, probing the table by index per write-back; otherwise it walks
+/// the table's `Processing` rows and re-reads the whole JSON for each.
 fn record_sql(spec: &TableSpec) -> String {
     let fields: Vec<String> = WRITE_BACK_FIELDS
         .iter()
@@ -156,7 +157,7 @@ fn record_sql(spec: &TableSpec) -> String {
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec);
     format!(
-        "WITH v AS (SELECT {fields} FROM json_each($1)) \
+        "WITH v AS MATERIALIZED (SELECT {fields} FROM json_each($1)) \
          UPDATE {table} AS _t SET {set} FROM v \
          WHERE _t.{id} = v.id AND {fence}",
         fields = fields.join(", "),
@@ -203,21 +204,6 @@ pub(super) async fn has_index_on(
     Ok(found)
 }
 
-pub(super) async fn run_in_transaction(
-    pool: &SqlitePool,
-    statements: &[String],
-) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    for statement in statements {
-        sqlx::query(AssertSqlSafe(statement.as_str()))
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("running {statement}"))?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
 pub(super) async fn insert_rows(
     pool: &SqlitePool,
     table: &str,
@@ -225,16 +211,20 @@ pub(super) async fn insert_rows(
 ) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     let mut inserted = 0;
-    for (keys, chunk) in sql::insert_batches(rows, INSERT_CHUNK)? {
-        let values: Vec<String> = keys.iter().map(|k| format!("value ->> '$.{k}'")).collect();
+    for batch in sql::insert_batches(rows, INSERT_CHUNK)? {
+        let values: Vec<String> = batch
+            .columns
+            .iter()
+            .map(|k| format!("value ->> '$.{k}'"))
+            .collect();
         let sql = format!(
             "INSERT INTO {table} ({columns}) SELECT {values} FROM json_each($1)",
             table = quote(table),
-            columns = sql::column_list(&keys),
+            columns = sql::column_list(&batch.columns),
             values = values.join(", "),
         );
         let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(Json(chunk))
+            .bind(Json(batch.rows))
             .execute(&mut *tx)
             .await?;
         inserted += done.rows_affected();
