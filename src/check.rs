@@ -31,7 +31,11 @@ pub fn check_dir(dir: &Path, env: &dyn Env) -> Checked {
     let (plan, mut planned) = plan::build(&set, env);
     diagnostics.append(&mut planned);
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-    Checked { set, plan, diagnostics }
+    Checked {
+        set,
+        plan,
+        diagnostics,
+    }
 }
 
 /// Checks every mapping against the database's tables.
@@ -42,8 +46,18 @@ pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Di
         let Some(columns) = store.columns(&mapping.table.table).await? else {
             out.push(
                 source
-                    .diagnostic_at_value(Severity::Error, "source.table", format!("table `{}` does not exist in the database", mapping.table.table))
-                    .hint(format!("create it with `engine migrate --mapping {}`", mapping.name)),
+                    .diagnostic_at_value(
+                        Severity::Error,
+                        "source.table",
+                        format!(
+                            "table `{}` does not exist in the database",
+                            mapping.table.table
+                        ),
+                    )
+                    .hint(format!(
+                        "create it with `engine migrate --mapping {}`",
+                        mapping.name
+                    )),
             );
             continue;
         };
@@ -52,13 +66,25 @@ pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Di
             if !names.contains(&column) {
                 out.push(
                     source
-                        .diagnostic_at_value(Severity::Error, path, format!("column `{column}` is not in table `{}`", mapping.table.table))
-                        .hint(format!("`engine migrate --mapping {}` adds missing state columns", mapping.name)),
+                        .diagnostic_at_value(
+                            Severity::Error,
+                            path,
+                            format!(
+                                "column `{column}` is not in table `{}`",
+                                mapping.table.table
+                            ),
+                        )
+                        .hint(format!(
+                            "`engine migrate --mapping {}` adds missing state columns",
+                            mapping.name
+                        )),
                 );
             }
         }
         for used in &mapping.variables {
-            if !MAPPING_EXTRA_VARIABLES.contains(&used.name.as_str()) && !names.contains(&used.name.as_str()) {
+            if !MAPPING_EXTRA_VARIABLES.contains(&used.name.as_str())
+                && !names.contains(&used.name.as_str())
+            {
                 let best = names
                     .iter()
                     .map(|n| (strsim::jaro_winkler(&used.name, n), *n))
@@ -67,7 +93,10 @@ pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Di
                 let diagnostic = source.diagnostic_at_value(
                     Severity::Error,
                     &used.at,
-                    format!("template `{}` uses `{}`, which is not a column of `{}`", used.at, used.name, mapping.table.table),
+                    format!(
+                        "template `{}` uses `{}`, which is not a column of `{}`",
+                        used.at, used.name, mapping.table.table
+                    ),
                 );
                 out.push(match best {
                     Some((_, best)) => diagnostic.hint(format!("did you mean `{best}`?")),

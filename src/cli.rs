@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::check::{check_dir, check_database};
+use crate::check::{check_database, check_dir};
 use crate::clock::SystemClock;
 use crate::diagnostic::summary;
 use crate::engine::{RunOptions, run_connector};
@@ -62,7 +62,12 @@ pub struct Location {
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub config_dir: PathBuf,
     /// Database URL: sqlite://engine.db (the default) or postgres://user@host/db.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://engine.db", value_name = "URL")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://engine.db",
+        value_name = "URL"
+    )]
     pub database: String,
 }
 
@@ -145,8 +150,12 @@ fn init_tracing(cli: &Cli) {
         .log_level
         .clone()
         .map(tracing_subscriber::EnvFilter::new)
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())
+        });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -155,12 +164,32 @@ fn init_tracing(cli: &Cli) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config_dir, database } => check(config_dir, database).await,
-        Command::Run { connector, watch, workers, location } => run(&connector, watch, workers, &location).await,
-        Command::Status { connector, location } => status(connector.as_deref(), &location).await,
-        Command::Retry { connector, location } => retry(&connector, &location).await,
-        Command::Migrate { mapping, print, location } => migrate(&mapping, print, &location).await,
-        Command::Sandbox(options) => crate::sandbox::serve_forever(options).await.map(|()| ExitCode::SUCCESS),
+        Command::Check {
+            config_dir,
+            database,
+        } => check(config_dir, database).await,
+        Command::Run {
+            connector,
+            watch,
+            workers,
+            location,
+        } => run(&connector, watch, workers, &location).await,
+        Command::Status {
+            connector,
+            location,
+        } => status(connector.as_deref(), &location).await,
+        Command::Retry {
+            connector,
+            location,
+        } => retry(&connector, &location).await,
+        Command::Migrate {
+            mapping,
+            print,
+            location,
+        } => migrate(&mapping, print, &location).await,
+        Command::Sandbox(options) => crate::sandbox::serve_forever(options)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Demo => crate::demo::run().await,
     }
 }
@@ -169,14 +198,20 @@ async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
         let store = Store::connect(&url).await?;
-        checked.diagnostics.extend(check_database(&checked.plan, &store).await?);
+        checked
+            .diagnostics
+            .extend(check_database(&checked.plan, &store).await?);
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
     }
-    let files = checked.set.connectors.len() + checked.set.mappings.len() + checked.set.broken.len();
+    let files =
+        checked.set.connectors.len() + checked.set.mappings.len() + checked.set.broken.len();
     if checked.has_errors() {
-        eprintln!("check failed: {} in {files} files", summary(&checked.diagnostics));
+        eprintln!(
+            "check failed: {} in {files} files",
+            summary(&checked.diagnostics)
+        );
         return Ok(ExitCode::from(2));
     }
     println!(
@@ -195,14 +230,24 @@ fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
         eprint!("{diagnostic}");
     }
     if checked.has_errors() {
-        eprintln!("the config has errors ({}); see `engine check`", summary(&checked.diagnostics));
+        eprintln!(
+            "the config has errors ({}); see `engine check`",
+            summary(&checked.diagnostics)
+        );
         return None;
     }
     Some(checked.plan)
 }
 
-async fn run(connector: &str, watch: bool, workers: usize, location: &Location) -> anyhow::Result<ExitCode> {
-    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+async fn run(
+    connector: &str,
+    watch: bool,
+    workers: usize,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
     let store = Store::connect(&location.database).await?;
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -210,18 +255,37 @@ async fn run(connector: &str, watch: bool, workers: usize, location: &Location) 
         tracing::info!("Signal received: finishing in-flight requests, then stopping.");
         let _ = stop.send(true);
     });
-    let options = RunOptions { watch, workers, ..RunOptions::default() };
-    let summary = run_connector(Arc::new(plan), connector, store.clone(), &ProcessEnv, Arc::new(SystemClock), options, shutdown).await?;
+    let options = RunOptions {
+        watch,
+        workers,
+        ..RunOptions::default()
+    };
+    let summary = run_connector(
+        Arc::new(plan),
+        connector,
+        store.clone(),
+        &ProcessEnv,
+        Arc::new(SystemClock),
+        options,
+        shutdown,
+    )
+    .await?;
     store.close().await;
     let failed = summary.failed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -232,14 +296,23 @@ async fn wait_for_signal() {
 }
 
 async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<ExitCode> {
-    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
     let store = Store::connect(&location.database).await?;
-    let mappings: Vec<_> = plan.mappings.values().filter(|m| connector.is_none_or(|c| m.connector == c)).collect();
+    let mappings: Vec<_> = plan
+        .mappings
+        .values()
+        .filter(|m| connector.is_none_or(|c| m.connector == c))
+        .collect();
     if mappings.is_empty() {
         anyhow::bail!("no mapping matches");
     }
     for mapping in mappings {
-        println!("mapping {} -> connector {} (table {})", mapping.name, mapping.connector, mapping.table.table);
+        println!(
+            "mapping {} -> connector {} (table {})",
+            mapping.name, mapping.connector, mapping.table.table
+        );
         for (status, count) in store.status_counts(&mapping.table).await? {
             println!("  {:<12} {count}", status.as_deref().unwrap_or("(none)"));
         }
@@ -256,10 +329,15 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
 }
 
 async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {
-    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
     let store = Store::connect(&location.database).await?;
     let mappings = plan.mappings_of(connector);
-    anyhow::ensure!(!mappings.is_empty(), "no mapping syncs to connector `{connector}`");
+    anyhow::ensure!(
+        !mappings.is_empty(),
+        "no mapping syncs to connector `{connector}`"
+    );
     for mapping in mappings {
         let count = store.requeue_errors(&mapping.table).await?;
         println!("mapping {}: {count} rows queued again", mapping.name);
@@ -269,12 +347,24 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
 }
 
 async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Result<ExitCode> {
-    let Some(plan) = load_plan(&location.config_dir) else { return Ok(ExitCode::from(2)) };
-    let mapping = plan.mappings.get(mapping).with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
+    let mapping = plan
+        .mappings
+        .get(mapping)
+        .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
     let store = Store::connect(&location.database).await?;
-    let statements = if print { store.migration_sql(&mapping.table).await? } else { store.migrate(&mapping.table).await? };
+    let statements = if print {
+        store.migration_sql(&mapping.table).await?
+    } else {
+        store.migrate(&mapping.table).await?
+    };
     if statements.is_empty() {
-        println!("-- table `{}` already has every column mapping `{}` needs", mapping.table.table, mapping.name);
+        println!(
+            "-- table `{}` already has every column mapping `{}` needs",
+            mapping.table.table, mapping.name
+        );
     }
     for statement in statements {
         println!("{statement};");

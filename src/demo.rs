@@ -19,16 +19,36 @@ use crate::store::Store;
 
 /// The shipped config files, embedded so the demo works from any directory.
 pub const SHIPPED: &[(&str, &str)] = &[
-    ("connectors/hubspot.toml", include_str!("../connectors/hubspot.toml")),
-    ("connectors/brevo.toml", include_str!("../connectors/brevo.toml")),
-    ("mappings/hubspot.toml", include_str!("../mappings/hubspot.toml")),
-    ("mappings/brevo.toml", include_str!("../mappings/brevo.toml")),
+    (
+        "connectors/hubspot.toml",
+        include_str!("../connectors/hubspot.toml"),
+    ),
+    (
+        "connectors/brevo.toml",
+        include_str!("../connectors/brevo.toml"),
+    ),
+    (
+        "mappings/hubspot.toml",
+        include_str!("../mappings/hubspot.toml"),
+    ),
+    (
+        "mappings/brevo.toml",
+        include_str!("../mappings/brevo.toml"),
+    ),
 ];
 
 /// The seed report's three test contacts (Test 2), queued for both CRMs.
 pub fn seed_rows() -> Vec<Map<String, Value>> {
-    let ids = ["4b4be366-da73-4926-83a2-2fddb9a77d95", "bbe6872a-f479-4d76-a943-fb6c182963d4", "abde1d25-7c5b-4f0c-aada-e0886dd28ab3"];
-    let phones = [Value::from("+1-555-9001"), Value::from("+1-555-9002"), Value::Null];
+    let ids = [
+        "4b4be366-da73-4926-83a2-2fddb9a77d95",
+        "bbe6872a-f479-4d76-a943-fb6c182963d4",
+        "abde1d25-7c5b-4f0c-aada-e0886dd28ab3",
+    ];
+    let phones = [
+        Value::from("+1-555-9001"),
+        Value::from("+1-555-9002"),
+        Value::Null,
+    ];
     ids.iter()
         .zip(phones)
         .enumerate()
@@ -60,7 +80,8 @@ pub fn write_shipped_config(dir: &Path) -> anyhow::Result<()> {
     for (path, text) in SHIPPED {
         let target = dir.join(path);
         std::fs::create_dir_all(target.parent().expect("shipped paths have a folder"))?;
-        std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
     }
     Ok(())
 }
@@ -84,10 +105,18 @@ fn demo_dir() -> PathBuf {
 pub async fn run() -> anyhow::Result<ExitCode> {
     let dir = demo_dir();
     write_shipped_config(&dir)?;
-    let sandbox = Sandbox::start(SandboxOptions { port: 0, ..SandboxOptions::default() }).await?;
+    let sandbox = Sandbox::start(SandboxOptions {
+        port: 0,
+        ..SandboxOptions::default()
+    })
+    .await?;
     let env = sandbox_env(&sandbox.base_url());
     let checked = check_dir(&dir, &env);
-    anyhow::ensure!(!checked.has_errors(), "the shipped config has errors ({})", summary(&checked.diagnostics));
+    anyhow::ensure!(
+        !checked.has_errors(),
+        "the shipped config has errors ({})",
+        summary(&checked.diagnostics)
+    );
     let plan = Arc::new(checked.plan);
     let database = format!("sqlite://{}", dir.join("demo.db").display());
     let store = Store::connect(&database).await?;
@@ -95,18 +124,42 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         store.migrate(&mapping.table).await?;
     }
     store.insert_rows("contacts", &seed_rows()).await?;
-    println!("engine demo: SQLite at {}, sandbox at {}\n", dir.join("demo.db").display(), sandbox.base_url());
+    println!(
+        "engine demo: SQLite at {}, sandbox at {}\n",
+        dir.join("demo.db").display(),
+        sandbox.base_url()
+    );
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     for connector in ["hubspot", "brevo"] {
-        let options = RunOptions { progress_every: None, ..RunOptions::default() };
-        run_connector(plan.clone(), connector, store.clone(), &env, Arc::new(SystemClock), options, shutdown.clone()).await?;
+        let options = RunOptions {
+            progress_every: None,
+            ..RunOptions::default()
+        };
+        run_connector(
+            plan.clone(),
+            connector,
+            store.clone(),
+            &env,
+            Arc::new(SystemClock),
+            options,
+            shutdown.clone(),
+        )
+        .await?;
     }
-    let spec = &plan.mappings.get("hubspot").context("the shipped hubspot mapping")?.table;
+    let spec = &plan
+        .mappings
+        .get("hubspot")
+        .context("the shipped hubspot mapping")?
+        .table;
     let all_complete = print_rows(&store, spec).await?;
     print_sandbox(&sandbox);
     store.close().await;
     sandbox.shutdown().await;
-    Ok(if all_complete { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn print_rows(store: &Store, spec: &crate::store::TableSpec) -> anyhow::Result<bool> {
@@ -115,15 +168,27 @@ async fn print_rows(store: &Store, spec: &crate::store::TableSpec) -> anyhow::Re
         let id = seed["id"].as_str().unwrap_or_default();
         rows.extend(store.fetch_row(spec, id).await?);
     }
-    println!("{:<46} {:<8} {:<10} {:<14} error", "contact", "crm", "status", "crm id");
+    println!(
+        "{:<46} {:<8} {:<10} {:<14} error",
+        "contact", "crm", "status", "crm id"
+    );
     let mut all_complete = true;
     for row in &rows {
         for crm in ["hubspot", "brevo"] {
-            let text = |column: &str| row.get(&format!("{crm}_{column}")).and_then(Value::as_str).unwrap_or("").to_string();
+            let text = |column: &str| {
+                row.get(&format!("{crm}_{column}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             let status = text("processing_status");
             all_complete &= status == "Complete";
             let email = row.get("email").and_then(Value::as_str).unwrap_or("");
-            println!("{email:<46} {crm:<8} {status:<10} {:<14} {}", text("contact_id"), text("processing_error"));
+            println!(
+                "{email:<46} {crm:<8} {status:<10} {:<14} {}",
+                text("contact_id"),
+                text("processing_error")
+            );
         }
     }
     Ok(all_complete)
@@ -146,6 +211,11 @@ fn print_sandbox(sandbox: &Sandbox) {
     }
     println!("the sandbox's Brevo now holds:");
     for contact in sandbox.brevo_contacts() {
-        println!("  {:<6} {:<46} {}", contact["id"], contact["email"].as_str().unwrap_or("-"), contact["attributes"]);
+        println!(
+            "  {:<6} {:<46} {}",
+            contact["id"],
+            contact["email"].as_str().unwrap_or("-"),
+            contact["attributes"]
+        );
     }
 }

@@ -94,8 +94,13 @@ fn locate(text: &str, span: Range<usize>) -> (usize, usize, Option<(String, usiz
     let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     let line = text[..start].matches('\n').count() + 1;
     let column = text[line_start..start].chars().count() + 1;
-    let source_line = text[line_start..line_end].trim_end_matches('\r').to_string();
-    let width = text[start..span.end.clamp(start, line_end)].chars().count().max(1);
+    let source_line = text[line_start..line_end]
+        .trim_end_matches('\r')
+        .to_string();
+    let width = text[start..span.end.clamp(start, line_end)]
+        .chars()
+        .count()
+        .max(1);
     (line, column, Some((source_line, width)))
 }
 
@@ -106,7 +111,11 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
         };
         writeln!(f, "{label}: {}", self.message)?;
-        let key = if self.key_path.is_empty() { String::new() } else { format!(" ({})", self.key_path) };
+        let key = if self.key_path.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.key_path)
+        };
         if self.line == 0 {
             writeln!(f, "  --> {}{key}", self.file)?;
         } else {
@@ -117,7 +126,12 @@ impl fmt::Display for Diagnostic {
             let pad = " ".repeat(number.len());
             writeln!(f, "{pad} |")?;
             writeln!(f, "{number} | {source}")?;
-            writeln!(f, "{pad} | {}{}", " ".repeat(self.column - 1), "^".repeat(*width))?;
+            writeln!(
+                f,
+                "{pad} | {}{}",
+                " ".repeat(self.column - 1),
+                "^".repeat(*width)
+            )?;
         }
         if let Some(hint) = &self.hint {
             writeln!(f, "  = hint: {hint}")?;
@@ -131,5 +145,9 @@ pub fn summary(diagnostics: &[Diagnostic]) -> String {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = diagnostics.len() - errors;
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    format!("{}, {}", plural(errors, "error"), plural(warnings, "warning"))
+    format!(
+        "{}, {}",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    )
 }

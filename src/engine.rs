@@ -35,7 +35,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { watch: false, workers: 4, progress_every: Some(Duration::from_secs(5)) }
+        Self {
+            watch: false,
+            workers: 4,
+            progress_every: Some(Duration::from_secs(5)),
+        }
     }
 }
 
@@ -59,7 +63,10 @@ impl RunSummary {
 
     /// Total rows processed.
     pub fn total(&self) -> u64 {
-        [&self.complete, &self.failed, &self.retrying, &self.deferred].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        [&self.complete, &self.failed, &self.retrying, &self.deferred]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -89,14 +96,23 @@ pub async fn run_connector(
     })?;
     let mappings = plan.mappings_of(connector);
     if mappings.is_empty() {
-        bail!("no mapping syncs to connector `{connector}`: add mappings/<name>.toml with connector = \"{connector}\"");
+        bail!(
+            "no mapping syncs to connector `{connector}`: add mappings/<name>.toml with connector = \"{connector}\""
+        );
     }
-    let client = Arc::new(CrmClient::new(connector_plan, plan.templates.clone(), env, clock.clone())?);
+    let client = Arc::new(CrmClient::new(
+        connector_plan,
+        plan.templates.clone(),
+        env,
+        clock.clone(),
+    )?);
     let mut guards = Vec::new();
     for mapping in &mappings {
         // Named by mapping and table: the same mapping name over another table is another queue.
         let lock_name = format!("mapping:{}:{}", mapping.name, mapping.table.table);
-        let slot = store.acquire_instance_slot(&lock_name, mapping.schedule.max_instances).await?;
+        let slot = store
+            .acquire_instance_slot(&lock_name, mapping.schedule.max_instances)
+            .await?;
         match slot {
             Some(guard) => guards.push(guard),
             None => bail!(
@@ -107,8 +123,21 @@ pub async fn run_connector(
         }
     }
     let summary = Arc::new(RunSummary::default());
-    let run = Arc::new(Run { plan, store, client, clock, summary: summary.clone(), shutdown });
-    let progress = options.progress_every.map(|every| tokio::spawn(report_progress(run.summary.clone(), connector.to_string(), every)));
+    let run = Arc::new(Run {
+        plan,
+        store,
+        client,
+        clock,
+        summary: summary.clone(),
+        shutdown,
+    });
+    let progress = options.progress_every.map(|every| {
+        tokio::spawn(report_progress(
+            run.summary.clone(),
+            connector.to_string(),
+            every,
+        ))
+    });
     let result = cycle_until_done(&run, &mappings, &options).await;
     if let Some(progress) = progress {
         progress.abort();
@@ -120,10 +149,16 @@ pub async fn run_connector(
     Ok(summary)
 }
 
-async fn cycle_until_done(run: &Arc<Run>, mappings: &[Arc<MappingPlan>], options: &RunOptions) -> anyhow::Result<()> {
+async fn cycle_until_done(
+    run: &Arc<Run>,
+    mappings: &[Arc<MappingPlan>],
+    options: &RunOptions,
+) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
-        let drains = mappings.iter().map(|mapping| drain(run.clone(), mapping.clone(), options.workers));
+        let drains = mappings
+            .iter()
+            .map(|mapping| drain(run.clone(), mapping.clone(), options.workers));
         for result in futures::future::join_all(drains).await {
             result?;
         }
@@ -137,7 +172,11 @@ async fn cycle_until_done(run: &Arc<Run>, mappings: &[Arc<MappingPlan>], options
         if !options.watch || *run.shutdown.borrow() {
             return Ok(());
         }
-        let interval = mappings.iter().map(|m| m.schedule.interval_secs).min().unwrap_or(300);
+        let interval = mappings
+            .iter()
+            .map(|m| m.schedule.interval_secs)
+            .min()
+            .unwrap_or(300);
         let mut shutdown = run.shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
@@ -171,14 +210,25 @@ async fn drain(run: Arc<Run>, mapping: Arc<MappingPlan>, workers: usize) -> anyh
 async fn process_one_batch(run: &Run, mapping: &MappingPlan) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
-    let rows = run.store.claim(&mapping.table, mapping.schedule.batch_size as usize, now, lease).await?;
+    let rows = run
+        .store
+        .claim(
+            &mapping.table,
+            mapping.schedule.batch_size as usize,
+            now,
+            lease,
+        )
+        .await?;
     if rows.is_empty() {
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
     let outcomes = sync_rows(run, mapping, &rows).await;
     let results = decide(run, mapping, &rows, outcomes);
-    run.store.record(&mapping.table, &results).await.context("failed to record results")?;
+    run.store
+        .record(&mapping.table, &results)
+        .await
+        .context("failed to record results")?;
     Ok(rows.len())
 }
 
@@ -214,15 +264,28 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &[ClaimedRow]) -> Vec
             outcomes[index] = Some(outcome.clone());
         }
     }
-    outcomes.into_iter().map(|o| o.expect("every row has an outcome")).collect()
+    outcomes
+        .into_iter()
+        .map(|o| o.expect("every row has an outcome"))
+        .collect()
 }
 
 /// The template context of a mapping's fields: the row's columns, `params`, and the pinned clock.
-fn render_job(run: &Run, mapping: &MappingPlan, row: &ClaimedRow, now: chrono::DateTime<chrono::Utc>) -> Result<RowJob, String> {
+fn render_job(
+    run: &Run,
+    mapping: &MappingPlan,
+    row: &ClaimedRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<RowJob, String> {
     let key = match row.row.get(&mapping.table.key_column) {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_lowercase(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(format!("key column `{}` is empty", mapping.table.key_column)),
+        _ => {
+            return Err(format!(
+                "key column `{}` is empty",
+                mapping.table.key_column
+            ));
+        }
     };
     let mut ctx: Map<String, Value> = row.row.clone();
     ctx.insert("params".into(), Value::Object(mapping.params.clone()));
@@ -241,11 +304,20 @@ fn render_job(run: &Run, mapping: &MappingPlan, row: &ClaimedRow, now: chrono::D
         "trace_id": row.id,
         "__now": now.to_rfc3339(),
     });
-    Ok(RowJob { key, trace_id: row.id.clone(), ctx: job_ctx })
+    Ok(RowJob {
+        key,
+        trace_id: row.id.clone(),
+        ctx: job_ctx,
+    })
 }
 
 /// Turns outcomes into database updates using the mapping's retry schedule, and logs each row.
-fn decide(run: &Run, mapping: &MappingPlan, rows: &[ClaimedRow], outcomes: Vec<RowOutcome>) -> Vec<RowResult> {
+fn decide(
+    run: &Run,
+    mapping: &MappingPlan,
+    rows: &[ClaimedRow],
+    outcomes: Vec<RowOutcome>,
+) -> Vec<RowResult> {
     let now = run.clock.utc();
     let schedule = &mapping.schedule;
     let delay = Duration::from_secs(schedule.retry_delay_secs);

@@ -268,14 +268,23 @@ pub struct Errors {
 
 impl Default for Errors {
     fn default() -> Self {
-        Self { message_pointers: default_message_pointers() }
+        Self {
+            message_pointers: default_message_pointers(),
+        }
     }
 }
 
 fn default_message_pointers() -> Vec<String> {
-    ["/message", "/errors/0/message", "/error", "/detail", "/0/message", "/title"]
-        .map(String::from)
-        .to_vec()
+    [
+        "/message",
+        "/errors/0/message",
+        "/error",
+        "/detail",
+        "/0/message",
+        "/title",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Which flow upserts a record, and the requests it is made of.

@@ -40,14 +40,30 @@ pub struct SourceFile {
 
 impl SourceFile {
     /// A diagnostic pointing at the key `path` (or its nearest parent).
-    pub fn diagnostic_at_key(&self, severity: Severity, path: &str, message: impl Into<String>) -> Diagnostic {
-        let span = self.spans.key_span(path).or_else(|| self.spans.nearest(path));
+    pub fn diagnostic_at_key(
+        &self,
+        severity: Severity,
+        path: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let span = self
+            .spans
+            .key_span(path)
+            .or_else(|| self.spans.nearest(path));
         Diagnostic::at(severity, &self.display, &self.text, span, path, message)
     }
 
     /// A diagnostic pointing at the value of `path` (or its nearest parent).
-    pub fn diagnostic_at_value(&self, severity: Severity, path: &str, message: impl Into<String>) -> Diagnostic {
-        let span = self.spans.value_span(path).or_else(|| self.spans.nearest(path));
+    pub fn diagnostic_at_value(
+        &self,
+        severity: Severity,
+        path: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let span = self
+            .spans
+            .value_span(path)
+            .or_else(|| self.spans.nearest(path));
         Diagnostic::at(severity, &self.display, &self.text, span, path, message)
     }
 
@@ -73,7 +89,11 @@ impl SourceFile {
 /// literal, skipping the opening quotes. Escapes make this approximate, which is fine
 /// for pointing a caret.
 fn offset_in_string_literal(literal: &str, line: usize, column: usize) -> usize {
-    let quote = if literal.starts_with("\"\"\"") || literal.starts_with("'''") { 3 } else { 1 };
+    let quote = if literal.starts_with("\"\"\"") || literal.starts_with("'''") {
+        3
+    } else {
+        1
+    };
     let mut quote_len = quote.min(literal.len());
     if quote == 3 && literal[quote_len..].starts_with('\n') {
         quote_len += 1;
@@ -82,7 +102,11 @@ fn offset_in_string_literal(literal: &str, line: usize, column: usize) -> usize 
     let mut offset = 0;
     for (index, text_line) in content.split('\n').enumerate() {
         if index + 1 == line {
-            let col: usize = text_line.chars().take(column.saturating_sub(1)).map(char::len_utf8).sum();
+            let col: usize = text_line
+                .chars()
+                .take(column.saturating_sub(1))
+                .map(char::len_utf8)
+                .sum();
             return quote_len + offset + col;
         }
         offset += text_line.len() + 1;
@@ -143,10 +167,16 @@ pub fn load_dir(dir: &Path) -> (ConfigSet, Vec<Diagnostic>) {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
-fn toml_files(dir: &Path, label: &str, diagnostics: &mut Vec<Diagnostic>) -> Vec<std::path::PathBuf> {
+fn toml_files(
+    dir: &Path,
+    label: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         diagnostics.push(
             Diagnostic::at(Severity::Error, label, "", None, "", format!("directory `{label}/` not found"))
@@ -169,9 +199,20 @@ pub fn load_file<T: DeserializeOwned>(
     path: &Path,
     kind: schema::Kind,
 ) -> Result<Loaded<T>, Vec<Diagnostic>> {
-    let display = path.strip_prefix(dir).unwrap_or(path).to_string_lossy().replace('\\', "/");
+    let display = path
+        .strip_prefix(dir)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/");
     let text = std::fs::read_to_string(path).map_err(|err| {
-        vec![Diagnostic::at(Severity::Error, &display, "", None, "", format!("cannot read file: {err}"))]
+        vec![Diagnostic::at(
+            Severity::Error,
+            &display,
+            "",
+            None,
+            "",
+            format!("cannot read file: {err}"),
+        )]
     })?;
     parse_source::<T>(&display, &stem(path), text, kind)
 }
@@ -188,21 +229,41 @@ pub fn parse_source<T: DeserializeOwned>(
         return Err(errors
             .iter()
             .map(|err| {
-                Diagnostic::at(Severity::Error, display, &text, err.span(), "", syntax_message(err.message()))
-                    .hint("fix the TOML syntax; see https://toml.io")
+                Diagnostic::at(
+                    Severity::Error,
+                    display,
+                    &text,
+                    err.span(),
+                    "",
+                    syntax_message(err.message()),
+                )
+                .hint("fix the TOML syntax; see https://toml.io")
             })
             .collect());
     }
     let mut spans = SpanIndex::default();
     let json = toml_json::convert(document.get_ref(), &mut spans);
-    let source = SourceFile { display: display.to_string(), text: text.clone(), spans, json };
+    let source = SourceFile {
+        display: display.to_string(),
+        text: text.clone(),
+        spans,
+        json,
+    };
     let problems = schema::validate(kind, &source);
     if !problems.is_empty() {
         return Err(problems);
     }
     match serde_json::from_value::<T>(source.json.clone()) {
-        Ok(raw) => Ok(Loaded { name: name.to_string(), source, raw }),
-        Err(err) => Err(vec![source.diagnostic_at_key(Severity::Error, "", err.to_string())]),
+        Ok(raw) => Ok(Loaded {
+            name: name.to_string(),
+            source,
+            raw,
+        }),
+        Err(err) => Err(vec![source.diagnostic_at_key(
+            Severity::Error,
+            "",
+            err.to_string(),
+        )]),
     }
 }
 

@@ -67,16 +67,29 @@ pub fn validate(kind: Kind, source: &SourceFile) -> Vec<Diagnostic> {
     let secret_tables: Vec<String> = out
         .iter()
         .filter(|d| d.message.starts_with("literal secret"))
-        .map(|d| d.key_path.rsplit_once('.').map_or(String::new(), |(parent, _)| parent.to_string()))
+        .map(|d| {
+            d.key_path
+                .rsplit_once('.')
+                .map_or(String::new(), |(parent, _)| parent.to_string())
+        })
         .collect();
     out.retain(|d| !(d.message.starts_with("missing key") && secret_tables.contains(&d.key_path)));
     out
 }
 
-fn explain(error: &ValidationError<'_>, source: &SourceFile, schema: &Value, out: &mut Vec<Diagnostic>) {
+fn explain(
+    error: &ValidationError<'_>,
+    source: &SourceFile,
+    schema: &Value,
+    out: &mut Vec<Diagnostic>,
+) {
     let path = pointer_to_path(&source.json, error.instance_path().as_str());
     let node = schema_node(schema, error.schema_path().as_str());
-    let shown = if path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
+    let shown = if path.is_empty() {
+        "the file".to_string()
+    } else {
+        format!("`{path}`")
+    };
     let diagnostic = match error.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for key in unexpected {
@@ -105,9 +118,15 @@ fn explain(error: &ValidationError<'_>, source: &SourceFile, schema: &Value, out
             .diagnostic_at_value(
                 Severity::Error,
                 &path,
-                format!("{shown} must be {}, found {}", type_name(kind), describe(error.instance())),
+                format!(
+                    "{shown} must be {}, found {}",
+                    type_name(kind),
+                    describe(error.instance())
+                ),
             )
-            .hint(description(schema, &node).unwrap_or_else(|| "see the schema in schemas/".into())),
+            .hint(
+                description(schema, &node).unwrap_or_else(|| "see the schema in schemas/".into()),
+            ),
         ValidationErrorKind::Enum { options } => source
             .diagnostic_at_value(
                 Severity::Error,
@@ -116,16 +135,22 @@ fn explain(error: &ValidationError<'_>, source: &SourceFile, schema: &Value, out
             )
             .hint(format!("expected one of {}", list(options))),
         ValidationErrorKind::Constant { expected_value } => source
-            .diagnostic_at_value(Severity::Error, &path, format!("{shown} must be {expected_value}"))
+            .diagnostic_at_value(
+                Severity::Error,
+                &path,
+                format!("{shown} must be {expected_value}"),
+            )
             .hint(description(schema, &node).unwrap_or_default()),
-        ValidationErrorKind::Minimum { limit } | ValidationErrorKind::ExclusiveMinimum { limit } => source
+        ValidationErrorKind::Minimum { limit }
+        | ValidationErrorKind::ExclusiveMinimum { limit } => source
             .diagnostic_at_value(
                 Severity::Error,
                 &path,
                 format!("{shown} is {}, below the minimum {limit}", error.instance()),
             )
             .hint(description(schema, &node).unwrap_or_default()),
-        ValidationErrorKind::Maximum { limit } | ValidationErrorKind::ExclusiveMaximum { limit } => source
+        ValidationErrorKind::Maximum { limit }
+        | ValidationErrorKind::ExclusiveMaximum { limit } => source
             .diagnostic_at_value(
                 Severity::Error,
                 &path,
@@ -153,10 +178,21 @@ const SECRET_KEYS: &[&str] = &[
     "username_password",
 ];
 
-fn unknown_key(source: &SourceFile, schema: &Value, node: &Value, path: &str, key: &str) -> Diagnostic {
+fn unknown_key(
+    source: &SourceFile,
+    schema: &Value,
+    node: &Value,
+    path: &str,
+    key: &str,
+) -> Diagnostic {
     let full = join_key(path, key);
     if SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
-        let value = source.json.pointer(&pointer_of(&full)).and_then(Value::as_str).unwrap_or_default().to_string();
+        let value = source
+            .json
+            .pointer(&pointer_of(&full))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         return source
             .diagnostic_at_key(Severity::Error, &full, format!("literal secret `{full}`: config files never hold secrets"))
             .redact(&value)
@@ -165,7 +201,8 @@ fn unknown_key(source: &SourceFile, schema: &Value, node: &Value, path: &str, ke
             ));
     }
     let known = known_properties(schema, node);
-    let diagnostic = source.diagnostic_at_key(Severity::Error, &full, format!("unknown key `{full}`"));
+    let diagnostic =
+        source.diagnostic_at_key(Severity::Error, &full, format!("unknown key `{full}`"));
     match closest(key, &known) {
         Some(best) => diagnostic.hint(format!("did you mean `{best}`?")),
         None if known.is_empty() => diagnostic.hint("remove it"),
@@ -175,7 +212,9 @@ fn unknown_key(source: &SourceFile, schema: &Value, node: &Value, path: &str, ke
 
 /// The JSON pointer of a simple dotted key path (`auth.token` -> `/auth/token`).
 fn pointer_of(path: &str) -> String {
-    path.split('.').map(|segment| format!("/{}", segment.trim_matches('"'))).collect()
+    path.split('.')
+        .map(|segment| format!("/{}", segment.trim_matches('"')))
+        .collect()
 }
 
 /// A tagged union (`kind = "..."`) or other `oneOf`: report the errors of the
@@ -192,24 +231,42 @@ fn explain_union(
         .iter()
         .flatten()
         .filter_map(|e| match e.kind() {
-            ValidationErrorKind::Constant { expected_value } => expected_value.as_str().map(String::from),
+            ValidationErrorKind::Constant { expected_value } => {
+                expected_value.as_str().map(String::from)
+            }
             _ => None,
         })
         .collect();
     if let Value::String(given) = error.instance().as_ref() {
         // A plain enum of strings: name the valid values.
-        let shown = if path.is_empty() { "the file".to_string() } else { format!("`{path}`") };
-        let diagnostic = source.diagnostic_at_value(Severity::Error, path, format!("{shown} has an unknown value \"{given}\""));
-        let list = expected.iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+        let shown = if path.is_empty() {
+            "the file".to_string()
+        } else {
+            format!("`{path}`")
+        };
+        let diagnostic = source.diagnostic_at_value(
+            Severity::Error,
+            path,
+            format!("{shown} has an unknown value \"{given}\""),
+        );
+        let list = expected
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         out.push(match closest(given, &expected) {
-            Some(best) => diagnostic.hint(format!("did you mean \"{best}\"? expected one of {list}")),
+            Some(best) => {
+                diagnostic.hint(format!("did you mean \"{best}\"? expected one of {list}"))
+            }
             None => diagnostic.hint(format!("expected one of {list}")),
         });
         return;
     }
     let tag_path = format!("{}/kind", error.instance_path().as_str());
     let tag_failed = |branch: &Vec<ValidationError<'static>>| {
-        branch.iter().any(|e| e.instance_path().as_str() == tag_path)
+        branch
+            .iter()
+            .any(|e| e.instance_path().as_str() == tag_path)
     };
     if let Some(branch) = context.iter().find(|branch| !tag_failed(branch)) {
         for inner in branch {
@@ -219,14 +276,23 @@ fn explain_union(
     }
     let tag = error.instance().get("kind").cloned();
     let (at, message) = match &tag {
-        Some(value) => (join_key(path, "kind"), format!("unknown `{}` value {value}", join_key(path, "kind"))),
+        Some(value) => (
+            join_key(path, "kind"),
+            format!("unknown `{}` value {value}", join_key(path, "kind")),
+        ),
         None => (path.to_string(), format!("`{path}` needs a `kind`")),
     };
     let mut diagnostic = source.diagnostic_at_value(Severity::Error, &at, message);
     if !expected.is_empty() {
-        let suggestion = tag.as_ref().and_then(Value::as_str).and_then(|t| closest(t, &expected));
+        let suggestion = tag
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|t| closest(t, &expected));
         diagnostic = match suggestion {
-            Some(best) => diagnostic.hint(format!("did you mean \"{best}\"? expected one of {}", expected.join(", "))),
+            Some(best) => diagnostic.hint(format!(
+                "did you mean \"{best}\"? expected one of {}",
+                expected.join(", ")
+            )),
             None => diagnostic.hint(format!("expected one of {}", expected.join(", "))),
         };
     }
@@ -236,15 +302,22 @@ fn explain_union(
 /// Follows a schema keyword location (`/properties/retry/$ref/additionalProperties`)
 /// to the schema object that holds the failing keyword.
 fn schema_node(schema: &Value, location: &str) -> Value {
-    let mut segments: Vec<String> =
-        location.split('/').skip(1).map(|s| s.replace("~1", "/").replace("~0", "~")).collect();
+    let mut segments: Vec<String> = location
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
     segments.pop(); // the keyword itself
     let mut node = schema.clone();
     for segment in segments {
         node = resolve(schema, &node);
         node = match &node {
             Value::Object(map) => map.get(&segment).cloned().unwrap_or(Value::Null),
-            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i).cloned()).unwrap_or(Value::Null),
+            Value::Array(items) => segment
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i).cloned())
+                .unwrap_or(Value::Null),
             _ => Value::Null,
         };
     }
@@ -254,7 +327,10 @@ fn schema_node(schema: &Value, location: &str) -> Value {
 /// Resolves a local `$ref` (`#/$defs/Retry`).
 fn resolve(schema: &Value, node: &Value) -> Value {
     match node.get("$ref").and_then(Value::as_str) {
-        Some(reference) => schema.pointer(reference.trim_start_matches('#')).cloned().unwrap_or(Value::Null),
+        Some(reference) => schema
+            .pointer(reference.trim_start_matches('#'))
+            .cloned()
+            .unwrap_or(Value::Null),
         None => node.clone(),
     }
 }
@@ -282,7 +358,12 @@ fn description(schema: &Value, node: &Value) -> Option<String> {
 fn closest(word: &str, candidates: &[String]) -> Option<String> {
     candidates
         .iter()
-        .map(|c| (strsim::jaro_winkler(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c.clone())
@@ -297,9 +378,11 @@ fn type_name(kind: &jsonschema::error::TypeKind) -> String {
     };
     match kind {
         jsonschema::error::TypeKind::Single(t) => name(t),
-        jsonschema::error::TypeKind::Multiple(types) => {
-            types.iter().map(|t| name(&t)).collect::<Vec<_>>().join(" or ")
-        }
+        jsonschema::error::TypeKind::Multiple(types) => types
+            .iter()
+            .map(|t| name(&t))
+            .collect::<Vec<_>>()
+            .join(" or "),
     }
 }
 
@@ -317,7 +400,13 @@ fn describe(value: &Value) -> String {
 fn list(options: &Value) -> String {
     options
         .as_array()
-        .map(|items| items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        .map(|items| {
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_else(|| options.to_string())
 }
 
@@ -329,14 +418,22 @@ mod tests {
     /// against. Regenerate with `UPDATE_SCHEMAS=1 cargo test --lib schema`.
     #[test]
     fn committed_schemas_match_the_config_structs() {
-        for (kind, file) in [(Kind::Connector, "connector.schema.json"), (Kind::Mapping, "mapping.schema.json")] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas").join(file);
+        for (kind, file) in [
+            (Kind::Connector, "connector.schema.json"),
+            (Kind::Mapping, "mapping.schema.json"),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("schemas")
+                .join(file);
             let generated = schema_text(kind);
             if std::env::var_os("UPDATE_SCHEMAS").is_some() {
                 std::fs::write(&path, &generated).unwrap();
             }
             let committed = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(committed == generated, "{file} is stale: run UPDATE_SCHEMAS=1 cargo test --lib schema");
+            assert!(
+                committed == generated,
+                "{file} is stale: run UPDATE_SCHEMAS=1 cargo test --lib schema"
+            );
         }
     }
 }

@@ -17,12 +17,18 @@ pub struct SpanIndex {
 impl SpanIndex {
     /// Span of the key itself when known, else of its value.
     pub fn key_span(&self, path: &str) -> Option<Range<usize>> {
-        self.keys.get(path).or_else(|| self.values.get(path)).cloned()
+        self.keys
+            .get(path)
+            .or_else(|| self.values.get(path))
+            .cloned()
     }
 
     /// Span of the value at `path`.
     pub fn value_span(&self, path: &str) -> Option<Range<usize>> {
-        self.values.get(path).or_else(|| self.keys.get(path)).cloned()
+        self.values
+            .get(path)
+            .or_else(|| self.keys.get(path))
+            .cloned()
     }
 
     /// The nearest span at `path` or one of its parents, for errors on keys that are absent.
@@ -42,9 +48,19 @@ impl SpanIndex {
 /// bare TOML keys are quoted, so every path is unambiguous.
 pub fn join_key(parent: &str, key: &str) -> String {
     let bare = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare { key.to_string() } else { format!("{key:?}") };
-    if parent.is_empty() { key } else { format!("{parent}.{key}") }
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
 }
 
 /// Appends an array index: `a` + 0 = `a[0]`.
@@ -89,7 +105,10 @@ fn convert_table(table: &DeTable<'_>, path: &str, spans: &mut SpanIndex) -> Valu
         let child = join_key(path, key.get_ref());
         spans.keys.insert(child.clone(), key.span());
         spans.values.insert(child.clone(), value.span());
-        map.insert(key.get_ref().to_string(), convert_value(value.get_ref(), &child, spans));
+        map.insert(
+            key.get_ref().to_string(),
+            convert_value(value.get_ref(), &child, spans),
+        );
     }
     Value::Object(map)
 }

@@ -28,7 +28,9 @@ impl Secret {
 }
 
 fn secret(env: &dyn Env, name: &str) -> anyhow::Result<Secret> {
-    env.var(name).map(Secret).with_context(|| format!("environment variable `{name}` is not set (put it in the environment or .env)"))
+    env.var(name).map(Secret).with_context(|| {
+        format!("environment variable `{name}` is not set (put it in the environment or .env)")
+    })
 }
 
 /// Authentication with its secrets resolved.
@@ -76,9 +78,17 @@ impl Authenticator {
         Ok(match auth {
             Auth::None => Self::None,
             Auth::Bearer { token_env } => Self::Bearer(secret(env, token_env)?),
-            Auth::ApiKeyHeader { header, key_env } => Self::Header(header.clone(), secret(env, key_env)?),
-            Auth::ApiKeyQuery { param, key_env } => Self::Query(param.clone(), secret(env, key_env)?),
-            Auth::Basic { username, username_env, password_env } => {
+            Auth::ApiKeyHeader { header, key_env } => {
+                Self::Header(header.clone(), secret(env, key_env)?)
+            }
+            Auth::ApiKeyQuery { param, key_env } => {
+                Self::Query(param.clone(), secret(env, key_env)?)
+            }
+            Auth::Basic {
+                username,
+                username_env,
+                password_env,
+            } => {
                 let user = match (username, username_env) {
                     (_, Some(name)) => secret(env, name)?,
                     (Some(literal), None) => Secret(literal.clone()),
@@ -113,13 +123,20 @@ impl Authenticator {
 
     /// Adds credentials to a request; for OAuth, fetches or refreshes the token first.
     /// Returns the base URL the token response named, if any (Salesforce's instance URL).
-    pub async fn apply(&self, http: &reqwest::Client, request: RequestBuilder) -> anyhow::Result<(RequestBuilder, Option<String>)> {
+    pub async fn apply(
+        &self,
+        http: &reqwest::Client,
+        request: RequestBuilder,
+    ) -> anyhow::Result<(RequestBuilder, Option<String>)> {
         Ok(match self {
             Self::None => (request, None),
             Self::Bearer(token) => (request.bearer_auth(token.expose()), None),
             Self::Header(name, key) => (request.header(name.as_str(), key.expose()), None),
             Self::Query(name, key) => (request.query(&[(name.as_str(), key.expose())]), None),
-            Self::Basic(user, password) => (request.basic_auth(user.expose(), Some(password.expose())), None),
+            Self::Basic(user, password) => (
+                request.basic_auth(user.expose(), Some(password.expose())),
+                None,
+            ),
             Self::OAuth(oauth) => {
                 let token = oauth.token(http).await?;
                 (request.bearer_auth(token.access.expose()), token.base_url)
@@ -139,7 +156,9 @@ impl OAuth {
     async fn token(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref()
-            && token.expires_at.is_none_or(|at| Instant::now() + self.margin < at)
+            && token
+                .expires_at
+                .is_none_or(|at| Instant::now() + self.margin < at)
         {
             return Ok(token.clone());
         }
@@ -159,11 +178,20 @@ impl OAuth {
         if let Some(scope) = &self.scope {
             form.push(("scope", scope.clone()));
         }
-        let response = http.post(&self.token_url).form(&form).send().await.context("token request failed")?;
+        let response = http
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .await
+            .context("token request failed")?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let reason = body.get("error_description").or_else(|| body.get("error")).cloned().unwrap_or(Value::Null);
+            let reason = body
+                .get("error_description")
+                .or_else(|| body.get("error"))
+                .cloned()
+                .unwrap_or(Value::Null);
             bail!("token refresh answered {status}: {reason}");
         }
         let access = body
@@ -174,8 +202,20 @@ impl OAuth {
         if let Some(rotated) = body.get("refresh_token").and_then(Value::as_str) {
             *self.refresh_token.lock().await = Secret(rotated.to_string());
         }
-        let expires_at = body.pointer(&self.expires_in_pointer).and_then(Value::as_u64).map(|s| Instant::now() + Duration::from_secs(s));
-        let base_url = self.base_url_pointer.as_ref().and_then(|p| body.pointer(p)).and_then(Value::as_str).map(String::from);
-        Ok(Token { access: Secret(access.to_string()), expires_at, base_url })
+        let expires_at = body
+            .pointer(&self.expires_in_pointer)
+            .and_then(Value::as_u64)
+            .map(|s| Instant::now() + Duration::from_secs(s));
+        let base_url = self
+            .base_url_pointer
+            .as_ref()
+            .and_then(|p| body.pointer(p))
+            .and_then(Value::as_str)
+            .map(String::from);
+        Ok(Token {
+            access: Secret(access.to_string()),
+            expires_at,
+            base_url,
+        })
     }
 }

@@ -17,24 +17,37 @@ use crate::template::OnEmpty;
 pub async fn run(client: &CrmClient, plan: &BatchPlan, jobs: &[RowJob]) -> Vec<RowOutcome> {
     let refs: Vec<&RowJob> = jobs.iter().collect();
     let chunks = refs.chunks(plan.max_items.max(1));
-    join_all(chunks.map(|chunk| send_chunk(client, plan, chunk.to_vec()))).await.into_iter().flatten().collect()
+    join_all(chunks.map(|chunk| send_chunk(client, plan, chunk.to_vec())))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 type Outcomes<'a> = Pin<Box<dyn Future<Output = Vec<RowOutcome>> + Send + 'a>>;
 
 /// One request for `jobs`; outcomes in job order.
-fn send_chunk<'a>(client: &'a CrmClient, plan: &'a BatchPlan, jobs: Vec<&'a RowJob>) -> Outcomes<'a> {
+fn send_chunk<'a>(
+    client: &'a CrmClient,
+    plan: &'a BatchPlan,
+    jobs: Vec<&'a RowJob>,
+) -> Outcomes<'a> {
     Box::pin(async move {
         let mut outcomes: Vec<Option<RowOutcome>> = vec![None; jobs.len()];
         let mut items = Vec::with_capacity(jobs.len());
         let mut sent = Vec::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
-            match client.templates().render_tree(&plan.item, &job.ctx, OnEmpty::Omit) {
+            match client
+                .templates()
+                .render_tree(&plan.item, &job.ctx, OnEmpty::Omit)
+            {
                 Ok(item) => {
                     items.push(item);
                     sent.push(index);
                 }
-                Err(err) => outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}"))),
+                Err(err) => {
+                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")))
+                }
             }
         }
         if !sent.is_empty() {
@@ -54,13 +67,23 @@ fn send_chunk<'a>(client: &'a CrmClient, plan: &'a BatchPlan, jobs: Vec<&'a RowJ
                 outcomes[index] = Some(outcome);
             }
         }
-        outcomes.into_iter().map(|o| o.expect("every row has an outcome")).collect()
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every row has an outcome"))
+            .collect()
     })
 }
 
-async fn bisect<'a>(client: &'a CrmClient, plan: &'a BatchPlan, jobs: Vec<&'a RowJob>) -> Vec<RowOutcome> {
+async fn bisect<'a>(
+    client: &'a CrmClient,
+    plan: &'a BatchPlan,
+    jobs: Vec<&'a RowJob>,
+) -> Vec<RowOutcome> {
     let (left, right) = jobs.split_at(jobs.len() / 2);
-    let (left, right) = futures::join!(send_chunk(client, plan, left.to_vec()), send_chunk(client, plan, right.to_vec()));
+    let (left, right) = futures::join!(
+        send_chunk(client, plan, left.to_vec()),
+        send_chunk(client, plan, right.to_vec())
+    );
     left.into_iter().chain(right).collect()
 }
 
@@ -70,19 +93,40 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
     let body = response.map_or(&Value::Null, |r| &r.body);
     let spec = &plan.results;
     let find = |value: &str| {
-        jobs.iter().position(|job| job.trace_id == value).or_else(|| {
-            let lowered = value.trim().to_lowercase();
-            jobs.iter().position(|job| job.key == lowered)
-        })
+        jobs.iter()
+            .position(|job| job.trace_id == value)
+            .or_else(|| {
+                let lowered = value.trim().to_lowercase();
+                jobs.iter().position(|job| job.key == lowered)
+            })
     };
-    for result in body.pointer(&spec.results_pointer).and_then(Value::as_array).into_iter().flatten() {
-        let Some(index) = result.pointer(&spec.match_pointer).and_then(id_text).and_then(|v| find(&v)) else { continue };
+    for result in body
+        .pointer(&spec.results_pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(index) = result
+            .pointer(&spec.match_pointer)
+            .and_then(id_text)
+            .and_then(|v| find(&v))
+        else {
+            continue;
+        };
         let crm_id = result.pointer(&spec.id_pointer).and_then(id_text);
         outcomes[index] = Some(RowOutcome::Synced { crm_id });
     }
     if let (Some(errors), Some(matcher)) = (&spec.errors_pointer, &spec.error_match_pointer) {
-        for error in body.pointer(errors).and_then(Value::as_array).into_iter().flatten() {
-            let message = error.pointer(&spec.error_message_pointer).and_then(Value::as_str).unwrap_or("item rejected");
+        for error in body
+            .pointer(errors)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let message = error
+                .pointer(&spec.error_message_pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("item rejected");
             for value in values_at(error, matcher) {
                 if let Some(index) = find(&value) {
                     outcomes[index] = Some(RowOutcome::Permanent(message.to_string()));
@@ -92,7 +136,11 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
     }
     outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| RowOutcome::Transient("the batch response has no result for this row".into())))
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                RowOutcome::Transient("the batch response has no result for this row".into())
+            })
+        })
         .collect()
 }
 

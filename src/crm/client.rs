@@ -81,7 +81,12 @@ pub struct CrmClient {
 
 impl CrmClient {
     /// Builds the client: resolves the base URL override and every secret.
-    pub fn new(plan: Arc<ConnectorPlan>, templates: Arc<Templates>, env: &dyn Env, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub fn new(
+        plan: Arc<ConnectorPlan>,
+        templates: Arc<Templates>,
+        env: &dyn Env,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let base_url = match env.var(&plan.base_url_env) {
             Some(url) => {
                 if let Some(problem) = base_url_problem(&url) {
@@ -91,7 +96,8 @@ impl CrmClient {
             }
             None => plan.base_url.clone(),
         };
-        let auth = Authenticator::resolve(&plan.auth, env).with_context(|| format!("connector `{}`", plan.name))?;
+        let auth = Authenticator::resolve(&plan.auth, env)
+            .with_context(|| format!("connector `{}`", plan.name))?;
         let http = reqwest::Client::builder()
             .timeout(plan.timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -112,26 +118,43 @@ impl CrmClient {
         // Requests are counted from when they leave; the CRM counts from when they
         // arrive. The margin keeps two requests a window apart on our side from
         // landing in one window on theirs.
-        let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), Duration::from_millis(100)));
+        let limiter = Arc::new(RateLimiter::new(
+            windows,
+            clock.clone(),
+            Duration::from_millis(100),
+        ));
         let retry = &plan.retry;
         let backoff = Backoff {
             base: Duration::from_millis(retry.base_delay_ms),
             max: Duration::from_millis(retry.max_delay_ms),
             exponential: retry.exponential,
-            jitter: if retry.jitter { Jitter::Full } else { Jitter::None },
+            jitter: if retry.jitter {
+                Jitter::Full
+            } else {
+                Jitter::None
+            },
         };
         let headers = &plan.rate_limit_headers;
         let policy = ClassifyPolicy {
             retryable_statuses: retry.retryable_statuses.clone(),
             rate_limited_statuses: retry.rate_limited_statuses.clone(),
             headers: HeaderPolicy {
-                retry_after: Some(headers.retry_after.clone().unwrap_or_else(|| "Retry-After".into())),
+                retry_after: Some(
+                    headers
+                        .retry_after
+                        .clone()
+                        .unwrap_or_else(|| "Retry-After".into()),
+                ),
                 remaining: headers.remaining.clone(),
                 reset: headers.reset.clone(),
                 reset_unit: match headers.reset_unit {
                     crate::config::connector::ResetUnit::Seconds => outcome::ResetUnit::Seconds,
-                    crate::config::connector::ResetUnit::Milliseconds => outcome::ResetUnit::Milliseconds,
-                    crate::config::connector::ResetUnit::EpochSeconds => outcome::ResetUnit::EpochSeconds,
+                    crate::config::connector::ResetUnit::Milliseconds => {
+                        outcome::ResetUnit::Milliseconds
+                    }
+                    crate::config::connector::ResetUnit::EpochSeconds => {
+                        outcome::ResetUnit::EpochSeconds
+                    }
                 },
                 window_ms: headers.window_ms.clone(),
                 max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
@@ -167,7 +190,12 @@ impl CrmClient {
     pub async fn send(&self, op: &OpPlan, ctx: &Value) -> Reply {
         let rendered = match self.render(op, ctx) {
             Ok(rendered) => rendered,
-            Err(err) => return Reply { action: ReplyAction::Permanent(format!("render error: {err}")), response: None },
+            Err(err) => {
+                return Reply {
+                    action: ReplyAction::Permanent(format!("render error: {err}")),
+                    response: None,
+                };
+            }
         };
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
@@ -176,31 +204,50 @@ impl CrmClient {
             // without sending anything, so a run ends instead of hanging.
             let pending = self.limiter.wait_time(&op.class);
             if pending > self.policy.headers.max_wait {
-                let until = self.clock.utc() + chrono::Duration::from_std(pending).unwrap_or_default();
-                let reason = format!("rate limit of `{}` requests: paused until {until}", op.class);
-                return Reply { action: ReplyAction::Deferred { until, reason }, response: None };
+                let until =
+                    self.clock.utc() + chrono::Duration::from_std(pending).unwrap_or_default();
+                let reason = format!(
+                    "rate limit of `{}` requests: paused until {until}",
+                    op.class
+                );
+                return Reply {
+                    action: ReplyAction::Deferred { until, reason },
+                    response: None,
+                };
             }
             self.limiter.acquire(&op.class).await;
             let (outcome, response) = self.send_once(op, &rendered).await;
             match outcome {
                 Step::Done(action) => return Reply { action, response },
                 Step::Retry { reason, after } if attempt < self.plan.retry.max_attempts => {
-                    let delay = after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
+                    let delay =
+                        after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
                     tokio::time::sleep(delay.min(self.backoff.max)).await;
                     attempt += 1;
                 }
                 Step::Retry { reason, .. } => {
-                    let reason = if attempt > 1 { format!("{reason} (after {attempt} attempts)") } else { reason };
-                    return Reply { action: ReplyAction::Transient(reason), response };
+                    let reason = if attempt > 1 {
+                        format!("{reason} (after {attempt} attempts)")
+                    } else {
+                        reason
+                    };
+                    return Reply {
+                        action: ReplyAction::Transient(reason),
+                        response,
+                    };
                 }
                 Step::RateLimited { reason, after } => {
                     let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
                     tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
                     self.limiter.pause(&op.class, pause);
                     if waited + pause > self.policy.headers.max_wait {
-                        let until = self.clock.utc() + chrono::Duration::from_std(pause).unwrap_or_default();
-                        return Reply { action: ReplyAction::Deferred { until, reason }, response };
+                        let until = self.clock.utc()
+                            + chrono::Duration::from_std(pause).unwrap_or_default();
+                        return Reply {
+                            action: ReplyAction::Deferred { until, reason },
+                            response,
+                        };
                     }
                     waited += pause;
                 }
@@ -234,14 +281,32 @@ impl CrmClient {
             Some(tree) => Some(self.templates.render_tree(tree, ctx, OnEmpty::Omit)?),
             None => None,
         };
-        Ok(Rendered { method: op.method.clone(), path, query, headers, body })
+        Ok(Rendered {
+            method: op.method.clone(),
+            path,
+            query,
+            headers,
+            body,
+        })
     }
 
     async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
-        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let (request, token_base) = match self.build_request(rendered).await {
             Ok(parts) => parts,
-            Err(err) => return (Step::Retry { reason: format!("authentication failed: {err:#}"), after: None }, None),
+            Err(err) => {
+                return (
+                    Step::Retry {
+                        reason: format!("authentication failed: {err:#}"),
+                        after: None,
+                    },
+                    None,
+                );
+            }
         };
         let _ = token_base;
         let result = request.send().await;
@@ -266,12 +331,20 @@ impl CrmClient {
         (step_of(classified), Some(response))
     }
 
-    async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)> {
+    async fn build_request(
+        &self,
+        rendered: &Rendered,
+    ) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)> {
         // OAuth may name the base URL (Salesforce's instance URL); apply auth to learn it.
         let probe = self.http.request(rendered.method.clone(), &self.base_url);
         let (_, token_base) = self.auth.apply(&self.http, probe).await?;
-        let base = token_base.as_deref().unwrap_or(&self.base_url).trim_end_matches('/');
-        let mut request = self.http.request(rendered.method.clone(), format!("{base}{}", rendered.path));
+        let base = token_base
+            .as_deref()
+            .unwrap_or(&self.base_url)
+            .trim_end_matches('/');
+        let mut request = self
+            .http
+            .request(rendered.method.clone(), format!("{base}{}", rendered.path));
         if !rendered.query.is_empty() {
             request = request.query(&rendered.query);
         }
@@ -288,8 +361,14 @@ impl CrmClient {
 /// A single attempt's meaning, before retry policy.
 enum Step {
     Done(ReplyAction),
-    Retry { reason: String, after: Option<Duration> },
-    RateLimited { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    RateLimited {
+        reason: String,
+        after: Option<Duration>,
+    },
 }
 
 fn step_of(outcome: Outcome) -> Step {
@@ -304,7 +383,11 @@ fn step_of(outcome: Outcome) -> Step {
 /// The connector's special cases, in order; the first that matches decides.
 fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
     let rule = op.rules.iter().find(|rule| {
-        rule.status == response.status && rule.regex.as_ref().is_none_or(|regex| regex.is_match(&response.message))
+        rule.status == response.status
+            && rule
+                .regex
+                .as_ref()
+                .is_none_or(|regex| regex.is_match(&response.message))
     })?;
     let captured = rule
         .regex
@@ -321,8 +404,14 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
             None => Step::Done(ReplyAction::Permanent(reason)),
         },
         RuleAction::NotFound => Step::Done(ReplyAction::NotFound),
-        RuleAction::Retry => Step::Retry { reason, after: rule.wait },
-        RuleAction::RateLimited => Step::RateLimited { reason, after: rule.wait },
+        RuleAction::Retry => Step::Retry {
+            reason,
+            after: rule.wait,
+        },
+        RuleAction::RateLimited => Step::RateLimited {
+            reason,
+            after: rule.wait,
+        },
         RuleAction::Permanent => Step::Done(ReplyAction::Permanent(reason)),
     })
 }

@@ -47,18 +47,49 @@ pub enum RowOutcome {
 pub async fn execute(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
     match &client.plan.flow {
         Flow::Batch { batch } => batch::run(client, batch, jobs).await,
-        Flow::Single { upsert, lookup, update } => {
-            join_all(jobs.iter().map(|job| single(client, upsert, lookup.as_ref(), update.as_ref(), job))).await
+        Flow::Single {
+            upsert,
+            lookup,
+            update,
+        } => {
+            join_all(
+                jobs.iter()
+                    .map(|job| single(client, upsert, lookup.as_ref(), update.as_ref(), job)),
+            )
+            .await
         }
-        Flow::LookupThenWrite { lookup, create, update } => {
-            join_all(jobs.iter().map(|job| lookup_then_write(client, lookup, create, update, job))).await
+        Flow::LookupThenWrite {
+            lookup,
+            create,
+            update,
+        } => {
+            join_all(
+                jobs.iter()
+                    .map(|job| lookup_then_write(client, lookup, create, update, job)),
+            )
+            .await
         }
     }
 }
 
-async fn single(client: &CrmClient, upsert: &OpPlan, lookup: Option<&OpPlan>, update: Option<&OpPlan>, job: &RowJob) -> RowOutcome {
+async fn single(
+    client: &CrmClient,
+    upsert: &OpPlan,
+    lookup: Option<&OpPlan>,
+    update: Option<&OpPlan>,
+    job: &RowJob,
+) -> RowOutcome {
     let reply = client.send(upsert, &job.ctx).await;
-    resolve(client, reply.action, reply.response.as_ref(), upsert, lookup, update, job).await
+    resolve(
+        client,
+        reply.action,
+        reply.response.as_ref(),
+        upsert,
+        lookup,
+        update,
+        job,
+    )
+    .await
 }
 
 /// Turns a write's reply into an outcome, following `lookup` / `update` redirections.
@@ -73,10 +104,15 @@ async fn resolve(
 ) -> RowOutcome {
     match action {
         ReplyAction::Success => {
-            let id = op.id_pointer.as_deref().and_then(|p| response.and_then(|r| r.id_at(p)));
+            let id = op
+                .id_pointer
+                .as_deref()
+                .and_then(|p| response.and_then(|r| r.id_at(p)));
             match (id, lookup) {
                 (Some(id), _) => RowOutcome::Synced { crm_id: Some(id) },
-                (None, Some(lookup)) if op.id_pointer.is_some() => find_id(client, lookup, job).await,
+                (None, Some(lookup)) if op.id_pointer.is_some() => {
+                    find_id(client, lookup, job).await
+                }
                 (None, _) => RowOutcome::Synced { crm_id: None },
             }
         }
@@ -86,7 +122,9 @@ async fn resolve(
         },
         ReplyAction::Update(id) => match update {
             Some(update) => update_existing(client, update, job, id).await,
-            None => RowOutcome::Permanent(format!("record exists with id {id} but the connector has no update operation")),
+            None => RowOutcome::Permanent(format!(
+                "record exists with id {id} but the connector has no update operation"
+            )),
         },
         other => failure(other, &op.label),
     }
@@ -96,32 +134,57 @@ async fn resolve(
 async fn find_id(client: &CrmClient, lookup: &OpPlan, job: &RowJob) -> RowOutcome {
     let reply = client.send(lookup, &job.ctx).await;
     match reply.action {
-        ReplyAction::Success => match lookup.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p)) {
+        ReplyAction::Success => match lookup
+            .id_pointer
+            .as_deref()
+            .and_then(|p| reply.response.as_ref()?.id_at(p))
+        {
             Some(id) => RowOutcome::Synced { crm_id: Some(id) },
             None => RowOutcome::Transient("written, but the lookup returned no id yet".into()),
         },
-        ReplyAction::NotFound => RowOutcome::Transient("written, but the lookup did not find the record yet".into()),
+        ReplyAction::NotFound => {
+            RowOutcome::Transient("written, but the lookup did not find the record yet".into())
+        }
         other => failure(other, &lookup.label),
     }
 }
 
-async fn update_existing(client: &CrmClient, update: &OpPlan, job: &RowJob, id: String) -> RowOutcome {
+async fn update_existing(
+    client: &CrmClient,
+    update: &OpPlan,
+    job: &RowJob,
+    id: String,
+) -> RowOutcome {
     let mut ctx = job.ctx.clone();
     ctx["id"] = Value::String(id.clone());
     let reply = client.send(update, &ctx).await;
     match reply.action {
         ReplyAction::Success => {
-            let returned = update.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p));
-            RowOutcome::Synced { crm_id: Some(returned.unwrap_or(id)) }
+            let returned = update
+                .id_pointer
+                .as_deref()
+                .and_then(|p| reply.response.as_ref()?.id_at(p));
+            RowOutcome::Synced {
+                crm_id: Some(returned.unwrap_or(id)),
+            }
         }
         other => failure(other, &update.label),
     }
 }
 
-async fn lookup_then_write(client: &CrmClient, lookup: &OpPlan, create: &OpPlan, update: &OpPlan, job: &RowJob) -> RowOutcome {
+async fn lookup_then_write(
+    client: &CrmClient,
+    lookup: &OpPlan,
+    create: &OpPlan,
+    update: &OpPlan,
+    job: &RowJob,
+) -> RowOutcome {
     let reply = client.send(lookup, &job.ctx).await;
     let found = match reply.action {
-        ReplyAction::Success => lookup.id_pointer.as_deref().and_then(|p| reply.response.as_ref()?.id_at(p)),
+        ReplyAction::Success => lookup
+            .id_pointer
+            .as_deref()
+            .and_then(|p| reply.response.as_ref()?.id_at(p)),
         ReplyAction::NotFound => None,
         other => return failure(other, &lookup.label),
     };
@@ -131,7 +194,16 @@ async fn lookup_then_write(client: &CrmClient, lookup: &OpPlan, create: &OpPlan,
     // Not found: create. A search index may lag behind a record created moments
     // ago, so a conflict on create names the existing id and becomes an update.
     let reply = client.send(create, &job.ctx).await;
-    resolve(client, reply.action, reply.response.as_ref(), create, None, Some(update), job).await
+    resolve(
+        client,
+        reply.action,
+        reply.response.as_ref(),
+        create,
+        None,
+        Some(update),
+        job,
+    )
+    .await
 }
 
 /// The outcome of a reply that is not a success.

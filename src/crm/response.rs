@@ -19,14 +19,24 @@ impl Response {
         let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
         let message = message_pointers
             .iter()
-            .find_map(|pointer| body.pointer(pointer).and_then(Value::as_str).map(String::from))
+            .find_map(|pointer| {
+                body.pointer(pointer)
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
             .unwrap_or_else(|| excerpt(text));
-        Self { status, body, message }
+        Self {
+            status,
+            body,
+            message,
+        }
     }
 
     /// `HTTP 409 Conflict: <message>`, the form every stored error takes.
     pub fn reason(&self) -> String {
-        let canonical = reqwest::StatusCode::from_u16(self.status).ok().and_then(|s| s.canonical_reason());
+        let canonical = reqwest::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason());
         match canonical {
             Some(text) => format!("HTTP {} {text}: {}", self.status, self.message),
             None => format!("HTTP {}: {}", self.status, self.message),
@@ -51,5 +61,9 @@ pub fn id_text(value: &Value) -> Option<String> {
 /// At most 300 characters of a body, on one line.
 pub fn excerpt(text: &str) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 300 { flat.chars().take(300).collect::<String>() + "…" } else { flat }
+    if flat.chars().count() > 300 {
+        flat.chars().take(300).collect::<String>() + "…"
+    } else {
+        flat
+    }
 }

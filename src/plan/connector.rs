@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 use super::templates::check_tree;
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
+    Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -137,7 +138,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn error(&mut self, path: &str, message: impl Into<String>, hint: impl Into<String>) {
-        self.diagnostics.push(self.source.diagnostic_at_value(Severity::Error, path, message).hint(hint));
+        self.diagnostics.push(
+            self.source
+                .diagnostic_at_value(Severity::Error, path, message)
+                .hint(hint),
+        );
     }
 }
 
@@ -151,14 +156,26 @@ pub fn build(
 ) -> Option<ConnectorPlan> {
     let before = diagnostics.iter().filter(|d| d.is_error()).count();
     let raw = &loaded.raw;
-    let mut ctx = Ctx { source: &loaded.source, name: &loaded.name, templates, diagnostics };
-    let base_url_env = format!("{}_BASE_URL", loaded.name.to_ascii_uppercase().replace('-', "_"));
+    let mut ctx = Ctx {
+        source: &loaded.source,
+        name: &loaded.name,
+        templates,
+        diagnostics,
+    };
+    let base_url_env = format!(
+        "{}_BASE_URL",
+        loaded.name.to_ascii_uppercase().replace('-', "_")
+    );
     check_base_url(&mut ctx, &raw.base_url, &base_url_env);
     check_auth(&mut ctx, &raw.auth, env, used);
     check_headers(&mut ctx, &raw.headers);
     check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert);
     check_retry(&mut ctx, &raw.retry);
-    check_pointers(&mut ctx, "errors.message_pointers", &raw.errors.message_pointers);
+    check_pointers(
+        &mut ctx,
+        "errors.message_pointers",
+        &raw.errors.message_pointers,
+    );
     let flow = build_flow(&mut ctx, &raw.upsert);
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
@@ -169,7 +186,11 @@ pub fn build(
         auth: raw.auth.clone(),
         timeout: Duration::from_secs(raw.timeout_secs),
         max_in_flight: raw.max_in_flight as usize,
-        headers: raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        headers: raw
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         rate_limits: raw.rate_limits.clone(),
         rate_limit_headers: raw.rate_limit_headers.clone(),
         retry: raw.retry.clone(),
@@ -183,11 +204,14 @@ pub fn build(
 pub fn base_url_problem(url: &str) -> Option<String> {
     match url::Url::parse(url) {
         Err(err) => Some(format!("`{url}` is not a URL ({err})")),
-        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => {
-            Some(format!("`{url}` must use http or https, not `{}`", parsed.scheme()))
-        }
+        Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => Some(format!(
+            "`{url}` must use http or https, not `{}`",
+            parsed.scheme()
+        )),
         Ok(parsed) if parsed.host_str().is_none() => Some(format!("`{url}` has no host")),
-        Ok(parsed) if parsed.query().is_some() => Some(format!("`{url}` must not carry a query string")),
+        Ok(parsed) if parsed.query().is_some() => {
+            Some(format!("`{url}` must not carry a query string"))
+        }
         Ok(_) => None,
     }
 }
@@ -206,15 +230,26 @@ fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
     match auth {
         Auth::None => vec![],
         Auth::Bearer { token_env } => vec![("auth.token_env", token_env)],
-        Auth::ApiKeyHeader { key_env, .. } | Auth::ApiKeyQuery { key_env, .. } => vec![("auth.key_env", key_env)],
-        Auth::Basic { username_env, password_env, .. } => {
+        Auth::ApiKeyHeader { key_env, .. } | Auth::ApiKeyQuery { key_env, .. } => {
+            vec![("auth.key_env", key_env)]
+        }
+        Auth::Basic {
+            username_env,
+            password_env,
+            ..
+        } => {
             let mut fields = vec![("auth.password_env", password_env.as_str())];
             if let Some(user) = username_env {
                 fields.push(("auth.username_env", user));
             }
             fields
         }
-        Auth::Oauth2Refresh { client_id_env, client_secret_env, refresh_token_env, .. } => vec![
+        Auth::Oauth2Refresh {
+            client_id_env,
+            client_secret_env,
+            refresh_token_env,
+            ..
+        } => vec![
             ("auth.client_id_env", client_id_env),
             ("auth.client_secret_env", client_secret_env),
             ("auth.refresh_token_env", refresh_token_env),
@@ -225,7 +260,10 @@ fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
 fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
     for (path, name) in env_fields(auth) {
         if !is_env_name(name) {
-            let message = format!("`{path}` must name an environment variable, and `{}` does not look like one", mask(name));
+            let message = format!(
+                "`{path}` must name an environment variable, and `{}` does not look like one",
+                mask(name)
+            );
             ctx.diagnostics.push(
                 ctx.source
                     .diagnostic_at_value(Severity::Error, path, message)
@@ -235,20 +273,35 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
         } else if used && env.var(name).is_none() {
             ctx.diagnostics.push(
                 ctx.source
-                    .diagnostic_at_value(Severity::Warning, path, format!("environment variable `{name}` is not set"))
-                    .hint(format!("set it in the environment or in .env before `engine run --connector {}`", ctx.name)),
+                    .diagnostic_at_value(
+                        Severity::Warning,
+                        path,
+                        format!("environment variable `{name}` is not set"),
+                    )
+                    .hint(format!(
+                        "set it in the environment or in .env before `engine run --connector {}`",
+                        ctx.name
+                    )),
             );
         }
     }
     match auth {
-        Auth::Basic { username: None, username_env: None, .. } => ctx.error(
+        Auth::Basic {
+            username: None,
+            username_env: None,
+            ..
+        } => ctx.error(
             "auth",
             "basic auth needs `username` or `username_env`",
             "e.g. `username = \"anystring\"` for Mailchimp",
         ),
         Auth::Oauth2Refresh { token_url, .. } => {
             if let Some(problem) = base_url_problem(token_url) {
-                ctx.error("auth.token_url", format!("bad token URL: {problem}"), "an absolute https URL");
+                ctx.error(
+                    "auth.token_url",
+                    format!("bad token URL: {problem}"),
+                    "an absolute https URL",
+                );
             }
         }
         _ => {}
@@ -265,10 +318,18 @@ fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
     for (name, value) in headers {
         let path = join_key("headers", name);
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            ctx.error(&path, format!("`{name}` is not a valid header name"), "letters, digits and dashes");
+            ctx.error(
+                &path,
+                format!("`{name}` is not a valid header name"),
+                "letters, digits and dashes",
+            );
         }
         let lowered = name.to_ascii_lowercase();
-        if lowered == "authorization" || lowered.contains("api-key") || lowered.contains("token") || value.starts_with("Bearer ") {
+        if lowered == "authorization"
+            || lowered.contains("api-key")
+            || lowered.contains("token")
+            || value.starts_with("Bearer ")
+        {
             ctx.error(
                 &path,
                 format!("literal secret in header `{name}`: config files never hold secrets"),
@@ -279,8 +340,17 @@ fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
 }
 
 fn operation_classes(upsert: &Upsert) -> Vec<&str> {
-    let single = [&upsert.single, &upsert.lookup, &upsert.create, &upsert.update];
-    let mut classes: Vec<&str> = single.iter().filter_map(|op| op.as_ref()).map(|op| op.endpoint_class.as_str()).collect();
+    let single = [
+        &upsert.single,
+        &upsert.lookup,
+        &upsert.create,
+        &upsert.update,
+    ];
+    let mut classes: Vec<&str> = single
+        .iter()
+        .filter_map(|op| op.as_ref())
+        .map(|op| op.endpoint_class.as_str())
+        .collect();
     if let Some(batch) = &upsert.batch {
         classes.push(&batch.endpoint_class);
     }
@@ -295,7 +365,11 @@ fn check_rate_limits(ctx: &mut Ctx<'_>, limits: &[RateLimit], upsert: &Upsert) {
     for (index, limit) in limits.iter().enumerate() {
         let path = join_index("rate_limits", index);
         if names.contains(&limit.name.as_str()) {
-            ctx.error(&join_key(&path, "name"), format!("duplicate rate limit name `{}`", limit.name), "give each window its own name");
+            ctx.error(
+                &join_key(&path, "name"),
+                format!("duplicate rate limit name `{}`", limit.name),
+                "give each window its own name",
+            );
         }
         names.push(&limit.name);
         for (i, class) in limit.endpoint_classes.iter().enumerate() {
@@ -316,12 +390,23 @@ fn check_rate_limits(ctx: &mut Ctx<'_>, limits: &[RateLimit], upsert: &Upsert) {
 
 fn check_retry(ctx: &mut Ctx<'_>, retry: &Retry) {
     if retry.base_delay_ms > retry.max_delay_ms {
-        ctx.error("retry.base_delay_ms", "`retry.base_delay_ms` is above `retry.max_delay_ms`", "the cap must be at least the first delay");
+        ctx.error(
+            "retry.base_delay_ms",
+            "`retry.base_delay_ms` is above `retry.max_delay_ms`",
+            "the cap must be at least the first delay",
+        );
     }
-    for (key, statuses) in [("retryable_statuses", &retry.retryable_statuses), ("rate_limited_statuses", &retry.rate_limited_statuses)] {
+    for (key, statuses) in [
+        ("retryable_statuses", &retry.retryable_statuses),
+        ("rate_limited_statuses", &retry.rate_limited_statuses),
+    ] {
         for (index, status) in statuses.iter().enumerate() {
             if !(100..=599).contains(status) {
-                ctx.error(&join_index(&join_key("retry", key), index), format!("{status} is not an HTTP status"), "100 to 599");
+                ctx.error(
+                    &join_index(&join_key("retry", key), index),
+                    format!("{status} is not an HTTP status"),
+                    "100 to 599",
+                );
             }
         }
     }
@@ -335,15 +420,31 @@ fn check_pointers(ctx: &mut Ctx<'_>, path: &str, pointers: &[String]) {
 
 fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
     if !pointer.is_empty() && !pointer.starts_with('/') {
-        ctx.error(path, format!("`{pointer}` is not a JSON pointer"), format!("JSON pointers start with `/`, e.g. `/{pointer}`"));
+        ctx.error(
+            path,
+            format!("`{pointer}` is not a JSON pointer"),
+            format!("JSON pointers start with `/`, e.g. `/{pointer}`"),
+        );
     }
 }
 
 fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
-    let lookup = upsert.lookup.as_ref().map(|op| build_op(ctx, "upsert.lookup", op));
-    let update = upsert.update.as_ref().map(|op| build_op(ctx, "upsert.update", op));
-    let create = upsert.create.as_ref().map(|op| build_op(ctx, "upsert.create", op));
-    let single = upsert.single.as_ref().map(|op| build_op(ctx, "upsert.single", op));
+    let lookup = upsert
+        .lookup
+        .as_ref()
+        .map(|op| build_op(ctx, "upsert.lookup", op));
+    let update = upsert
+        .update
+        .as_ref()
+        .map(|op| build_op(ctx, "upsert.update", op));
+    let create = upsert
+        .create
+        .as_ref()
+        .map(|op| build_op(ctx, "upsert.create", op));
+    let single = upsert
+        .single
+        .as_ref()
+        .map(|op| build_op(ctx, "upsert.single", op));
     let batch = upsert.batch.as_ref().map(|op| build_batch(ctx, op));
     let all_ops = [&single, &lookup, &create, &update];
     for op in all_ops.iter().copied().flatten().flatten() {
@@ -361,7 +462,11 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
     };
     match upsert.mode {
         UpsertMode::Single => match single {
-            Some(upsert_op) => Some(Flow::Single { upsert: upsert_op?, lookup: lookup.flatten(), update: update.flatten() }),
+            Some(upsert_op) => Some(Flow::Single {
+                upsert: upsert_op?,
+                lookup: lookup.flatten(),
+                update: update.flatten(),
+            }),
             None => {
                 missing(ctx, "single");
                 None
@@ -375,12 +480,20 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
             }
         },
         UpsertMode::LookupThenWrite => {
-            for (op, what) in [(&lookup, "lookup"), (&create, "create"), (&update, "update")] {
+            for (op, what) in [
+                (&lookup, "lookup"),
+                (&create, "create"),
+                (&update, "update"),
+            ] {
                 if op.is_none() {
                     missing(ctx, what);
                 }
             }
-            Some(Flow::LookupThenWrite { lookup: lookup??, create: create??, update: update?? })
+            Some(Flow::LookupThenWrite {
+                lookup: lookup??,
+                create: create??,
+                update: update??,
+            })
         }
     }
 }
@@ -389,12 +502,22 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
     for (index, rule) in op.rules.iter().enumerate() {
         let path = join_key(&join_index(&join_key(&op.label, "rules"), index), "then");
         if rule.then == RuleAction::Lookup && !has_lookup {
-            ctx.error(&path, "`then = \"lookup\"` needs an [upsert.lookup] operation", "add [upsert.lookup] to find the record's id");
+            ctx.error(
+                &path,
+                "`then = \"lookup\"` needs an [upsert.lookup] operation",
+                "add [upsert.lookup] to find the record's id",
+            );
         }
         if rule.then == RuleAction::Update && !has_update {
-            ctx.error(&path, "`then = \"update\"` needs an [upsert.update] operation", "add [upsert.update] with `{{id}}` in its path");
+            ctx.error(
+                &path,
+                "`then = \"update\"` needs an [upsert.update] operation",
+                "add [upsert.update] with `{{id}}` in its path",
+            );
         }
-        if rule.then == RuleAction::Update && rule.regex.as_ref().is_none_or(|r| r.captures_len() < 2) {
+        if rule.then == RuleAction::Update
+            && rule.regex.as_ref().is_none_or(|r| r.captures_len() < 2)
+        {
             ctx.error(
                 &path,
                 "`then = \"update\"` needs a `message_regex` with a capture group for the existing id",
@@ -417,17 +540,47 @@ fn method(m: crate::config::connector::Method) -> reqwest::Method {
 
 fn build_op(ctx: &mut Ctx<'_>, label: &str, op: &Operation) -> Option<OpPlan> {
     let body = op.body.clone();
-    build_request(ctx, label, op.method, &op.path, &op.query, &op.headers, body.as_ref(), OPERATION_VARIABLES, &op.endpoint_class, op.id_pointer.clone(), &op.rules)
+    build_request(
+        ctx,
+        label,
+        op.method,
+        &op.path,
+        &op.query,
+        &op.headers,
+        body.as_ref(),
+        OPERATION_VARIABLES,
+        &op.endpoint_class,
+        op.id_pointer.clone(),
+        &op.rules,
+    )
 }
 
 fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     let label = "upsert.batch";
-    check_tree(ctx.source, &join_key(label, "item"), &op.item, Some(OPERATION_VARIABLES), ctx.diagnostics);
+    check_tree(
+        ctx.source,
+        &join_key(label, "item"),
+        &op.item,
+        Some(OPERATION_VARIABLES),
+        ctx.diagnostics,
+    );
     let results = &op.results;
-    check_pointer(ctx, "upsert.batch.results.results_pointer", &results.results_pointer);
+    check_pointer(
+        ctx,
+        "upsert.batch.results.results_pointer",
+        &results.results_pointer,
+    );
     check_pointer(ctx, "upsert.batch.results.id_pointer", &results.id_pointer);
-    check_pointer(ctx, "upsert.batch.results.match_pointer", &results.match_pointer);
-    check_pointer(ctx, "upsert.batch.results.error_message_pointer", &results.error_message_pointer);
+    check_pointer(
+        ctx,
+        "upsert.batch.results.match_pointer",
+        &results.match_pointer,
+    );
+    check_pointer(
+        ctx,
+        "upsert.batch.results.error_message_pointer",
+        &results.error_message_pointer,
+    );
     if let Some(p) = &results.errors_pointer {
         check_pointer(ctx, "upsert.batch.results.errors_pointer", p);
     }
@@ -442,8 +595,25 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
         );
     }
     let item = compile(ctx, &format!("{label}.item"), &op.item);
-    let request = build_request(ctx, label, op.method, &op.path, &op.query, &op.headers, Some(&op.body), BATCH_BODY_VARIABLES, &op.endpoint_class, None, &op.rules);
-    Some(BatchPlan { op: request?, item: item?, max_items: op.max_items as usize, results: results.clone() })
+    let request = build_request(
+        ctx,
+        label,
+        op.method,
+        &op.path,
+        &op.query,
+        &op.headers,
+        Some(&op.body),
+        BATCH_BODY_VARIABLES,
+        &op.endpoint_class,
+        None,
+        &op.rules,
+    );
+    Some(BatchPlan {
+        op: request?,
+        item: item?,
+        max_items: op.max_items as usize,
+        results: results.clone(),
+    })
 }
 
 fn contains_exact(tree: &Value, text: &str) -> bool {
@@ -470,20 +640,39 @@ fn build_request(
     rules: &[crate::config::connector::Rule],
 ) -> Option<OpPlan> {
     let path_key = join_key(label, "path");
-    check_tree(ctx.source, &path_key, &Value::String(path.to_string()), Some(OPERATION_VARIABLES), ctx.diagnostics);
+    check_tree(
+        ctx.source,
+        &path_key,
+        &Value::String(path.to_string()),
+        Some(OPERATION_VARIABLES),
+        ctx.diagnostics,
+    );
     if !path.starts_with('/') {
-        ctx.error(&path_key, format!("path `{path}` must start with `/`"), "it is appended to base_url");
+        ctx.error(
+            &path_key,
+            format!("path `{path}` must start with `/`"),
+            "it is appended to base_url",
+        );
     }
     if let Some(pointer) = &id_pointer {
         check_pointer(ctx, &join_key(label, "id_pointer"), pointer);
     }
-    let compiled_path = ctx.templates.compile_path(&format!("{}:{path_key}", ctx.name), path).ok();
+    let compiled_path = ctx
+        .templates
+        .compile_path(&format!("{}:{path_key}", ctx.name), path)
+        .ok();
     let query = compile_pairs(ctx, &join_key(label, "query"), query);
     let headers = compile_pairs(ctx, &join_key(label, "headers"), headers);
     let body = match body {
         Some(tree) => {
             let key = join_key(label, "body");
-            check_tree(ctx.source, &key, tree, Some(body_variables), ctx.diagnostics);
+            check_tree(
+                ctx.source,
+                &key,
+                tree,
+                Some(body_variables),
+                ctx.diagnostics,
+            );
             Some(compile(ctx, &key, tree)?)
         }
         None => None,
@@ -491,7 +680,12 @@ fn build_request(
     let mut rules = build_rules(ctx, label, rules);
     if label == "upsert.lookup" {
         // A lookup that answers 404 found nothing; that is not an error.
-        rules.push(RulePlan { status: 404, regex: None, then: RuleAction::NotFound, wait: None });
+        rules.push(RulePlan {
+            status: 404,
+            regex: None,
+            then: RuleAction::NotFound,
+            wait: None,
+        });
     }
     Some(OpPlan {
         label: label.to_string(),
@@ -506,12 +700,22 @@ fn build_request(
     })
 }
 
-fn compile_pairs(ctx: &mut Ctx<'_>, base: &str, pairs: &BTreeMap<String, String>) -> Option<Vec<(String, CompiledTree)>> {
+fn compile_pairs(
+    ctx: &mut Ctx<'_>,
+    base: &str,
+    pairs: &BTreeMap<String, String>,
+) -> Option<Vec<(String, CompiledTree)>> {
     let mut out = Vec::new();
     for (name, value) in pairs {
         let key = join_key(base, name);
         let tree = Value::String(value.clone());
-        check_tree(ctx.source, &key, &tree, Some(OPERATION_VARIABLES), ctx.diagnostics);
+        check_tree(
+            ctx.source,
+            &key,
+            &tree,
+            Some(OPERATION_VARIABLES),
+            ctx.diagnostics,
+        );
         out.push((name.clone(), compile(ctx, &key, &tree)?));
     }
     Some(out)
@@ -519,25 +723,48 @@ fn compile_pairs(ctx: &mut Ctx<'_>, base: &str, pairs: &BTreeMap<String, String>
 
 /// Compiles a tree whose problems were already reported by `check_tree`.
 fn compile(ctx: &mut Ctx<'_>, key: &str, tree: &Value) -> Option<CompiledTree> {
-    ctx.templates.compile_tree(&format!("{}:{key}", ctx.name), tree).ok()
+    ctx.templates
+        .compile_tree(&format!("{}:{key}", ctx.name), tree)
+        .ok()
 }
 
-fn build_rules(ctx: &mut Ctx<'_>, label: &str, rules: &[crate::config::connector::Rule]) -> Vec<RulePlan> {
+fn build_rules(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    rules: &[crate::config::connector::Rule],
+) -> Vec<RulePlan> {
     let mut out = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
-        let path = join_key(&join_index(&join_key(label, "rules"), index), "message_regex");
+        let path = join_key(
+            &join_index(&join_key(label, "rules"), index),
+            "message_regex",
+        );
         let regex = match &rule.message_regex {
             Some(pattern) => match Regex::new(pattern) {
                 Ok(regex) => Some(regex),
                 Err(err) => {
-                    let first = err.to_string().lines().last().unwrap_or_default().to_string();
-                    ctx.error(&path, format!("`message_regex` does not compile: {first}"), "Rust regex syntax; write it as a TOML literal string '...'");
+                    let first = err
+                        .to_string()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .to_string();
+                    ctx.error(
+                        &path,
+                        format!("`message_regex` does not compile: {first}"),
+                        "Rust regex syntax; write it as a TOML literal string '...'",
+                    );
                     continue;
                 }
             },
             None => None,
         };
-        out.push(RulePlan { status: rule.status, regex, then: rule.then, wait: rule.wait_secs.map(Duration::from_secs) });
+        out.push(RulePlan {
+            status: rule.status,
+            regex,
+            then: rule.then,
+            wait: rule.wait_secs.map(Duration::from_secs),
+        });
     }
     out
 }

@@ -47,7 +47,11 @@ pub fn build(
     let raw = &loaded.raw;
     let source = &loaded.source;
     let before = diagnostics.iter().filter(|d| d.is_error()).count();
-    if connector.is_none() && !set.broken.contains(&format!("connectors/{}", raw.connector)) {
+    if connector.is_none()
+        && !set
+            .broken
+            .contains(&format!("connectors/{}", raw.connector))
+    {
         diagnostics.push(missing_connector(source, &raw.connector, set));
     }
     let table = table_spec(raw);
@@ -55,14 +59,20 @@ pub fn build(
     if raw.fields.is_empty() {
         diagnostics.push(
             source
-                .diagnostic_at_key(Severity::Error, "fields", "`fields` is empty: nothing would be sent")
+                .diagnostic_at_key(
+                    Severity::Error,
+                    "fields",
+                    "`fields` is empty: nothing would be sent",
+                )
                 .hint("map at least one CRM field, e.g. `email = \"{{email}}\"`"),
         );
     }
     let fields_tree = Value::Object(raw.fields.clone());
     let variables = check_tree(source, "fields", &fields_tree, None, diagnostics);
     check_case_duplicates(source, &raw.fields, diagnostics);
-    let fields = templates.compile_tree(&format!("{}:fields", source.display), &fields_tree).ok();
+    let fields = templates
+        .compile_tree(&format!("{}:fields", source.display), &fields_tree)
+        .ok();
     let after = diagnostics.iter().filter(|d| d.is_error()).count();
     if after > before {
         return None;
@@ -95,7 +105,10 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         table: raw.source.table.clone(),
         id_column: raw.source.id.clone(),
         key_column: raw.source.key.clone(),
-        processing_status: or(&state.processing_status, format!("{prefix}_processing_status")),
+        processing_status: or(
+            &state.processing_status,
+            format!("{prefix}_processing_status"),
+        ),
         sync_status: or(&state.sync_status, format!("{prefix}_sync_status")),
         crm_id: or(&state.crm_id, format!("{prefix}_contact_id")),
         error: or(&state.error, format!("{prefix}_processing_error")),
@@ -118,14 +131,23 @@ pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
     ]
 }
 
-fn check_identifiers(source: &SourceFile, raw: &MappingFile, spec: &TableSpec, diagnostics: &mut Vec<Diagnostic>) {
+fn check_identifiers(
+    source: &SourceFile,
+    raw: &MappingFile,
+    spec: &TableSpec,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let mut names = vec![("source.table", raw.source.table.as_str())];
     names.extend(spec_columns(spec));
     for (path, name) in names {
         if !is_identifier(name) {
             diagnostics.push(
                 source
-                    .diagnostic_at_value(Severity::Error, path, format!("`{name}` is not a plain SQL identifier"))
+                    .diagnostic_at_value(
+                        Severity::Error,
+                        path,
+                        format!("`{name}` is not a plain SQL identifier"),
+                    )
                     .hint("letters, digits and underscores, starting with a letter or underscore"),
             );
         }
@@ -135,14 +157,22 @@ fn check_identifiers(source: &SourceFile, raw: &MappingFile, spec: &TableSpec, d
         if let Some((other, _)) = state.iter().skip(2).take(i - 2).find(|(_, n)| n == name) {
             diagnostics.push(
                 source
-                    .diagnostic_at_value(Severity::Error, path, format!("`{path}` and `{other}` both use column `{name}`"))
+                    .diagnostic_at_value(
+                        Severity::Error,
+                        path,
+                        format!("`{path}` and `{other}` both use column `{name}`"),
+                    )
                     .hint("each state needs its own column"),
             );
         }
     }
 }
 
-fn check_case_duplicates(source: &SourceFile, fields: &Map<String, Value>, diagnostics: &mut Vec<Diagnostic>) {
+fn check_case_duplicates(
+    source: &SourceFile,
+    fields: &Map<String, Value>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let keys: Vec<&String> = fields.keys().collect();
     for (i, key) in keys.iter().enumerate() {
         if let Some(first) = keys[..i].iter().find(|k| k.eq_ignore_ascii_case(key)) {
@@ -175,7 +205,11 @@ fn missing_connector(source: &SourceFile, name: &str, set: &ConfigSet) -> Diagno
         Some((_, best)) => diagnostic.hint(format!("did you mean `{best}`?")),
         None => diagnostic.hint(format!(
             "known connectors: {}",
-            known.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            known
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_problem};
-pub use mapping::{MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec};
+pub use mapping::{
+    MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
+};
 
 use crate::config::ConfigSet;
 use crate::diagnostic::Diagnostic;
@@ -30,7 +32,11 @@ pub struct Plan {
 impl Plan {
     /// The mappings that sync to `connector`.
     pub fn mappings_of(&self, connector: &str) -> Vec<Arc<MappingPlan>> {
-        self.mappings.values().filter(|m| m.connector == connector).cloned().collect()
+        self.mappings
+            .values()
+            .filter(|m| m.connector == connector)
+            .cloned()
+            .collect()
     }
 }
 
@@ -65,7 +71,10 @@ pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
     for loaded in set.connectors.values() {
         // Secrets matter only for connectors some mapping runs; example connectors
         // without a mapping are checked but not nagged about.
-        let used = set.mappings.values().any(|m| m.raw.connector == loaded.name);
+        let used = set
+            .mappings
+            .values()
+            .any(|m| m.raw.connector == loaded.name);
         if let Some(plan) = connector::build(loaded, env, used, &mut templates, &mut diagnostics) {
             connectors.insert(loaded.name.clone(), Arc::new(plan));
         }
@@ -73,18 +82,25 @@ pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
     let mut mappings = BTreeMap::new();
     for loaded in set.mappings.values() {
         let connector = set.connectors.get(&loaded.raw.connector);
-        if let Some(plan) = mapping::build(loaded, connector, set, &mut templates, &mut diagnostics) {
+        if let Some(plan) = mapping::build(loaded, connector, set, &mut templates, &mut diagnostics)
+        {
             mappings.insert(loaded.name.clone(), Arc::new(plan));
         }
     }
-    let plan = Plan { connectors, mappings, templates: Arc::new(templates) };
+    let plan = Plan {
+        connectors,
+        mappings,
+        templates: Arc::new(templates),
+    };
     (plan, diagnostics)
 }
 
 /// `true` when `name` can be used unquoted as an SQL identifier (we still quote it).
 pub fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 63
 }
@@ -92,6 +108,8 @@ pub fn is_identifier(name: &str) -> bool {
 /// `true` when `name` looks like an environment-variable name rather than a secret.
 pub fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
         && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }

@@ -43,12 +43,26 @@ fn walk(
         Value::String(text) => check_leaf(source, path, text, allowed, diagnostics, uses),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                walk(source, &join_index(path, index), item, allowed, diagnostics, uses);
+                walk(
+                    source,
+                    &join_index(path, index),
+                    item,
+                    allowed,
+                    diagnostics,
+                    uses,
+                );
             }
         }
         Value::Object(map) => {
             for (key, value) in map {
-                walk(source, &join_key(path, key), value, allowed, diagnostics, uses);
+                walk(
+                    source,
+                    &join_key(path, key),
+                    value,
+                    allowed,
+                    diagnostics,
+                    uses,
+                );
             }
         }
         _ => {}
@@ -69,10 +83,15 @@ pub fn check_leaf(
         let hint = if error.message.starts_with("unknown helper") {
             format!("helpers: {}", ENGINE_HELPERS.join(", "))
         } else {
-            "handlebars syntax: `{{column}}`, `{{helper column}}`, `{{#if column}}...{{/if}}`".to_string()
+            "handlebars syntax: `{{column}}`, `{{helper column}}`, `{{#if column}}...{{/if}}`"
+                .to_string()
         };
         let message = format!("template `{path}` does not compile: {}", error.message);
-        diagnostics.push(source.diagnostic_inside_value(Severity::Error, path, error.line, error.column, message).hint(hint));
+        diagnostics.push(
+            source
+                .diagnostic_inside_value(Severity::Error, path, error.line, error.column, message)
+                .hint(hint),
+        );
     }
     for name in &analysis.variables {
         if allowed.is_none()
@@ -101,7 +120,10 @@ pub fn check_leaf(
                     .hint(format!("connector templates see: {}", allowed.join(", "))),
             );
         }
-        uses.push(VariableUse { at: path.to_string(), name: name.clone() });
+        uses.push(VariableUse {
+            at: path.to_string(),
+            name: name.clone(),
+        });
     }
 }
 

@@ -24,16 +24,33 @@ struct Harness {
 impl Harness {
     async fn new(options: SandboxOptions) -> Harness {
         engine::install_crypto_provider();
-        let db = TestDb::open(Backend::Sqlite).await.expect("SQLite is always there");
-        let sandbox = Sandbox::start(SandboxOptions { port: 0, ..options }).await.unwrap();
+        let db = TestDb::open(Backend::Sqlite)
+            .await
+            .expect("SQLite is always there");
+        let sandbox = Sandbox::start(SandboxOptions { port: 0, ..options })
+            .await
+            .unwrap();
         let config = ConfigDir::shipped();
-        config.edit("mappings/hubspot.toml", "table = \"contacts\"", &format!("table = \"{}\"", db.table));
+        config.edit(
+            "mappings/hubspot.toml",
+            "table = \"contacts\"",
+            &format!("table = \"{}\"", db.table),
+        );
         let env = engine::demo::sandbox_env(&sandbox.base_url());
         let checked = engine::check::check_dir(config.path(), &env);
         assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
         let plan = Arc::new(checked.plan);
-        db.store.migrate(&plan.mappings["hubspot"].table).await.unwrap();
-        Harness { db, plan, sandbox, env, _config: config }
+        db.store
+            .migrate(&plan.mappings["hubspot"].table)
+            .await
+            .unwrap();
+        Harness {
+            db,
+            plan,
+            sandbox,
+            env,
+            _config: config,
+        }
     }
 
     /// Queues rows `(id, email)` for HubSpot.
@@ -47,37 +64,67 @@ impl Harness {
                     .clone()
             })
             .collect();
-        self.db.store.insert_rows(&self.db.table, &rows).await.unwrap();
-    }
-
-    async fn run(&self) {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions { progress_every: None, ..RunOptions::default() };
-        run_connector(self.plan.clone(), "hubspot", self.db.store.clone(), &self.env, Arc::new(SystemClock), options, shutdown)
+        self.db
+            .store
+            .insert_rows(&self.db.table, &rows)
             .await
             .unwrap();
     }
 
+    async fn run(&self) {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let options = RunOptions {
+            progress_every: None,
+            ..RunOptions::default()
+        };
+        run_connector(
+            self.plan.clone(),
+            "hubspot",
+            self.db.store.clone(),
+            &self.env,
+            Arc::new(SystemClock),
+            options,
+            shutdown,
+        )
+        .await
+        .unwrap();
+    }
+
     async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db.store.fetch_row(&self.plan.mappings["hubspot"].table, id).await.unwrap().unwrap()
+        self.db
+            .store
+            .fetch_row(&self.plan.mappings["hubspot"].table, id)
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     fn batch_requests(&self) -> u64 {
-        self.sandbox.stats()["requests"]["POST /crm/v3/objects/contacts/batch/upsert"].as_u64().unwrap_or(0)
+        self.sandbox.stats()["requests"]["POST /crm/v3/objects/contacts/batch/upsert"]
+            .as_u64()
+            .unwrap_or(0)
     }
 }
 
 fn rows(n: usize) -> Vec<(String, String)> {
-    (0..n).map(|i| (format!("row-{i:04}"), format!("batch-{i}@example.com"))).collect()
+    (0..n)
+        .map(|i| (format!("row-{i:04}"), format!("batch-{i}@example.com")))
+        .collect()
 }
 
 fn status(row: &Map<String, Value>) -> &str {
-    row["hubspot_processing_status"].as_str().unwrap_or_default()
+    row["hubspot_processing_status"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_item_errors_of_a_207_end_their_own_rows_and_the_others_complete() {
-    let h = Harness::new(SandboxOptions { hubspot_upsert_partial: true, ..SandboxOptions::default() }).await;
+    let h = Harness::new(SandboxOptions {
+        hubspot_upsert_partial: true,
+        ..SandboxOptions::default()
+    })
+    .await;
     let mut queued = rows(5);
     queued[2].1 = "not-an-email".into();
     h.queue(&queued).await;
@@ -86,7 +133,13 @@ async fn per_item_errors_of_a_207_end_their_own_rows_and_the_others_complete() {
         let row = h.row(id).await;
         if id == "row-0002" {
             assert_eq!(status(&row), "Error", "{row:?}");
-            assert!(row["hubspot_processing_error"].as_str().unwrap().contains("not-an-email"), "{row:?}");
+            assert!(
+                row["hubspot_processing_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not-an-email"),
+                "{row:?}"
+            );
         } else {
             assert_eq!(status(&row), "Complete", "{row:?}");
             assert!(row["hubspot_contact_id"].is_string());
@@ -115,7 +168,11 @@ async fn rows_sharing_an_email_in_any_case_are_sent_once_and_share_the_record() 
         .collect();
     assert_eq!(ids[1], ids[3]);
     assert_eq!(ids[1], ids[4]);
-    assert_eq!(h.batch_requests(), 1, "no 400 for duplicate ids, so no resend");
+    assert_eq!(
+        h.batch_requests(),
+        1,
+        "no 400 for duplicate ids, so no resend"
+    );
     assert_eq!(h.sandbox.hubspot_contacts().len(), 3);
 }
 
@@ -131,7 +188,13 @@ async fn a_batch_rejected_for_one_bad_row_is_bisected_until_that_row_is_alone() 
         let row = h.row(id).await;
         if id == "row-0037" {
             assert_eq!(status(&row), "Error");
-            assert!(row["hubspot_processing_error"].as_str().unwrap().contains("INVALID_EMAIL"), "{row:?}");
+            assert!(
+                row["hubspot_processing_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("INVALID_EMAIL"),
+                "{row:?}"
+            );
         } else {
             assert_eq!(status(&row), "Complete", "{row:?}");
             complete += 1;
@@ -140,7 +203,11 @@ async fn a_batch_rejected_for_one_bad_row_is_bisected_until_that_row_is_alone() 
     assert_eq!(complete, 99);
     assert_eq!(h.sandbox.hubspot_contacts().len(), 99);
     // 1 whole batch, then two halves per level down a path of depth ceil(log2 100) = 7.
-    assert!(h.batch_requests() <= 1 + 2 * 7, "{} requests", h.batch_requests());
+    assert!(
+        h.batch_requests() <= 1 + 2 * 7,
+        "{} requests",
+        h.batch_requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,12 +221,19 @@ async fn a_claim_of_500_rows_goes_out_as_five_batches_of_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_hands_rows_back_for_an_hour_without_spending_retries() {
-    let h = Harness::new(SandboxOptions { hubspot_daily: Some(1), ..SandboxOptions::default() }).await;
+    let h = Harness::new(SandboxOptions {
+        hubspot_daily: Some(1),
+        ..SandboxOptions::default()
+    })
+    .await;
     let queued = rows(150);
     h.queue(&queued).await;
     let started = std::time::Instant::now();
     h.run().await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the run ends instead of waiting for the reset");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the run ends instead of waiting for the reset"
+    );
     let mut complete = 0;
     let mut deferred = 0;
     for (id, _) in &queued {
@@ -175,5 +249,9 @@ async fn the_daily_limit_hands_rows_back_for_an_hour_without_spending_retries() 
         }
     }
     assert_eq!((complete, deferred), (100, 50));
-    assert_eq!(h.sandbox.stats()["rate_limited"], json!(1), "one 429, then no more probing");
+    assert_eq!(
+        h.sandbox.stats()["rate_limited"],
+        json!(1),
+        "one 429, then no more probing"
+    );
 }

@@ -24,61 +24,102 @@ fn missing_secret_variables_are_warnings_not_errors() {
 #[test]
 fn an_unknown_key_is_reported_with_a_suggestion() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/hubspot.toml", "base_delay_ms = 500", "base_delay_msec = 500");
+    config.edit(
+        "connectors/hubspot.toml",
+        "base_delay_ms = 500",
+        "base_delay_msec = 500",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn a_wrong_type_is_reported_at_the_value() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/hubspot.toml", "timeout_secs = 30", "timeout_secs = \"30\"");
+    config.edit(
+        "connectors/hubspot.toml",
+        "timeout_secs = 30",
+        "timeout_secs = \"30\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn a_template_that_does_not_compile_points_inside_the_string() {
     let config = ConfigDir::shipped();
-    config.edit("mappings/hubspot.toml", "\"{{first_name name}}\"", "\"{{first_name name}\"");
+    config.edit(
+        "mappings/hubspot.toml",
+        "\"{{first_name name}}\"",
+        "\"{{first_name name}\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn an_unknown_helper_is_reported_with_a_suggestion() {
     let config = ConfigDir::shipped();
-    config.edit("mappings/brevo.toml", "{{e164 phone_number}}", "{{e165 phone_number}}");
+    config.edit(
+        "mappings/brevo.toml",
+        "{{e164 phone_number}}",
+        "{{e165 phone_number}}",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn a_template_column_missing_from_the_table_is_reported_with_a_database() {
     let config = ConfigDir::shipped();
-    config.edit("mappings/hubspot.toml", "{{e164 phone_number}}", "{{e164 phone_numbr}}");
+    config.edit(
+        "mappings/hubspot.toml",
+        "{{e164 phone_number}}",
+        "{{e164 phone_numbr}}",
+    );
     let db = format!("sqlite://{}", config.path().join("check.db").display());
-    let migrated = run_engine(config.path(), &["migrate", "--mapping", "brevo", "--database", &db], SECRETS);
+    let migrated = run_engine(
+        config.path(),
+        &["migrate", "--mapping", "brevo", "--database", &db],
+        SECRETS,
+    );
     assert!(migrated.starts_with("exit code: 0"), "{migrated}");
-    insta::assert_snapshot!(run_engine(config.path(), &["check", "--database", &db], SECRETS).replace(&db, "[DB]"));
+    insta::assert_snapshot!(
+        run_engine(config.path(), &["check", "--database", &db], SECRETS).replace(&db, "[DB]")
+    );
 }
 
 #[test]
 fn a_mapping_naming_a_missing_connector_is_reported() {
     let config = ConfigDir::shipped();
-    config.edit("mappings/hubspot.toml", "connector = \"hubspot\"", "connector = \"hubspott\"");
+    config.edit(
+        "mappings/hubspot.toml",
+        "connector = \"hubspot\"",
+        "connector = \"hubspott\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn a_literal_secret_is_refused() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/hubspot.toml", "token_env = \"HUBSPOT_ACCESS_TOKEN\"", "token = \"pat-na1-1234\"");
+    config.edit(
+        "connectors/hubspot.toml",
+        "token_env = \"HUBSPOT_ACCESS_TOKEN\"",
+        "token = \"pat-na1-1234\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
 #[test]
 fn a_secret_pasted_into_an_env_name_is_refused_without_echoing_it() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/brevo.toml", "key_env = \"BREVO_API_KEY\"", "key_env = \"xkeysib-0123456789abcdef\"");
+    config.edit(
+        "connectors/brevo.toml",
+        "key_env = \"BREVO_API_KEY\"",
+        "key_env = \"xkeysib-0123456789abcdef\"",
+    );
     let output = check(&config);
-    assert!(!output.contains("0123456789abcdef"), "the secret was echoed: {output}");
+    assert!(
+        !output.contains("0123456789abcdef"),
+        "the secret was echoed: {output}"
+    );
     insta::assert_snapshot!(output);
 }
 
@@ -92,7 +133,11 @@ fn a_column_spelt_like_a_helper_gets_a_warning() {
 #[test]
 fn a_bad_base_url_is_reported() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/hubspot.toml", "base_url = \"https://api.hubapi.com\"", "base_url = \"api.hubapi.com\"");
+    config.edit(
+        "connectors/hubspot.toml",
+        "base_url = \"https://api.hubapi.com\"",
+        "base_url = \"api.hubapi.com\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
@@ -106,7 +151,11 @@ fn a_rate_limit_of_zero_requests_is_reported() {
 #[test]
 fn a_duplicate_field_is_reported() {
     let config = ConfigDir::shipped();
-    config.edit("mappings/hubspot.toml", "lastname = ", "firstname = \"{{name}}\"\nlastname = ");
+    config.edit(
+        "mappings/hubspot.toml",
+        "lastname = ",
+        "firstname = \"{{name}}\"\nlastname = ",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
@@ -120,7 +169,11 @@ fn a_zero_batch_size_is_reported() {
 #[test]
 fn an_unknown_auth_kind_is_reported_with_the_known_kinds() {
     let config = ConfigDir::shipped();
-    config.edit("connectors/hubspot.toml", "kind = \"bearer\"", "kind = \"beare\"");
+    config.edit(
+        "connectors/hubspot.toml",
+        "kind = \"bearer\"",
+        "kind = \"beare\"",
+    );
     insta::assert_snapshot!(check(&config));
 }
 
@@ -128,9 +181,21 @@ fn an_unknown_auth_kind_is_reported_with_the_known_kinds() {
 fn every_problem_in_every_file_is_reported_at_once() {
     let config = ConfigDir::shipped();
     config
-        .edit("connectors/hubspot.toml", "timeout_secs = 30", "timeout_secs = -1")
-        .edit("connectors/brevo.toml", "max_attempts = 3", "max_attempt = 3")
-        .edit("mappings/hubspot.toml", "connector = \"hubspot\"", "connector = \"hubspot\"\non_empty = \"nul\"");
+        .edit(
+            "connectors/hubspot.toml",
+            "timeout_secs = 30",
+            "timeout_secs = -1",
+        )
+        .edit(
+            "connectors/brevo.toml",
+            "max_attempts = 3",
+            "max_attempt = 3",
+        )
+        .edit(
+            "mappings/hubspot.toml",
+            "connector = \"hubspot\"",
+            "connector = \"hubspot\"\non_empty = \"nul\"",
+        );
     let output = check(&config);
     assert!(output.contains("3 errors"), "{output}");
     insta::assert_snapshot!(output);
@@ -140,8 +205,16 @@ fn every_problem_in_every_file_is_reported_at_once() {
 fn a_rule_that_updates_needs_an_update_operation_and_a_capture_group() {
     let config = ConfigDir::shipped();
     config
-        .edit("connectors/hubspot.toml", "message_regex = 'Existing ID: (\\d+)', ", "")
-        .edit("connectors/hubspot.toml", "mode = \"batch\"", "mode = \"lookup_then_write\"");
+        .edit(
+            "connectors/hubspot.toml",
+            "message_regex = 'Existing ID: (\\d+)', ",
+            "",
+        )
+        .edit(
+            "connectors/hubspot.toml",
+            "mode = \"batch\"",
+            "mode = \"lookup_then_write\"",
+        );
     insta::assert_snapshot!(check(&config));
 }
 
@@ -149,11 +222,21 @@ fn a_rule_that_updates_needs_an_update_operation_and_a_capture_group() {
 fn the_example_connectors_of_six_other_crms_pass_check() {
     let config = ConfigDir::shipped();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for name in ["pipedrive", "mailchimp", "activecampaign", "salesforce", "attio", "intercom"] {
+    for name in [
+        "pipedrive",
+        "mailchimp",
+        "activecampaign",
+        "salesforce",
+        "attio",
+        "intercom",
+    ] {
         let text = std::fs::read_to_string(repo.join(format!("connectors/{name}.toml"))).unwrap();
         config.write(&format!("connectors/{name}.toml"), &text);
     }
     let output = check(&config);
     assert!(output.starts_with("exit code: 0"), "{output}");
-    assert!(output.contains("ok: 8 connectors, 2 mappings checked (0 errors, 0 warnings)"), "{output}");
+    assert!(
+        output.contains("ok: 8 connectors, 2 mappings checked (0 errors, 0 warnings)"),
+        "{output}"
+    );
 }

@@ -63,13 +63,24 @@ impl Harness {
         let db = TestDb::open(backend).await?;
         let crm = ScriptedCrm::start(script).await;
         let config = ConfigDir::shipped();
-        config.write("connectors/crm.toml", CONNECTOR).write("mappings/crm.toml", &mapping(&db.table, max_retries));
-        let env = BTreeMap::from([("CRM_BASE_URL".to_string(), crm.base_url.clone()), ("CRM_TOKEN".to_string(), "t".to_string())]);
+        config
+            .write("connectors/crm.toml", CONNECTOR)
+            .write("mappings/crm.toml", &mapping(&db.table, max_retries));
+        let env = BTreeMap::from([
+            ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
+            ("CRM_TOKEN".to_string(), "t".to_string()),
+        ]);
         let checked = engine::check::check_dir(config.path(), &env);
         assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
         let plan = Arc::new(checked.plan);
         db.store.migrate(&plan.mappings["crm"].table).await.unwrap();
-        Some(Harness { db, plan, env, crm, _config: config })
+        Some(Harness {
+            db,
+            plan,
+            env,
+            crm,
+            _config: config,
+        })
     }
 
     async fn insert(&self, rows: &[(&str, Value)]) {
@@ -80,17 +91,39 @@ impl Harness {
                 row.as_object().unwrap().clone()
             })
             .collect();
-        self.db.store.insert_rows(&self.db.table, &rows).await.unwrap();
+        self.db
+            .store
+            .insert_rows(&self.db.table, &rows)
+            .await
+            .unwrap();
     }
 
     async fn run(&self, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions { progress_every: None, ..RunOptions::default() };
-        run_connector(self.plan.clone(), "crm", self.db.store.clone(), &self.env, clock, options, shutdown).await.unwrap()
+        let options = RunOptions {
+            progress_every: None,
+            ..RunOptions::default()
+        };
+        run_connector(
+            self.plan.clone(),
+            "crm",
+            self.db.store.clone(),
+            &self.env,
+            clock,
+            options,
+            shutdown,
+        )
+        .await
+        .unwrap()
     }
 
     async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db.store.fetch_row(&self.plan.mappings["crm"].table, id).await.unwrap().unwrap()
+        self.db
+            .store
+            .fetch_row(&self.plan.mappings["crm"].table, id)
+            .await
+            .unwrap()
+            .unwrap()
     }
 }
 
@@ -98,7 +131,10 @@ const ID: &str = "4b4be366-da73-4926-83a2-2fddb9a77d95";
 const ID2: &str = "bbe6872a-f479-4d76-a943-fb6c182963d4";
 
 fn text(row: &Map<String, Value>, column: &str) -> String {
-    row.get(column).and_then(Value::as_str).unwrap_or_default().to_string()
+    row.get(column)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn count(row: &Map<String, Value>) -> i64 {
@@ -110,7 +146,9 @@ fn due_after(row: &Map<String, Value>, base: chrono::DateTime<chrono::Utc>) -> i
     let raw = text(row, "next_retry_at");
     let parsed = chrono::DateTime::parse_from_rfc3339(&raw)
         .map(|d| d.with_timezone(&chrono::Utc))
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(&raw, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc()))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(&raw, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc())
+        })
         .unwrap_or_else(|e| panic!("next_retry_at {raw:?}: {e}"));
     (parsed - base).num_seconds()
 }
@@ -123,14 +161,19 @@ on_both_backends!(
     a_row_without_a_key_ends_in_error_while_the_others_sync,
 );
 
-async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accepts(backend: Backend) {
+async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accepts(
+    backend: Backend,
+) {
     let script = vec![
         Reply::json(500, json!({"message": "Internal error"})),
         Reply::json(500, json!({"message": "Internal error"})),
         Reply::json(201, json!({"id": "176559342616"})),
     ];
-    let Some(h) = Harness::new(backend, script, 3).await else { return };
-    h.insert(&[(ID, json!("hubspot-scheduler-test-1@scrapersky-test.com"))]).await;
+    let Some(h) = Harness::new(backend, script, 3).await else {
+        return;
+    };
+    h.insert(&[(ID, json!("hubspot-scheduler-test-1@scrapersky-test.com"))])
+        .await;
     let clock = ManualClock::default();
     let start = clock.utc();
 
@@ -139,16 +182,27 @@ async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accept
     assert_eq!(text(&row, "crm_processing_status"), "Queued");
     assert_eq!(count(&row), 1);
     assert_eq!(due_after(&row, start), 300);
-    assert!(text(&row, "crm_processing_error").contains("500"), "{row:?}");
+    assert!(
+        text(&row, "crm_processing_error").contains("500"),
+        "{row:?}"
+    );
 
     h.run(Arc::new(clock.clone())).await;
-    assert_eq!(h.crm.received().len(), 1, "a row is not retried before its time");
+    assert_eq!(
+        h.crm.received().len(),
+        1,
+        "a row is not retried before its time"
+    );
 
     clock.advance(Duration::from_secs(300));
     h.run(Arc::new(clock.clone())).await;
     let row = h.row(ID).await;
     assert_eq!(count(&row), 2);
-    assert_eq!(due_after(&row, start), 300 + 600, "the second delay doubles");
+    assert_eq!(
+        due_after(&row, start),
+        300 + 600,
+        "the second delay doubles"
+    );
 
     clock.advance(Duration::from_secs(600));
     let summary = h.run(Arc::new(clock.clone())).await;
@@ -162,17 +216,31 @@ async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accept
 }
 
 async fn a_400_ends_in_error_at_once_with_the_crms_message(backend: Backend) {
-    let script = vec![Reply::json(400, json!({"status": "error", "message": "Property values were not valid", "category": "VALIDATION_ERROR"}))];
-    let Some(h) = Harness::new(backend, script, 3).await else { return };
+    let script = vec![Reply::json(
+        400,
+        json!({"status": "error", "message": "Property values were not valid", "category": "VALIDATION_ERROR"}),
+    )];
+    let Some(h) = Harness::new(backend, script, 3).await else {
+        return;
+    };
     h.insert(&[(ID, json!("a@example.com"))]).await;
     let summary = h.run(Arc::new(SystemClock)).await;
     let row = h.row(ID).await;
     assert_eq!(text(&row, "crm_processing_status"), "Error");
     assert_eq!(text(&row, "crm_sync_status"), "Error");
-    assert_eq!(text(&row, "crm_processing_error"), "HTTP 400 Bad Request: Property values were not valid");
+    assert_eq!(
+        text(&row, "crm_processing_error"),
+        "HTTP 400 Bad Request: Property values were not valid"
+    );
     assert_eq!(count(&row), 0);
     assert_eq!(summary.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
-    assert_eq!(h.crm.received().len(), 1);
+    let received = h.crm.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        (received[0].method.as_str(), received[0].path.as_str()),
+        ("POST", "/contacts")
+    );
+    assert_eq!(received[0].body["email"], "a@example.com");
 }
 
 async fn a_429_is_waited_out_without_spending_a_retry(backend: Backend) {
@@ -181,7 +249,9 @@ async fn a_429_is_waited_out_without_spending_a_retry(backend: Backend) {
             .header("Retry-After", "1"),
         Reply::json(201, json!({"id": 21})),
     ];
-    let Some(h) = Harness::new(backend, script, 3).await else { return };
+    let Some(h) = Harness::new(backend, script, 3).await else {
+        return;
+    };
     h.insert(&[(ID, json!("a@example.com"))]).await;
     h.run(Arc::new(SystemClock)).await;
     let row = h.row(ID).await;
@@ -193,7 +263,9 @@ async fn a_429_is_waited_out_without_spending_a_retry(backend: Backend) {
 
 async fn a_row_that_runs_out_of_retries_ends_in_error(backend: Backend) {
     let script = vec![Reply::json(503, json!({"message": "Service unavailable"}))];
-    let Some(h) = Harness::new(backend, script, 1).await else { return };
+    let Some(h) = Harness::new(backend, script, 1).await else {
+        return;
+    };
     h.insert(&[(ID, json!("a@example.com"))]).await;
     let clock = ManualClock::default();
     h.run(Arc::new(clock.clone())).await;
@@ -203,18 +275,28 @@ async fn a_row_that_runs_out_of_retries_ends_in_error(backend: Backend) {
     let row = h.row(ID).await;
     assert_eq!(text(&row, "crm_processing_status"), "Error");
     assert_eq!(count(&row), 2);
-    assert!(text(&row, "crm_processing_error").starts_with("HTTP 503 Service Unavailable: Service unavailable"), "{row:?}");
+    assert!(
+        text(&row, "crm_processing_error")
+            .starts_with("HTTP 503 Service Unavailable: Service unavailable"),
+        "{row:?}"
+    );
     assert_eq!(summary.failed.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 async fn a_row_without_a_key_ends_in_error_while_the_others_sync(backend: Backend) {
     let script = vec![Reply::json(201, json!({"id": 7}))];
-    let Some(h) = Harness::new(backend, script, 3).await else { return };
-    h.insert(&[(ID, json!("   ")), (ID2, json!("b@example.com"))]).await;
+    let Some(h) = Harness::new(backend, script, 3).await else {
+        return;
+    };
+    h.insert(&[(ID, json!("   ")), (ID2, json!("b@example.com"))])
+        .await;
     h.run(Arc::new(SystemClock)).await;
     let bad = h.row(ID).await;
     assert_eq!(text(&bad, "crm_processing_status"), "Error");
-    assert_eq!(text(&bad, "crm_processing_error"), "key column `email` is empty");
+    assert_eq!(
+        text(&bad, "crm_processing_error"),
+        "key column `email` is empty"
+    );
     assert_eq!(text(&h.row(ID2).await, "crm_processing_status"), "Complete");
     assert_eq!(h.crm.received().len(), 1);
 }

@@ -19,7 +19,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: serde_json::Value) -> Self {
-        Self { status, body: body.to_string(), headers: vec![] }
+        Self {
+            status,
+            body: body.to_string(),
+            headers: vec![],
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -50,12 +54,17 @@ pub struct ScriptedCrm {
 
 impl ScriptedCrm {
     pub async fn start(script: Vec<Reply>) -> Self {
-        let state = Arc::new(Mutex::new(State { script: script.into(), received: vec![] }));
+        let state = Arc::new(Mutex::new(State {
+            script: script.into(),
+            received: vec![],
+        }));
         let shared = state.clone();
-        let app = Router::new().fallback(move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
-            let state = shared.clone();
-            async move { answer(&state, method, uri, body) }
-        });
+        let app = Router::new().fallback(
+            move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
+                let state = shared.clone();
+                async move { answer(&state, method, uri, body) }
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -74,12 +83,21 @@ fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> Respon
         path: uri.to_string(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     });
-    let reply = if state.script.len() > 1 { state.script.pop_front() } else { state.script.front().cloned() };
+    let reply = if state.script.len() > 1 {
+        state.script.pop_front()
+    } else {
+        state.script.front().cloned()
+    };
     let reply = reply.expect("a script with at least one reply");
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
-    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     for (name, value) in reply.headers {
-        response.headers_mut().insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
     }
     response
 }

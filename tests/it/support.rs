@@ -59,7 +59,10 @@ pub fn run_engine(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
         .expect("run engine");
     let text = format!(
         "exit code: {}\n----- stdout -----\n{}----- stderr -----\n{}",
-        output.status.code().map_or("signal".into(), |c| c.to_string()),
+        output
+            .status
+            .code()
+            .map_or("signal".into(), |c| c.to_string()),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -68,13 +71,16 @@ pub fn run_engine(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 
 /// The PostgreSQL the tests use: `ENGINE_TEST_PG_URL`, or the local default.
 pub fn pg_url() -> String {
-    std::env::var("ENGINE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("ENGINE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A database for one test, or `None` when PostgreSQL is not reachable outside CI
 /// (under `CI` that is a failure, never a silent skip).
 pub struct TestDb {
     pub store: engine::store::Store,
+    /// The URL, for a second connection or a child process.
+    #[allow(dead_code)]
     pub url: String,
     /// A table name no other test uses.
     pub table: String,
@@ -83,19 +89,34 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn open(backend: engine::store::Backend) -> Option<TestDb> {
-        let table = format!("contacts_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let table = format!(
+            "contacts_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         match backend {
             engine::store::Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("engine.db").display());
                 let store = engine::store::Store::connect(&url).await.unwrap();
-                Some(TestDb { store, url, table, _dir: Some(dir) })
+                Some(TestDb {
+                    store,
+                    url,
+                    table,
+                    _dir: Some(dir),
+                })
             }
             engine::store::Backend::Postgres => {
                 let url = pg_url();
                 match engine::store::Store::connect(&url).await {
-                    Ok(store) => Some(TestDb { store, url, table, _dir: None }),
-                    Err(e) if std::env::var_os("CI").is_some() => panic!("PostgreSQL not reachable at {url} under CI: {e:#}"),
+                    Ok(store) => Some(TestDb {
+                        store,
+                        url,
+                        table,
+                        _dir: None,
+                    }),
+                    Err(e) if std::env::var_os("CI").is_some() => {
+                        panic!("PostgreSQL not reachable at {url} under CI: {e:#}")
+                    }
                     Err(e) => {
                         eprintln!("skipped: PostgreSQL not reachable at {url}: {e:#}");
                         None
