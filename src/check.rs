@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::config::{self, ConfigSet};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::plan::{self, Env, MAPPING_EXTRA_VARIABLES, Plan, mapping_columns};
+use crate::plan::{self, Env, MAPPING_EXTRA_VARIABLES, MappingPlan, Plan, mapping_columns};
 use crate::store::Store;
 
 /// Everything `check` found, and the plan (usable only when there is no error).
@@ -38,10 +38,14 @@ pub fn check_dir(dir: &Path, env: &dyn Env) -> Checked {
     }
 }
 
-/// Checks every mapping against the database's tables.
-pub async fn check_database(plan: &Plan, store: &Store) -> anyhow::Result<Vec<Diagnostic>> {
+/// Checks mappings against the database's tables: the table, its state columns,
+/// and every column the field templates read.
+pub async fn check_database<'a>(
+    mappings: impl IntoIterator<Item = &'a MappingPlan>,
+    store: &Store,
+) -> anyhow::Result<Vec<Diagnostic>> {
     let mut out = Vec::new();
-    for mapping in plan.mappings.values() {
+    for mapping in mappings {
         let source = &mapping.source;
         let Some(columns) = store.columns(&mapping.table.table).await? else {
             out.push(

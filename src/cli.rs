@@ -198,9 +198,9 @@ async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
         let store = Store::connect(&url).await?;
-        checked
-            .diagnostics
-            .extend(check_database(&checked.plan, &store).await?);
+        checked.diagnostics.extend(
+            check_database(checked.plan.mappings.values().map(|m| m.as_ref()), &store).await?,
+        );
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
@@ -249,6 +249,20 @@ async fn run(
         return Ok(ExitCode::from(2));
     };
     let store = Store::connect(&location.database).await?;
+    // The database half of `check`: a missing table or state column is a clear
+    // error here, not an SQL error in the middle of a run.
+    let mappings = plan.mappings_of(connector);
+    let problems = check_database(mappings.iter().map(|m| m.as_ref()), &store).await?;
+    if problems.iter().any(|d| d.is_error()) {
+        for problem in &problems {
+            eprint!("{problem}");
+        }
+        eprintln!(
+            "the database does not fit the config ({})",
+            summary(&problems)
+        );
+        return Ok(ExitCode::from(2));
+    }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -250,6 +250,12 @@ fn describe(status: u16, reason: &str) -> String {
 /// The error's message followed by its sources, `": "`-separated.
 fn error_chain(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
+    // The URL may carry a secret in its query (`?api_token=...`): show it without.
+    if let Some(url) = err.url() {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        text = text.replace(url.as_str(), shown.as_str());
+    }
     let mut source = err.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
@@ -776,6 +782,27 @@ mod tests {
             .timeout(timeout)
             .build()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_never_shows_the_query_string_that_may_hold_a_key() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        crate::install_crypto_provider();
+        let err = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/persons?api_token=SECRET-123"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        let reason = classify_transport_error(&err)
+            .reason()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!reason.contains("SECRET-123"), "{reason}");
+        assert!(reason.contains("/persons"), "{reason}");
     }
 
     #[tokio::test]

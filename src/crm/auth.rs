@@ -122,26 +122,29 @@ impl Authenticator {
     }
 
     /// Adds credentials to a request; for OAuth, fetches or refreshes the token first.
-    /// Returns the base URL the token response named, if any (Salesforce's instance URL).
     pub async fn apply(
         &self,
         http: &reqwest::Client,
         request: RequestBuilder,
-    ) -> anyhow::Result<(RequestBuilder, Option<String>)> {
+    ) -> anyhow::Result<RequestBuilder> {
         Ok(match self {
-            Self::None => (request, None),
-            Self::Bearer(token) => (request.bearer_auth(token.expose()), None),
-            Self::Header(name, key) => (request.header(name.as_str(), key.expose()), None),
-            Self::Query(name, key) => (request.query(&[(name.as_str(), key.expose())]), None),
-            Self::Basic(user, password) => (
-                request.basic_auth(user.expose(), Some(password.expose())),
-                None,
-            ),
-            Self::OAuth(oauth) => {
-                let token = oauth.token(http).await?;
-                (request.bearer_auth(token.access.expose()), token.base_url)
+            Self::None => request,
+            Self::Bearer(token) => request.bearer_auth(token.expose()),
+            Self::Header(name, key) => request.header(name.as_str(), key.expose()),
+            Self::Query(name, key) => request.query(&[(name.as_str(), key.expose())]),
+            Self::Basic(user, password) => {
+                request.basic_auth(user.expose(), Some(password.expose()))
             }
+            Self::OAuth(oauth) => request.bearer_auth(oauth.token(http).await?.access.expose()),
         })
+    }
+
+    /// The base URL the token response named (Salesforce's instance URL), if any.
+    pub async fn base_url(&self, http: &reqwest::Client) -> anyhow::Result<Option<String>> {
+        match self {
+            Self::OAuth(oauth) => Ok(oauth.token(http).await?.base_url),
+            _ => Ok(None),
+        }
     }
 
     /// A 401 arrived: drop a cached OAuth token so the next request refreshes it.

@@ -296,8 +296,8 @@ impl CrmClient {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let (request, token_base) = match self.build_request(rendered).await {
-            Ok(parts) => parts,
+        let request = match self.build_request(rendered).await {
+            Ok(request) => request,
             Err(err) => {
                 return (
                     Step::Retry {
@@ -308,7 +308,6 @@ impl CrmClient {
                 );
             }
         };
-        let _ = token_base;
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
@@ -331,13 +330,8 @@ impl CrmClient {
         (step_of(classified), Some(response))
     }
 
-    async fn build_request(
-        &self,
-        rendered: &Rendered,
-    ) -> anyhow::Result<(reqwest::RequestBuilder, Option<String>)> {
-        // OAuth may name the base URL (Salesforce's instance URL); apply auth to learn it.
-        let probe = self.http.request(rendered.method.clone(), &self.base_url);
-        let (_, token_base) = self.auth.apply(&self.http, probe).await?;
+    async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<reqwest::RequestBuilder> {
+        let token_base = self.auth.base_url(&self.http).await?;
         let base = token_base
             .as_deref()
             .unwrap_or(&self.base_url)

@@ -1,5 +1,6 @@
 //! The one integration-test binary: each module is a feature area.
 
+mod auth;
 mod batch;
 mod check;
 mod run;

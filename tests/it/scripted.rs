@@ -38,6 +38,9 @@ pub struct Received {
     pub method: String,
     pub path: String,
     pub body: serde_json::Value,
+    /// The raw body text (form-encoded token requests are not JSON).
+    pub text: String,
+    pub authorization: Option<String>,
 }
 
 #[derive(Default)]
@@ -60,9 +63,9 @@ impl ScriptedCrm {
         }));
         let shared = state.clone();
         let app = Router::new().fallback(
-            move |method: Method, uri: Uri, _headers: HeaderMap, body: Bytes| {
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let state = shared.clone();
-                async move { answer(&state, method, uri, body) }
+                async move { answer(&state, method, uri, &headers, body) }
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -76,12 +79,23 @@ impl ScriptedCrm {
     }
 }
 
-fn answer(state: &Mutex<State>, method: Method, uri: Uri, body: Bytes) -> Response {
+fn answer(
+    state: &Mutex<State>,
+    method: Method,
+    uri: Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut state = state.lock().unwrap();
     state.received.push(Received {
         method: method.to_string(),
         path: uri.to_string(),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        text: String::from_utf8_lossy(&body).into_owned(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
     });
     let reply = if state.script.len() > 1 {
         state.script.pop_front()
