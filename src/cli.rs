@@ -31,9 +31,20 @@ then `engine check` and `engine run --connector hubspot`.
 Secrets come only from environment variables (or a .env file) named in the
 connector files, e.g. HUBSPOT_ACCESS_TOKEN, BREVO_API_KEY.";
 
+const EXAMPLES: &str = "\
+Examples:
+  engine demo                                  try it: SQLite + the sandbox, no account
+  engine check --database sqlite://engine.db   validate config, tables and columns
+  engine migrate --mapping hubspot --print     SQL for the state columns a mapping needs
+  engine run --connector hubspot               sync until nothing is claimable
+  engine run --connector brevo --watch         every interval_secs, until SIGINT/SIGTERM
+  engine status --connector hubspot            counts per status, latest errors
+
+Exit codes: 0 ok; 1 some rows ended in Error; 2 config, usage or environment error.";
+
 /// The command line.
 #[derive(Debug, Parser)]
-#[command(name = "engine", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "engine", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
