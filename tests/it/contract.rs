@@ -5,13 +5,15 @@
 //!   `$ENGINE_SHARED_DIR/crm/specs/brevo-api-v3.yml` (default: `../shared` beside
 //!   the repo; never copied into it). Without the file the test is skipped, and
 //!   under `CI` it fails.
+//! - HubSpot's documented batch upsert body (`../shared/crm/apis.md` §1.4), as a
+//!   hand-written JSON Schema: HubSpot's spec files may not be kept or vendored.
 //!
 //! Each check has a negative control proving that it can fail.
 
 mod openapi;
 mod recorder;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -508,5 +510,243 @@ async fn the_openapi_check_rejects_what_the_brevo_spec_forbids() {
     assert!(
         violations(Recorded::new("GET", "/contacts", &[("api-key", "k")], None))
             .contains("outside the server's base path /v3")
+    );
+}
+
+/// HubSpot's batch upsert body as `apis.md` §1.4 documents it: `id` and
+/// `properties` required per input, at most 100 inputs, keyed on `email`,
+/// property values always strings (§1.8), and only the documented input fields.
+fn hubspot_batch_upsert_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "BatchInputSimplePublicObjectBatchInputUpsert, as shared/crm/apis.md §1.4 and §1.8 state it",
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": false,
+        "properties": {
+            "inputs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 100,
+                "items": {
+                    "type": "object",
+                    "required": ["idProperty", "id", "properties"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "idProperty": {"const": "email"},
+                        "id": {"type": "string", "minLength": 1},
+                        "properties": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "objectWriteTraceId": {"type": "string", "minLength": 1}
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// What one request to HubSpot gets wrong against the documented batch upsert.
+fn hubspot_violations(validator: &jsonschema::Validator, request: &Recorded) -> Vec<String> {
+    let mut out = Vec::new();
+    if (request.method.as_str(), request.path.as_str())
+        != ("POST", "/crm/v3/objects/contacts/batch/upsert")
+    {
+        return vec![
+            "not the documented batch upsert (POST /crm/v3/objects/contacts/batch/upsert)".into(),
+        ];
+    }
+    let bearer = request
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !bearer
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        || bearer.len() <= 7
+    {
+        out.push("no `Authorization: Bearer <token>` header (§1.1)".into());
+    }
+    let content_type = request
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/json") {
+        out.push(format!(
+            "content type {content_type:?} is not application/json"
+        ));
+    }
+    let body: Value = match serde_json::from_slice(&request.body) {
+        Ok(body) => body,
+        Err(err) => return [out, vec![format!("the body is not JSON: {err}")]].concat(),
+    };
+    out.extend(
+        validator
+            .iter_errors(&body)
+            .map(|e| format!("body: {}: {e}", e.instance_path())),
+    );
+    // "Duplicate IDs found in batch input ... IDs must be unique": dedupe on the case-folded email.
+    let mut ids = BTreeSet::new();
+    let mut traces = BTreeSet::new();
+    for input in body["inputs"].as_array().into_iter().flatten() {
+        if let Some(id) = input["id"].as_str()
+            && !ids.insert(id.trim().to_lowercase())
+        {
+            out.push(format!(
+                "body: id {id:?} is sent twice in one request (HubSpot answers 400 Duplicate IDs)"
+            ));
+        }
+        if let Some(trace) = input["objectWriteTraceId"].as_str()
+            && !traces.insert(trace.to_owned())
+        {
+            out.push(format!("body: objectWriteTraceId {trace:?} is not unique, so its errors cannot be told apart"));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_upsert_sent_to_hubspot_has_the_documented_shape() {
+    let h = Harness::start().await;
+    let mut rows = engine::demo::seed_rows();
+    rows.extend(tricky_rows());
+    // Two rows share a key once normalised: HubSpot rejects a batch naming an id twice.
+    rows.push(contact("dup.key@example.com", "Dup One", None));
+    rows.push(contact("  DUP.Key@Example.com", "Dup Two", None));
+    // More than one batch's worth, so the 100-input limit is exercised.
+    rows.extend((0..230).map(|n| {
+        contact(
+            &format!("bulk-{n:03}@example.com"),
+            &format!("Bulk {n}"),
+            Some("+15550100000"),
+        )
+    }));
+    h.queue(&rows).await;
+    h.run("hubspot").await;
+
+    let outcomes = h.outcomes("hubspot", &rows).await;
+    let unfinished: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, (status, id, _))| status != "Complete" || id.is_empty())
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "rows that did not sync: {unfinished:#?}"
+    );
+
+    let validator = jsonschema::validator_for(&hubspot_batch_upsert_schema()).unwrap();
+    let requests = h.recorder.requests();
+    let mut violations = Vec::new();
+    let mut inputs = 0;
+    for (i, request) in requests.iter().enumerate() {
+        let found = hubspot_violations(&validator, request);
+        violations.extend(
+            found
+                .iter()
+                .map(|v| format!("#{i} {} → {}: {v}", request.line(), request.status)),
+        );
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        inputs += body["inputs"].as_array().map_or(0, Vec::len);
+    }
+    println!(
+        "checked {} HubSpot batch upserts carrying {inputs} inputs",
+        requests.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "{} request(s) break HubSpot's documented batch upsert:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+    let keys: HashSet<String> = rows
+        .iter()
+        .map(|r| r["email"].as_str().unwrap().trim().to_lowercase())
+        .collect();
+    assert!(
+        requests.len() >= keys.len().div_ceil(100),
+        "{} keys need at least {} requests",
+        keys.len(),
+        keys.len().div_ceil(100)
+    );
+    assert_eq!(inputs, keys.len(), "each key is sent once");
+}
+
+#[test]
+fn the_hubspot_shape_check_rejects_what_the_docs_forbid() {
+    let validator = jsonschema::validator_for(&hubspot_batch_upsert_schema()).unwrap();
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer t"),
+    ];
+    let path = "/crm/v3/objects/contacts/batch/upsert";
+    let input = |n: usize| json!({"idProperty": "email", "id": format!("c{n}@example.com"), "properties": {"firstname": "C"}, "objectWriteTraceId": n.to_string()});
+    let violations = |body: Value| {
+        hubspot_violations(
+            &validator,
+            &Recorded::new("POST", path, &headers, Some(body)),
+        )
+        .join("\n")
+    };
+
+    assert_eq!(
+        violations(json!({"inputs": [input(1), input(2)]})),
+        "",
+        "a conforming batch passes"
+    );
+    let cases: [(Value, &str); 7] = [
+        (
+            json!({"inputs": (0..101).map(input).collect::<Vec<_>>()}),
+            "/inputs: ",
+        ),
+        (
+            json!({"inputs": [input(1), {"idProperty": "email", "id": "C1@Example.com", "properties": {}, "objectWriteTraceId": "x"}]}),
+            "is sent twice",
+        ),
+        (
+            json!({"inputs": [{"idProperty": "email", "id": "a@example.com", "properties": {"age": 42}}]}),
+            "/inputs/0/properties/age: 42 is not of type \"string\"",
+        ),
+        (
+            json!({"inputs": [{"id": "a@example.com", "properties": {}}]}),
+            "\"idProperty\" is a required property",
+        ),
+        (
+            json!({"inputs": [{"idProperty": "hs_object_id", "id": "1", "properties": {}}]}),
+            "/inputs/0/idProperty",
+        ),
+        (
+            json!({"inputs": [input(1), input(1).as_object().unwrap().clone().into_iter().chain([("id".into(), json!("other@example.com"))]).collect::<Map<_, _>>()]}),
+            "objectWriteTraceId \"1\" is not unique",
+        ),
+        (json!({"inputs": []}), "/inputs: [] has less than 1 item"),
+    ];
+    for (body, needle) in cases {
+        let found = violations(body);
+        assert!(
+            found.contains(needle),
+            "expected a violation containing {needle:?}, got:\n{found}"
+        );
+    }
+    let unauthenticated = Recorded::new(
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        Some(json!({"inputs": [input(1)]})),
+    );
+    assert!(
+        hubspot_violations(&validator, &unauthenticated)
+            .join("\n")
+            .contains("Bearer")
+    );
+    let elsewhere = Recorded::new(
+        "POST",
+        "/crm/v3/objects/contacts",
+        &headers,
+        Some(json!({"properties": {}})),
+    );
+    assert!(
+        hubspot_violations(&validator, &elsewhere)
+            .join("\n")
+            .contains("not the documented batch upsert")
     );
 }
