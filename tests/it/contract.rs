@@ -208,6 +208,24 @@ fn tricky_rows() -> Vec<Map<String, Value>> {
 const CREATE: &str = "createContact";
 const LOOKUP: &str = "getContactInfo";
 
+/// What createContact's description says and its schema cannot: SMS is "to be
+/// passed ... along with proper country code, For example- {"SMS":"+91xxxxxxxxxx"}
+/// or {"SMS":"0091xxxxxxxxxx"}".
+fn documented_rules(check: &openapi::Check, request: &Recorded) -> Vec<String> {
+    if check.operation.as_deref() != Some(CREATE) || !check.body_checked {
+        return Vec::new();
+    }
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let sms = &body["attributes"]["SMS"];
+    let international = regex::Regex::new(r"^(\+|00)[1-9][0-9]{6,14}$").unwrap();
+    match sms.as_str() {
+        Some(number) if !international.is_match(number) => vec![format!(
+            "body: /attributes/SMS: {sms} has no country code (+ or 00, then digits), as createContact asks"
+        )],
+        _ => Vec::new(),
+    }
+}
+
 /// What the recorded Brevo requests got wrong, and what was checked.
 struct BrevoReport {
     /// One line per violation, naming the request.
@@ -228,7 +246,8 @@ fn check_brevo_requests(spec: &OpenApi, requests: &[Recorded]) -> BrevoReport {
         looked_up: Vec::new(),
     };
     for (i, request) in requests.iter().enumerate() {
-        let check = spec.check(request);
+        let mut check = spec.check(request);
+        check.violations.extend(documented_rules(&check, request));
         let operation = check
             .operation
             .clone()
@@ -393,7 +412,12 @@ async fn a_connector_body_that_breaks_the_brevo_spec_is_caught_end_to_end() {
 async fn the_openapi_check_rejects_what_the_brevo_spec_forbids() {
     let Some(spec) = brevo_spec() else { return };
     let json_key = [("content-type", "application/json"), ("api-key", "k")];
-    let violations = |request: Recorded| spec.check(&request).violations.join("\n");
+    // The same code as the end-to-end test: the spec's schemas plus its documented rules.
+    let violations = |request: Recorded| {
+        check_brevo_requests(&spec, &[request])
+            .violations
+            .join("\n")
+    };
 
     let good = Recorded::new(
         "POST",
@@ -412,7 +436,7 @@ async fn the_openapi_check_rejects_what_the_brevo_spec_forbids() {
     );
     assert_eq!(violations(good), "", "a conforming lookup passes");
 
-    let cases: [(Recorded, &[&str]); 9] = [
+    let cases: [(Recorded, &[&str]); 10] = [
         (
             Recorded::new(
                 "POST",
@@ -442,6 +466,15 @@ async fn the_openapi_check_rejects_what_the_brevo_spec_forbids() {
                 Some(json!({"email": "a@example.com", "attributes": {"SMS": null}})),
             ),
             &["body: /attributes/SMS:"],
+        ),
+        (
+            Recorded::new(
+                "POST",
+                "/v3/contacts",
+                &json_key,
+                Some(json!({"email": "a@example.com", "attributes": {"SMS": "555-9001"}})),
+            ),
+            &["body: /attributes/SMS: \"555-9001\" has no country code"],
         ),
         (
             Recorded::new(
