@@ -182,7 +182,7 @@ fn contact(email: &str, name: &str, phone: Option<&str>) -> Map<String, Value> {
     row
 }
 
-/// Names and phones that have broken hand-built payloads before.
+/// Names and phones that would break a payload built by pasting text.
 fn tricky_rows() -> Vec<Map<String, Value>> {
     vec![
         contact(
