@@ -3,6 +3,7 @@
 mod auth;
 mod batch;
 mod check;
+mod contract;
 mod run;
 mod sandbox;
 mod scripted;
