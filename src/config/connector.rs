@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+pub use crate::outcome::ResetUnit;
+
 /// One CRM's API: where it is, how to authenticate, how fast it may be called,
 /// and how to upsert one record or a batch of them.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -172,19 +174,6 @@ pub struct RateLimitHeaders {
     /// Header with the wait before retrying (seconds or HTTP date); default `Retry-After`.
     #[serde(default)]
     pub retry_after: Option<String>,
-}
-
-/// Unit of a rate-limit reset header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ResetUnit {
-    /// Seconds from now (Brevo).
-    #[default]
-    Seconds,
-    /// Milliseconds from now.
-    Milliseconds,
-    /// An absolute UNIX timestamp in seconds (Intercom).
-    EpochSeconds,
 }
 
 /// How one request is retried inside a cycle before the row is handed back to the

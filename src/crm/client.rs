@@ -147,15 +147,7 @@ impl CrmClient {
                 ),
                 remaining: headers.remaining.clone(),
                 reset: headers.reset.clone(),
-                reset_unit: match headers.reset_unit {
-                    crate::config::connector::ResetUnit::Seconds => outcome::ResetUnit::Seconds,
-                    crate::config::connector::ResetUnit::Milliseconds => {
-                        outcome::ResetUnit::Milliseconds
-                    }
-                    crate::config::connector::ResetUnit::EpochSeconds => {
-                        outcome::ResetUnit::EpochSeconds
-                    }
-                },
+                reset_unit: headers.reset_unit,
                 window_ms: headers.window_ms.clone(),
                 max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
             },
