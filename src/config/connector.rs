@@ -441,6 +441,10 @@ pub struct Rule {
     /// HubSpot's daily limit, which no header announces).
     #[serde(default)]
     pub wait_secs: Option<u64>,
+    /// For `drop_fields`: mapping fields to leave out before sending once more
+    /// (Brevo rejects an `SMS` that another contact already has).
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
 }
 
 /// What a rule's response means.
@@ -461,4 +465,6 @@ pub enum RuleAction {
     RateLimited,
     /// A permanent failure: the row ends in Error with the message.
     Permanent,
+    /// Send once more without the fields in `drop_fields`.
+    DropFields,
 }

@@ -32,6 +32,8 @@ pub enum ReplyAction {
     Update(String),
     /// A lookup found nothing.
     NotFound,
+    /// Rejected because of these fields: send once more without them.
+    DropFields(Vec<String>, String),
     /// Will never work as sent (the CRM's message).
     Permanent(String),
     /// Kept failing transiently; the row's durable retry schedule takes over.
@@ -399,5 +401,8 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
             after: rule.wait,
         },
         RuleAction::Permanent => Step::Done(ReplyAction::Permanent(reason)),
+        RuleAction::DropFields => {
+            Step::Done(ReplyAction::DropFields(rule.drop_fields.clone(), reason))
+        }
     })
 }

@@ -120,6 +120,23 @@ async fn resolve(
             Some(lookup) => find_id(client, lookup, job).await,
             None => RowOutcome::Synced { crm_id: None },
         },
+        ReplyAction::DropFields(names, reason) => match without_fields(job, &names) {
+            Some(lighter) => {
+                tracing::warn!(key = %job.key, fields = ?names, %reason, "Sending once more without the rejected fields.");
+                let reply = client.send(op, &lighter.ctx).await;
+                Box::pin(resolve(
+                    client,
+                    reply.action,
+                    reply.response.as_ref(),
+                    op,
+                    lookup,
+                    update,
+                    &lighter,
+                ))
+                .await
+            }
+            None => RowOutcome::Permanent(reason),
+        },
         ReplyAction::Update(id) => match update {
             Some(update) => update_existing(client, update, job, id).await,
             None => RowOutcome::Permanent(format!(
@@ -128,6 +145,22 @@ async fn resolve(
         },
         other => failure(other, &op.label),
     }
+}
+
+/// The job without `names` in its fields; `None` when it has none of them (so a
+/// rule that fires again cannot loop).
+fn without_fields(job: &RowJob, names: &[String]) -> Option<RowJob> {
+    let fields = job.ctx.get("fields")?.as_object()?;
+    if !names.iter().any(|name| fields.contains_key(name)) {
+        return None;
+    }
+    let mut lighter = job.clone();
+    if let Some(Value::Object(fields)) = lighter.ctx.get_mut("fields") {
+        for name in names {
+            fields.remove(name);
+        }
+    }
+    Some(lighter)
 }
 
 /// Looks the record up by key after a write that returned no id.
@@ -213,6 +246,7 @@ pub fn failure(action: ReplyAction, label: &str) -> RowOutcome {
         ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
         ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
         ReplyAction::NotFound => RowOutcome::Permanent(format!("{label}: not found")),
+        ReplyAction::DropFields(_, reason) => RowOutcome::Permanent(reason),
         ReplyAction::Success | ReplyAction::Lookup | ReplyAction::Update(_) => {
             RowOutcome::Permanent(format!("{label}: this rule action is not supported here"))
         }

@@ -114,6 +114,8 @@ pub struct RulePlan {
     pub then: RuleAction,
     /// Wait before the retry.
     pub wait: Option<Duration>,
+    /// Fields to leave out on the resend.
+    pub drop_fields: Vec<String>,
 }
 
 /// A compiled batch request.
@@ -501,6 +503,13 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
 fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_update: bool) {
     for (index, rule) in op.rules.iter().enumerate() {
         let path = join_key(&join_index(&join_key(&op.label, "rules"), index), "then");
+        if rule.then == RuleAction::DropFields && rule.drop_fields.is_empty() {
+            ctx.error(
+                &path,
+                "`then = \"drop_fields\"` needs `drop_fields`",
+                "e.g. drop_fields = [\"SMS\"]",
+            );
+        }
         if rule.then == RuleAction::Lookup && !has_lookup {
             ctx.error(
                 &path,
@@ -685,6 +694,7 @@ fn build_request(
             regex: None,
             then: RuleAction::NotFound,
             wait: None,
+            drop_fields: Vec::new(),
         });
     }
     Some(OpPlan {
@@ -764,6 +774,7 @@ fn build_rules(
             regex,
             then: rule.then,
             wait: rule.wait_secs.map(Duration::from_secs),
+            drop_fields: rule.drop_fields.clone(),
         });
     }
     out

@@ -2,109 +2,10 @@
 //! back to their rows, keys are de-duplicated within a batch, and a batch rejected
 //! as a whole is bisected so one bad row cannot fail the other 99.
 
-use std::sync::Arc;
-
-use engine::clock::SystemClock;
-use engine::engine::{RunOptions, run_connector};
-use engine::plan::Plan;
-use engine::sandbox::{Sandbox, SandboxOptions};
-use engine::store::Backend;
+use engine::sandbox::SandboxOptions;
 use serde_json::{Map, Value, json};
 
-use crate::support::{ConfigDir, TestDb};
-
-struct Harness {
-    db: TestDb,
-    plan: Arc<Plan>,
-    sandbox: Sandbox,
-    env: std::collections::BTreeMap<String, String>,
-    _config: ConfigDir,
-}
-
-impl Harness {
-    async fn new(options: SandboxOptions) -> Harness {
-        engine::install_crypto_provider();
-        let db = TestDb::open(Backend::Sqlite)
-            .await
-            .expect("SQLite is always there");
-        let sandbox = Sandbox::start(SandboxOptions { port: 0, ..options })
-            .await
-            .unwrap();
-        let config = ConfigDir::shipped();
-        config.edit(
-            "mappings/hubspot.toml",
-            "table = \"contacts\"",
-            &format!("table = \"{}\"", db.table),
-        );
-        let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let checked = engine::check::check_dir(config.path(), &env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        let plan = Arc::new(checked.plan);
-        db.store
-            .migrate(&plan.mappings["hubspot"].table)
-            .await
-            .unwrap();
-        Harness {
-            db,
-            plan,
-            sandbox,
-            env,
-            _config: config,
-        }
-    }
-
-    /// Queues rows `(id, email)` for HubSpot.
-    async fn queue(&self, rows: &[(String, String)]) {
-        let rows: Vec<Map<String, Value>> = rows
-            .iter()
-            .map(|(id, email)| {
-                json!({"id": id, "email": email, "name": "Batch Test", "hubspot_processing_status": "Queued", "retry_count": 0})
-                    .as_object()
-                    .unwrap()
-                    .clone()
-            })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
-    }
-
-    async fn run(&self) {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions {
-            progress_every: None,
-            ..RunOptions::default()
-        };
-        run_connector(
-            self.plan.clone(),
-            "hubspot",
-            self.db.store.clone(),
-            &self.env,
-            Arc::new(SystemClock),
-            options,
-            shutdown,
-        )
-        .await
-        .unwrap();
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db
-            .store
-            .fetch_row(&self.plan.mappings["hubspot"].table, id)
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    fn batch_requests(&self) -> u64 {
-        self.sandbox.stats()["requests"]["POST /crm/v3/objects/contacts/batch/upsert"]
-            .as_u64()
-            .unwrap_or(0)
-    }
-}
+use crate::support::SandboxHarness;
 
 fn rows(n: usize) -> Vec<(String, String)> {
     (0..n)
@@ -120,10 +21,13 @@ fn status(row: &Map<String, Value>) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_item_errors_of_a_207_end_their_own_rows_and_the_others_complete() {
-    let h = Harness::new(SandboxOptions {
-        hubspot_upsert_partial: true,
-        ..SandboxOptions::default()
-    })
+    let h = SandboxHarness::new(
+        "hubspot",
+        SandboxOptions {
+            hubspot_upsert_partial: true,
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     let mut queued = rows(5);
     queued[2].1 = "not-an-email".into();
@@ -145,13 +49,17 @@ async fn per_item_errors_of_a_207_end_their_own_rows_and_the_others_complete() {
             assert!(row["hubspot_contact_id"].is_string());
         }
     }
-    assert_eq!(h.batch_requests(), 1, "a 207 is a normal answer: no resend");
+    assert_eq!(
+        h.requests("POST /crm/v3/objects/contacts/batch/upsert"),
+        1,
+        "a 207 is a normal answer: no resend"
+    );
     assert_eq!(h.sandbox.hubspot_contacts().len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_sharing_an_email_in_any_case_are_sent_once_and_share_the_record() {
-    let h = Harness::new(SandboxOptions::default()).await;
+    let h = SandboxHarness::new("hubspot", SandboxOptions::default()).await;
     let mut queued = rows(5);
     queued[1].1 = "Same@Example.com".into();
     queued[3].1 = " same@example.com ".into();
@@ -169,7 +77,7 @@ async fn rows_sharing_an_email_in_any_case_are_sent_once_and_share_the_record() 
     assert_eq!(ids[1], ids[3]);
     assert_eq!(ids[1], ids[4]);
     assert_eq!(
-        h.batch_requests(),
+        h.requests("POST /crm/v3/objects/contacts/batch/upsert"),
         1,
         "no 400 for duplicate ids, so no resend"
     );
@@ -178,7 +86,7 @@ async fn rows_sharing_an_email_in_any_case_are_sent_once_and_share_the_record() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_rejected_for_one_bad_row_is_bisected_until_that_row_is_alone() {
-    let h = Harness::new(SandboxOptions::default()).await;
+    let h = SandboxHarness::new("hubspot", SandboxOptions::default()).await;
     let mut queued = rows(100);
     queued[37].1 = "not an email".into();
     h.queue(&queued).await;
@@ -204,27 +112,30 @@ async fn a_batch_rejected_for_one_bad_row_is_bisected_until_that_row_is_alone() 
     assert_eq!(h.sandbox.hubspot_contacts().len(), 99);
     // 1 whole batch, then two halves per level down a path of depth ceil(log2 100) = 7.
     assert!(
-        h.batch_requests() <= 1 + 2 * 7,
+        h.requests("POST /crm/v3/objects/contacts/batch/upsert") <= 1 + 2 * 7,
         "{} requests",
-        h.batch_requests()
+        h.requests("POST /crm/v3/objects/contacts/batch/upsert")
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_of_500_rows_goes_out_as_five_batches_of_100() {
-    let h = Harness::new(SandboxOptions::default()).await;
+    let h = SandboxHarness::new("hubspot", SandboxOptions::default()).await;
     h.queue(&rows(500)).await;
     h.run().await;
-    assert_eq!(h.batch_requests(), 5);
+    assert_eq!(h.requests("POST /crm/v3/objects/contacts/batch/upsert"), 5);
     assert_eq!(h.sandbox.hubspot_contacts().len(), 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_hands_rows_back_for_an_hour_without_spending_retries() {
-    let h = Harness::new(SandboxOptions {
-        hubspot_daily: Some(1),
-        ..SandboxOptions::default()
-    })
+    let h = SandboxHarness::new(
+        "hubspot",
+        SandboxOptions {
+            hubspot_daily: Some(1),
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     let queued = rows(150);
     h.queue(&queued).await;
@@ -248,7 +159,11 @@ async fn the_daily_limit_hands_rows_back_for_an_hour_without_spending_retries() 
             other => panic!("unexpected status {other}: {row:?}"),
         }
     }
-    assert_eq!((complete, deferred), (100, 50));
+    // Two batches (100 and 50) race for the one request the day allows.
+    assert!(
+        matches!((complete, deferred), (100, 50) | (50, 100)),
+        "{complete} complete, {deferred} deferred"
+    );
     assert_eq!(
         h.sandbox.stats()["rate_limited"],
         json!(1),

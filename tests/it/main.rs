@@ -4,6 +4,7 @@ mod auth;
 mod batch;
 mod check;
 mod contract;
+mod flows;
 mod run;
 mod sandbox;
 mod scripted;

@@ -143,3 +143,113 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// A shipped connector and mapping run in-process against the sandbox, over a
+/// fresh SQLite table.
+pub struct SandboxHarness {
+    pub db: TestDb,
+    pub plan: std::sync::Arc<engine::plan::Plan>,
+    pub sandbox: engine::sandbox::Sandbox,
+    env: std::collections::BTreeMap<String, String>,
+    connector: String,
+    _config: ConfigDir,
+}
+
+impl SandboxHarness {
+    /// `connector` names both the shipped connector and its mapping.
+    pub async fn new(connector: &str, options: engine::sandbox::SandboxOptions) -> SandboxHarness {
+        engine::install_crypto_provider();
+        let db = TestDb::open(engine::store::Backend::Sqlite)
+            .await
+            .expect("SQLite is always there");
+        let sandbox =
+            engine::sandbox::Sandbox::start(engine::sandbox::SandboxOptions { port: 0, ..options })
+                .await
+                .unwrap();
+        let config = ConfigDir::shipped();
+        config.edit(
+            &format!("mappings/{connector}.toml"),
+            "table = \"contacts\"",
+            &format!("table = \"{}\"", db.table),
+        );
+        let env = engine::demo::sandbox_env(&sandbox.base_url());
+        let checked = engine::check::check_dir(config.path(), &env);
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        let plan = std::sync::Arc::new(checked.plan);
+        db.store
+            .migrate(&plan.mappings[connector].table)
+            .await
+            .unwrap();
+        SandboxHarness {
+            db,
+            plan,
+            sandbox,
+            env,
+            connector: connector.to_string(),
+            _config: config,
+        }
+    }
+
+    /// Queues rows `(id, email)`, plus any extra columns, for this connector.
+    pub async fn queue_with(&self, rows: &[(String, String)], extra: serde_json::Value) {
+        let status = format!("{}_processing_status", self.connector);
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .iter()
+            .map(|(id, email)| {
+                let mut row = serde_json::json!({"id": id, "email": email, "name": "Batch Test", "retry_count": 0});
+                row[status.as_str()] = "Queued".into();
+                let mut row = row.as_object().unwrap().clone();
+                row.extend(extra.as_object().cloned().unwrap_or_default());
+                row
+            })
+            .collect();
+        self.db
+            .store
+            .insert_rows(&self.db.table, &rows)
+            .await
+            .unwrap();
+    }
+
+    /// Queues rows `(id, email)`.
+    pub async fn queue(&self, rows: &[(String, String)]) {
+        self.queue_with(rows, serde_json::json!({})).await;
+    }
+
+    /// One `run_connector` to completion.
+    pub async fn run(&self) {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let options = engine::engine::RunOptions {
+            progress_every: None,
+            ..engine::engine::RunOptions::default()
+        };
+        let clock = std::sync::Arc::new(engine::clock::SystemClock);
+        engine::engine::run_connector(
+            self.plan.clone(),
+            &self.connector,
+            self.db.store.clone(),
+            &self.env,
+            clock,
+            options,
+            shutdown,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// One row, all columns.
+    pub async fn row(&self, id: &str) -> serde_json::Map<String, serde_json::Value> {
+        self.db
+            .store
+            .fetch_row(&self.plan.mappings[&self.connector].table, id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Requests the sandbox received on one route pattern.
+    pub fn requests(&self, route: &str) -> u64 {
+        self.sandbox.stats()["requests"][route]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
