@@ -11,7 +11,7 @@
 //! Each check has a negative control proving that it can fail.
 
 mod openapi;
-mod recorder;
+pub(crate) mod recorder;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;

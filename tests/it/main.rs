@@ -5,6 +5,7 @@ mod batch;
 mod check;
 mod contract;
 mod flows;
+mod payloads;
 mod run;
 mod sandbox;
 mod scripted;
