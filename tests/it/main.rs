@@ -1,6 +1,7 @@
 //! The one integration-test binary: each module is a feature area.
 
 mod check;
+mod e2e;
 mod run;
 mod sandbox;
 mod scripted;
