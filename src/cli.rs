@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::check::{check_dir, check_database};
 use crate::clock::SystemClock;
 use crate::diagnostic::summary;
-use crate::engine::{RunOptions, run_connector};
+use crate::engine::{RunOptions, require_table, run_connector};
 use crate::plan::{Plan, ProcessEnv};
 use crate::store::Store;
 
@@ -238,6 +238,9 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     if mappings.is_empty() {
         anyhow::bail!("no mapping matches");
     }
+    for mapping in &mappings {
+        require_table(&store, mapping).await?;
+    }
     for mapping in mappings {
         println!("mapping {} -> connector {} (table {})", mapping.name, mapping.connector, mapping.table.table);
         for (status, count) in store.status_counts(&mapping.table).await? {
@@ -260,6 +263,9 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
     let store = Store::connect(&location.database).await?;
     let mappings = plan.mappings_of(connector);
     anyhow::ensure!(!mappings.is_empty(), "no mapping syncs to connector `{connector}`");
+    for mapping in &mappings {
+        require_table(&store, mapping).await?;
+    }
     for mapping in mappings {
         let count = store.requeue_errors(&mapping.table).await?;
         println!("mapping {}: {count} rows queued again", mapping.name);
