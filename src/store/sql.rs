@@ -48,10 +48,15 @@ pub(super) fn queued_and_due(spec: &TableSpec, now: &str) -> String {
     format!("{status} = '{QUEUED}' AND ({due} IS NULL OR {due} <= {now})")
 }
 
-/// The predicate of the claim's second arm: rows whose lease has expired.
+/// The predicate of the claim's second arm: rows whose lease has expired, or
+/// that hold none. A `Processing` row loses its lease when another mapping
+/// sharing the `next_retry_at` column (the seed's table shares it between
+/// HubSpot and Brevo) claims it after the lease expired and then clears the
+/// column; the seed's own schedulers also marked rows `Processing` with no
+/// lease. Either way no live run owns the row, and it must not stay stuck.
 pub(super) fn lease_expired(spec: &TableSpec, now: &str) -> String {
     let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
-    format!("{status} = '{PROCESSING}' AND {due} <= {now}")
+    format!("{status} = '{PROCESSING}' AND ({due} IS NULL OR {due} <= {now})")
 }
 
 /// One row's write-back, as an element of the JSON array `record` binds.

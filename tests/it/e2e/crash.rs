@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::clock::ManualClock;
+use engine::clock::{Clock, ManualClock};
 use engine::store::Backend;
 
 use super::{
@@ -15,7 +15,8 @@ use super::{
 use crate::on_both_backends;
 
 on_both_backends!(
-    a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_the_lease_completes_once
+    a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_the_lease_completes_once,
+    rows_of_a_crashed_run_are_reclaimed_after_the_other_crms_sync_cleared_the_shared_lease,
 );
 
 const ROWS: usize = 60;
@@ -127,5 +128,52 @@ async fn a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_t
         f.counts("hubspot").await,
         [("Complete".to_string(), ROWS as i64)].into()
     );
+    assert_each_row_synced_once(&f, "hubspot", &ids).await;
+}
+
+/// The seed's table shares `next_retry_at` (the lease) between HubSpot and Brevo.
+/// A Brevo run dies holding rows; once its lease expires HubSpot's sync takes the
+/// same rows and, completing them, sets `next_retry_at` to NULL. The Brevo rows
+/// are still `Processing` and must be reclaimable, not stuck for good (the seed's
+/// "a row stuck in Processing after a crash stays stuck").
+async fn rows_of_a_crashed_run_are_reclaimed_after_the_other_crms_sync_cleared_the_shared_lease(
+    backend: Backend,
+) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |_| {}).await else {
+        return;
+    };
+    let seed = engine::demo::seed_rows();
+    let ids = ids_of(&seed);
+    f.insert(&seed).await;
+    let clock = ManualClock::new(chrono::Utc::now());
+
+    // What a Brevo run killed after its claim leaves behind.
+    let brevo = f.spec("brevo");
+    let now = clock.utc();
+    let claimed =
+        f.db.store
+            .claim(brevo, 10, now, now + chrono::Duration::seconds(600))
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 3);
+
+    clock.advance(Duration::from_secs(601));
+    f.run("hubspot", Arc::new(clock.clone())).await;
+    assert_eq!(f.count("hubspot", "Complete").await, 3);
+    assert_eq!(f.count("brevo", "Processing").await, 3);
+    for row in f.rows(&ids).await {
+        assert_eq!(
+            row["next_retry_at"],
+            serde_json::Value::Null,
+            "HubSpot's Complete cleared the shared lease"
+        );
+    }
+
+    f.run("brevo", Arc::new(clock.clone())).await;
+    assert_eq!(
+        f.counts("brevo").await,
+        [("Complete".to_string(), 3)].into()
+    );
+    assert_each_row_synced_once(&f, "brevo", &ids).await;
     assert_each_row_synced_once(&f, "hubspot", &ids).await;
 }
