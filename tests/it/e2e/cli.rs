@@ -75,6 +75,7 @@ fn status_and_retry_after_migrate_show_an_empty_table() {
 on_both_backends!(
     run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_error,
     json_logs_parse_and_never_carry_the_token_even_at_trace,
+    a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status,
 );
 
 fn row(id: &str, email: &str) -> Map<String, Value> {
@@ -221,4 +222,74 @@ async fn json_logs_parse_and_never_carry_the_token_even_at_trace(backend: Backen
         );
     }
     assert_eq!(f.count("hubspot", "Complete").await, 4);
+}
+
+/// Connectors with `api_key_query` auth carry the key in the URL, and a
+/// transport error names the URL it failed on.
+async fn a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status(backend: Backend) {
+    const KEY: &str = "xkeysib-E2E-SECRET-51d0c2e8";
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let Some(mut f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "connectors/brevo.toml",
+            "kind = \"api_key_header\"\nheader = \"api-key\"",
+            "kind = \"api_key_query\"\nparam = \"api_key\"",
+        );
+        config.edit(
+            "connectors/brevo.toml",
+            "max_attempts = 3",
+            "max_attempts = 1",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    f.env.insert(
+        "BREVO_BASE_URL".into(),
+        format!("http://127.0.0.1:{closed_port}/v3"),
+    );
+    f.env.insert("BREVO_API_KEY".into(), KEY.into());
+    f.insert(&generated_rows(2)).await;
+
+    let mut run = f.spawn(&["--log-level", "trace", "run", "--connector", "brevo"]);
+    assert_eq!(
+        run.exit_code(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        run.stderr()
+    );
+    let stderr = run.stderr();
+    assert!(stderr.contains("connection failed"), "{stderr}");
+    assert!(
+        !stderr.contains(KEY) && !run.stdout().contains(KEY),
+        "the key leaked into the logs:\n{stderr}"
+    );
+
+    for row in f
+        .rows(&[super::generated_id(1), super::generated_id(2)])
+        .await
+    {
+        let error = text(&row, "brevo_processing_error");
+        assert_eq!(text(&row, "brevo_processing_status"), "Queued", "{row:?}");
+        assert!(error.starts_with("connection failed"), "{error}");
+        assert!(
+            !error.contains(KEY),
+            "the key was stored in the error column: {error}"
+        );
+    }
+    let location = f.location();
+    let location: Vec<&str> = location.iter().map(String::as_str).collect();
+    let status = run_engine(
+        f.config.path(),
+        &[&["status", "--connector", "brevo"], &location[..]].concat(),
+        &[],
+    );
+    assert!(
+        status.contains("connection failed") && !status.contains(KEY),
+        "{status}"
+    );
 }
