@@ -72,6 +72,18 @@ fn status_and_retry_after_migrate_show_an_empty_table() {
     );
 }
 
+#[test]
+fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().display().to_string();
+    let transcript = run_engine(dir.path(), &["demo"], &[("TMPDIR", &tmp)]);
+    assert!(
+        transcript.contains(" INFO Synced row. mapping=hubspot"),
+        "{transcript}"
+    );
+    assert!(!transcript.contains('\x1b'), "{transcript}");
+}
+
 on_both_backends!(
     run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_error,
     json_logs_parse_and_never_carry_the_token_even_at_trace,
