@@ -51,7 +51,8 @@ async fn a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_t
     wait_for(
         "some rows Complete and a request in flight",
         Duration::from_secs(10),
-        || async { f.in_flight() > 0 && f.count("hubspot", "Complete").await > 0 },
+        // The sandbox is asked last, so the kill follows its answer at once.
+        || async { f.count("hubspot", "Complete").await > 0 && f.in_flight() > 0 },
     )
     .await;
     engine.kill();
