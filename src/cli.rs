@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::check::{check_database, check_dir};
 use crate::clock::SystemClock;
 use crate::diagnostic::summary;
-use crate::engine::{RunOptions, run_connector};
+use crate::engine::{RunOptions, require_table, run_connector};
 use crate::plan::{Plan, ProcessEnv};
 use crate::store::Store;
 
@@ -164,9 +164,12 @@ fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|| {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())
         });
+    // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -333,6 +336,9 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     if mappings.is_empty() {
         anyhow::bail!("no mapping matches");
     }
+    for mapping in &mappings {
+        require_table(&store, mapping).await?;
+    }
     for mapping in mappings {
         println!(
             "mapping {} -> connector {} (table {})",
@@ -363,6 +369,9 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
         !mappings.is_empty(),
         "no mapping syncs to connector `{connector}`"
     );
+    for mapping in &mappings {
+        require_table(&store, mapping).await?;
+    }
     for mapping in mappings {
         let count = store.requeue_errors(&mapping.table).await?;
         println!("mapping {}: {count} rows queued again", mapping.name);

@@ -100,6 +100,9 @@ pub async fn run_connector(
             "no mapping syncs to connector `{connector}`: add mappings/<name>.toml with connector = \"{connector}\""
         );
     }
+    for mapping in &mappings {
+        require_table(&store, mapping).await?;
+    }
     let client = Arc::new(CrmClient::new(
         connector_plan,
         plan.templates.clone(),
@@ -147,6 +150,19 @@ pub async fn run_connector(
     }
     result?;
     Ok(summary)
+}
+
+/// Fails naming the fix when a mapping's table does not exist yet (a fresh
+/// database), instead of with the database's own error at the first query.
+pub async fn require_table(store: &Store, mapping: &MappingPlan) -> anyhow::Result<()> {
+    if store.columns(&mapping.table.table).await?.is_none() {
+        bail!(
+            "table `{}` does not exist in the database; create it with `engine migrate --mapping {}`",
+            mapping.table.table,
+            mapping.name
+        );
+    }
+    Ok(())
 }
 
 async fn cycle_until_done(

@@ -305,7 +305,14 @@ impl CrmClient {
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
-            Err(err) => return (step_of(outcome::classify_transport_error(&err)), None),
+            Err(mut err) => {
+                // The error's text names the URL, whose query may carry an
+                // `api_key_query` secret; it goes to the logs and the row's error.
+                if let Some(url) = err.url_mut() {
+                    url.set_query(None);
+                }
+                return (step_of(outcome::classify_transport_error(&err)), None);
+            }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();

@@ -185,7 +185,8 @@ impl Store {
     /// `Processing` until `lease`.
     ///
     /// Due means `Queued` with `next_retry_at` NULL or `<= now`, or
-    /// `Processing` with a lease `<= now` (its run crashed). Rows are taken
+    /// `Processing` with a lease `<= now` (its run crashed) or with no lease
+    /// (see `sql::lease_expired`). Rows are taken
     /// in `next_retry_at` order, NULLs first, then by id; the returned rows
     /// are in no particular order. Concurrent claimers, in this process or
     /// others, never get the same row.

@@ -47,12 +47,17 @@ pub(super) fn pg_time(t: DateTime<Utc>) -> String {
 /// only rows it may take. (One `IS NULL OR <= now` condition would make the
 /// time a filter instead, and every claim would walk past all the rows
 /// scheduled for later: 0.8 s per claim with 500k of them on PostgreSQL.)
-pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 3] {
+pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 4] {
     let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
     [
         format!("{status} = '{QUEUED}' AND {due} IS NULL"),
         format!("{status} = '{QUEUED}' AND {due} <= {now}"),
         format!("{status} = '{PROCESSING}' AND {due} <= {now}"),
+        // A `Processing` row with no lease: another mapping sharing the
+        // `next_retry_at` column (the seed's table shares it between HubSpot and
+        // Brevo) reclaimed it after its lease expired and then cleared the column,
+        // or the seed's own schedulers left it so. No live run owns it.
+        format!("{status} = '{PROCESSING}' AND {due} IS NULL"),
     ]
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod batch;
 mod check;
 mod contract;
+mod e2e;
 mod flows;
 mod payloads;
 mod run;
