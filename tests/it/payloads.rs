@@ -84,7 +84,7 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
             )
         })
         .collect();
-    requests.sort_by(|a, b| a.1.to_string().cmp(&b.1.to_string()));
+    requests.sort_by_key(|request| request.1.to_string());
     requests
 }
 
