@@ -104,6 +104,9 @@ fn demo_dir() -> PathBuf {
 /// Runs the demo; exit 0 when every row of both syncs is `Complete`.
 pub async fn run() -> anyhow::Result<ExitCode> {
     let dir = demo_dir();
+    // Start fresh: a directory left by an earlier demo with the same process id
+    // (containers reuse pids) would already hold the seed rows.
+    let _ = std::fs::remove_dir_all(&dir);
     write_shipped_config(&dir)?;
     let sandbox = Sandbox::start(SandboxOptions {
         port: 0,
