@@ -46,11 +46,7 @@ impl SourceFile {
         path: &str,
         message: impl Into<String>,
     ) -> Diagnostic {
-        let span = self
-            .spans
-            .key_span(path)
-            .or_else(|| self.spans.nearest(path));
-        Diagnostic::at(severity, &self.display, &self.text, span, path, message)
+        self.diagnostic_at(self.spans.key_span(path), severity, path, message)
     }
 
     /// A diagnostic pointing at the value of `path` (or its nearest parent).
@@ -60,10 +56,17 @@ impl SourceFile {
         path: &str,
         message: impl Into<String>,
     ) -> Diagnostic {
-        let span = self
-            .spans
-            .value_span(path)
-            .or_else(|| self.spans.nearest(path));
+        self.diagnostic_at(self.spans.value_span(path), severity, path, message)
+    }
+
+    fn diagnostic_at(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        severity: Severity,
+        path: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let span = span.or_else(|| self.spans.nearest(path));
         Diagnostic::at(severity, &self.display, &self.text, span, path, message)
     }
 
