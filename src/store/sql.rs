@@ -135,8 +135,12 @@ impl<'a> WriteBack<'a> {
 }
 
 /// The SET list and fence of `record`, given how the backend names the
-/// target row (`_t`) and the write-back row (`v`).
-pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String) {
+/// target row (`_t`) and the write-back row (`v`). `fence_prefix` is put
+/// before each target column the fence compares (see `sqlite::record_sql`).
+pub(super) fn record_assignments_and_fence(
+    spec: &TableSpec,
+    fence_prefix: &str,
+) -> (String, String) {
     let c = |name: &str| quote(name);
     let t = |name: &str| format!("_t.{}", quote(name));
     let set = format!(
@@ -158,7 +162,7 @@ pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String)
         due = c(&spec.next_retry_at),
     );
     let fence = format!(
-        "{} = '{PROCESSING}' AND {} = v.lease",
+        "{fence_prefix}{} = '{PROCESSING}' AND {fence_prefix}{} = v.lease",
         t(&spec.processing_status),
         t(&spec.next_retry_at)
     );
