@@ -144,7 +144,7 @@ fn record_sql(spec: &TableSpec, id_type: &str) -> String {
         .iter()
         .map(|(name, pg_type)| format!("{name} {pg_type}"))
         .collect();
-    let (set, fence) = sql::record_assignments_and_fence(spec);
+    let (set, fence) = sql::record_assignments_and_fence(spec, "");
     format!(
         "UPDATE {table} AS _t SET {set} \
          FROM jsonb_to_recordset($1::jsonb) AS v({fields}) \

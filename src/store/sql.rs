@@ -141,9 +141,13 @@ impl<'a> WriteBack<'a> {
     }
 }
 
-/// The SET list and the lease fence of `record`, written against the
-/// target row `_t` and the write-back row `v`.
-pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String) {
+/// The SET list and fence of `record`, given how the backend names the
+/// target row (`_t`) and the write-back row (`v`). `fence_prefix` is put
+/// before each target column the fence compares (see `sqlite::record_sql`).
+pub(super) fn record_assignments_and_fence(
+    spec: &TableSpec,
+    fence_prefix: &str,
+) -> (String, String) {
     let t = |name: &str| format!("_t.{}", quote(name));
     let set = format!(
         "{status} = v.status, \
@@ -164,7 +168,7 @@ pub(super) fn record_assignments_and_fence(spec: &TableSpec) -> (String, String)
         due = quote(&spec.next_retry_at),
     );
     let fence = format!(
-        "{} = '{PROCESSING}' AND {} = v.lease",
+        "{fence_prefix}{} = '{PROCESSING}' AND {fence_prefix}{} = v.lease",
         t(&spec.processing_status),
         t(&spec.next_retry_at)
     );

@@ -1,0 +1,139 @@
+//! Pieces the scenarios share: the shipped config, fresh databases filled with
+//! queued seed-shaped rows, the sandbox and its request timeline, and statistics.
+
+pub mod db;
+pub mod timeline;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, ensure};
+use engine::plan::Plan;
+use serde_json::Value;
+
+/// The repository's own config dir: the shipped `connectors/` and `mappings/`, unchanged.
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Loads and plans the shipped config with `env` (only the base URLs and the
+/// placeholder secrets differ from production), refusing to run on any error.
+pub fn shipped_plan(env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>> {
+    plan_at(&config_dir(), env)
+}
+
+/// For the scenarios that measure the engine's own cost (no CRM limits): a
+/// copy of the shipped config in a temp dir where the one change is that
+/// HubSpot's `ten_secondly` window (100 per 10 s) becomes 1,000,000 per 10 s.
+/// The sandbox's limits are off too; without this the engine's own limiter
+/// would still pace the run at 100 requests per 10 s (1,000 contacts/s).
+pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("engine-bench-config-")
+        .tempdir()?;
+    for sub in ["connectors", "mappings"] {
+        std::fs::create_dir_all(dir.path().join(sub))?;
+        for entry in std::fs::read_dir(config_dir().join(sub))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                std::fs::copy(
+                    &path,
+                    dir.path()
+                        .join(sub)
+                        .join(path.file_name().context("a file name")?),
+                )?;
+            }
+        }
+    }
+    let hubspot = dir.path().join("connectors/hubspot.toml");
+    let text = std::fs::read_to_string(&hubspot)?;
+    let window = "name = \"ten_secondly\"\nrequests = 100\n";
+    ensure!(
+        text.contains(window),
+        "connectors/hubspot.toml no longer has {window:?}; update the bench"
+    );
+    std::fs::write(
+        &hubspot,
+        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
+    )?;
+    Ok(dir)
+}
+
+/// Loads and plans the config in `dir` (see [`shipped_plan`]).
+pub fn plan_at(dir: &std::path::Path, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>> {
+    let checked = engine::check::check_dir(dir, env);
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "the config in {} has errors:\n{}",
+        dir.display(),
+        errors.join("\n")
+    );
+    Ok(Arc::new(checked.plan))
+}
+
+/// Sum of the sandbox's per-route request counters (every CRM request that arrived).
+pub fn total_requests(stats: &Value) -> u64 {
+    stats["requests"]
+        .as_object()
+        .map_or(0, |routes| routes.values().filter_map(Value::as_u64).sum())
+}
+
+/// The sandbox's 429 count.
+pub fn rate_limited(stats: &Value) -> u64 {
+    stats["rate_limited"].as_u64().unwrap_or(0)
+}
+
+/// The sandbox's peak of requests in flight at once.
+pub fn max_in_flight(stats: &Value) -> u64 {
+    stats["max_in_flight"].as_u64().unwrap_or(0)
+}
+
+/// The middle value (the lower middle for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[(sorted.len() - 1) / 2]
+}
+
+/// The 1-minute load average, to show how busy the shared machine was.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `VmHWM` and `VmRSS` (kB) of a process, from `/proc/<pid>/status`.
+pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Every row of the mapping is `Complete`: `(complete, total)`.
+pub async fn completion(
+    store: &engine::store::Store,
+    spec: &engine::store::TableSpec,
+) -> anyhow::Result<(i64, i64)> {
+    let counts = store
+        .status_counts(spec)
+        .await
+        .context("counting statuses")?;
+    let total = counts.iter().map(|(_, n)| n).sum();
+    let complete = counts
+        .iter()
+        .filter(|(s, _)| s.as_deref() == Some("Complete"))
+        .map(|(_, n)| n)
+        .sum();
+    Ok((complete, total))
+}

@@ -1,0 +1,53 @@
+//! When requests arrived at the sandbox: its request counter, sampled every
+//! few milliseconds from a task beside the run (the sandbox counts a request
+//! when it arrives, before its simulated latency, as its rate limiter does).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engine::sandbox::Sandbox;
+
+use super::total_requests;
+
+/// How often the counter is read.
+const EVERY: Duration = Duration::from_millis(5);
+
+/// `(time since start, requests arrived so far)`, one entry per change.
+pub struct Timeline {
+    points: Arc<Mutex<Vec<(Duration, u64)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Timeline {
+    /// Starts sampling `sandbox`; times are measured from `start`.
+    pub fn start(sandbox: Arc<Sandbox>, start: Instant) -> Timeline {
+        let points = Arc::new(Mutex::new(Vec::new()));
+        let sink = points.clone();
+        let task = tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                let n = total_requests(&sandbox.stats());
+                if n != last {
+                    sink.lock().unwrap().push((start.elapsed(), n));
+                    last = n;
+                }
+                tokio::time::sleep(EVERY).await;
+            }
+        });
+        Timeline { points, task }
+    }
+
+    /// Stops sampling and returns the points.
+    pub fn finish(self) -> Arc<Mutex<Vec<(Duration, u64)>>> {
+        self.task.abort();
+        self.points
+    }
+}
+
+/// The first time at least `n` requests had arrived.
+pub fn time_of(points: &[(Duration, u64)], n: u64) -> Option<Duration> {
+    points
+        .iter()
+        .find(|(_, count)| *count >= n)
+        .map(|(t, _)| *t)
+}
