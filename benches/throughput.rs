@@ -28,7 +28,10 @@ use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, RowResult, RowUpdate, Store, TableSpec};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
-use support::{completion, load_average, max_in_flight, median, memory_kb, plan_at, rate_limited, shipped_plan, total_requests, unlimited_config};
+use support::{
+    completion, load_average, max_in_flight, median, memory_kb, plan_at, rate_limited,
+    shipped_plan, total_requests, unlimited_config,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
@@ -40,8 +43,13 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] =
-        [Scenario::Hubspot, Scenario::Brevo, Scenario::OverheadSqlite, Scenario::OverheadPostgres, Scenario::Rss];
+    const ALL: [Scenario; 5] = [
+        Scenario::Hubspot,
+        Scenario::Brevo,
+        Scenario::OverheadSqlite,
+        Scenario::OverheadPostgres,
+        Scenario::Rss,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -77,7 +85,11 @@ struct Args {
 }
 
 fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args { scenarios: Vec::new(), runs: None, rows: None };
+    let mut args = Args {
+        scenarios: Vec::new(),
+        runs: None,
+        rows: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -145,8 +157,13 @@ impl Line {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     engine::install_crypto_provider();
     let args = match parse_args() {
         Ok(args) => args,
@@ -155,7 +172,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     print_machine();
     let mut lines = Vec::new();
     for scenario in &args.scenarios {
@@ -186,16 +206,28 @@ fn main() -> ExitCode {
 fn print_machine() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "?".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores, {cpu}, kernel {}, load {}, {}", kernel.trim(), load_average(), Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    println!(
+        "machine: {cores} cores, {cpu}, kernel {}, load {}, {}",
+        kernel.trim(),
+        load_average(),
+        Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
 }
 
 fn print_table(lines: &[Line]) {
     let mut out = String::new();
-    let _ = writeln!(out, "\n| scenario | figure | median | runs | target | result |");
+    let _ = writeln!(
+        out,
+        "\n| scenario | figure | median | runs | target | result |"
+    );
     let _ = writeln!(out, "|---|---|---:|---|---|---|");
     for line in lines {
         let d = line.decimals;
@@ -232,7 +264,12 @@ struct Limited {
 const HUBSPOT: Limited = Limited {
     name: "hubspot",
     connector: "hubspot",
-    options: || SandboxOptions { port: 0, latency_ms: 250, hubspot_per_10s: Some(100), ..SandboxOptions::default() },
+    options: || SandboxOptions {
+        port: 0,
+        latency_ms: 250,
+        hubspot_per_10s: Some(100),
+        ..SandboxOptions::default()
+    },
     window_requests: 100,
     window: Duration::from_secs(10),
     per_request: 100,
@@ -242,7 +279,12 @@ const HUBSPOT: Limited = Limited {
 const BREVO: Limited = Limited {
     name: "brevo",
     connector: "brevo",
-    options: || SandboxOptions { port: 0, latency_ms: 250, brevo_per_s: Some(10), ..SandboxOptions::default() },
+    options: || SandboxOptions {
+        port: 0,
+        latency_ms: 250,
+        brevo_per_s: Some(10),
+        ..SandboxOptions::default()
+    },
     window_requests: 10,
     window: Duration::from_secs(1),
     per_request: 1,
@@ -265,7 +307,10 @@ impl Limited {
     fn ceiling(&self, rows: u64) -> Ceiling {
         let requests = rows.div_ceil(self.per_request);
         let groups = requests.div_ceil(self.window_requests);
-        Ceiling { requests, best: self.window * (groups.saturating_sub(1) as u32) + self.latency }
+        Ceiling {
+            requests,
+            best: self.window * (groups.saturating_sub(1) as u32) + self.latency,
+        }
     }
 
     fn nominal_rate(&self) -> f64 {
@@ -299,7 +344,9 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
     );
     let mut results = Vec::new();
     for run in 1..=runs {
-        let r = limited_run(s, rows, &ceiling).await.with_context(|| format!("{} run {run}", s.name))?;
+        let r = limited_run(s, rows, &ceiling)
+            .await
+            .with_context(|| format!("{} run {run}", s.name))?;
         println!(
             "run {run}: {:.2} s, {:.0} contacts/s, {:.3} of the run's ceiling, sustained {}, {} requests, {} answered 429, \
              peak {} in flight, load {}",
@@ -316,18 +363,39 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
     }
     let values = |f: fn(&LimitedRun) -> f64| results.iter().map(f).collect::<Vec<_>>();
     let mut lines = vec![
-        Line { scenario: s.name, figure: "fraction of the run's ceiling", values: values(|r| r.fraction), decimals: 3, target: Target::AtLeast(0.95) },
-        Line { scenario: s.name, figure: "contacts/s over the run", values: values(|r| r.contacts_per_s), decimals: 0, target: Target::Info },
-        Line { scenario: s.name, figure: "sandbox 429 answers", values: values(|r| r.rejected as f64), decimals: 0, target: Target::EveryRunAtMost(0.0) },
+        Line {
+            scenario: s.name,
+            figure: "fraction of the run's ceiling",
+            values: values(|r| r.fraction),
+            decimals: 3,
+            target: Target::AtLeast(0.95),
+        },
+        Line {
+            scenario: s.name,
+            figure: "contacts/s over the run",
+            values: values(|r| r.contacts_per_s),
+            decimals: 0,
+            target: Target::Info,
+        },
+        Line {
+            scenario: s.name,
+            figure: "sandbox 429 answers",
+            values: values(|r| r.rejected as f64),
+            decimals: 0,
+            target: Target::EveryRunAtMost(0.0),
+        },
     ];
     if results.iter().all(|r| r.sustained.is_some()) {
-        lines.insert(1, Line {
-            scenario: s.name,
-            figure: "sustained fraction (first window left out)",
-            values: values(|r| r.sustained.unwrap_or(0.0)),
-            decimals: 3,
-            target: Target::Info,
-        });
+        lines.insert(
+            1,
+            Line {
+                scenario: s.name,
+                figure: "sustained fraction (first window left out)",
+                values: values(|r| r.sustained.unwrap_or(0.0)),
+                decimals: 3,
+                target: Target::Info,
+            },
+        );
     }
     Ok(lines)
 }
@@ -342,8 +410,20 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let timeline = Timeline::start(sandbox.clone(), start);
-    let options = RunOptions { progress_every: None, ..RunOptions::default() };
-    let summary = run_connector(plan.clone(), s.connector, db.store.clone(), &env, Arc::new(SystemClock), options, shutdown).await?;
+    let options = RunOptions {
+        progress_every: None,
+        ..RunOptions::default()
+    };
+    let summary = run_connector(
+        plan.clone(),
+        s.connector,
+        db.store.clone(),
+        &env,
+        Arc::new(SystemClock),
+        options,
+        shutdown,
+    )
+    .await?;
     let elapsed = start.elapsed();
     let points = timeline.finish();
     let points = points.lock().unwrap().clone();
@@ -354,6 +434,14 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
         "only {complete} of {total} rows are Complete (summary: {summary:?}); sandbox stats {stats}"
     );
     db.store.close().await;
+    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+        // A diagnostic: "seconds requests-arrived" per change, for plotting.
+        let text: String = points
+            .iter()
+            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
+            .collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
     let n = s.window_requests;
     let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
         (Some(first), Some(last)) if ceiling.requests > n && last > first => {
@@ -375,7 +463,11 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
 
 fn spec_of(plan: &engine::plan::Plan, connector: &str) -> anyhow::Result<TableSpec> {
     let mappings = plan.mappings_of(connector);
-    ensure!(mappings.len() == 1, "expected one shipped mapping for {connector}, found {}", mappings.len());
+    ensure!(
+        mappings.len() == 1,
+        "expected one shipped mapping for {connector}, found {}",
+        mappings.len()
+    );
     Ok(mappings[0].table.clone())
 }
 
@@ -384,7 +476,10 @@ fn spec_of(plan: &engine::plan::Plan, connector: &str) -> anyhow::Result<TableSp
 /// The sandbox with no latency and no limits: what the engine itself costs
 /// (with [`unlimited_config`], so the engine's own limiter does not pace it either).
 fn open_sandbox() -> SandboxOptions {
-    SandboxOptions { port: 0, ..SandboxOptions::default() }
+    SandboxOptions {
+        port: 0,
+        ..SandboxOptions::default()
+    }
 }
 
 async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
@@ -406,14 +501,27 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         let mapping = plan.mappings_of("hubspot")[0].clone();
         // The engine's default workers; BENCH_DB_WORKERS overrides it for the
         // claim/record loop alone (a diagnostic: how the database scales).
-        let workers = std::env::var("BENCH_DB_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or(RunOptions::default().workers);
+        let workers = std::env::var("BENCH_DB_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RunOptions::default().workers);
 
         // The database work alone: the same claims and records, no HTTP.
         let db = Db::fresh(backend, &plan).await?;
         db.fill(rows).await?;
-        let db_elapsed = claim_record_loop(&db.store, &spec, mapping.schedule.batch_size as usize, mapping.schedule.lease_secs, workers).await?;
+        let db_elapsed = claim_record_loop(
+            &db.store,
+            &spec,
+            mapping.schedule.batch_size as usize,
+            mapping.schedule.lease_secs,
+            workers,
+        )
+        .await?;
         let (complete, _) = completion(&db.store, &spec).await?;
-        ensure!(complete as u64 == rows, "the claim/record loop completed {complete} of {rows}");
+        ensure!(
+            complete as u64 == rows,
+            "the claim/record loop completed {complete} of {rows}"
+        );
         db.store.close().await;
         drop(db);
 
@@ -422,11 +530,26 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         db.fill(rows).await?;
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let start = Instant::now();
-        let options = RunOptions { progress_every: None, ..RunOptions::default() };
-        run_connector(plan.clone(), "hubspot", db.store.clone(), &env, Arc::new(SystemClock), options, shutdown).await?;
+        let options = RunOptions {
+            progress_every: None,
+            ..RunOptions::default()
+        };
+        run_connector(
+            plan.clone(),
+            "hubspot",
+            db.store.clone(),
+            &env,
+            Arc::new(SystemClock),
+            options,
+            shutdown,
+        )
+        .await?;
         let elapsed = start.elapsed();
         let (complete, _) = completion(&db.store, &spec).await?;
-        ensure!(complete as u64 == rows, "the engine completed {complete} of {rows}");
+        ensure!(
+            complete as u64 == rows,
+            "the engine completed {complete} of {rows}"
+        );
         let stats = sandbox.stats();
         db.store.close().await;
 
@@ -443,14 +566,32 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         db_rates.push(db_rate);
     }
     Ok(vec![
-        Line { scenario: name, figure: "contacts/s end to end", values: engine_rates, decimals: 0, target: Target::AtLeast(target) },
-        Line { scenario: name, figure: "rows/s, claim + record alone", values: db_rates, decimals: 0, target: Target::Info },
+        Line {
+            scenario: name,
+            figure: "contacts/s end to end",
+            values: engine_rates,
+            decimals: 0,
+            target: Target::AtLeast(target),
+        },
+        Line {
+            scenario: name,
+            figure: "rows/s, claim + record alone",
+            values: db_rates,
+            decimals: 0,
+            target: Target::Info,
+        },
     ])
 }
 
 /// `workers` loops of claim(batch) → record(every row Complete), as the engine's
 /// workers do, until nothing is claimable. Returns the wall time.
-async fn claim_record_loop(store: &Store, spec: &TableSpec, batch: usize, lease_secs: u64, workers: usize) -> anyhow::Result<Duration> {
+async fn claim_record_loop(
+    store: &Store,
+    spec: &TableSpec,
+    batch: usize,
+    lease_secs: u64,
+    workers: usize,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let loops = (0..workers).map(|_| {
         let (store, spec) = (store.clone(), spec.clone());
@@ -467,7 +608,13 @@ async fn claim_record_loop(store: &Store, spec: &TableSpec, batch: usize, lease_
                     .iter()
                     .map(|row| {
                         crm_id += 1;
-                        RowResult { id: row.id.clone(), lease: row.lease, update: RowUpdate::Complete { crm_id: Some(crm_id.to_string()) } }
+                        RowResult {
+                            id: row.id.clone(),
+                            lease: row.lease,
+                            update: RowUpdate::Complete {
+                                crm_id: Some(crm_id.to_string()),
+                            },
+                        }
                     })
                     .collect();
                 store.record(&spec, &results).await?;
@@ -497,7 +644,10 @@ async fn rss(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
         let db = Db::fresh(Backend::Sqlite, &plan).await?;
         let fill = db.fill(rows).await?;
         db.store.close().await;
-        println!("run {run}: inserted {rows} rows in {:.1} s", fill.as_secs_f64());
+        println!(
+            "run {run}: inserted {rows} rows in {:.1} s",
+            fill.as_secs_f64()
+        );
         let dir = db.dir().context("a SQLite db has a dir")?.to_path_buf();
         let child = run_engine_child(&env, config.path(), &db.url, &dir).await?;
         let store = Store::connect(&db.url).await?;
@@ -522,8 +672,20 @@ async fn rss(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
         drop(sandbox);
     }
     Ok(vec![
-        Line { scenario: "rss", figure: "peak RSS of `engine run`, MB", values: peaks, decimals: 1, target: Target::AtMost(64.0) },
-        Line { scenario: "rss", figure: "contacts/s (no latency, no limits)", values: rates, decimals: 0, target: Target::Info },
+        Line {
+            scenario: "rss",
+            figure: "peak RSS of `engine run`, MB",
+            values: peaks,
+            decimals: 1,
+            target: Target::AtMost(64.0),
+        },
+        Line {
+            scenario: "rss",
+            figure: "contacts/s (no latency, no limits)",
+            values: rates,
+            decimals: 0,
+            target: Target::Info,
+        },
     ])
 }
 
@@ -536,12 +698,17 @@ struct Child {
     tail: Vec<String>,
 }
 
-async fn run_engine_child(env: &BTreeMap<String, String>, config_dir: &std::path::Path, database: &str, dir: &std::path::Path) -> anyhow::Result<Child> {
+async fn run_engine_child(
+    env: &BTreeMap<String, String>,
+    config_dir: &std::path::Path,
+    database: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Child> {
     let bin = env!("CARGO_BIN_EXE_engine");
     let start = Instant::now();
     let mut child = std::process::Command::new(bin)
         .args(["run", "--connector", "hubspot", "--config-dir"])
-        .arg(&config_dir)
+        .arg(config_dir)
         .args(["--database", database])
         .current_dir(dir)
         .env_remove("DATABASE_URL")
@@ -579,6 +746,15 @@ async fn run_engine_child(env: &BTreeMap<String, String>, config_dir: &std::path
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = start.elapsed();
-    let (log_lines, tail) = reader.join().map_err(|_| anyhow::anyhow!("the log reader panicked"))?;
-    Ok(Child { status, elapsed, peak_kb, last_kb, log_lines, tail })
+    let (log_lines, tail) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the log reader panicked"))?;
+    Ok(Child {
+        status,
+        elapsed,
+        peak_kb,
+        last_kb,
+        log_lines,
+        tail,
+    })
 }

@@ -14,7 +14,8 @@ use sqlx::AssertSqlSafe;
 
 /// The PostgreSQL server: `ENGINE_BENCH_PG_URL`, else the test database's server.
 fn pg_admin_url() -> String {
-    std::env::var("ENGINE_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("ENGINE_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 const PG_DATABASE: &str = "engine_bench";
@@ -33,18 +34,30 @@ impl Db {
         let (url, dir) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::Builder::new().prefix("engine-bench-").tempdir()?;
-                (format!("sqlite://{}", dir.path().join("bench.db").display()), Some(dir))
+                (
+                    format!("sqlite://{}", dir.path().join("bench.db").display()),
+                    Some(dir),
+                )
             }
             Backend::Postgres => (ensure_pg_database().await?, None),
         };
         let store = Store::connect(&url).await?;
         if let Store::Postgres(pool) = &store {
-            sqlx::query("DROP TABLE IF EXISTS contacts").execute(pool).await?;
+            sqlx::query("DROP TABLE IF EXISTS contacts")
+                .execute(pool)
+                .await?;
         }
         for mapping in plan.mappings.values() {
-            store.migrate(&mapping.table).await.with_context(|| format!("migrating for mapping {}", mapping.name))?;
+            store
+                .migrate(&mapping.table)
+                .await
+                .with_context(|| format!("migrating for mapping {}", mapping.name))?;
         }
-        Ok(Db { store, url, _dir: dir })
+        Ok(Db {
+            store,
+            url,
+            _dir: dir,
+        })
     }
 
     /// The SQLite file's directory (none for PostgreSQL).
@@ -72,7 +85,10 @@ impl Db {
                             printf('+1-415-%07d', i), '{DOMAIN}', '{PAGE}', \
                             'Queued', 'Queued', 'Queued', 'Queued', 0 FROM seq"
                 );
-                sqlx::query(AssertSqlSafe(sql)).bind(n).execute(pool).await?;
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(n)
+                    .execute(pool)
+                    .await?;
             }
             Store::Postgres(pool) => {
                 let sql = format!(
@@ -81,7 +97,10 @@ impl Db {
                             format('+1-415-%s', lpad(i::text, 7, '0')), '{DOMAIN}'::uuid, '{PAGE}'::uuid, \
                             'Queued', 'Queued', 'Queued', 'Queued', 0 FROM generate_series(1, $1) AS i"
                 );
-                sqlx::query(AssertSqlSafe(sql)).bind(n).execute(pool).await?;
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(n)
+                    .execute(pool)
+                    .await?;
                 sqlx::query("ANALYZE contacts").execute(pool).await?;
             }
         }
@@ -99,14 +118,19 @@ async fn ensure_pg_database() -> anyhow::Result<String> {
     let admin = sqlx::PgPool::connect(&admin_url)
         .await
         .with_context(|| format!("PostgreSQL not reachable at {admin_url}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"))?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(PG_DATABASE)
-        .fetch_one(&admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(PG_DATABASE)
+            .fetch_one(&admin)
+            .await?;
     if !exists {
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {PG_DATABASE}"))).execute(&admin).await?;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {PG_DATABASE}")))
+            .execute(&admin)
+            .await?;
     }
     admin.close().await;
-    let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(base, _)| base);
     Ok(format!("{base}/{PG_DATABASE}"))
 }

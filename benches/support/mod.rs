@@ -29,35 +29,60 @@ pub fn shipped_plan(env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>>
 /// The sandbox's limits are off too; without this the engine's own limiter
 /// would still pace the run at 100 requests per 10 s (1,000 contacts/s).
 pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("engine-bench-config-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("engine-bench-config-")
+        .tempdir()?;
     for sub in ["connectors", "mappings"] {
         std::fs::create_dir_all(dir.path().join(sub))?;
         for entry in std::fs::read_dir(config_dir().join(sub))? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "toml") {
-                std::fs::copy(&path, dir.path().join(sub).join(path.file_name().context("a file name")?))?;
+                std::fs::copy(
+                    &path,
+                    dir.path()
+                        .join(sub)
+                        .join(path.file_name().context("a file name")?),
+                )?;
             }
         }
     }
     let hubspot = dir.path().join("connectors/hubspot.toml");
     let text = std::fs::read_to_string(&hubspot)?;
     let window = "name = \"ten_secondly\"\nrequests = 100\n";
-    ensure!(text.contains(window), "connectors/hubspot.toml no longer has {window:?}; update the bench");
-    std::fs::write(&hubspot, text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"))?;
+    ensure!(
+        text.contains(window),
+        "connectors/hubspot.toml no longer has {window:?}; update the bench"
+    );
+    std::fs::write(
+        &hubspot,
+        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
+    )?;
     Ok(dir)
 }
 
 /// Loads and plans the config in `dir` (see [`shipped_plan`]).
 pub fn plan_at(dir: &std::path::Path, env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>> {
     let checked = engine::check::check_dir(dir, env);
-    let errors: Vec<String> = checked.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
-    ensure!(errors.is_empty(), "the config in {} has errors:\n{}", dir.display(), errors.join("\n"));
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "the config in {} has errors:\n{}",
+        dir.display(),
+        errors.join("\n")
+    );
     Ok(Arc::new(checked.plan))
 }
 
 /// Sum of the sandbox's per-route request counters (every CRM request that arrived).
 pub fn total_requests(stats: &Value) -> u64 {
-    stats["requests"].as_object().map_or(0, |routes| routes.values().filter_map(Value::as_u64).sum())
+    stats["requests"]
+        .as_object()
+        .map_or(0, |routes| routes.values().filter_map(Value::as_u64).sum())
 }
 
 /// The sandbox's 429 count.
@@ -96,9 +121,19 @@ pub fn memory_kb(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// Every row of the mapping is `Complete`: `(complete, total)`.
-pub async fn completion(store: &engine::store::Store, spec: &engine::store::TableSpec) -> anyhow::Result<(i64, i64)> {
-    let counts = store.status_counts(spec).await.context("counting statuses")?;
+pub async fn completion(
+    store: &engine::store::Store,
+    spec: &engine::store::TableSpec,
+) -> anyhow::Result<(i64, i64)> {
+    let counts = store
+        .status_counts(spec)
+        .await
+        .context("counting statuses")?;
     let total = counts.iter().map(|(_, n)| n).sum();
-    let complete = counts.iter().filter(|(s, _)| s.as_deref() == Some("Complete")).map(|(_, n)| n).sum();
+    let complete = counts
+        .iter()
+        .filter(|(s, _)| s.as_deref() == Some("Complete"))
+        .map(|(_, n)| n)
+        .sum();
     Ok((complete, total))
 }

@@ -46,5 +46,8 @@ impl Timeline {
 
 /// The first time at least `n` requests had arrived.
 pub fn time_of(points: &[(Duration, u64)], n: u64) -> Option<Duration> {
-    points.iter().find(|(_, count)| *count >= n).map(|(t, _)| *t)
+    points
+        .iter()
+        .find(|(_, count)| *count >= n)
+        .map(|(t, _)| *t)
 }
