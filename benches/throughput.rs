@@ -434,6 +434,14 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
         "only {complete} of {total} rows are Complete (summary: {summary:?}); sandbox stats {stats}"
     );
     db.store.close().await;
+    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+        // A diagnostic: "seconds requests-arrived" per change, for plotting.
+        let text: String = points
+            .iter()
+            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
+            .collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
     let n = s.window_requests;
     let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
         (Some(first), Some(last)) if ceiling.requests > n && last > first => {
@@ -700,7 +708,7 @@ async fn run_engine_child(
     let start = Instant::now();
     let mut child = std::process::Command::new(bin)
         .args(["run", "--connector", "hubspot", "--config-dir"])
-        .arg(&config_dir)
+        .arg(config_dir)
         .args(["--database", database])
         .current_dir(dir)
         .env_remove("DATABASE_URL")

@@ -38,6 +38,14 @@ pub const BUCKETS_PER_WINDOW: u32 = 60;
 /// At most this many server-reported usage entries are kept per window; past
 /// it, new ones are merged (conservatively) into existing ones.
 const MAX_FILLERS: usize = 128;
+/// Exact logs remember our send times this long after they leave the
+/// window, so a response that arrives late is still compared with what we had
+/// sent when the server counted it (see [`RateLimiter::observe_sent`]).
+const HISTORY: Duration = Duration::from_secs(60);
+/// At most this many send times are remembered per window (older ones are
+/// forgotten first, which only makes [`RateLimiter::observe_sent`] more
+/// cautious).
+const HISTORY_MAX: usize = 2 * EXACT_LOG_MAX_REQUESTS as usize;
 /// Waits and pauses longer than this are cut to it (keeps `Instant`
 /// arithmetic from overflowing on absurd inputs).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -147,54 +155,86 @@ impl RateLimiter {
 
     /// Brings our count in line with the server's: a response to a request of
     /// `class` said `remaining` requests are left in a window that resets in
-    /// `reset`.
-    ///
-    /// - `remaining` unknown: nothing to learn; ignored.
-    /// - `remaining == 0` and `reset` known: every window of the class is
-    ///   blocked until now + `reset`.
-    /// - otherwise, if a window has more free slots than `remaining`, the
-    ///   difference is taken as used (requests of other clients sharing the
-    ///   token) until now + `reset`, or for the window's length if `reset` is
-    ///   unknown. With `remaining == 0` and no reset, that makes the window
-    ///   wait until its oldest entry expires (the full window if it has none).
-    ///
-    /// Which windows: with a known `reset` the effect ends at the reset, so
-    /// it is applied to every window of the class. Without one, it is applied
-    /// only to the class's *shortest* window(s): headers without a reset
-    /// (HubSpot's `X-HubSpot-RateLimit-Remaining`) describe the short
-    /// interval window, and filling a daily window for a whole day on that
-    /// evidence would stall the connector.
-    ///
-    /// Never loosens: a server count more generous than ours is ignored
-    /// (ours includes requests still in flight, which the server has not
-    /// counted yet). Conversely, requests in flight when the response was
-    /// produced are not in `remaining`, so with high concurrency the server
-    /// can still see up to that many more before the reset; a 429 then
-    /// leads to [`pause`](Self::pause).
+    /// `reset`. The same as [`observe_sent`](Self::observe_sent) for a
+    /// request sent just now.
     pub fn observe(&self, class: &str, remaining: Option<u32>, reset: Option<Duration>) {
+        self.observe_sent(class, remaining, reset, self.clock.now());
+    }
+
+    /// Brings our count in line with the server's: the response to a request
+    /// of `class` sent at `sent_at` said `remaining` requests were left in a
+    /// window that resets in `reset`.
+    ///
+    /// The server counted when that request arrived, so its count is compared
+    /// with ours *at `sent_at`*: our requests sent in the `per` before it (kept
+    /// for a while after they leave the window for this), plus usage learned
+    /// earlier. Only the excess, requests the server counted that we cannot
+    /// account for (other clients sharing the token), is learned:
+    ///
+    /// - `remaining` unknown, or no excess: nothing to learn; ignored. In
+    ///   particular a `remaining` of 0 that our own requests explain adds
+    ///   nothing: our log already waits for them to leave the window.
+    /// - `remaining == 0` and `reset` known: the window is blocked until now +
+    ///   `reset`.
+    /// - otherwise the excess is taken as used until now + `reset`, or for the
+    ///   window's length if `reset` is unknown. With `remaining == 0` and no
+    ///   reset, that makes the window wait until its oldest entry expires (the
+    ///   full window if it has none).
+    ///
+    /// Comparing at `sent_at` rather than at the response matters: requests
+    /// we sent while this one was in flight are not in `remaining`, and ours
+    /// that left our window meanwhile may still have been in the server's;
+    /// taking either difference as others' usage held slots for a whole
+    /// window, over and over, and cut a steady sender to about 60 % of the
+    /// limit (HubSpot 100/10 s, Brevo 10/s).
+    ///
+    /// Which window the header describes: with a known `reset`, the class's
+    /// shortest window(s) at least `reset` long (a window never resets later
+    /// than its length), else its longest; Brevo's per-second count is then
+    /// not read as "the hour is nearly used up". Without a reset, the class's
+    /// *shortest* window(s): headers without a reset (HubSpot's
+    /// `X-HubSpot-RateLimit-Remaining`) describe the short interval window,
+    /// and filling a daily window for a whole day on that evidence would
+    /// stall the connector.
+    ///
+    /// Never loosens: a server count more generous than ours is ignored.
+    /// Requests in flight when the response was produced are not in
+    /// `remaining`, so with other clients on the token the server can still
+    /// see more before the reset; a 429 then leads to [`pause`](Self::pause).
+    pub fn observe_sent(
+        &self,
+        class: &str,
+        remaining: Option<u32>,
+        reset: Option<Duration>,
+        sent_at: Instant,
+    ) {
         let Some(remaining) = remaining else {
             return;
         };
         let now = self.clock.now();
+        let sent_at = sent_at.min(now);
         let mut state = self.lock();
         let mut windows = state.applying(class);
-        if reset.is_none()
-            && let Some(shortest) = windows.iter().map(|w| w.spec.per).min()
-        {
-            windows.retain(|w| w.spec.per == shortest);
-        }
+        let described = match reset {
+            None => windows.iter().map(|w| w.spec.per).min(),
+            Some(reset) => windows
+                .iter()
+                .map(|w| w.spec.per)
+                .filter(|per| *per >= reset)
+                .min()
+                .or_else(|| windows.iter().map(|w| w.spec.per).max()),
+        };
+        windows.retain(|w| Some(w.spec.per) == described);
         for window in windows {
             window.prune(now);
+            let server_used = u64::from(window.spec.requests.saturating_sub(remaining));
+            let unknown = server_used.saturating_sub(window.known_at(sent_at));
+            if unknown == 0 {
+                continue;
+            }
             match reset {
                 Some(reset) if remaining == 0 => window.block_until(later(now, reset)),
-                _ => {
-                    let free = u64::from(window.spec.requests).saturating_sub(window.used());
-                    let remaining = u64::from(remaining);
-                    if remaining < free {
-                        let until = later(now, reset.unwrap_or(window.span));
-                        window.fill(free - remaining, until);
-                    }
-                }
+                _ => window.fill(unknown, later(now, reset.unwrap_or(window.span))),
             }
         }
     }
@@ -273,6 +313,9 @@ struct WindowState {
     /// Our requests, oldest first; `expires` is ascending.
     sent: VecDeque<Bucket>,
     sent_count: u64,
+    /// Exact logs only: our send times over the last `per` + [`HISTORY`],
+    /// ascending.
+    history: VecDeque<Instant>,
     /// Usage learned from the server; unordered, at most [`MAX_FILLERS`].
     fillers: Vec<Filler>,
     filler_count: u64,
@@ -293,6 +336,7 @@ impl WindowState {
             width,
             sent: VecDeque::new(),
             sent_count: 0,
+            history: VecDeque::new(),
             fillers: Vec::new(),
             filler_count: 0,
             blocked_until: None,
@@ -303,8 +347,38 @@ impl WindowState {
         self.sent_count + self.filler_count
     }
 
+    /// What we know the server counted at `at` (up to now): our requests sent
+    /// in the `per` up to `at`, plus usage learned from it that is still held.
+    /// Requests sent up to a margin after `at` count too: sent together, they
+    /// may have arrived first. Bucketed logs keep no send times: they count
+    /// every request still in the log except the buckets begun after `at`.
+    fn known_at(&self, at: Instant) -> u64 {
+        let ours = if self.width.is_zero() {
+            let until = at + (self.span - self.spec.per);
+            let after = self.history.partition_point(|t| *t <= until);
+            let before = at
+                .checked_sub(self.spec.per)
+                .map_or(0, |from| self.history.partition_point(|t| *t <= from));
+            (after - before.min(after)) as u64
+        } else {
+            let later: u64 = self
+                .sent
+                .iter()
+                .filter(|b| b.first > at)
+                .map(|b| u64::from(b.count))
+                .sum();
+            self.sent_count - later
+        };
+        ours + self.filler_count
+    }
+
     /// Drops everything that has expired by `now`.
     fn prune(&mut self, now: Instant) {
+        if let Some(forget) = now.checked_sub(self.spec.per.saturating_add(HISTORY)) {
+            while self.history.front().is_some_and(|t| *t <= forget) {
+                self.history.pop_front();
+            }
+        }
         while let Some(front) = self.sent.front() {
             if front.expires > now {
                 break;
@@ -368,6 +442,12 @@ impl WindowState {
 
     /// Counts one request sent at `now`.
     fn record(&mut self, now: Instant) {
+        if self.width.is_zero() {
+            if self.history.len() >= HISTORY_MAX {
+                self.history.pop_front();
+            }
+            self.history.push_back(now);
+        }
         let expires = now + self.span;
         match self.sent.back_mut() {
             Some(back) if now < back.first + self.width => {
@@ -681,7 +761,7 @@ mod tests {
     }
 
     #[test]
-    fn observe_with_a_reset_applies_to_every_window_of_the_class_until_the_reset() {
+    fn a_long_reset_describes_the_long_window_until_the_reset() {
         let windows = vec![
             Window::new("secondly", 10, secs(1), &["*"]),
             Window::new("hourly", 36_000, secs(3600), &["*"]),
@@ -698,6 +778,68 @@ mod tests {
         // Observing "default" did not touch the search-only window.
         clock.advance(secs(1));
         assert_eq!(drain(&limiter, "search").0, 5);
+    }
+
+    #[test]
+    fn a_zero_remaining_that_our_own_requests_explain_adds_no_wait() {
+        // Brevo: 10 per second (and 36,000 per hour); the reset header is in
+        // whole seconds, rounded up.
+        let windows = vec![
+            Window::new("secondly", 10, secs(1), &["*"]),
+            Window::new("hourly", 36_000, secs(3600), &["*"]),
+        ];
+        let (limiter, clock) = limiter(windows, ms(100));
+        let mut sent = Vec::new();
+        for _ in 0..10 {
+            limiter.try_acquire("default").unwrap();
+            sent.push(clock.now());
+            clock.advance(ms(50));
+        }
+        // At 0.75 s the 10th request's answer says: none left, reset in 1 s.
+        clock.advance(ms(250));
+        limiter.observe_sent("default", Some(0), Some(secs(1)), sent[9]);
+        // Our own log frees a slot 1.1 s after the first request, not 1 s
+        // after the answer, and the hour is not taken as used up.
+        assert_eq!(limiter.wait_time("default"), ms(350));
+        clock.advance(ms(350));
+        assert_eq!(drain(&limiter, "default").0, 1);
+    }
+
+    #[test]
+    fn a_stale_remaining_is_compared_with_what_we_had_sent_when_it_was_counted() {
+        // HubSpot: 100 per 10 s, no reset header; 100 requests in the first second.
+        let (limiter, clock) = limiter(
+            vec![Window::new("ten_secondly", 100, secs(10), &["*"])],
+            ms(100),
+        );
+        for _ in 0..100 {
+            limiter.try_acquire("default").unwrap();
+            clock.advance(ms(10));
+        }
+        clock.advance(ms(9100));
+        limiter.try_acquire("default").unwrap();
+        let sent = clock.now();
+        // The server (a 10 s window) held our 89 sent after 0.1 s, plus this
+        // one: 10 remaining. The answer comes 250 ms later, when our log has
+        // let go of the first 26 and holds 75.
+        clock.advance(ms(250));
+        limiter.observe_sent("default", Some(10), None, sent);
+        assert_eq!(drain(&limiter, "default").0, 25);
+    }
+
+    #[test]
+    fn others_usage_is_still_learned_from_a_late_answer() {
+        let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(10), &["*"])], ms(100));
+        limiter.try_acquire("default").unwrap();
+        let sent = clock.now();
+        clock.advance(secs(2));
+        for _ in 0..3 {
+            limiter.try_acquire("default").unwrap();
+        }
+        // When our first request arrived the server had counted 4: ours and
+        // 3 of someone else's. Ours are 4 now; 10 - 4 - 3 are left.
+        limiter.observe_sent("default", Some(6), None, sent);
+        assert_eq!(drain(&limiter, "default").0, 3);
     }
 
     #[test]

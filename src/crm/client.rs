@@ -21,6 +21,9 @@ use crate::ratelimit::{RateLimiter, Window};
 use crate::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
+/// The most the rate limiter adds to every window (see `CrmClient::new`).
+const MAX_MARGIN: Duration = Duration::from_millis(100);
+
 /// What one request (after in-cycle retries) means for the flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyAction {
@@ -116,15 +119,14 @@ impl CrmClient {
                 per: Duration::from_secs(limit.per_secs),
                 classes: limit.endpoint_classes.clone(),
             })
-            .collect();
+            .collect::<Vec<_>>();
         // Requests are counted from when they leave; the CRM counts from when they
         // arrive. The margin keeps two requests a window apart on our side from
-        // landing in one window on theirs.
-        let limiter = Arc::new(RateLimiter::new(
-            windows,
-            clock.clone(),
-            Duration::from_millis(100),
-        ));
+        // landing in one window on theirs: 100 ms, but at most 2 % of the shortest
+        // window, so a per-second limit is not cut to 10 per 1.1 s (91 %).
+        let shortest = windows.iter().map(|w| w.per).min();
+        let margin = shortest.map_or(MAX_MARGIN, |per| MAX_MARGIN.min(per / 50));
+        let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), margin));
         let retry = &plan.retry;
         let backoff = Backoff {
             base: Duration::from_millis(retry.base_delay_ms),
@@ -209,7 +211,6 @@ impl CrmClient {
                     response: None,
                 };
             }
-            self.limiter.acquire(&op.class).await;
             let (outcome, response) = self.send_once(op, &rendered).await;
             match outcome {
                 Step::Done(action) => return Reply { action, response },
@@ -284,6 +285,10 @@ impl CrmClient {
         })
     }
 
+    /// One attempt. The rate-limit slot is taken last, once a connection slot
+    /// is held and the request is built, so the limiter records when the
+    /// request really leaves: a slot taken while still queued for the
+    /// in-flight cap would be counted from earlier than the CRM counts it.
     async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
         let _permit = self
             .in_flight
@@ -302,6 +307,8 @@ impl CrmClient {
                 );
             }
         };
+        self.limiter.acquire(&op.class).await;
+        let sent_at = self.clock.now();
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
@@ -319,7 +326,8 @@ impl CrmClient {
         let text = response.text().await.unwrap_or_default();
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
-        self.limiter.observe(&op.class, info.remaining, info.reset);
+        self.limiter
+            .observe_sent(&op.class, info.remaining, info.reset, sent_at);
         let response = Response::new(status, &text, &self.plan.message_pointers);
         if status == 401 {
             self.auth.invalidate().await;
