@@ -12,6 +12,11 @@
 
 mod support;
 
+/// The same allocator as the `engine` binary (src/main.rs), so the in-process
+/// scenarios measure what `engine run` does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -25,7 +30,7 @@ use engine::clock::SystemClock;
 use engine::demo::sandbox_env;
 use engine::engine::{RunOptions, run_connector};
 use engine::sandbox::{Sandbox, SandboxOptions};
-use engine::store::{Backend, RowResult, RowUpdate, Store, TableSpec};
+use engine::store::{Backend, Queue, RowResult, RowUpdate, Store, TableSpec};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
 use support::{
@@ -509,9 +514,13 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         // The database work alone: the same claims and records, no HTTP.
         let db = Db::fresh(backend, &plan).await?;
         db.fill(rows).await?;
+        let queue = db
+            .store
+            .open_queue(&spec, &plan.row_columns(&mapping))
+            .await?
+            .context("the bench table exists")?;
         let db_elapsed = claim_record_loop(
-            &db.store,
-            &spec,
+            &queue,
             mapping.schedule.batch_size as usize,
             mapping.schedule.lease_secs,
             workers,
@@ -584,23 +593,23 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
 }
 
 /// `workers` loops of claim(batch) → record(every row Complete), as the engine's
-/// workers do, until nothing is claimable. Returns the wall time.
+/// workers do (the same queue, the same columns), until nothing is claimable.
+/// Returns the wall time.
 async fn claim_record_loop(
-    store: &Store,
-    spec: &TableSpec,
+    queue: &Queue,
     batch: usize,
     lease_secs: u64,
     workers: usize,
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let loops = (0..workers).map(|_| {
-        let (store, spec) = (store.clone(), spec.clone());
+        let queue = queue.clone();
         tokio::spawn(async move {
             let mut crm_id = 1_000_000u64;
             loop {
                 let now = Utc::now();
                 let lease = now + chrono::Duration::seconds(lease_secs as i64);
-                let rows = store.claim(&spec, batch, now, lease).await?;
+                let rows = queue.claim(batch, now, lease).await?;
                 if rows.is_empty() {
                     return anyhow::Ok(());
                 }
@@ -617,7 +626,7 @@ async fn claim_record_loop(
                         }
                     })
                     .collect();
-                store.record(&spec, &results).await?;
+                queue.record(&results).await?;
             }
         })
     });

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use crate::config::{self, ConfigSet};
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::plan::{self, Env, MAPPING_EXTRA_VARIABLES, MappingPlan, Plan, mapping_columns};
+use crate::plan::{
+    self, Env, MAPPING_EXTRA_VARIABLES, MappingPlan, Plan, WHOLE_CONTEXT, mapping_columns,
+};
 use crate::store::Store;
 
 /// Everything `check` found, and the plan (usable only when there is no error).
@@ -87,6 +89,7 @@ pub async fn check_database<'a>(
         }
         for used in &mapping.variables {
             if !MAPPING_EXTRA_VARIABLES.contains(&used.name.as_str())
+                && used.name != WHOLE_CONTEXT
                 && !names.contains(&used.name.as_str())
             {
                 let best = names

@@ -19,7 +19,8 @@ use crate::clock::Clock;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
-use crate::store::{ClaimedRow, RowResult, RowUpdate, Store};
+use crate::store::{ClaimedRow, Queue, RowResult, RowUpdate, Store};
+use crate::template::NOW_KEY;
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -73,7 +74,6 @@ impl RunSummary {
 /// Everything a run of one connector shares.
 struct Run {
     plan: Arc<Plan>,
-    store: Store,
     client: Arc<CrmClient>,
     clock: Arc<dyn Clock>,
     summary: Arc<RunSummary>,
@@ -100,8 +100,10 @@ pub async fn run_connector(
             "no mapping syncs to connector `{connector}`: add mappings/<name>.toml with connector = \"{connector}\""
         );
     }
-    for mapping in &mappings {
-        require_table(&store, mapping).await?;
+    let mut queues = Vec::new();
+    for mapping in mappings {
+        let queue = open_queue(&store, &plan, &mapping).await?;
+        queues.push((mapping, queue));
     }
     let client = Arc::new(CrmClient::new(
         connector_plan,
@@ -110,7 +112,7 @@ pub async fn run_connector(
         clock.clone(),
     )?);
     let mut guards = Vec::new();
-    for mapping in &mappings {
+    for (mapping, _) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
         let lock_name = format!("mapping:{}:{}", mapping.name, mapping.table.table);
         let slot = store
@@ -128,7 +130,6 @@ pub async fn run_connector(
     let summary = Arc::new(RunSummary::default());
     let run = Arc::new(Run {
         plan,
-        store,
         client,
         clock,
         summary: summary.clone(),
@@ -141,7 +142,7 @@ pub async fn run_connector(
             every,
         ))
     });
-    let result = cycle_until_done(&run, &mappings, &options).await;
+    let result = cycle_until_done(&run, &queues, &options).await;
     if let Some(progress) = progress {
         progress.abort();
     }
@@ -150,6 +151,28 @@ pub async fn run_connector(
     }
     result?;
     Ok(summary)
+}
+
+/// Opens the queue of `mapping`'s table, claiming only the columns its
+/// templates read. Fails naming the fix when the table does not exist yet;
+/// warns when it lacks the claim index (every claim would scan the table).
+async fn open_queue(store: &Store, plan: &Plan, mapping: &MappingPlan) -> anyhow::Result<Queue> {
+    let Some(queue) = store
+        .open_queue(&mapping.table, &plan.row_columns(mapping))
+        .await?
+    else {
+        require_table(store, mapping).await?;
+        bail!("table `{}` disappeared", mapping.table.table);
+    };
+    if !store.has_claim_index(&mapping.table).await? {
+        tracing::warn!(
+            mapping = %mapping.name,
+            table = %mapping.table.table,
+            "The table has no claim index, so every claim scans it; `engine migrate --mapping {}` adds it.",
+            mapping.name
+        );
+    }
+    Ok(queue)
 }
 
 /// Fails naming the fix when a mapping's table does not exist yet (a fresh
@@ -167,14 +190,14 @@ pub async fn require_table(store: &Store, mapping: &MappingPlan) -> anyhow::Resu
 
 async fn cycle_until_done(
     run: &Arc<Run>,
-    mappings: &[Arc<MappingPlan>],
+    queues: &[(Arc<MappingPlan>, Queue)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
-        let drains = mappings
-            .iter()
-            .map(|mapping| drain(run.clone(), mapping.clone(), options.workers));
+        let drains = queues.iter().map(|(mapping, queue)| {
+            drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
+        });
         for result in futures::future::join_all(drains).await {
             result?;
         }
@@ -188,9 +211,9 @@ async fn cycle_until_done(
         if !options.watch || *run.shutdown.borrow() {
             return Ok(());
         }
-        let interval = mappings
+        let interval = queues
             .iter()
-            .map(|m| m.schedule.interval_secs)
+            .map(|(m, _)| m.schedule.interval_secs)
             .min()
             .unwrap_or(300);
         let mut shutdown = run.shutdown.clone();
@@ -203,13 +226,19 @@ async fn cycle_until_done(
 
 /// Claims and processes batches of one mapping with `workers` loops until no row
 /// is claimable now.
-async fn drain(run: Arc<Run>, mapping: Arc<MappingPlan>, workers: usize) -> anyhow::Result<()> {
+async fn drain(
+    run: Arc<Run>,
+    mapping: Arc<MappingPlan>,
+    queue: Queue,
+    workers: usize,
+) -> anyhow::Result<()> {
     let loops = (0..workers.max(1)).map(|_| {
         let run = run.clone();
         let mapping = mapping.clone();
+        let queue = queue.clone();
         tokio::spawn(async move {
             while !*run.shutdown.borrow() {
-                if process_one_batch(&run, &mapping).await? == 0 {
+                if process_one_batch(&run, &mapping, &queue).await? == 0 {
                     break;
                 }
             }
@@ -223,39 +252,39 @@ async fn drain(run: Arc<Run>, mapping: Arc<MappingPlan>, workers: usize) -> anyh
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
-async fn process_one_batch(run: &Run, mapping: &MappingPlan) -> anyhow::Result<usize> {
+async fn process_one_batch(
+    run: &Run,
+    mapping: &MappingPlan,
+    queue: &Queue,
+) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
-    let rows = run
-        .store
-        .claim(
-            &mapping.table,
-            mapping.schedule.batch_size as usize,
-            now,
-            lease,
-        )
+    let mut rows = queue
+        .claim(mapping.schedule.batch_size as usize, now, lease)
         .await?;
     if rows.is_empty() {
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
-    let outcomes = sync_rows(run, mapping, &rows).await;
+    let outcomes = sync_rows(run, mapping, &mut rows).await;
     let results = decide(run, mapping, &rows, outcomes);
-    run.store
-        .record(&mapping.table, &results)
+    queue
+        .record(&results)
         .await
         .context("failed to record results")?;
     Ok(rows.len())
 }
 
 /// Renders every row and sends one request per distinct key; outcomes in row order.
-async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &[ClaimedRow]) -> Vec<RowOutcome> {
+/// Each row's columns move into its job (only the key stays behind, for
+/// `decide`'s log lines).
+async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) -> Vec<RowOutcome> {
     let now = run.clock.utc();
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
     let mut jobs: Vec<RowJob> = Vec::new();
     let mut rows_of_job: Vec<Vec<usize>> = Vec::new();
     let mut job_of_key: HashMap<String, usize> = HashMap::new();
-    for (index, row) in rows.iter().enumerate() {
+    for (index, row) in rows.iter_mut().enumerate() {
         match render_job(run, mapping, row, now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
@@ -286,48 +315,56 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &[ClaimedRow]) -> Vec
         .collect()
 }
 
-/// The template context of a mapping's fields: the row's columns, `params`, and the pinned clock.
+/// Renders one row's fields and builds its job: the key, and the context the
+/// connector's templates see (`key`, `fields`, `params`, `row`, `trace_id`).
+/// The row's columns move into the job; only the key column stays in `row`.
 fn render_job(
     run: &Run,
     mapping: &MappingPlan,
-    row: &ClaimedRow,
+    row: &mut ClaimedRow,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<RowJob, String> {
-    let key = match row.row.get(&mapping.table.key_column) {
+    let key_column = &mapping.table.key_column;
+    let key = match row.row.get(key_column) {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_lowercase(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => {
-            return Err(format!(
-                "key column `{}` is empty",
-                mapping.table.key_column
-            ));
-        }
+        _ => return Err(format!("key column `{key_column}` is empty")),
     };
-    let mut ctx: Map<String, Value> = row.row.clone();
+    // The fields see the row's columns, `params` and the pinned clock.
+    let now = Value::String(now.to_rfc3339());
+    let mut ctx = std::mem::take(&mut row.row);
     ctx.insert("params".into(), Value::Object(mapping.params.clone()));
-    ctx.insert("__now".into(), Value::String(now.to_rfc3339()));
-    let ctx = Value::Object(ctx);
-    let fields = run
-        .plan
-        .templates
-        .render_tree(&mapping.fields, &ctx, mapping.on_empty)
-        .map_err(|err| format!("render error: {err}"))?;
-    let job_ctx = serde_json::json!({
-        "key": key,
-        "fields": fields,
-        "params": mapping.params,
-        "row": row.row,
-        "trace_id": row.id,
-        "__now": now.to_rfc3339(),
-    });
+    ctx.insert(NOW_KEY.into(), now.clone());
+    let (fields, ctx) =
+        run.plan
+            .templates
+            .render_tree_owned(&mapping.fields, Value::Object(ctx), mapping.on_empty);
+    let Value::Object(mut columns) = ctx else {
+        unreachable!("the context stays an object")
+    };
+    let params = columns.remove("params").unwrap_or(Value::Null);
+    columns.remove(NOW_KEY);
+    if let Some(key_value) = columns.get(key_column) {
+        row.row.insert(key_column.clone(), key_value.clone());
+    }
+    let fields = fields.map_err(|err| format!("render error: {err}"))?;
+    let mut job_ctx = Map::with_capacity(6);
+    job_ctx.insert("key".into(), Value::String(key.clone()));
+    job_ctx.insert("fields".into(), fields);
+    job_ctx.insert("params".into(), params);
+    job_ctx.insert("row".into(), Value::Object(columns));
+    job_ctx.insert("trace_id".into(), Value::String(row.id.clone()));
+    job_ctx.insert(NOW_KEY.into(), now);
     Ok(RowJob {
         key,
         trace_id: row.id.clone(),
-        ctx: job_ctx,
+        ctx: Value::Object(job_ctx),
     })
 }
 
-/// Turns outcomes into database updates using the mapping's retry schedule, and logs each row.
+/// Turns outcomes into database updates using the mapping's retry schedule.
+/// Logs every row that did not sync at warn, each synced row at debug, and
+/// one line per batch at info (a million rows make a million debug lines).
 fn decide(
     run: &Run,
     mapping: &MappingPlan,
@@ -338,42 +375,66 @@ fn decide(
     let schedule = &mapping.schedule;
     let delay = Duration::from_secs(schedule.retry_delay_secs);
     let summary = &run.summary;
-    rows.iter()
+    let mut batch = BatchCounts::default();
+    let results = rows.iter()
         .zip(outcomes)
         .map(|(row, outcome)| {
             let key = row.row.get(&mapping.table.key_column).and_then(Value::as_str).unwrap_or_default();
             let update = match outcome {
                 RowOutcome::Synced { crm_id } => {
-                    tracing::info!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
-                    summary.add(&summary.complete, 1);
+                    tracing::debug!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
+                    batch.complete += 1;
                     RowUpdate::Complete { crm_id }
                 }
                 RowOutcome::Permanent(error) => {
                     tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, "Row failed permanently.");
-                    summary.add(&summary.failed, 1);
+                    batch.failed += 1;
                     RowUpdate::Failed { error, retry_count: row.retry_count }
                 }
                 RowOutcome::Transient(error) => match next_row_retry(row.retry_count, schedule.max_retries, delay, schedule.retry_exponential, now) {
                     RetryDecision::RetryAt { retry_count, at } => {
                         tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, retry_at = %at, "Row will be retried.");
-                        summary.add(&summary.retrying, 1);
+                        batch.retrying += 1;
                         RowUpdate::RetryLater { error, retry_count, next_retry_at: at }
                     }
                     RetryDecision::GiveUp { retry_count } => {
                         tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, "Row failed after its last retry.");
-                        summary.add(&summary.failed, 1);
+                        batch.failed += 1;
                         RowUpdate::Failed { error: format!("{error} (gave up after {} retries)", retry_count - 1), retry_count }
                     }
                 },
                 RowOutcome::Deferred { until, reason } => {
                     tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, until = %until, "Row deferred by a rate limit.");
-                    summary.add(&summary.deferred, 1);
+                    batch.deferred += 1;
                     RowUpdate::Release { next_retry_at: Some(until) }
                 }
             };
             RowResult { id: row.id.clone(), lease: row.lease, update }
         })
-        .collect()
+        .collect();
+    tracing::info!(
+        mapping = %mapping.name,
+        rows = rows.len(),
+        complete = batch.complete,
+        error = batch.failed,
+        retrying = batch.retrying,
+        deferred = batch.deferred,
+        "Synced a batch."
+    );
+    summary.add(&summary.complete, batch.complete);
+    summary.add(&summary.failed, batch.failed);
+    summary.add(&summary.retrying, batch.retrying);
+    summary.add(&summary.deferred, batch.deferred);
+    results
+}
+
+/// What became of one batch's rows.
+#[derive(Debug, Default)]
+struct BatchCounts {
+    complete: u64,
+    failed: u64,
+    retrying: u64,
+    deferred: u64,
 }
 
 async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {

@@ -1,11 +1,12 @@
 //! Batch upserts: chunk, send, map per-item results back to rows, and bisect a
 //! batch that fails as a whole so one bad row cannot fail the other 99.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
 use futures::future::join_all;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 use super::client::{CrmClient, ReplyAction};
 use super::flow::{RowJob, RowOutcome, failure};
@@ -53,7 +54,11 @@ fn send_chunk<'a>(
         if !sent.is_empty() {
             let sent_jobs: Vec<&RowJob> = sent.iter().map(|&i| jobs[i]).collect();
             let params = jobs[0].ctx.get("params").cloned().unwrap_or(Value::Null);
-            let ctx = json!({ "items": items, "params": params });
+            // Built by hand: `json!` would copy every item through serde.
+            let ctx = Value::Object(Map::from_iter([
+                ("items".to_string(), Value::Array(items)),
+                ("params".to_string(), params),
+            ]));
             let reply = client.send(&plan.op, &ctx).await;
             let results = match reply.action {
                 ReplyAction::Success => map_results(plan, reply.response.as_ref(), &sent_jobs),
@@ -92,13 +97,16 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; jobs.len()];
     let body = response.map_or(&Value::Null, |r| &r.body);
     let spec = &plan.results;
+    let by_trace: HashMap<&str, usize> = (0..)
+        .zip(jobs)
+        .map(|(i, j)| (j.trace_id.as_str(), i))
+        .collect();
+    let by_key: HashMap<&str, usize> = (0..).zip(jobs).map(|(i, j)| (j.key.as_str(), i)).collect();
     let find = |value: &str| {
-        jobs.iter()
-            .position(|job| job.trace_id == value)
-            .or_else(|| {
-                let lowered = value.trim().to_lowercase();
-                jobs.iter().position(|job| job.key == lowered)
-            })
+        by_trace
+            .get(value)
+            .or_else(|| by_key.get(value.trim().to_lowercase().as_str()))
+            .copied()
     };
     for result in body
         .pointer(&spec.results_pointer)

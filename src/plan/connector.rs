@@ -6,7 +6,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::templates::check_tree;
+use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::{Env, is_env_name};
 use crate::config::connector::{
     Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
@@ -50,6 +50,9 @@ pub struct ConnectorPlan {
     pub params: Map<String, Value>,
     /// The upsert flow.
     pub flow: Flow,
+    /// Some template reads `row` (the claimed row's columns) directly, so
+    /// claims return every column, not only those the mapping reads.
+    pub reads_row: bool,
 }
 
 /// How a record is upserted.
@@ -136,6 +139,8 @@ struct Ctx<'a> {
     name: &'a str,
     templates: &'a mut Templates,
     diagnostics: &'a mut Vec<Diagnostic>,
+    /// Every variable the connector's templates read.
+    uses: Vec<VariableUse>,
 }
 
 impl Ctx<'_> {
@@ -163,6 +168,7 @@ pub fn build(
         name: &loaded.name,
         templates,
         diagnostics,
+        uses: Vec::new(),
     };
     let base_url_env = format!(
         "{}_BASE_URL",
@@ -181,6 +187,10 @@ pub fn build(
     let flow = build_flow(&mut ctx, &raw.upsert);
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
+    let reads_row = ctx
+        .uses
+        .iter()
+        .any(|u| u.name == "row" || u.name == WHOLE_CONTEXT);
     Some(ConnectorPlan {
         name: loaded.name.clone(),
         base_url: raw.base_url.trim_end_matches('/').to_string(),
@@ -199,6 +209,7 @@ pub fn build(
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,
+        reads_row,
     })
 }
 
@@ -566,13 +577,14 @@ fn build_op(ctx: &mut Ctx<'_>, label: &str, op: &Operation) -> Option<OpPlan> {
 
 fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     let label = "upsert.batch";
-    check_tree(
+    let uses = check_tree(
         ctx.source,
         &join_key(label, "item"),
         &op.item,
         Some(OPERATION_VARIABLES),
         ctx.diagnostics,
     );
+    ctx.uses.extend(uses);
     let results = &op.results;
     check_pointer(
         ctx,
@@ -649,13 +661,14 @@ fn build_request(
     rules: &[crate::config::connector::Rule],
 ) -> Option<OpPlan> {
     let path_key = join_key(label, "path");
-    check_tree(
+    let uses = check_tree(
         ctx.source,
         &path_key,
         &Value::String(path.to_string()),
         Some(OPERATION_VARIABLES),
         ctx.diagnostics,
     );
+    ctx.uses.extend(uses);
     if !path.starts_with('/') {
         ctx.error(
             &path_key,
@@ -675,13 +688,14 @@ fn build_request(
     let body = match body {
         Some(tree) => {
             let key = join_key(label, "body");
-            check_tree(
+            let uses = check_tree(
                 ctx.source,
                 &key,
                 tree,
                 Some(body_variables),
                 ctx.diagnostics,
             );
+            ctx.uses.extend(uses);
             Some(compile(ctx, &key, tree)?)
         }
         None => None,
@@ -719,13 +733,14 @@ fn compile_pairs(
     for (name, value) in pairs {
         let key = join_key(base, name);
         let tree = Value::String(value.clone());
-        check_tree(
+        let uses = check_tree(
             ctx.source,
             &key,
             &tree,
             Some(OPERATION_VARIABLES),
             ctx.diagnostics,
         );
+        ctx.uses.extend(uses);
         out.push((name.clone(), compile(ctx, &key, &tree)?));
     }
     Some(out)

@@ -13,9 +13,11 @@ pub use connector::{BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_p
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
 };
+pub use templates::WHOLE_CONTEXT;
 
 use crate::config::ConfigSet;
 use crate::diagnostic::Diagnostic;
+use crate::store::RowColumns;
 use crate::template::Templates;
 
 /// Everything `run` needs, validated.
@@ -30,6 +32,27 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The columns a claim must return for `mapping`: those its field
+    /// templates read and its key, unless a template reads the whole row
+    /// (a mapping's `{{json this}}`, a connector's `{{row.x}}`).
+    pub fn row_columns(&self, mapping: &MappingPlan) -> RowColumns {
+        let connector_reads_row = self
+            .connectors
+            .get(&mapping.connector)
+            .is_none_or(|c| c.reads_row);
+        let names = mapping.variables.iter().map(|u| u.name.as_str());
+        if connector_reads_row || names.clone().any(|n| n == templates::WHOLE_CONTEXT) {
+            return RowColumns::All;
+        }
+        let mut columns: Vec<String> = Vec::new();
+        for name in names.filter(|n| !MAPPING_EXTRA_VARIABLES.contains(n)) {
+            if !columns.iter().any(|c| c == name) {
+                columns.push(name.to_string());
+            }
+        }
+        RowColumns::Only(columns)
+    }
+
     /// The mappings that sync to `connector`.
     pub fn mappings_of(&self, connector: &str) -> Vec<Arc<MappingPlan>> {
         self.mappings

@@ -8,6 +8,10 @@ use crate::config::toml_json::{join_index, join_key};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::template::{self, ENGINE_HELPERS};
 
+/// The [`VariableUse::name`] of a template that reads its whole render
+/// context (`{{json this}}`): every column, for a mapping.
+pub const WHOLE_CONTEXT: &str = "this";
+
 /// A variable a template uses, and where.
 #[derive(Debug, Clone)]
 pub struct VariableUse {
@@ -123,6 +127,12 @@ pub fn check_leaf(
         uses.push(VariableUse {
             at: path.to_string(),
             name: name.clone(),
+        });
+    }
+    if analysis.reads_whole_context {
+        uses.push(VariableUse {
+            at: path.to_string(),
+            name: WHOLE_CONTEXT.to_string(),
         });
     }
 }

@@ -28,6 +28,7 @@ mod sql;
 mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, SubsecRound, Utc};
@@ -94,13 +95,26 @@ pub struct Column {
     pub nullable: bool,
 }
 
+/// Which columns a claim returns in [`ClaimedRow::row`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RowColumns {
+    /// Every column of the table.
+    #[default]
+    All,
+    /// Only these (the columns a mapping's templates read) and the key
+    /// column. Names the table lacks are left out, so a template reading one
+    /// fails for that row with "not a column of the row". Fewer columns make
+    /// the claim, its JSON and the memory of a batch smaller.
+    Only(Vec<String>),
+}
+
 /// A row taken for processing.
 #[derive(Debug, Clone)]
 pub struct ClaimedRow {
     /// The id column as text.
     pub id: String,
-    /// Every column of the row (after the claim), because templates render
-    /// over all of them.
+    /// The row's columns (after the claim): all of them, or those the
+    /// [`Queue`] was opened with.
     pub row: Map<String, Value>,
     pub retry_count: i64,
     /// The lease this claim holds; hand it back in [`RowResult::lease`].
@@ -151,6 +165,83 @@ pub struct RowResult {
     pub update: RowUpdate,
 }
 
+/// One mapping's table, looked up once: the claim and record statements a
+/// run repeats, built for the table's columns and shape. Open it with
+/// [`Store::open_queue`]; it is cheap to clone and share between workers.
+///
+/// Built once per run, so a column added while the engine runs is seen at
+/// the next run.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    store: Store,
+    spec: TableSpec,
+    statements: Arc<Statements>,
+}
+
+/// The SQL text of a [`Queue`].
+#[derive(Debug)]
+struct Statements {
+    claim: String,
+    record: String,
+}
+
+impl Queue {
+    pub fn spec(&self) -> &TableSpec {
+        &self.spec
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes up to `limit` due rows in one statement and marks them
+    /// `Processing` until `lease`.
+    ///
+    /// Due means `Queued` with `next_retry_at` NULL or `<= now`, or
+    /// `Processing` with a lease `<= now` (its run crashed) or with no lease
+    /// (see `sql::claim_arms`). Rows are taken in `next_retry_at` order,
+    /// NULLs first; rows due at the same time are taken in the order the
+    /// claim index keeps them (SQLite: insertion order; PostgreSQL: id). The
+    /// returned rows are in no particular order. Concurrent claimers, in this
+    /// process or others, never get the same row.
+    pub async fn claim(
+        &self,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<ClaimedRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (now, lease) = (stored_time(now), stored_time(lease));
+        let limit = i64::try_from(limit).context("claim limit too large")?;
+        let sql = &self.statements.claim;
+        let claimed = match &self.store {
+            Store::Sqlite(pool) => sqlite::claim(pool, sql, limit, now, lease).await,
+            Store::Postgres(pool) => postgres::claim(pool, sql, limit, now, lease).await,
+        };
+        claimed.with_context(|| format!("claiming rows of {}", self.spec.table))
+    }
+
+    /// Writes all `results` in one statement and returns how many rows were
+    /// written.
+    ///
+    /// Fenced: a row is only written while it is still `Processing` under
+    /// the result's lease, so a row that was reclaimed after its lease
+    /// expired keeps its new owner's state.
+    pub async fn record(&self, results: &[RowResult]) -> anyhow::Result<u64> {
+        if results.is_empty() {
+            return Ok(0);
+        }
+        let sql = &self.statements.record;
+        let written = match &self.store {
+            Store::Sqlite(pool) => sqlite::record(pool, sql, results).await,
+            Store::Postgres(pool) => postgres::record(pool, sql, results).await,
+        };
+        written.with_context(|| format!("recording results in {}", self.spec.table))
+    }
+}
+
 impl Store {
     /// Connects to `sqlite://path` (the file is created if missing),
     /// `sqlite::memory:`, or `postgres://…`.
@@ -181,15 +272,31 @@ impl Store {
         Ok((!columns.is_empty()).then_some(columns))
     }
 
-    /// Takes up to `limit` due rows in one statement and marks them
-    /// `Processing` until `lease`.
-    ///
-    /// Due means `Queued` with `next_retry_at` NULL or `<= now`, or
-    /// `Processing` with a lease `<= now` (its run crashed) or with no lease
-    /// (see `sql::lease_expired`). Rows are taken
-    /// in `next_retry_at` order, NULLs first, then by id; the returned rows
-    /// are in no particular order. Concurrent claimers, in this process or
-    /// others, never get the same row.
+    /// Looks the table up once and builds its claim and record statements;
+    /// `None` when the table does not exist.
+    pub async fn open_queue(
+        &self,
+        spec: &TableSpec,
+        columns: &RowColumns,
+    ) -> anyhow::Result<Option<Queue>> {
+        let Some(table_columns) = self.columns(&spec.table).await? else {
+            return Ok(None);
+        };
+        let selected = select_columns(spec, &table_columns, columns);
+        let (claim, record) = match self {
+            Store::Sqlite(pool) => sqlite::statements(pool, spec, &table_columns, &selected).await,
+            Store::Postgres(_) => postgres::statements(spec, &table_columns, &selected),
+        }
+        .with_context(|| format!("preparing the statements for {}", spec.table))?;
+        Ok(Some(Queue {
+            store: self.clone(),
+            spec: spec.clone(),
+            statements: Arc::new(Statements { claim, record }),
+        }))
+    }
+
+    /// [`Queue::claim`] on a queue of all columns opened for this one call
+    /// (tests and tools; a run opens its queue once).
     pub async fn claim(
         &self,
         spec: &TableSpec,
@@ -197,33 +304,31 @@ impl Store {
         now: DateTime<Utc>,
         lease: DateTime<Utc>,
     ) -> anyhow::Result<Vec<ClaimedRow>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (now, lease) = (stored_time(now), stored_time(lease));
-        let limit = i64::try_from(limit).context("claim limit too large")?;
-        let claimed = match self {
-            Store::Sqlite(pool) => sqlite::claim(pool, spec, limit, now, lease).await,
-            Store::Postgres(pool) => postgres::claim(pool, spec, limit, now, lease).await,
-        };
-        claimed.with_context(|| format!("claiming rows of {}", spec.table))
+        self.required_queue(spec)
+            .await?
+            .claim(limit, now, lease)
+            .await
     }
 
-    /// Writes all `results` in one statement and returns how many rows were
-    /// written.
-    ///
-    /// Fenced: a row is only written while it is still `Processing` under
-    /// the result's lease, so a row that was reclaimed after its lease
-    /// expired keeps its new owner's state.
+    /// [`Queue::record`] on a queue opened for this one call.
     pub async fn record(&self, spec: &TableSpec, results: &[RowResult]) -> anyhow::Result<u64> {
-        if results.is_empty() {
-            return Ok(0);
+        self.required_queue(spec).await?.record(results).await
+    }
+
+    async fn required_queue(&self, spec: &TableSpec) -> anyhow::Result<Queue> {
+        self.open_queue(spec, &RowColumns::All)
+            .await?
+            .with_context(|| format!("table {} does not exist", spec.table))
+    }
+
+    /// Whether the table has the index claims walk (see `engine migrate`).
+    pub async fn has_claim_index(&self, spec: &TableSpec) -> anyhow::Result<bool> {
+        let index = schema::claim_index_columns(self.backend(), spec);
+        let index: Vec<&str> = index.iter().map(String::as_str).collect();
+        match self {
+            Store::Sqlite(pool) => sqlite::has_index(pool, &spec.table, &index).await,
+            Store::Postgres(pool) => postgres::has_index(pool, &spec.table, &index).await,
         }
-        let written = match self {
-            Store::Sqlite(pool) => sqlite::record(pool, spec, results).await,
-            Store::Postgres(pool) => postgres::record(pool, spec, results).await,
-        };
-        written.with_context(|| format!("recording results in {}", spec.table))
     }
 
     /// How many rows have each processing status (NULL included), NULL
@@ -356,14 +461,6 @@ impl Store {
         }
     }
 
-    async fn has_claim_index(&self, spec: &TableSpec) -> anyhow::Result<bool> {
-        let (table, first, second) = (&spec.table, &spec.processing_status, &spec.next_retry_at);
-        match self {
-            Store::Sqlite(pool) => sqlite::has_index_on(pool, table, first, second).await,
-            Store::Postgres(pool) => postgres::has_index_on(pool, table, first, second).await,
-        }
-    }
-
     async fn execute(&self, sql: String) -> anyhow::Result<u64> {
         let done = match self {
             Store::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -397,6 +494,21 @@ where
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The columns a claim returns, in table order: `wanted`'s and the key.
+fn select_columns<'c>(
+    spec: &TableSpec,
+    table: &'c [Column],
+    wanted: &RowColumns,
+) -> Vec<&'c Column> {
+    match wanted {
+        RowColumns::All => table.iter().collect(),
+        RowColumns::Only(names) => table
+            .iter()
+            .filter(|c| c.name == spec.key_column || names.contains(&c.name))
+            .collect(),
+    }
 }
 
 /// Times are kept to the millisecond (SQLite's text shape holds no more),

@@ -55,26 +55,50 @@ pub(super) async fn columns(pool: &PgPool, table: &str) -> anyhow::Result<Vec<Co
 /// The declared type of the id column, so ids sent as text are cast to it
 /// and compared with the column as it is: that is what lets the primary-key
 /// index find the rows.
-async fn id_type(pool: &PgPool, spec: &TableSpec) -> anyhow::Result<String> {
-    let id_type: Option<String> = sqlx::query_scalar(
-        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-         WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attname = $2 AND NOT a.attisdropped",
-    )
-    .bind(&spec.table)
-    .bind(&spec.id_column)
-    .fetch_optional(pool)
-    .await?;
-    id_type.with_context(|| format!("table {} has no column {}", spec.table, spec.id_column))
+fn id_type<'c>(spec: &TableSpec, table: &'c [Column]) -> anyhow::Result<&'c str> {
+    let id = table.iter().find(|c| c.name == spec.id_column);
+    let id =
+        id.with_context(|| format!("table {} has no column {}", spec.table, spec.id_column))?;
+    Ok(&id.sql_type)
+}
+
+/// `json_build_object` takes at most 100 arguments: 50 columns.
+const MAX_BUILT_COLUMNS: usize = 50;
+
+/// The row as the JSON object templates render over: `row_to_json(_t)` for
+/// every column, else `json_build_object('a', _t."a", …)`. Both convert
+/// each value the same way.
+fn row_json(table: &[Column], returned: &[&Column]) -> String {
+    if returned.len() == table.len() || returned.len() > MAX_BUILT_COLUMNS {
+        return "row_to_json(_t)".to_string();
+    }
+    let pairs: Vec<String> = returned
+        .iter()
+        .map(|c| format!("'{}', _t.{}", c.name.replace('\'', "''"), quote(&c.name)))
+        .collect();
+    format!("json_build_object({})", pairs.join(", "))
+}
+
+/// The claim and record statements of a [`super::Queue`].
+pub(super) fn statements(
+    spec: &TableSpec,
+    table: &[Column],
+    returned: &[&Column],
+) -> anyhow::Result<(String, String)> {
+    Ok((
+        claim_sql(spec, &row_json(table, returned)),
+        record_sql(spec, id_type(spec, table)?),
+    ))
 }
 
 pub(super) async fn claim(
     pool: &PgPool,
-    spec: &TableSpec,
+    sql: &str,
     limit: i64,
     now: DateTime<Utc>,
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
-    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(claim_sql(spec)))
+    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(now)
         .bind(lease)
         .bind(limit)
@@ -90,7 +114,7 @@ pub(super) async fn claim(
 /// locks up to `limit` rows no one else holds, and stops; the outer query
 /// keeps the first `limit` of all three (the others are unlocked when the
 /// statement ends). $1 = now, $2 = lease, $3 = limit.
-fn claim_sql(spec: &TableSpec) -> String {
+fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     let (table, id, due) = (
         quote(&spec.table),
         quote(&spec.id_column),
@@ -115,7 +139,7 @@ fn claim_sql(spec: &TableSpec) -> String {
               _claim_picked AS (SELECT id FROM ({union}) c ORDER BY due NULLS FIRST, id LIMIT $3) \
          UPDATE {table} AS _t SET {status} = '{processing}', {due} = $2 \
          FROM _claim_picked WHERE _t.{id} = _claim_picked.id \
-         RETURNING _t.{id}::text, row_to_json(_t), COALESCE(_t.{retries}, 0)::bigint",
+         RETURNING _t.{id}::text, {row_json}, COALESCE(_t.{retries}, 0)::bigint",
         ctes = ctes.join(", "),
         union = union.join(" UNION ALL "),
         status = quote(&spec.processing_status),
@@ -124,13 +148,8 @@ fn claim_sql(spec: &TableSpec) -> String {
     )
 }
 
-pub(super) async fn record(
-    pool: &PgPool,
-    spec: &TableSpec,
-    results: &[RowResult],
-) -> anyhow::Result<u64> {
+pub(super) async fn record(pool: &PgPool, sql: &str, results: &[RowResult]) -> anyhow::Result<u64> {
     let rows: Vec<WriteBack> = results.iter().map(|r| WriteBack::new(r, pg_time)).collect();
-    let sql = record_sql(spec, &id_type(pool, spec).await?);
     let done = sqlx::query(AssertSqlSafe(sql))
         .bind(Json(rows))
         .execute(pool)
@@ -164,7 +183,7 @@ pub(super) async fn fetch_row(
         "SELECT row_to_json(_t) FROM {table} AS _t WHERE {id} = $1::{id_type}",
         table = quote(&spec.table),
         id = quote(&spec.id_column),
-        id_type = id_type(pool, spec).await?,
+        id_type = id_type(spec, &columns(pool, &spec.table).await?)?,
     );
     let row: Option<Json<Map<String, Value>>> = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind(id)
@@ -173,22 +192,20 @@ pub(super) async fn fetch_row(
     Ok(row.map(|Json(row)| row))
 }
 
-/// Whether some index of `table` starts with the columns (first, second).
-pub(super) async fn has_index_on(
+/// Whether some index of `table` has exactly these key columns, in order.
+pub(super) async fn has_index(
     pool: &PgPool,
     table: &str,
-    first: &str,
-    second: &str,
+    columns: &[&str],
 ) -> anyhow::Result<bool> {
     let found: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index i \
-         JOIN pg_attribute c0 ON c0.attrelid = i.indrelid AND c0.attnum = i.indkey[0] \
-         JOIN pg_attribute c1 ON c1.attrelid = i.indrelid AND c1.attnum = i.indkey[1] \
-         WHERE i.indrelid = to_regclass(quote_ident($1)) AND c0.attname = $2 AND c1.attname = $3)",
+         WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indnkeyatts = cardinality($2::text[]) \
+         AND ARRAY(SELECT a.attname::text FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS k(attnum, n) \
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n) = $2::text[])",
     )
     .bind(table)
-    .bind(first)
-    .bind(second)
+    .bind(columns)
     .fetch_one(pool)
     .await?;
     Ok(found)

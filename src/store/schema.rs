@@ -153,21 +153,38 @@ fn add_missing_columns(
     Ok(statements.collect())
 }
 
-/// The claim walks this index: status first, then due time (NULLs first,
-/// the order claims take), then id, so each claim reads only the rows it
-/// takes.
+/// The columns of the index claims walk, in order: status first, then due
+/// time (NULLs first, the order claims take), so each claim reads only the
+/// rows it takes.
+///
+/// Rows due at the same time are taken in the index's own order. On SQLite
+/// that is the rowid, which an index entry ends with: rows next to each
+/// other in the index are next to each other in the table, so a claim of 500
+/// rows touches a few dozen pages. (Ending the index with a random uuid id
+/// instead scattered every claim over the whole table: 3 times slower on
+/// 100,000 rows.) PostgreSQL's heap has no such order; its index ends with
+/// the id.
+pub(super) fn claim_index_columns(backend: Backend, spec: &TableSpec) -> Vec<String> {
+    let mut columns = vec![spec.processing_status.clone(), spec.next_retry_at.clone()];
+    if backend == Backend::Postgres {
+        columns.push(spec.id_column.clone());
+    }
+    columns
+}
+
 fn create_claim_index(backend: Backend, spec: &TableSpec) -> String {
-    let due = quote(&spec.next_retry_at);
-    let due = match backend {
-        Backend::Postgres => format!("{due} NULLS FIRST"),
+    let mut columns: Vec<String> = claim_index_columns(backend, spec)
+        .iter()
+        .map(|c| quote(c))
+        .collect();
+    if backend == Backend::Postgres {
         // SQLite sorts NULLs first already.
-        Backend::Sqlite => due,
-    };
+        columns[1].push_str(" NULLS FIRST");
+    }
     format!(
-        "CREATE INDEX {} ON {} ({}, {due}, {})",
+        "CREATE INDEX {} ON {} ({})",
         quote(&claim_index_name(spec)),
         quote(&spec.table),
-        quote(&spec.processing_status),
-        quote(&spec.id_column),
+        columns.join(", "),
     )
 }

@@ -66,27 +66,55 @@ pub(super) async fn columns(pool: &SqlitePool, table: &str) -> anyhow::Result<Ve
     Ok(columns.collect())
 }
 
-/// `json_object('a', "a", 'b', "b", …)` over every column of the table:
-/// the row as the JSON object templates render over. Names stay
-/// unqualified: SQLite's RETURNING takes no table or alias prefix.
-async fn row_json(pool: &SqlitePool, table: &str) -> anyhow::Result<String> {
-    let columns = columns(pool, table).await?;
-    ensure!(!columns.is_empty(), "table {table} does not exist");
+/// `json_object('a', "a", 'b', "b", …)` over `columns`: the row as the
+/// JSON object templates render over. Names stay unqualified: SQLite's
+/// RETURNING takes no table or alias prefix.
+fn row_json(columns: &[&Column]) -> String {
     let pairs: Vec<String> = columns
         .iter()
         .map(|c| format!("'{}', {}", c.name.replace('\'', "''"), quote(&c.name)))
         .collect();
-    Ok(format!("json_object({})", pairs.join(", ")))
+    format!("json_object({})", pairs.join(", "))
+}
+
+/// The claim and record statements of a [`super::Queue`].
+pub(super) async fn statements(
+    pool: &SqlitePool,
+    spec: &TableSpec,
+    table: &[Column],
+    returned: &[&Column],
+) -> anyhow::Result<(String, String)> {
+    let order = if has_rowid(pool, spec, table).await? {
+        "rowid".to_string()
+    } else {
+        quote(&spec.id_column)
+    };
+    Ok((
+        claim_sql(spec, &row_json(returned), &order),
+        record_sql(spec),
+    ))
+}
+
+/// Whether the table has a rowid to take rows in (a `WITHOUT ROWID` table
+/// has none; a column named `rowid` would hide it).
+async fn has_rowid(pool: &SqlitePool, spec: &TableSpec, table: &[Column]) -> anyhow::Result<bool> {
+    if table.iter().any(|c| c.name.eq_ignore_ascii_case("rowid")) {
+        return Ok(false);
+    }
+    let probe = format!("SELECT rowid FROM {} LIMIT 0", quote(&spec.table));
+    Ok(sqlx::query(AssertSqlSafe(probe))
+        .execute(pool)
+        .await
+        .is_ok())
 }
 
 pub(super) async fn claim(
     pool: &SqlitePool,
-    spec: &TableSpec,
+    sql: &str,
     limit: i64,
     now: DateTime<Utc>,
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
-    let sql = claim_sql(spec, &row_json(pool, &spec.table).await?);
     let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(sqlite_time(now))
         .bind(sqlite_time(lease))
@@ -95,19 +123,15 @@ pub(super) async fn claim(
         .await?;
     let claimed = rows
         .into_iter()
-        .map(|(id, Json(row), retry_count)| ClaimedRow {
-            id,
-            row,
-            retry_count,
-            lease,
-        });
+        .map(|row| ClaimedRow::from_returned(row, lease));
     Ok(claimed.collect())
 }
 
-/// Each arm (see [`sql::claim_arms`]) walks the claim index in order and
-/// stops after `limit` rows; the outer query keeps the first `limit` of
-/// all three. $1 = now, $2 = lease, $3 = limit.
-fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
+/// Each arm (see [`sql::claim_arms`]) walks the claim index in order
+/// (`order` is the index's last key: the rowid, or the id of a table
+/// without one) and stops after `limit` rows; the outer query keeps the
+/// first `limit` of all four. $1 = now, $2 = lease, $3 = limit.
+fn claim_sql(spec: &TableSpec, row_json: &str, order: &str) -> String {
     let (table, id, due) = (
         quote(&spec.table),
         quote(&spec.id_column),
@@ -115,13 +139,13 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     );
     let arms = sql::claim_arms(spec, "$1").map(|predicate| {
         format!(
-            "SELECT * FROM (SELECT {id} AS id, {due} AS due FROM {table} \
-             WHERE {predicate} ORDER BY {due}, {id} LIMIT $3)"
+            "SELECT * FROM (SELECT {order} AS k, {due} AS due FROM {table} \
+             WHERE {predicate} ORDER BY {due}, {order} LIMIT $3)"
         )
     });
     format!(
         "UPDATE {table} SET {status} = '{processing}', {due} = $2 \
-         WHERE {id} IN (SELECT id FROM ({arms}) ORDER BY due, id LIMIT $3) \
+         WHERE {order} IN (SELECT k FROM ({arms}) ORDER BY due, k LIMIT $3) \
          RETURNING CAST({id} AS TEXT), {row_json}, CAST(COALESCE({retries}, 0) AS INTEGER)",
         status = quote(&spec.processing_status),
         processing = sql::PROCESSING,
@@ -132,14 +156,14 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
 
 pub(super) async fn record(
     pool: &SqlitePool,
-    spec: &TableSpec,
+    sql: &str,
     results: &[RowResult],
 ) -> anyhow::Result<u64> {
     let rows: Vec<WriteBack> = results
         .iter()
         .map(|r| WriteBack::new(r, sqlite_time))
         .collect();
-    let done = sqlx::query(AssertSqlSafe(record_sql(spec)))
+    let done = sqlx::query(AssertSqlSafe(sql))
         .bind(Json(rows))
         .execute(pool)
         .await?;
@@ -154,6 +178,10 @@ pub(super) async fn record(
 /// such row; with it, it walks the array once and finds each row by its primary
 /// key. With 4 workers of 500 rows that was 1.5 to 6 s per record statement,
 /// and claims waiting behind it hit the busy timeout ("database is locked").
+///
+/// `jsonb_each` hands each element over in SQLite's binary JSON, so reading
+/// its nine fields does not parse its text nine times: the statement takes
+/// 12 µs a row instead of 22 (SQLite 3.51, 100,000 rows).
 fn record_sql(spec: &TableSpec) -> String {
     let fields: Vec<String> = WRITE_BACK_FIELDS
         .iter()
@@ -161,7 +189,7 @@ fn record_sql(spec: &TableSpec) -> String {
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec, "+");
     format!(
-        "WITH v AS MATERIALIZED (SELECT {fields} FROM json_each($1)) \
+        "WITH v AS MATERIALIZED (SELECT {fields} FROM jsonb_each($1)) \
          UPDATE {table} AS _t SET {set} FROM v \
          WHERE _t.{id} = v.id AND {fence}",
         fields = fields.join(", "),
@@ -175,9 +203,11 @@ pub(super) async fn fetch_row(
     spec: &TableSpec,
     id: &str,
 ) -> anyhow::Result<Option<Map<String, Value>>> {
+    let columns = columns(pool, &spec.table).await?;
+    ensure!(!columns.is_empty(), "table {} does not exist", spec.table);
     let sql = format!(
         "SELECT {row_json} FROM {table} WHERE {id} = $1",
-        row_json = row_json(pool, &spec.table).await?,
+        row_json = row_json(&columns.iter().collect::<Vec<_>>()),
         table = quote(&spec.table),
         id = quote(&spec.id_column),
     );
@@ -188,24 +218,31 @@ pub(super) async fn fetch_row(
     Ok(row.map(|(Json(row),)| row))
 }
 
-/// Whether some index of `table` starts with the columns (first, second).
-pub(super) async fn has_index_on(
+/// Whether some index of `table` has exactly these key columns, in order.
+pub(super) async fn has_index(
     pool: &SqlitePool,
     table: &str,
-    first: &str,
-    second: &str,
+    columns: &[&str],
 ) -> anyhow::Result<bool> {
-    let found: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pragma_index_list($1) AS l \
-         JOIN pragma_index_info(l.name) AS c0 ON c0.seqno = 0 AND c0.name = $2 \
-         JOIN pragma_index_info(l.name) AS c1 ON c1.seqno = 1 AND c1.name = $3)",
-    )
-    .bind(table)
-    .bind(first)
-    .bind(second)
-    .fetch_one(pool)
-    .await?;
-    Ok(found)
+    let indexes: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_index_list($1)")
+        .bind(table)
+        .fetch_all(pool)
+        .await?;
+    for (index,) in indexes {
+        let keys: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM pragma_index_info($1) ORDER BY seqno")
+                .bind(&index)
+                .fetch_all(pool)
+                .await?;
+        if keys
+            .iter()
+            .map(|(k,)| k.as_str())
+            .eq(columns.iter().copied())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(super) async fn insert_rows(

@@ -21,6 +21,10 @@ pub struct Analysis {
     /// `#each`/`#with` blocks are relative to the block's item and are not
     /// root variables unless reached with `../` or `@root`.
     pub variables: Vec<String>,
+    /// The template reads the whole render context, not named variables of
+    /// it: `{{this}}`, `{{json this}}`, `{{#each this}}`, `{{@root}}` outside
+    /// a block that changes the context.
+    pub reads_whole_context: bool,
 }
 
 /// Analyses `template` without rendering it. See [`Analysis`].
@@ -331,8 +335,13 @@ impl Walker<'_> {
     }
 
     fn path(&mut self, path: &Path) {
-        let Path::Relative((segs, _)) = path else {
-            return; // @index, @key, @first, @last
+        let segs = match path {
+            Path::Relative((segs, _)) => segs,
+            Path::Local((_, name, _)) if name == "root" => {
+                self.out.reads_whole_context = true;
+                return;
+            }
+            Path::Local(_) => return, // @index, @key, @first, @last
         };
         let (mut root, mut ups, mut first) = (false, 0, None);
         for seg in segs {
@@ -350,7 +359,13 @@ impl Walker<'_> {
             }
         }
         let Some(first) = first else {
-            return; // `this`
+            // `this` (or `@root`): the whole context, unless a block made it
+            // the block's item.
+            let depth = self.scopes.iter().filter(|s| s.changes_context).count();
+            if root || ups >= depth {
+                self.out.reads_whole_context = true;
+            }
+            return;
         };
         if !root {
             if ups == 0

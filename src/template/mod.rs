@@ -256,6 +256,18 @@ impl Templates {
         tree.render(&self.fields, ctx, on_empty)
     }
 
+    /// As [`Templates::render_tree`], for a context the caller no longer
+    /// needs as it is: rendering takes no copy of it (handlebars needs one of
+    /// its own otherwise). The context is handed back, unchanged.
+    pub fn render_tree_owned(
+        &self,
+        tree: &CompiledTree,
+        ctx: serde_json::Value,
+        on_empty: OnEmpty,
+    ) -> (Result<serde_json::Value, RenderError>, serde_json::Value) {
+        tree.render_owned(&self.fields, ctx, on_empty)
+    }
+
     /// Renders a path template. A `{{…}}` that renders empty (a NULL or
     /// empty value) is an error: `/contacts/` would address the collection,
     /// not the record.

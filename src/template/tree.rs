@@ -54,11 +54,34 @@ impl CompiledTree {
     ) -> Result<Value, RenderError> {
         let mut r = Renderer {
             hb,
-            ctx,
-            hb_ctx: None,
+            ctx: RenderCtx::Borrowed {
+                data: ctx,
+                hb_ctx: None,
+            },
             on_empty,
         };
         Ok(r.node(&self.root)?.unwrap_or(Value::Null))
+    }
+
+    /// As [`CompiledTree::render`], for a context the caller gives away
+    /// (handlebars needs its own); it is handed back after rendering.
+    pub(super) fn render_owned(
+        &self,
+        hb: &Handlebars<'static>,
+        ctx: Value,
+        on_empty: OnEmpty,
+    ) -> (Result<Value, RenderError>, Value) {
+        let mut r = Renderer {
+            hb,
+            ctx: RenderCtx::Owned(Context::from(ctx)),
+            on_empty,
+        };
+        let rendered = r.node(&self.root).map(|v| v.unwrap_or(Value::Null));
+        let ctx = match r.ctx {
+            RenderCtx::Owned(mut hb_ctx) => std::mem::take(hb_ctx.data_mut()),
+            RenderCtx::Borrowed { data, .. } => data.clone(),
+        };
+        (rendered, ctx)
     }
 
     pub(super) fn render_str(
@@ -178,10 +201,38 @@ fn typed_path(template: &Template) -> Option<Vec<String>> {
 
 struct Renderer<'a> {
     hb: &'a Handlebars<'static>,
-    ctx: &'a Value,
-    /// Built on first use: a tree of literals and typed leaves never needs it.
-    hb_ctx: Option<Context>,
+    ctx: RenderCtx<'a>,
     on_empty: OnEmpty,
+}
+
+/// The render context, and the handlebars context made of it.
+enum RenderCtx<'a> {
+    /// Handlebars needs a copy, made on first use: a tree of literals and
+    /// typed leaves never needs it.
+    Borrowed {
+        data: &'a Value,
+        hb_ctx: Option<Context>,
+    },
+    /// Given away by the caller: no copy.
+    Owned(Context),
+}
+
+impl RenderCtx<'_> {
+    fn data(&self) -> &Value {
+        match self {
+            RenderCtx::Borrowed { data, .. } => data,
+            RenderCtx::Owned(hb_ctx) => hb_ctx.data(),
+        }
+    }
+
+    fn handlebars(&mut self) -> &Context {
+        match self {
+            RenderCtx::Borrowed { data, hb_ctx } => {
+                hb_ctx.get_or_insert_with(|| Context::from((*data).clone()))
+            }
+            RenderCtx::Owned(hb_ctx) => hb_ctx,
+        }
+    }
 }
 
 impl Renderer<'_> {
@@ -222,15 +273,14 @@ impl Renderer<'_> {
 
     fn leaf(&mut self, leaf: &Leaf) -> Result<Value, RenderError> {
         if let Some(path) = &leaf.typed {
-            return lookup(self.ctx, path).cloned().ok_or_else(|| RenderError {
-                leaf: leaf.path.clone(),
-                message: missing_variable(&path.join(".")),
-            });
+            return lookup(self.ctx.data(), path)
+                .cloned()
+                .ok_or_else(|| RenderError {
+                    leaf: leaf.path.clone(),
+                    message: missing_variable(&path.join(".")),
+                });
         }
-        let ctx = self.ctx;
-        let hb_ctx = self
-            .hb_ctx
-            .get_or_insert_with(|| Context::from(ctx.clone()));
+        let hb_ctx = self.ctx.handlebars();
         render_template(self.hb, &leaf.template, hb_ctx, &leaf.path).map(Value::String)
     }
 }

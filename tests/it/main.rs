@@ -7,6 +7,7 @@ mod contract;
 mod e2e;
 mod flows;
 mod payloads;
+mod plan;
 mod run;
 mod sandbox;
 mod scripted;

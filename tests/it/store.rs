@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, resume_unwind};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
-use engine::store::{Backend, ClaimedRow, RowResult, RowUpdate, Store, TableSpec};
+use engine::store::{Backend, ClaimedRow, RowColumns, RowResult, RowUpdate, Store, TableSpec};
 use futures::FutureExt;
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
@@ -41,8 +41,11 @@ on_both_backends!(
     migrate_adds_only_missing_state_columns_and_migration_sql_shows_the_sql,
     columns_of_a_missing_table_are_none,
     claim_marks_rows_processing_with_the_lease_and_returns_all_columns,
+    a_queue_opened_for_some_columns_returns_those_and_the_key,
+    a_table_of_our_own_shape_with_integer_ids_is_claimed_and_recorded,
+    migrate_adds_the_claim_index_and_a_table_without_it_is_reported,
     rows_due_in_the_future_are_not_claimed,
-    claims_take_rows_by_due_time_nulls_first_then_by_id,
+    claims_take_rows_by_due_time_nulls_first,
     a_claim_is_exclusive_under_eight_concurrent_claimers,
     an_expired_lease_is_reclaimed_and_a_live_one_is_not,
     record_is_fenced_so_a_stale_lease_writes_nothing,
@@ -419,6 +422,101 @@ async fn claim_marks_rows_processing_with_the_lease_and_returns_all_columns(db: 
     );
 }
 
+async fn a_queue_opened_for_some_columns_returns_those_and_the_key(db: TestDb) {
+    let db = db.with_rows(&seed_rows()).await;
+    let wanted = RowColumns::Only(vec!["name".into(), "phone_number".into(), "nope".into()]);
+    let queue = db
+        .store
+        .open_queue(&db.spec, &wanted)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = Utc::now();
+
+    let claimed = queue.claim(10, now, now + minutes(5)).await.unwrap();
+
+    assert_eq!(claimed.len(), 3);
+    for row in &claimed {
+        let keys: Vec<&str> = row.row.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["email", "name", "phone_number"], "in table order");
+    }
+    let results: Vec<RowResult> = claimed.iter().map(complete).collect();
+    assert_eq!(queue.record(&results).await.unwrap(), 3);
+    assert_eq!(
+        db.row(SEED_IDS[0]).await["hubspot_processing_status"],
+        "Complete"
+    );
+}
+
+/// Not the seed's table: integer ids, and on SQLite `WITHOUT ROWID`, so
+/// claims cannot go by rowid and take rows by id instead.
+async fn a_table_of_our_own_shape_with_integer_ids_is_claimed_and_recorded(db: TestDb) {
+    let table = &db.spec.table;
+    let without_rowid = match db.store.backend() {
+        Backend::Sqlite => " WITHOUT ROWID",
+        Backend::Postgres => "",
+    };
+    db.execute(format!(
+        "CREATE TABLE \"{table}\" (id BIGINT PRIMARY KEY, email TEXT NOT NULL, name TEXT, \
+         hubspot_sync_status TEXT, hubspot_processing_status TEXT, hubspot_contact_id TEXT, \
+         hubspot_processing_error TEXT, retry_count INTEGER NOT NULL DEFAULT 0, next_retry_at {time}){without_rowid}",
+        time = match db.store.backend() {
+            Backend::Sqlite => "TEXT",
+            Backend::Postgres => "timestamptz",
+        }
+    ))
+    .await;
+    assert_eq!(
+        db.store.migrate(&db.spec).await.unwrap().len(),
+        1,
+        "only the claim index"
+    );
+    let rows: Vec<_> = [3, 1, 2]
+        .iter()
+        .map(|n| {
+            object(json!({"id": n, "email": format!("c{n}@example.com"), "hubspot_processing_status": "Queued"}))
+        })
+        .collect();
+    db.store.insert_rows(table, &rows).await.unwrap();
+    let now = Utc::now();
+
+    let first = db.claim(2, now, now + minutes(5)).await;
+    let rest = db.claim(2, now, now + minutes(5)).await;
+
+    assert_eq!(
+        ids(&first),
+        HashSet::from(["1".to_string(), "2".to_string()])
+    );
+    assert_eq!(ids(&rest), HashSet::from(["3".to_string()]));
+    assert_eq!(rest[0].row["id"], 3);
+    let results: Vec<RowResult> = first.iter().chain(&rest).map(complete).collect();
+    assert_eq!(db.store.record(&db.spec, &results).await.unwrap(), 3);
+    let counts = db.store.status_counts(&db.spec).await.unwrap();
+    assert_eq!(counts, [(Some("Complete".into()), 3)]);
+}
+
+async fn migrate_adds_the_claim_index_and_a_table_without_it_is_reported(db: TestDb) {
+    let table = &db.spec.table;
+    db.execute(format!(
+        "CREATE TABLE \"{table}\" (id TEXT PRIMARY KEY, email TEXT NOT NULL, \
+         hubspot_processing_status TEXT, next_retry_at TEXT)"
+    ))
+    .await;
+    db.execute(format!(
+        "CREATE INDEX \"{table}_other\" ON \"{table}\" (hubspot_processing_status, next_retry_at, email)"
+    ))
+    .await;
+    assert!(
+        !db.store.has_claim_index(&db.spec).await.unwrap(),
+        "an index with other columns is not the claim index"
+    );
+
+    let ran = db.store.migrate(&db.spec).await.unwrap();
+
+    assert!(ran.last().unwrap().starts_with("CREATE INDEX"), "{ran:#?}");
+    assert!(db.store.has_claim_index(&db.spec).await.unwrap());
+}
+
 async fn rows_due_in_the_future_are_not_claimed(db: TestDb) {
     let now = Utc::now();
     let never_tried = contact(1, Some("Queued"), json!({}));
@@ -445,7 +543,7 @@ async fn rows_due_in_the_future_are_not_claimed(db: TestDb) {
     assert_eq!(ids(&claimed), expected);
 }
 
-async fn claims_take_rows_by_due_time_nulls_first_then_by_id(db: TestDb) {
+async fn claims_take_rows_by_due_time_nulls_first(db: TestDb) {
     let now = Utc::now();
     let row = |id: &str, due: Option<DateTime<Utc>>| {
         let mut row = contact(0, Some("Queued"), json!({"next_retry_at": due.map(at)}));
@@ -467,7 +565,11 @@ async fn claims_take_rows_by_due_time_nulls_first_then_by_id(db: TestDb) {
         let claimed = db.claim(1, now, now + minutes(5)).await;
         order.push(claimed[0].id.clone());
     }
-    assert_eq!(order, [uuid(1), uuid(2), uuid(3), uuid(4)]);
+    // Rows due at the same time (the two never tried) come in the claim
+    // index's own order: insertion order on SQLite, id on PostgreSQL.
+    let never_tried: HashSet<&String> = order[..2].iter().collect();
+    assert_eq!(never_tried, HashSet::from([&uuid(1), &uuid(2)]));
+    assert_eq!(order[2..], [uuid(3), uuid(4)]);
 }
 
 async fn a_claim_is_exclusive_under_eight_concurrent_claimers(db: TestDb) {

@@ -70,6 +70,23 @@ fn the_seed_rows_render_to_hubspot_properties_and_a_null_phone_is_left_out() {
 }
 
 #[test]
+fn rendering_a_context_given_away_matches_rendering_a_borrowed_one_and_hands_it_back() {
+    let mut templates = Templates::new();
+    let tree = compile(&mut templates, &toml_tree(HUBSPOT_FIELDS));
+    let missing = compile(&mut templates, &json!({ "x": "{{no_such_column}}" }));
+    for row in seed_rows() {
+        let borrowed = templates.render_tree(&tree, &row, OnEmpty::default());
+        let (owned, back) = templates.render_tree_owned(&tree, row.clone(), OnEmpty::default());
+        assert_eq!(owned, borrowed);
+        assert_eq!(back, row, "the context comes back unchanged");
+
+        let (failed, back) = templates.render_tree_owned(&missing, row.clone(), OnEmpty::Omit);
+        assert!(failed.is_err(), "{failed:?}");
+        assert_eq!(back, row, "even when rendering fails");
+    }
+}
+
+#[test]
 fn a_name_with_quotes_backslashes_newlines_and_emoji_round_trips_exactly_through_json() {
     let name = "Zoë \"The Hammer\" O'Neil \\ backslash\nsecond line\t🎉👩‍👩‍👧 </script>";
     let mut templates = Templates::new();

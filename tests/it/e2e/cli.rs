@@ -78,7 +78,7 @@ fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
     let tmp = dir.path().display().to_string();
     let transcript = run_engine(dir.path(), &["demo"], &[("TMPDIR", &tmp)]);
     assert!(
-        transcript.contains(" INFO Synced row. mapping=hubspot"),
+        transcript.contains(" INFO Synced a batch. mapping=hubspot"),
         "{transcript}"
     );
     assert!(!transcript.contains('\x1b'), "{transcript}");
@@ -211,7 +211,7 @@ async fn json_logs_parse_and_never_carry_the_token_even_at_trace(backend: Backen
             !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
             "the token leaked at {level}"
         );
-        let mut messages = Vec::new();
+        let (mut messages, mut synced) = (Vec::new(), 0);
         for line in stderr.lines() {
             let event: Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -219,15 +219,16 @@ async fn json_logs_parse_and_never_carry_the_token_even_at_trace(backend: Backen
                 event["level"].is_string() && event["timestamp"].is_string(),
                 "{line}"
             );
-            messages.push(
-                event["fields"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            let message = event["fields"]["message"].as_str().unwrap_or_default();
+            if message == "Synced a batch." {
+                synced += event["fields"]["complete"].as_u64().unwrap();
+            }
+            messages.push(message.to_string());
         }
-        let synced = messages.iter().filter(|m| *m == "Synced row.").count();
         assert_eq!(synced, 4, "at {level}: {messages:?}");
+        let per_row = messages.iter().filter(|m| *m == "Synced row.").count();
+        let expected = if level == "trace" { 4 } else { 0 };
+        assert_eq!(per_row, expected, "each synced row at debug, at {level}");
         assert!(
             messages.iter().any(|m| m == "Row failed permanently."),
             "at {level}: {messages:?}"

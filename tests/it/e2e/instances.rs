@@ -73,7 +73,21 @@ async fn two_processes_with_max_instances_2_share_the_queue_and_send_each_row_on
     assert_each_row_synced_once(&f, "brevo", &ids).await;
 
     // Each row was synced by exactly one of the two, and both took part.
-    let synced = |stderr: String| stderr.lines().filter(|l| l.contains("Synced row.")).count();
+    // Each batch's info line counts its rows: "Synced a batch. … complete=N".
+    let synced = |stderr: String| -> usize {
+        stderr
+            .lines()
+            .filter(|l| l.contains("Synced a batch."))
+            .filter_map(|l| {
+                l.split("complete=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum()
+    };
     let (by_first, by_second) = (synced(first.stderr()), synced(second.stderr()));
     assert_eq!(
         by_first + by_second,
