@@ -617,13 +617,8 @@ async fn claim_record_loop(
                     .iter()
                     .map(|row| {
                         crm_id += 1;
-                        RowResult {
-                            id: row.id.clone(),
-                            lease: row.lease,
-                            update: RowUpdate::Complete {
-                                crm_id: Some(crm_id.to_string()),
-                            },
-                        }
+                        let crm_id = Some(crm_id.to_string());
+                        RowResult::of(row, RowUpdate::Complete { crm_id })
                     })
                     .collect();
                 queue.record(&results).await?;

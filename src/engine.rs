@@ -409,7 +409,7 @@ fn decide(
                     RowUpdate::Release { next_retry_at: Some(until) }
                 }
             };
-            RowResult { id: row.id.clone(), lease: row.lease, update }
+            RowResult::of(row, update)
         })
         .collect();
     tracing::info!(

@@ -119,19 +119,29 @@ pub struct ClaimedRow {
     pub retry_count: i64,
     /// The lease this claim holds; hand it back in [`RowResult::lease`].
     pub lease: DateTime<Utc>,
+    /// The database's own address of the row (SQLite's rowid), when the
+    /// table has one: the record finds the row by it, not through the id's
+    /// index.
+    pub handle: Option<i64>,
 }
 
-/// A claim's RETURNING row: the id as text, all columns as JSON, the retry
-/// count.
-type Returned = (String, sqlx::types::Json<Map<String, Value>>, i64);
+/// A claim's RETURNING row: the id as text, the columns as JSON, the retry
+/// count, the handle.
+type Returned = (
+    String,
+    sqlx::types::Json<Map<String, Value>>,
+    i64,
+    Option<i64>,
+);
 
 impl ClaimedRow {
-    fn from_returned((id, row, retry_count): Returned, lease: DateTime<Utc>) -> Self {
+    fn from_returned((id, row, retry_count, handle): Returned, lease: DateTime<Utc>) -> Self {
         ClaimedRow {
             id,
             row: row.0,
             retry_count,
             lease,
+            handle,
         }
     }
 }
@@ -161,8 +171,22 @@ pub enum RowUpdate {
 #[derive(Debug, Clone)]
 pub struct RowResult {
     pub id: String,
+    /// [`ClaimedRow::handle`]; `None` finds the row by its id.
+    pub handle: Option<i64>,
     pub lease: DateTime<Utc>,
     pub update: RowUpdate,
+}
+
+impl RowResult {
+    /// What to write back for `row`.
+    pub fn of(row: &ClaimedRow, update: RowUpdate) -> Self {
+        RowResult {
+            id: row.id.clone(),
+            handle: row.handle,
+            lease: row.lease,
+            update,
+        }
+    }
 }
 
 /// One mapping's table, looked up once: the claim and record statements a

@@ -139,7 +139,7 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
               _claim_picked AS (SELECT id FROM ({union}) c ORDER BY due NULLS FIRST, id LIMIT $3) \
          UPDATE {table} AS _t SET {status} = '{processing}', {due} = $2 \
          FROM _claim_picked WHERE _t.{id} = _claim_picked.id \
-         RETURNING _t.{id}::text, {row_json}, COALESCE(_t.{retries}, 0)::bigint",
+         RETURNING _t.{id}::text, {row_json}, COALESCE(_t.{retries}, 0)::bigint, NULL::bigint",
         ctes = ctes.join(", "),
         union = union.join(" UNION ALL "),
         status = quote(&spec.processing_status),

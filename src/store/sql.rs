@@ -66,6 +66,7 @@ pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 4] {
 #[derive(Serialize)]
 pub(super) struct WriteBack<'a> {
     id: &'a str,
+    handle: Option<i64>,
     lease: String,
     status: &'static str,
     sync: Option<&'static str>,
@@ -78,8 +79,9 @@ pub(super) struct WriteBack<'a> {
 
 /// The fields of [`WriteBack`] in order, with the types PostgreSQL reads
 /// them as; SQLite reads the same names with `->>`.
-pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 9] = [
+pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 10] = [
     ("id", "text"),
+    ("handle", "bigint"),
     ("lease", "timestamptz"),
     ("status", "text"),
     ("sync", "text"),
@@ -96,6 +98,7 @@ impl<'a> WriteBack<'a> {
         let at = |t: DateTime<Utc>| time(super::stored_time(t));
         let base = WriteBack {
             id: &result.id,
+            handle: result.handle,
             lease: at(result.lease),
             status: QUEUED,
             sync: None,

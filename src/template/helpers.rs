@@ -103,7 +103,7 @@ pub(crate) fn percent_encode(s: &str) -> String {
 
 /// The signature of one helper: its evaluated arguments in, its value or a
 /// message out.
-type HelperFn = fn(&Call<'_>) -> Result<Value, String>;
+pub(crate) type HelperFn = fn(&Call<'_>) -> Result<Value, String>;
 
 /// A helper's arguments, already checked for arity and strict-mode presence.
 pub(crate) struct Call<'a> {
@@ -111,7 +111,11 @@ pub(crate) struct Call<'a> {
     root: &'a Value,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    pub(crate) fn new(args: Vec<&'a Value>, root: &'a Value) -> Self {
+        Call { args, root }
+    }
+
     fn arg(&self, i: usize) -> &Value {
         self.args.get(i).copied().unwrap_or(&Value::Null)
     }
@@ -206,71 +210,88 @@ impl HelperDef for EngineHelper {
         };
         (self.f)(&call)
             .map(ScopedJson::Derived)
-            .map_err(|m| RenderErrorReason::Other(format!("helper `{}`: {m}", self.name)).into())
+            .map_err(|m| RenderErrorReason::Other(helper_failed(self.name, &m)).into())
     }
+}
+
+/// Every engine helper's function, in the order of [`ENGINE_HELPERS`].
+const FUNCTIONS: &[(&str, HelperFn)] = &[
+    ("lower", |c| map_text(c.arg(0), str::to_lowercase)),
+    ("upper", |c| map_text(c.arg(0), str::to_uppercase)),
+    ("trim", |c| map_text(c.arg(0), |s| s.trim().to_owned())),
+    ("first_name", |c| {
+        map_text(c.arg(0), |s| split_name(s).0.to_owned())
+    }),
+    ("last_name", |c| {
+        map_text(c.arg(0), |s| split_name(s).1.to_owned())
+    }),
+    ("today", |c| {
+        Ok(Value::String(
+            c.now()?.date_naive().format("%Y-%m-%d").to_string(),
+        ))
+    }),
+    ("today_epoch_ms", |c| {
+        Ok(Value::String(
+            midnight_ms(c.now()?.date_naive()).to_string(),
+        ))
+    }),
+    ("e164", |c| {
+        let default_cc = text(c.arg(1))?;
+        match text(c.arg(0))? {
+            None => Ok(Value::String(String::new())),
+            Some(phone) => e164(&phone, default_cc.as_deref()).map(Value::String),
+        }
+    }),
+    ("md5", |c| {
+        map_nonempty_text(c.arg(0), |s| hex(Md5::digest(s.as_bytes()).as_slice()))
+    }),
+    ("sha256", |c| {
+        map_nonempty_text(c.arg(0), |s| hex(Sha256::digest(s.as_bytes()).as_slice()))
+    }),
+    ("urlencode", |c| map_text(c.arg(0), percent_encode)),
+    ("default", |c| {
+        let v = c.arg(0);
+        Ok(if is_empty(v) { c.arg(1) } else { v }.clone())
+    }),
+    ("coalesce", |c| {
+        Ok(c.args
+            .iter()
+            .find(|v| !is_empty(v))
+            .map_or_else(|| Value::String(String::new()), |v| (*v).clone()))
+    }),
+    ("json", |c| match c.arg(0) {
+        Value::Null => Ok(Value::String(String::new())),
+        v => serde_json::to_string(v)
+            .map(Value::String)
+            .map_err(|e| e.to_string()),
+    }),
+    ("date_ymd", |c| {
+        timestamp_arg(c.arg(0), |t| t.format("%Y-%m-%d").to_string())
+    }),
+    ("epoch_ms", |c| {
+        timestamp_arg(c.arg(0), |t| t.timestamp_millis().to_string())
+    }),
+];
+
+/// The function of engine helper `name` (not handlebars' own helpers).
+pub(crate) fn function(name: &str) -> Option<(&'static str, HelperFn)> {
+    FUNCTIONS.iter().find(|(n, _)| *n == name).copied()
+}
+
+/// The message of a helper that failed, as templates report it.
+pub(crate) fn helper_failed(name: &str, message: &str) -> String {
+    format!("helper `{name}`: {message}")
 }
 
 /// Registers every engine helper on `hb`.
 pub(crate) fn register(hb: &mut Handlebars<'static>) {
-    let table: &[(&'static str, HelperFn)] = &[
-        ("lower", |c| map_text(c.arg(0), str::to_lowercase)),
-        ("upper", |c| map_text(c.arg(0), str::to_uppercase)),
-        ("trim", |c| map_text(c.arg(0), |s| s.trim().to_owned())),
-        ("first_name", |c| {
-            map_text(c.arg(0), |s| split_name(s).0.to_owned())
-        }),
-        ("last_name", |c| {
-            map_text(c.arg(0), |s| split_name(s).1.to_owned())
-        }),
-        ("today", |c| {
-            Ok(Value::String(
-                c.now()?.date_naive().format("%Y-%m-%d").to_string(),
-            ))
-        }),
-        ("today_epoch_ms", |c| {
-            Ok(Value::String(
-                midnight_ms(c.now()?.date_naive()).to_string(),
-            ))
-        }),
-        ("e164", |c| {
-            let default_cc = text(c.arg(1))?;
-            match text(c.arg(0))? {
-                None => Ok(Value::String(String::new())),
-                Some(phone) => e164(&phone, default_cc.as_deref()).map(Value::String),
-            }
-        }),
-        ("md5", |c| {
-            map_nonempty_text(c.arg(0), |s| hex(Md5::digest(s.as_bytes()).as_slice()))
-        }),
-        ("sha256", |c| {
-            map_nonempty_text(c.arg(0), |s| hex(Sha256::digest(s.as_bytes()).as_slice()))
-        }),
-        ("urlencode", |c| map_text(c.arg(0), percent_encode)),
-        ("default", |c| {
-            let v = c.arg(0);
-            Ok(if is_empty(v) { c.arg(1) } else { v }.clone())
-        }),
-        ("coalesce", |c| {
-            Ok(c.args
-                .iter()
-                .find(|v| !is_empty(v))
-                .map_or_else(|| Value::String(String::new()), |v| (*v).clone()))
-        }),
-        ("json", |c| match c.arg(0) {
-            Value::Null => Ok(Value::String(String::new())),
-            v => serde_json::to_string(v)
-                .map(Value::String)
-                .map_err(|e| e.to_string()),
-        }),
-        ("date_ymd", |c| {
-            timestamp_arg(c.arg(0), |t| t.format("%Y-%m-%d").to_string())
-        }),
-        ("epoch_ms", |c| {
-            timestamp_arg(c.arg(0), |t| t.timestamp_millis().to_string())
-        }),
-    ];
-    debug_assert_eq!(table.len(), ENGINE_HELPERS.len());
-    for &(name, f) in table {
+    debug_assert!(
+        FUNCTIONS
+            .iter()
+            .map(|(n, _)| *n)
+            .eq(ENGINE_HELPERS.iter().copied())
+    );
+    for &(name, f) in FUNCTIONS {
         hb.register_helper(name, Box::new(EngineHelper { name, f }));
     }
 }

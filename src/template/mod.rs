@@ -147,6 +147,8 @@ fn missing_variable(path: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct CompiledPath {
     template: Template,
+    /// The path itself when it interpolates nothing (a batch endpoint).
+    literal: Option<String>,
 }
 
 /// The handlebars registries, with every helper, strict mode on.
@@ -237,7 +239,8 @@ impl Templates {
             });
         }
         let template = compile_checked(name, template).map_err(|mut errors| errors.remove(0))?;
-        Ok(CompiledPath { template })
+        let literal = tree::literal_text(&template);
+        Ok(CompiledPath { template, literal })
     }
 
     /// Renders `tree` for one render context (usually a row). Empty leaves
@@ -279,6 +282,9 @@ impl Templates {
         path: &CompiledPath,
         ctx: &serde_json::Value,
     ) -> Result<String, RenderError> {
+        if let Some(literal) = &path.literal {
+            return Ok(literal.clone());
+        }
         let hb_ctx = handlebars::Context::from(ctx.clone());
         let rendered = render_template(&self.paths, &path.template, &hb_ctx, "")?;
         if rendered.contains(EMPTY_SEGMENT) {
@@ -329,14 +335,26 @@ fn render_template(
 ) -> Result<String, RenderError> {
     use handlebars::Renderable;
     let mut rc = handlebars::RenderContext::new(None);
-    let mut out = handlebars::StringOutput::new();
+    let mut out = TextOutput(String::new());
     template
         .render(hb, ctx, &mut rc, &mut out)
         .map_err(|e| RenderError::from_handlebars(leaf, &e))?;
-    out.into_string().map_err(|e| RenderError {
-        leaf: leaf.to_owned(),
-        message: e.to_string(),
-    })
+    Ok(out.0)
+}
+
+/// Rendered text. Handlebars' own `StringOutput` reserves 8 KiB for every
+/// render; a field value is a few bytes, rendered a few times per row.
+struct TextOutput(String);
+
+impl handlebars::Output for TextOutput {
+    fn write(&mut self, segment: &str) -> std::io::Result<()> {
+        self.0.push_str(segment);
+        Ok(())
+    }
+
+    fn write_fmt(&mut self, args: fmt::Arguments<'_>) -> std::io::Result<()> {
+        fmt::Write::write_fmt(&mut self.0, args).map_err(std::io::Error::other)
+    }
 }
 
 #[cfg(test)]

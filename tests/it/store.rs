@@ -273,13 +273,8 @@ fn ids(claimed: &[ClaimedRow]) -> HashSet<String> {
 }
 
 fn complete(claimed: &ClaimedRow) -> RowResult {
-    RowResult {
-        id: claimed.id.clone(),
-        lease: claimed.lease,
-        update: RowUpdate::Complete {
-            crm_id: Some(format!("crm-{}", claimed.id)),
-        },
-    }
+    let crm_id = Some(format!("crm-{}", claimed.id));
+    RowResult::of(claimed, RowUpdate::Complete { crm_id })
 }
 
 async fn migrate_creates_the_seed_table_which_accepts_the_seed_rows(db: TestDb) {
@@ -403,6 +398,8 @@ async fn claim_marks_rows_processing_with_the_lease_and_returns_all_columns(db: 
     for row in &claimed {
         assert_eq!(row.lease, lease.trunc_subsecs(3));
         assert_eq!(row.retry_count, 0);
+        let has_rowid = db.store.backend() == Backend::Sqlite;
+        assert_eq!(row.handle.is_some(), has_rowid, "{:?}", row.handle);
         assert_eq!(row.row.len(), 16, "all columns: {:?}", row.row.keys());
         assert_eq!(row.row["id"], row.id.as_str());
         assert_eq!(row.row["hubspot_processing_status"], "Processing");
@@ -489,6 +486,7 @@ async fn a_table_of_our_own_shape_with_integer_ids_is_claimed_and_recorded(db: T
     );
     assert_eq!(ids(&rest), HashSet::from(["3".to_string()]));
     assert_eq!(rest[0].row["id"], 3);
+    assert_eq!(rest[0].handle, None, "no rowid to hand out");
     let results: Vec<RowResult> = first.iter().chain(&rest).map(complete).collect();
     assert_eq!(db.store.record(&db.spec, &results).await.unwrap(), 3);
     let counts = db.store.status_counts(&db.spec).await.unwrap();
@@ -697,8 +695,11 @@ async fn record_writes_a_mixed_slice_in_one_call(db: TestDb) {
     let results: Vec<RowResult> = claimed
         .iter()
         .zip(updates)
-        .map(|(c, update)| RowResult {
+        .enumerate()
+        .map(|(n, (c, update))| RowResult {
             id: c.id.clone(),
+            // Every other result without the claim's handle: found by id.
+            handle: c.handle.filter(|_| n % 2 == 0),
             lease: c.lease,
             update,
         })

@@ -460,6 +460,8 @@ fn render_str_renders_one_leaf_as_text_without_omitting_it() {
         (json!("{{nothing}}"), ""),
         (json!("{{count}}"), "2"),
         (json!(25), "25"),
+        (json!("email"), "email"),
+        (json!("\\{{not_a_variable}}"), "{{not_a_variable}}"),
     ];
     for (tree, want) in cases {
         let compiled = compile(&mut templates, &tree);
@@ -687,4 +689,64 @@ fn block_scopes_render_the_way_analysis_reads_them() {
     });
     assert_eq!(render_one(template, &ctx).unwrap(), "a/o/o;");
     assert_eq!(analyse(template).variables, ["items", "owner"]);
+}
+
+/// A lone helper call is evaluated without handlebars; a comment after it
+/// (`{{!}}`) sends the same call through handlebars. Both must agree on
+/// every value and every error.
+#[test]
+fn helper_calls_evaluated_directly_match_handlebars_exactly() {
+    let templates_text = [
+        "{{lower email}}",
+        "{{lower (trim email)}}",
+        "{{{lower email}}}",
+        "{{upper name}}",
+        "{{first_name name}}",
+        "{{last_name name}}",
+        "{{e164 phone_number}}",
+        "{{e164 phone_number \"44\"}}",
+        "{{md5 email}}",
+        "{{sha256 (lower (trim email))}}",
+        "{{urlencode name}}",
+        "{{default nickname \"n/a\"}}",
+        "{{default (lower nickname) (upper name)}}",
+        "{{coalesce nickname name \"x\"}}",
+        "{{json tags}}",
+        "{{json params}}",
+        "{{date_ymd created_at}}",
+        "{{epoch_ms created_at}}",
+        "{{today}}",
+        "{{today_epoch_ms}}",
+        "{{lower missing_column}}",
+        "{{lower params.list_id}}",
+        "{{lower params.nope}}",
+        "{{lower tags}}",
+        "{{trim count}}",
+        "{{lower flag}}",
+        "{{e164 (lower missing_column)}}",
+    ];
+    let contexts = [
+        json!({"email": "  Jane@Example.COM ", "name": "Jane van Doe", "phone_number": "+1 (415) 555-0100",
+               "nickname": null, "tags": ["a", 1, null], "params": {"list_id": "L7"}, "count": 3,
+               "flag": true, "created_at": "2025-11-19T02:13:46.5Z", "__now": "2026-01-02T23:59:00Z"}),
+        json!({"email": null, "name": "", "phone_number": null, "nickname": "Jay", "tags": [],
+               "params": {}, "count": 0, "flag": false, "created_at": "not a date"}),
+        json!({"email": "x@y.z", "name": "Prince", "phone_number": "555-0100", "nickname": "",
+               "tags": {"k": "v"}, "params": {"list_id": 12}, "count": -1.5, "flag": null,
+               "created_at": 1700000000000_i64, "__now": "yesterday"}),
+    ];
+    let mut templates = Templates::new();
+    for text in templates_text {
+        let direct = compile(&mut templates, &json!({ "f": text }));
+        let via_handlebars = compile(&mut templates, &json!({ "f": format!("{text}{{{{!}}}}") }));
+        for ctx in &contexts {
+            for on_empty in [OnEmpty::Omit, OnEmpty::Null] {
+                assert_eq!(
+                    templates.render_tree(&direct, ctx, on_empty),
+                    templates.render_tree(&via_handlebars, ctx, on_empty),
+                    "{text} with {ctx}"
+                );
+            }
+        }
+    }
 }
