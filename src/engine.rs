@@ -161,8 +161,7 @@ async fn open_queue(store: &Store, plan: &Plan, mapping: &MappingPlan) -> anyhow
         .open_queue(&mapping.table, &plan.row_columns(mapping))
         .await?
     else {
-        require_table(store, mapping).await?;
-        bail!("table `{}` disappeared", mapping.table.table);
+        return Err(missing_table(mapping));
     };
     if !store.has_claim_index(&mapping.table).await? {
         tracing::warn!(
@@ -178,14 +177,18 @@ async fn open_queue(store: &Store, plan: &Plan, mapping: &MappingPlan) -> anyhow
 /// Fails naming the fix when a mapping's table does not exist yet (a fresh
 /// database), instead of with the database's own error at the first query.
 pub async fn require_table(store: &Store, mapping: &MappingPlan) -> anyhow::Result<()> {
-    if store.columns(&mapping.table.table).await?.is_none() {
-        bail!(
-            "table `{}` does not exist in the database; create it with `engine migrate --mapping {}`",
-            mapping.table.table,
-            mapping.name
-        );
+    match store.columns(&mapping.table.table).await? {
+        Some(_) => Ok(()),
+        None => Err(missing_table(mapping)),
     }
-    Ok(())
+}
+
+fn missing_table(mapping: &MappingPlan) -> anyhow::Error {
+    anyhow::anyhow!(
+        "table `{}` does not exist in the database; create it with `engine migrate --mapping {}`",
+        mapping.table.table,
+        mapping.name
+    )
 }
 
 async fn cycle_until_done(

@@ -233,10 +233,13 @@ fn compile_node(name: &str, value: &Value, path: String, errors: &mut Vec<Templa
             } else {
                 format!("{name}:{path}")
             };
-            match compile_checked(&full_name, source) {
-                // Plain text renders to itself: no handlebars, no context.
-                Ok(template) if literal_text(&template).is_some_and(|t| !t.is_empty()) => {
-                    Node::Value(Value::String(literal_text(&template).unwrap_or_default()))
+            let compiled = compile_checked(&full_name, source);
+            // Plain text renders to itself: no handlebars, no context. (An
+            // empty leaf stays a leaf: it follows `OnEmpty`.)
+            let literal = compiled.as_ref().ok().and_then(literal_text);
+            match compiled {
+                Ok(_) if literal.as_ref().is_some_and(|t| !t.is_empty()) => {
+                    Node::Value(Value::String(literal.unwrap_or_default()))
                 }
                 Ok(template) => {
                     let typed = typed_path(&template);
