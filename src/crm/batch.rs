@@ -59,7 +59,7 @@ fn send_chunk<'a>(
                 ("items".to_string(), Value::Array(items)),
                 ("params".to_string(), params),
             ]));
-            let reply = client.send(&plan.op, &ctx).await;
+            let reply = client.send_owned(&plan.op, ctx).await;
             let results = match reply.action {
                 ReplyAction::Success => map_results(plan, reply.response.as_ref(), &sent_jobs),
                 ReplyAction::Permanent(reason) if sent_jobs.len() > 1 => {

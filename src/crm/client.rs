@@ -2,10 +2,12 @@
 //! limiter and the in-flight cap, sends it, and classifies the answer into a closed
 //! [`ReplyAction`], retrying transient failures within the connector's policy.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -65,7 +67,8 @@ struct Rendered {
     path: String,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
-    body: Option<Value>,
+    /// The JSON body, serialized once for every attempt.
+    body: Option<Bytes>,
 }
 
 /// One connector's client, shared by every task syncing to it.
@@ -184,7 +187,19 @@ impl CrmClient {
     /// failures up to the connector's `max_attempts` and waiting out rate limits
     /// without spending an attempt.
     pub async fn send(&self, op: &OpPlan, ctx: &Value) -> Reply {
-        let rendered = match self.render(op, ctx) {
+        self.send_rendered(op, self.render(op, Cow::Borrowed(ctx)))
+            .await
+    }
+
+    /// As [`CrmClient::send`], for a context built for this one request (a
+    /// batch's `items`): the body takes its values instead of copying them.
+    pub async fn send_owned(&self, op: &OpPlan, ctx: Value) -> Reply {
+        self.send_rendered(op, self.render(op, Cow::Owned(ctx)))
+            .await
+    }
+
+    async fn send_rendered(&self, op: &OpPlan, rendered: anyhow::Result<Rendered>) -> Reply {
+        let rendered = match rendered {
             Ok(rendered) => rendered,
             Err(err) => {
                 return Reply {
@@ -262,20 +277,30 @@ impl CrmClient {
             .unwrap_or(Duration::from_secs(1))
     }
 
-    fn render(&self, op: &OpPlan, ctx: &Value) -> anyhow::Result<Rendered> {
-        let path = self.templates.render_path(&op.path, ctx)?;
+    fn render(&self, op: &OpPlan, ctx: Cow<'_, Value>) -> anyhow::Result<Rendered> {
+        let path = self.templates.render_path(&op.path, &ctx)?;
         let mut query = Vec::with_capacity(op.query.len());
         for (name, tree) in &op.query {
-            query.push((name.clone(), self.templates.render_str(tree, ctx)?));
+            query.push((name.clone(), self.templates.render_str(tree, &ctx)?));
         }
         let mut headers: Vec<(String, String)> = self.plan.headers.clone();
         for (name, tree) in &op.headers {
-            headers.push((name.clone(), self.templates.render_str(tree, ctx)?));
+            headers.push((name.clone(), self.templates.render_str(tree, &ctx)?));
         }
-        let body = match &op.body {
-            Some(tree) => Some(self.templates.render_tree(tree, ctx, OnEmpty::Omit)?),
-            None => None,
+        let body = match (&op.body, ctx) {
+            (Some(tree), Cow::Borrowed(ctx)) => {
+                Some(self.templates.render_tree(tree, ctx, OnEmpty::Omit)?)
+            }
+            (Some(tree), Cow::Owned(ctx)) => Some(self.templates.render_tree_consuming(
+                tree,
+                ctx,
+                OnEmpty::Omit,
+            )?),
+            (None, _) => None,
         };
+        let body = body
+            .map(|body| serde_json::to_vec(&body).map(Bytes::from))
+            .transpose()?;
         Ok(Rendered {
             method: op.method.clone(),
             path,
@@ -355,7 +380,15 @@ impl CrmClient {
             request = request.header(name.as_str(), value.as_str());
         }
         if let Some(body) = &rendered.body {
-            request = request.json(body);
+            // As reqwest's `json()` does: a connector's own Content-Type wins.
+            let typed = rendered
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+            if !typed {
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
+            request = request.body(body.clone());
         }
         self.auth.apply(&self.http, request).await
     }

@@ -271,6 +271,18 @@ impl Templates {
         tree.render_owned(&self.fields, ctx, on_empty)
     }
 
+    /// As [`Templates::render_tree`], for a context the caller is done with:
+    /// a tree of typed insertions (a batch body, `{ inputs = "{{items}}" }`)
+    /// moves the values out of it instead of copying them.
+    pub fn render_tree_consuming(
+        &self,
+        tree: &CompiledTree,
+        ctx: serde_json::Value,
+        on_empty: OnEmpty,
+    ) -> Result<serde_json::Value, RenderError> {
+        tree.render_consuming(&self.fields, ctx, on_empty)
+    }
+
     /// Renders a path template. A `{{…}}` that renders empty (a NULL or
     /// empty value) is an error: `/contacts/` would address the collection,
     /// not the record.

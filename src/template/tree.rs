@@ -14,6 +14,10 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct CompiledTree {
     root: Node,
+    /// Every leaf is a typed insertion (`{{items}}`) of a path no other leaf
+    /// overlaps: rendering a context the caller is done with can move each
+    /// value into the result instead of copying it.
+    moves_values: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +163,8 @@ impl CompiledTree {
         let mut errors = Vec::new();
         let root = compile_node(name, tree, String::new(), &mut errors);
         if errors.is_empty() {
-            Ok(CompiledTree { root })
+            let moves_values = typed_paths(&root).is_some_and(|paths| disjoint(&paths));
+            Ok(CompiledTree { root, moves_values })
         } else {
             Err(errors)
         }
@@ -201,6 +206,26 @@ impl CompiledTree {
             RenderCtx::Borrowed { data, .. } => data.clone(),
         };
         (rendered, ctx)
+    }
+
+    /// Renders for a context the caller will not use again (a batch body
+    /// over its `items`): when [`CompiledTree::moves_values`] holds, each
+    /// value moves out of `ctx` into the result, so a batch of 100 records
+    /// is not copied once more; otherwise as [`CompiledTree::render_owned`].
+    pub(super) fn render_consuming(
+        &self,
+        hb: &Handlebars<'static>,
+        mut ctx: Value,
+        on_empty: OnEmpty,
+    ) -> Result<Value, RenderError> {
+        if !self.moves_values {
+            return self.render_owned(hb, ctx, on_empty).0;
+        }
+        let mut mover = Mover {
+            ctx: &mut ctx,
+            on_empty,
+        };
+        mover.node(&self.root).map(|v| v.unwrap_or(Value::Null))
     }
 
     pub(super) fn render_str(
@@ -386,37 +411,8 @@ impl RenderCtx<'_> {
 impl Renderer<'_> {
     /// `None` means "omit me".
     fn node(&mut self, node: &Node) -> Result<Option<Value>, RenderError> {
-        match node {
-            Node::Value(v) => Ok(Some(v.clone())),
-            Node::Leaf(leaf) => {
-                let value = self.leaf(leaf)?;
-                Ok(if is_empty(&value) {
-                    match self.on_empty {
-                        OnEmpty::Omit => None,
-                        OnEmpty::EmptyString => Some(Value::String(String::new())),
-                        OnEmpty::Null => Some(Value::Null),
-                    }
-                } else {
-                    Some(value)
-                })
-            }
-            Node::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for item in items {
-                    out.extend(self.node(item)?);
-                }
-                Ok(Some(Value::Array(out)))
-            }
-            Node::Object(entries) => {
-                let mut out = Map::with_capacity(entries.len());
-                for (k, v) in entries {
-                    if let Some(v) = self.node(v)? {
-                        out.insert(k.clone(), v);
-                    }
-                }
-                Ok(Some(Value::Object(out)))
-            }
-        }
+        let on_empty = self.on_empty;
+        walk(node, on_empty, &mut |leaf| self.leaf(leaf))
     }
 
     fn leaf(&mut self, leaf: &Leaf) -> Result<Value, RenderError> {
@@ -442,6 +438,105 @@ impl Renderer<'_> {
     }
 }
 
+/// The typed paths of every leaf, or `None` if some leaf is not a typed
+/// insertion (handlebars and helper calls may read anything).
+fn typed_paths(node: &Node) -> Option<Vec<&[String]>> {
+    let mut paths = Vec::new();
+    let mut pending = vec![node];
+    while let Some(node) = pending.pop() {
+        match node {
+            Node::Value(_) => {}
+            Node::Leaf(leaf) => paths.push(leaf.typed.as_deref()?),
+            Node::Array(items) => pending.extend(items),
+            Node::Object(entries) => pending.extend(entries.iter().map(|(_, v)| v)),
+        }
+    }
+    Some(paths)
+}
+
+/// No path equals another or lies inside it (`items` and `items.0` overlap).
+fn disjoint(paths: &[&[String]]) -> bool {
+    paths.iter().enumerate().all(|(i, a)| {
+        paths[i + 1..]
+            .iter()
+            .all(|b| !a.starts_with(b) && !b.starts_with(a))
+    })
+}
+
+/// Renders a [`CompiledTree`] whose leaves are all disjoint typed paths by
+/// moving each value out of the context (see [`CompiledTree::render_consuming`]).
+struct Mover<'a> {
+    ctx: &'a mut Value,
+    on_empty: OnEmpty,
+}
+
+impl Mover<'_> {
+    fn node(&mut self, node: &Node) -> Result<Option<Value>, RenderError> {
+        let on_empty = self.on_empty;
+        walk(node, on_empty, &mut |leaf| {
+            let path = leaf.typed.as_deref().unwrap_or_default();
+            lookup_mut(self.ctx, path)
+                .map(std::mem::take)
+                .ok_or_else(|| RenderError {
+                    leaf: leaf.path.clone(),
+                    message: missing_variable(&path.join(".")),
+                })
+        })
+    }
+}
+
+/// Builds the value of `node`, asking `leaf` for each leaf's value; `None`
+/// means "omit me" (an empty leaf under [`OnEmpty::Omit`]).
+fn walk(
+    node: &Node,
+    on_empty: OnEmpty,
+    leaf: &mut impl FnMut(&Leaf) -> Result<Value, RenderError>,
+) -> Result<Option<Value>, RenderError> {
+    match node {
+        Node::Value(v) => Ok(Some(v.clone())),
+        Node::Leaf(l) => {
+            let value = leaf(l)?;
+            Ok(if is_empty(&value) {
+                match on_empty {
+                    OnEmpty::Omit => None,
+                    OnEmpty::EmptyString => Some(Value::String(String::new())),
+                    OnEmpty::Null => Some(Value::Null),
+                }
+            } else {
+                Some(value)
+            })
+        }
+        Node::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.extend(walk(item, on_empty, leaf)?);
+            }
+            Ok(Some(Value::Array(out)))
+        }
+        Node::Object(entries) => {
+            let mut out = Map::with_capacity(entries.len());
+            for (k, v) in entries {
+                if let Some(v) = walk(v, on_empty, leaf)? {
+                    out.insert(k.clone(), v);
+                }
+            }
+            Ok(Some(Value::Object(out)))
+        }
+    }
+}
+
+/// [`lookup`], for a value to take.
+fn lookup_mut<'v>(mut value: &'v mut Value, path: &[String]) -> Option<&'v mut Value> {
+    for seg in path {
+        value = match value {
+            Value::Object(map) => map.get_mut(seg)?,
+            Value::Array(items) => items.get_mut(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
 /// The value at `path`, as handlebars would find it (array items by index).
 fn lookup<'v>(mut value: &'v Value, path: &[String]) -> Option<&'v Value> {
     for seg in path {
@@ -458,6 +553,28 @@ fn lookup<'v>(mut value: &'v Value, path: &[String]) -> Option<&'v Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_trees_of_disjoint_typed_insertions_move_values() {
+        let moves = |tree: Value| CompiledTree::compile("t", &tree).unwrap().moves_values;
+        assert!(moves(json!({"inputs": "{{items}}"})));
+        assert!(moves(
+            json!({"a": "{{x.y}}", "b": "{{x.z}}", "c": "text", "d": 1})
+        ));
+        assert!(
+            !moves(json!({"a": "{{x}}", "b": "{{x.z}}"})),
+            "overlapping paths"
+        );
+        assert!(
+            !moves(json!({"a": "{{x}}", "b": "{{x}}"})),
+            "one value used twice"
+        );
+        assert!(
+            !moves(json!({"a": "{{x}}", "b": "id {{y}}"})),
+            "handlebars may read anything"
+        );
+        assert!(!moves(json!({"a": "{{lower x}}"})), "so may a helper");
+    }
 
     #[test]
     fn keys_are_written_like_toml_dotted_keys() {

@@ -87,6 +87,38 @@ fn rendering_a_context_given_away_matches_rendering_a_borrowed_one_and_hands_it_
 }
 
 #[test]
+fn a_consumed_context_renders_exactly_like_a_borrowed_one_whether_values_move_or_not() {
+    let mut templates = Templates::new();
+    let ctx = json!({
+        "items": [{"id": "a@x.io", "properties": {"n": 1}}, {"id": "b@x.io"}],
+        "params": {"list": 7},
+        "empty": "",
+    });
+    let trees = [
+        // Disjoint typed insertions only: the values move.
+        json!({"inputs": "{{items}}", "list": "{{params.list}}", "kind": "upsert", "n": 3, "gone": "{{empty}}"}),
+        // Overlapping paths and text around a variable: rendered as before.
+        json!({"inputs": "{{items}}", "first": "{{items.0.id}}"}),
+        json!({"note": "list {{params.list}}", "inputs": "{{items}}"}),
+    ];
+    for tree in trees {
+        let tree = compile(&mut templates, &tree);
+        let borrowed = templates.render_tree(&tree, &ctx, OnEmpty::Omit);
+        let consumed = templates.render_tree_consuming(&tree, ctx.clone(), OnEmpty::Omit);
+        assert_eq!(consumed, borrowed);
+        assert!(consumed.is_ok(), "{consumed:?}");
+    }
+    let missing = compile(&mut templates, &json!({"inputs": "{{itms}}"}));
+    let borrowed = templates
+        .render_tree(&missing, &ctx, OnEmpty::Omit)
+        .unwrap_err();
+    let consumed = templates
+        .render_tree_consuming(&missing, ctx.clone(), OnEmpty::Omit)
+        .unwrap_err();
+    assert_eq!(consumed.to_string(), borrowed.to_string());
+}
+
+#[test]
 fn a_name_with_quotes_backslashes_newlines_and_emoji_round_trips_exactly_through_json() {
     let name = "Zoë \"The Hammer\" O'Neil \\ backslash\nsecond line\t🎉👩‍👩‍👧 </script>";
     let mut templates = Templates::new();

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::super::common::iso;
 use super::super::state::Now;
@@ -82,45 +82,56 @@ impl Contact {
     }
 }
 
-/// A SimplePublicObject: `{id, properties, createdAt, updatedAt, archived}`.
+/// A SimplePublicObject: `{id, properties, createdAt, updatedAt, archived}`,
+/// properties sorted by name. Built straight into its maps: a batch answer
+/// holds 100 of these.
 fn object_json(
     id: u64,
     created_at: DateTime<Utc>,
     version: &Version,
     projection: &Projection,
 ) -> Value {
-    let mut props: BTreeMap<&str, Value> = BTreeMap::new();
     let value = |name: &str| {
         version
             .props
             .get(name)
             .map_or(Value::Null, |v| v.as_str().into())
     };
-    match projection {
-        Projection::All => props.extend(
-            version
-                .props
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str().into())),
-        ),
-        Projection::Default => props.extend(DEFAULT_VIEW.iter().map(|&name| (name, value(name)))),
-        Projection::Named(names) => {
-            props.extend(names.iter().map(|name| (name.as_str(), value(name))))
-        }
-    }
-    let id_text = id.to_string();
-    props.insert("hs_object_id", id_text.clone().into());
-    props.insert("createdate", iso(created_at).into());
-    props.insert("lastmodifieddate", iso(version.updated_at).into());
+    let mut props: Vec<(&str, Value)> = match projection {
+        Projection::All => version
+            .props
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().into()))
+            .collect(),
+        Projection::Default => DEFAULT_VIEW
+            .iter()
+            .map(|&name| (name, value(name)))
+            .collect(),
+        Projection::Named(names) => names
+            .iter()
+            .map(|name| (name.as_str(), value(name)))
+            .collect(),
+    };
+    let (id_text, created, updated) = (id.to_string(), iso(created_at), iso(version.updated_at));
+    // System properties replace a stored or requested value of the same name.
+    let system = ["hs_object_id", "createdate", "lastmodifieddate"];
+    props.retain(|(name, _)| !system.contains(name));
+    props.extend([
+        ("hs_object_id", Value::from(id_text.as_str())),
+        ("createdate", Value::from(created.as_str())),
+        ("lastmodifieddate", Value::from(updated.as_str())),
+    ]);
+    props.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    props.dedup_by(|a, b| a.0 == b.0);
     let properties: Map<String, Value> =
         props.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    json!({
-        "id": id_text,
-        "properties": properties,
-        "createdAt": iso(created_at),
-        "updatedAt": iso(version.updated_at),
-        "archived": false,
-    })
+    let mut object = Map::with_capacity(5);
+    object.insert("id".into(), id_text.into());
+    object.insert("properties".into(), properties.into());
+    object.insert("createdAt".into(), created.into());
+    object.insert("updatedAt".into(), updated.into());
+    object.insert("archived".into(), false.into());
+    Value::Object(object)
 }
 
 #[derive(Debug, Default)]
