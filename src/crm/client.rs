@@ -229,12 +229,34 @@ impl CrmClient {
             let (outcome, response) = self.send_once(op, &rendered).await;
             match outcome {
                 Step::Done(action) => return Reply { action, response },
-                Step::Retry { reason, after } if attempt < self.plan.retry.max_attempts => {
+                Step::Retry {
+                    reason,
+                    after,
+                    maybe_applied,
+                } if attempt < self.plan.retry.max_attempts
+                    && (op.repeatable || !maybe_applied) =>
+                {
                     let delay =
                         after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
                     tokio::time::sleep(delay.min(self.backoff.max)).await;
                     attempt += 1;
+                }
+                Step::Retry { reason, .. }
+                    if !op.repeatable && attempt < self.plan.retry.max_attempts =>
+                {
+                    // A create with no conflict answer (Pipedrive's) that may have
+                    // landed: sent again now, it could make a second record. The
+                    // row's retry starts over from the lookup, after the CRM's
+                    // search has had its retry delay to catch up.
+                    return Reply {
+                        action: ReplyAction::Transient(format!(
+                            "{reason} (not repeated at once: the create may have been applied, \
+                             and repeating it could duplicate the record; the row's next \
+                             attempt looks the record up first)"
+                        )),
+                        response,
+                    };
                 }
                 Step::Retry { reason, .. } => {
                     let reason = if attempt > 1 {
@@ -327,6 +349,7 @@ impl CrmClient {
                     Step::Retry {
                         reason: format!("authentication failed: {err:#}"),
                         after: None,
+                        maybe_applied: false,
                     },
                     None,
                 );
@@ -343,7 +366,10 @@ impl CrmClient {
                 if let Some(url) = err.url_mut() {
                     url.set_query(None);
                 }
-                return (step_of(outcome::classify_transport_error(&err)), None);
+                // A connection that never opened carried nothing.
+                let maybe_applied = !err.is_connect();
+                let step = step_of(outcome::classify_transport_error(&err), maybe_applied);
+                return (step, None);
             }
         };
         let status = response.status().as_u16();
@@ -361,7 +387,7 @@ impl CrmClient {
             return (step, Some(response));
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
-        (step_of(classified), Some(response))
+        (step_of(classified, true), Some(response))
     }
 
     async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<reqwest::RequestBuilder> {
@@ -400,6 +426,9 @@ enum Step {
     Retry {
         reason: String,
         after: Option<Duration>,
+        /// The request may have reached the CRM and taken effect (a timeout,
+        /// a 5xx): only a repeatable operation is sent again at once.
+        maybe_applied: bool,
     },
     RateLimited {
         reason: String,
@@ -407,11 +436,16 @@ enum Step {
     },
 }
 
-fn step_of(outcome: Outcome) -> Step {
+/// `maybe_applied`: see [`Step::Retry`].
+fn step_of(outcome: Outcome, maybe_applied: bool) -> Step {
     match outcome {
         Outcome::Success => Step::Done(ReplyAction::Success),
         Outcome::Permanent { reason } => Step::Done(ReplyAction::Permanent(reason)),
-        Outcome::Retry { reason, after } => Step::Retry { reason, after },
+        Outcome::Retry { reason, after } => Step::Retry {
+            reason,
+            after,
+            maybe_applied,
+        },
         Outcome::RateLimited { reason, after } => Step::RateLimited { reason, after },
     }
 }
@@ -443,6 +477,7 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
         RuleAction::Retry => Step::Retry {
             reason,
             after: rule.wait,
+            maybe_applied: true,
         },
         RuleAction::RateLimited => Step::RateLimited {
             reason,

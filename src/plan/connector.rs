@@ -104,6 +104,11 @@ pub struct OpPlan {
     pub id_pointer: Option<String>,
     /// Special cases.
     pub rules: Vec<RulePlan>,
+    /// Whether sending it twice has the effect of sending it once. False
+    /// only for a lookup_then_write create with no rule that turns a conflict
+    /// into an update or lookup: after a timeout or a 5xx it is not sent again
+    /// at once (the row retries later, from the lookup).
+    pub repeatable: bool,
 }
 
 /// A compiled rule.
@@ -502,9 +507,14 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
                     missing(ctx, what);
                 }
             }
+            let mut create = create??;
+            create.repeatable = create
+                .rules
+                .iter()
+                .any(|rule| matches!(rule.then, RuleAction::Update | RuleAction::Lookup));
             Some(Flow::LookupThenWrite {
                 lookup: lookup??,
-                create: create??,
+                create,
                 update: update??,
             })
         }
@@ -721,6 +731,7 @@ fn build_request(
         class: class.to_string(),
         id_pointer,
         rules,
+        repeatable: true,
     })
 }
 

@@ -59,12 +59,21 @@ struct Harness {
 
 impl Harness {
     async fn new(backend: Backend, script: Vec<Reply>, max_retries: u32) -> Option<Harness> {
+        Self::with_connector(backend, CONNECTOR, script, max_retries).await
+    }
+
+    async fn with_connector(
+        backend: Backend,
+        connector: &str,
+        script: Vec<Reply>,
+        max_retries: u32,
+    ) -> Option<Harness> {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
         let crm = ScriptedCrm::start(script).await;
         let config = ConfigDir::shipped();
         config
-            .write("connectors/crm.toml", CONNECTOR)
+            .write("connectors/crm.toml", connector)
             .write("mappings/crm.toml", &mapping(&db.table, max_retries));
         let env = BTreeMap::from([
             ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
@@ -160,6 +169,95 @@ on_both_backends!(
     a_row_that_runs_out_of_retries_ends_in_error,
     a_row_without_a_key_ends_in_error_while_the_others_sync,
 );
+
+/// Pipedrive's shape: search, then create or update; the create has no
+/// conflict answer unless `create_rules` gives it one.
+fn lookup_then_write(create_rules: &str) -> String {
+    format!(
+        r#"
+base_url = "http://127.0.0.1:9"
+[auth]
+kind = "bearer"
+token_env = "CRM_TOKEN"
+[retry]
+max_attempts = 3
+base_delay_ms = 1
+max_delay_ms = 1
+[upsert]
+mode = "lookup_then_write"
+[upsert.lookup]
+method = "GET"
+path = "/persons/search"
+query = {{ term = "{{{{key}}}}" }}
+id_pointer = "/data/items/0/item/id"
+[upsert.create]
+method = "POST"
+path = "/persons"
+body = {{ email = "{{{{key}}}}" }}
+id_pointer = "/data/id"
+{create_rules}
+[upsert.update]
+method = "PATCH"
+path = "/persons/{{{{id}}}}"
+body = {{ email = "{{{{key}}}}" }}
+id_pointer = "/data/id"
+"#
+    )
+}
+
+/// The search finds nothing; every create answers 502 (it may have landed).
+fn search_empty_then_create_fails() -> Vec<Reply> {
+    vec![
+        Reply::json(200, json!({"data": {"items": []}})),
+        Reply::json(502, json!({"error": "Bad gateway"})),
+    ]
+}
+
+fn methods(crm: &ScriptedCrm) -> Vec<String> {
+    crm.received().iter().map(|r| r.method.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_with_no_conflict_answer_is_not_sent_again_at_once_after_a_502() {
+    let connector = lookup_then_write("");
+    let script = search_empty_then_create_fails();
+    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
+        .await
+        .expect("SQLite is always there");
+    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.run(Arc::new(ManualClock::default())).await;
+    // Sent again now, the create could make a second person: the row waits for
+    // its retry, which starts over from the search.
+    assert_eq!(methods(&h.crm), ["GET", "POST"]);
+    let row = h.row(ID).await;
+    assert_eq!(text(&row, "crm_processing_status"), "Queued");
+    assert_eq!(count(&row), 1);
+    let error = text(&row, "crm_processing_error");
+    assert!(
+        error.contains("502") && error.contains("not repeated at once"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_conflict_becomes_an_update_is_retried_at_once() {
+    let rules = r#"rules = [{ status = 409, message_regex = 'id=(\d+)', then = "update" }]"#;
+    let connector = lookup_then_write(rules);
+    let script = search_empty_then_create_fails();
+    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
+        .await
+        .expect("SQLite is always there");
+    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.run(Arc::new(ManualClock::default())).await;
+    // A repeat that landed twice answers 409 and becomes an update: safe.
+    assert_eq!(methods(&h.crm), ["GET", "POST", "POST", "POST"]);
+    let row = h.row(ID).await;
+    assert_eq!(text(&row, "crm_processing_status"), "Queued");
+    assert!(
+        text(&row, "crm_processing_error").contains("after 3 attempts"),
+        "{row:?}"
+    );
+}
 
 async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accepts(
     backend: Backend,
