@@ -205,12 +205,20 @@ id_pointer = "/data/id"
     )
 }
 
-/// The search finds nothing; every create answers 502 (it may have landed).
-fn search_empty_then_create_fails() -> Vec<Reply> {
-    vec![
+/// One row through [`lookup_then_write`] on SQLite: the search finds nothing and
+/// every create answers 502 (it may have landed).
+async fn sync_one_row_whose_create_fails(create_rules: &str) -> Harness {
+    let script = vec![
         Reply::json(200, json!({"data": {"items": []}})),
         Reply::json(502, json!({"error": "Bad gateway"})),
-    ]
+    ];
+    let connector = lookup_then_write(create_rules);
+    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
+        .await
+        .expect("SQLite is always there");
+    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.run(Arc::new(ManualClock::default())).await;
+    h
 }
 
 fn methods(crm: &ScriptedCrm) -> Vec<String> {
@@ -219,13 +227,7 @@ fn methods(crm: &ScriptedCrm) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_with_no_conflict_answer_is_not_sent_again_at_once_after_a_502() {
-    let connector = lookup_then_write("");
-    let script = search_empty_then_create_fails();
-    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
-        .await
-        .expect("SQLite is always there");
-    h.insert(&[(ID, json!("a@example.com"))]).await;
-    h.run(Arc::new(ManualClock::default())).await;
+    let h = sync_one_row_whose_create_fails("").await;
     // Sent again now, the create could make a second person: the row waits for
     // its retry, which starts over from the search.
     assert_eq!(methods(&h.crm), ["GET", "POST"]);
@@ -242,13 +244,7 @@ async fn a_create_with_no_conflict_answer_is_not_sent_again_at_once_after_a_502(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_conflict_becomes_an_update_is_retried_at_once() {
     let rules = r#"rules = [{ status = 409, message_regex = 'id=(\d+)', then = "update" }]"#;
-    let connector = lookup_then_write(rules);
-    let script = search_empty_then_create_fails();
-    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
-        .await
-        .expect("SQLite is always there");
-    h.insert(&[(ID, json!("a@example.com"))]).await;
-    h.run(Arc::new(ManualClock::default())).await;
+    let h = sync_one_row_whose_create_fails(rules).await;
     // A repeat that landed twice answers 409 and becomes an update: safe.
     assert_eq!(methods(&h.crm), ["GET", "POST", "POST", "POST"]);
     let row = h.row(ID).await;
