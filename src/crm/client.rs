@@ -233,41 +233,37 @@ impl CrmClient {
                     reason,
                     after,
                     maybe_applied,
-                } if attempt < self.plan.retry.max_attempts
-                    && (op.repeatable || !maybe_applied) =>
-                {
+                } => {
+                    if attempt >= self.plan.retry.max_attempts {
+                        let reason = if attempt > 1 {
+                            format!("{reason} (after {attempt} attempts)")
+                        } else {
+                            reason
+                        };
+                        return Reply {
+                            action: ReplyAction::Transient(reason),
+                            response,
+                        };
+                    }
+                    if maybe_applied && !op.repeatable {
+                        // A create with no conflict answer that may have landed:
+                        // sent again now, it could make a second record. The row's
+                        // retry starts over from the lookup, after the CRM's search
+                        // has had the row's retry delay to catch up.
+                        return Reply {
+                            action: ReplyAction::Transient(format!(
+                                "{reason} (not repeated at once: the create may have been applied, \
+                                 and repeating it could duplicate the record; the row's next \
+                                 attempt looks the record up first)"
+                            )),
+                            response,
+                        };
+                    }
                     let delay =
                         after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
                     tokio::time::sleep(delay.min(self.backoff.max)).await;
                     attempt += 1;
-                }
-                Step::Retry { reason, .. }
-                    if !op.repeatable && attempt < self.plan.retry.max_attempts =>
-                {
-                    // A create with no conflict answer (Pipedrive's) that may have
-                    // landed: sent again now, it could make a second record. The
-                    // row's retry starts over from the lookup, after the CRM's
-                    // search has had its retry delay to catch up.
-                    return Reply {
-                        action: ReplyAction::Transient(format!(
-                            "{reason} (not repeated at once: the create may have been applied, \
-                             and repeating it could duplicate the record; the row's next \
-                             attempt looks the record up first)"
-                        )),
-                        response,
-                    };
-                }
-                Step::Retry { reason, .. } => {
-                    let reason = if attempt > 1 {
-                        format!("{reason} (after {attempt} attempts)")
-                    } else {
-                        reason
-                    };
-                    return Reply {
-                        action: ReplyAction::Transient(reason),
-                        response,
-                    };
                 }
                 Step::RateLimited { reason, after } => {
                     let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
