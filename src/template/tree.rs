@@ -221,11 +221,17 @@ impl CompiledTree {
         if !self.moves_values {
             return self.render_owned(hb, ctx, on_empty).0;
         }
-        let mut mover = Mover {
-            ctx: &mut ctx,
-            on_empty,
+        // Every leaf is a typed path no other leaf overlaps: take its value.
+        let take = &mut |leaf: &Leaf| {
+            let path = leaf.typed.as_deref().unwrap_or_default();
+            lookup_mut(&mut ctx, path)
+                .map(std::mem::take)
+                .ok_or_else(|| RenderError {
+                    leaf: leaf.path.clone(),
+                    message: missing_variable(&path.join(".")),
+                })
         };
-        mover.node(&self.root).map(|v| v.unwrap_or(Value::Null))
+        walk(&self.root, on_empty, take).map(|v| v.unwrap_or(Value::Null))
     }
 
     pub(super) fn render_str(
@@ -461,28 +467,6 @@ fn disjoint(paths: &[&[String]]) -> bool {
             .iter()
             .all(|b| !a.starts_with(b) && !b.starts_with(a))
     })
-}
-
-/// Renders a [`CompiledTree`] whose leaves are all disjoint typed paths by
-/// moving each value out of the context (see [`CompiledTree::render_consuming`]).
-struct Mover<'a> {
-    ctx: &'a mut Value,
-    on_empty: OnEmpty,
-}
-
-impl Mover<'_> {
-    fn node(&mut self, node: &Node) -> Result<Option<Value>, RenderError> {
-        let on_empty = self.on_empty;
-        walk(node, on_empty, &mut |leaf| {
-            let path = leaf.typed.as_deref().unwrap_or_default();
-            lookup_mut(self.ctx, path)
-                .map(std::mem::take)
-                .ok_or_else(|| RenderError {
-                    leaf: leaf.path.clone(),
-                    message: missing_variable(&path.join(".")),
-                })
-        })
-    }
 }
 
 /// Builds the value of `node`, asking `leaf` for each leaf's value; `None`
