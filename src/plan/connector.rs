@@ -447,22 +447,13 @@ fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
 }
 
 fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
-    let lookup = upsert
-        .lookup
-        .as_ref()
-        .map(|op| build_op(ctx, "upsert.lookup", op));
-    let update = upsert
-        .update
-        .as_ref()
-        .map(|op| build_op(ctx, "upsert.update", op));
-    let create = upsert
-        .create
-        .as_ref()
-        .map(|op| build_op(ctx, "upsert.create", op));
-    let single = upsert
-        .single
-        .as_ref()
-        .map(|op| build_op(ctx, "upsert.single", op));
+    // `None`: not configured; `Some(None)`: configured, with errors reported.
+    let mut build =
+        |label: &str, op: &Option<Operation>| op.as_ref().map(|op| build_op(ctx, label, op));
+    let lookup = build("upsert.lookup", &upsert.lookup);
+    let update = build("upsert.update", &upsert.update);
+    let create = build("upsert.create", &upsert.create);
+    let single = build("upsert.single", &upsert.single);
     let batch = upsert.batch.as_ref().map(|op| build_batch(ctx, op));
     let all_ops = [&single, &lookup, &create, &update];
     for op in all_ops.iter().copied().flatten().flatten() {

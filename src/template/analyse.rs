@@ -6,7 +6,7 @@ use handlebars::template::{BlockParam, HelperTemplate, Parameter, Subexpression,
 use handlebars::{Path, PathSeg, Template, TemplateErrorReason};
 
 use super::TemplateError;
-use super::helpers::{HELPERS, arity, describe_arity};
+use super::helpers::{all_helpers, arity, describe_arity, is_helper};
 
 /// What [`analyse`] found in one template.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,9 +220,8 @@ fn offset_of(source: &str, line: usize, column: usize) -> usize {
 /// The closest known helper to an unknown name, if it is close enough.
 #[must_use]
 pub fn suggest_helper(name: &str) -> Option<&'static str> {
-    HELPERS
-        .iter()
-        .map(|h| (strsim::jaro_winkler(name, h), *h))
+    all_helpers()
+        .map(|h| (strsim::jaro_winkler(name, h), h))
         .filter(|(score, _)| *score >= 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, h)| h)
@@ -388,7 +387,7 @@ impl Walker<'_> {
         if !self.out.helpers.iter().any(|h| h == name) {
             self.out.helpers.push(name.to_owned());
         }
-        if !HELPERS.contains(&name) {
+        if !is_helper(name) {
             let message = match suggest_helper(name) {
                 Some(s) => format!("unknown helper `{name}`; did you mean `{s}`?"),
                 None => format!("unknown helper `{name}`"),
@@ -442,8 +441,7 @@ impl Walker<'_> {
 pub(crate) fn is_helper_path(path: &Path) -> bool {
     match path {
         Path::Relative((segs, raw)) => {
-            matches!(segs.as_slice(), [PathSeg::Named(n)] if n == raw)
-                && HELPERS.contains(&raw.as_str())
+            matches!(segs.as_slice(), [PathSeg::Named(n)] if n == raw) && is_helper(raw)
         }
         Path::Local(_) => false,
     }

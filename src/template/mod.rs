@@ -28,7 +28,7 @@
 //! RFC 3339 string, pins the clock of `today` and `today_epoch_ms`.
 //!
 //! # Helpers
-//! See [`HELPERS`] and the `helpers` module: `lower`, `upper`, `trim`,
+//! See [`all_helpers`] and the `helpers` module: `lower`, `upper`, `trim`,
 //! `first_name`, `last_name`, `today`, `today_epoch_ms`, `e164`, `md5`,
 //! `sha256`, `urlencode`, `default`, `coalesce`, `json`, `date_ymd`,
 //! `epoch_ms`, plus handlebars' own (`if`, `each`, `eq`, …).
@@ -42,7 +42,7 @@ use std::fmt;
 use handlebars::{Handlebars, RenderErrorReason, Template};
 
 pub use analyse::{Analysis, analyse, suggest_helper};
-pub use helpers::{BUILTIN_HELPERS, ENGINE_HELPERS, HELPERS, NOW_KEY, now_rfc3339};
+pub use helpers::{BUILTIN_HELPERS, ENGINE_HELPERS, NOW_KEY, all_helpers, is_helper, now_rfc3339};
 pub use tree::CompiledTree;
 
 /// What to send for a leaf that renders empty (`""`, or a typed `null`).
