@@ -34,7 +34,7 @@ use engine::store::{Backend, Queue, RowResult, RowUpdate, Store, TableSpec};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
 use support::{
-    completion, load_average, max_in_flight, median, memory_kb, plan_at, rate_limited,
+    CpuTicks, completion, load_average, max_in_flight, median, memory_kb, plan_at, rate_limited,
     shipped_plan, total_requests, unlimited_config,
 };
 
@@ -505,6 +505,7 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         Backend::Postgres => 10_000.0,
     };
     let (mut engine_rates, mut db_rates) = (Vec::new(), Vec::new());
+    let (mut cpu_per_contact, mut steals) = (Vec::new(), Vec::new());
     for run in 1..=runs {
         let sandbox = Sandbox::start(open_sandbox()).await?;
         let env = sandbox_env(&sandbox.base_url());
@@ -546,6 +547,7 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         let db = Db::fresh(backend, &plan).await?;
         db.fill(rows).await?;
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let cpu_before = CpuTicks::now();
         let start = Instant::now();
         let options = RunOptions {
             progress_every: None,
@@ -562,6 +564,7 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         )
         .await?;
         let elapsed = start.elapsed();
+        let cpu = cpu_before.zip(CpuTicks::now()).map(|(a, b)| a.since(b));
         let (complete, _) = completion(&db.store, &spec).await?;
         ensure!(
             complete as u64 == rows,
@@ -572,8 +575,23 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
 
         let engine_rate = rows as f64 / elapsed.as_secs_f64();
         let db_rate = rows as f64 / db_elapsed.as_secs_f64();
+        // CPU of the whole machine (engine, sandbox, PostgreSQL) per contact:
+        // unlike contacts/s, it does not move with what other guests of the
+        // host take from this VM (steal).
+        let cpu_text = cpu.map_or_else(
+            || "cpu not readable".to_string(),
+            |c| {
+                format!(
+                    "cpu {:.2} s on all cores = {:.1} µs/contact, idle {:.0} %, steal {:.0} %",
+                    c.busy_secs,
+                    c.busy_secs * 1e6 / rows as f64,
+                    c.idle * 100.0,
+                    c.steal * 100.0
+                )
+            },
+        );
         println!(
-            "run {run}: engine {:.2} s = {engine_rate:.0} contacts/s ({} requests); claim+record alone {:.2} s = {db_rate:.0} rows/s; load {}",
+            "run {run}: engine {:.2} s = {engine_rate:.0} contacts/s ({} requests), {cpu_text}; claim+record alone {:.2} s = {db_rate:.0} rows/s; load {}",
             elapsed.as_secs_f64(),
             total_requests(&stats),
             db_elapsed.as_secs_f64(),
@@ -581,6 +599,10 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         );
         engine_rates.push(engine_rate);
         db_rates.push(db_rate);
+        if let Some(c) = cpu {
+            cpu_per_contact.push(c.busy_secs * 1e6 / rows as f64);
+            steals.push(c.steal * 100.0);
+        }
     }
     Ok(vec![
         Line {
@@ -594,6 +616,20 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
             scenario: name,
             figure: "rows/s, claim + record alone",
             values: db_rates,
+            decimals: 0,
+            target: Target::Info,
+        },
+        Line {
+            scenario: name,
+            figure: "CPU µs per contact end to end, whole machine",
+            values: cpu_per_contact,
+            decimals: 1,
+            target: Target::Info,
+        },
+        Line {
+            scenario: name,
+            figure: "% of CPU time stolen by the host end to end",
+            values: steals,
             decimals: 0,
             target: Target::Info,
         },

@@ -97,6 +97,9 @@ pub fn max_in_flight(stats: &Value) -> u64 {
 
 /// The middle value (the lower middle for an even count).
 pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[(sorted.len() - 1) / 2]
@@ -108,6 +111,61 @@ pub fn load_average() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
+}
+
+/// The machine's CPU time by kind, in clock ticks, from the first line of
+/// `/proc/stat`: what every process used (engine, sandbox, PostgreSQL), what
+/// stayed idle, and what the hypervisor gave to other guests (steal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub idle: u64,
+    pub steal: u64,
+}
+
+impl CpuTicks {
+    /// `None` off Linux.
+    pub fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already counted in user).
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        Some(CpuTicks {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+
+    /// What was spent between `self` and `later`, as fractions of all ticks:
+    /// (busy seconds on all cores, idle fraction, steal fraction).
+    pub fn since(self, later: CpuTicks) -> CpuSpent {
+        let busy = later.busy.saturating_sub(self.busy);
+        let idle = later.idle.saturating_sub(self.idle);
+        let steal = later.steal.saturating_sub(self.steal);
+        let all = (busy + idle + steal).max(1) as f64;
+        CpuSpent {
+            // USER_HZ is 100 on every Linux this runs on.
+            busy_secs: busy as f64 / 100.0,
+            idle: idle as f64 / all,
+            steal: steal as f64 / all,
+        }
+    }
+}
+
+/// CPU used over an interval, by the whole machine.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSpent {
+    pub busy_secs: f64,
+    pub idle: f64,
+    pub steal: f64,
 }
 
 /// `VmHWM` and `VmRSS` (kB) of a process, from `/proc/<pid>/status`.
