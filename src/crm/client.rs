@@ -370,12 +370,12 @@ impl CrmClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let text = response.text().await.unwrap_or_default();
+        let raw = response.bytes().await.unwrap_or_default();
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
         self.limiter
             .observe_sent(&op.class, info.remaining, info.reset, sent_at);
-        let response = Response::new(status, &text, &self.plan.message_pointers);
+        let response = Response::new(status, &raw, &self.plan.message_pointers);
         if status == 401 {
             self.auth.invalidate().await;
         }

@@ -14,9 +14,9 @@ pub struct Response {
 }
 
 impl Response {
-    /// Builds a response from raw parts.
-    pub fn new(status: u16, text: &str, message_pointers: &[String]) -> Self {
-        let body: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    /// Builds a response from its status and raw body.
+    pub fn new(status: u16, raw: &[u8], message_pointers: &[String]) -> Self {
+        let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
         let message = message_pointers
             .iter()
             .find_map(|pointer| {
@@ -24,7 +24,7 @@ impl Response {
                     .and_then(Value::as_str)
                     .map(String::from)
             })
-            .unwrap_or_else(|| excerpt(text));
+            .unwrap_or_else(|| excerpt(&String::from_utf8_lossy(raw)));
         Self {
             status,
             body,
@@ -58,12 +58,71 @@ pub fn id_text(value: &Value) -> Option<String> {
     }
 }
 
-/// At most 300 characters of a body, on one line.
+/// At most [`EXCERPT_CHARS`] characters of a body, on one line: runs of
+/// whitespace become one space, and `…` marks a cut.
+///
+/// It reads only as far as it keeps: a success's body has no error message,
+/// so every batch response (100 records, tens of kilobytes) comes here.
 pub fn excerpt(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > 300 {
-        flat.chars().take(300).collect::<String>() + "…"
-    } else {
-        flat
+    let mut flat = String::new();
+    let mut chars = 0;
+    for word in text.split_whitespace() {
+        if chars > 0 {
+            flat.push(' ');
+            chars += 1;
+        }
+        flat.push_str(word);
+        chars += word.chars().count();
+        if chars > EXCERPT_CHARS {
+            let cut = flat
+                .char_indices()
+                .nth(EXCERPT_CHARS)
+                .map_or(flat.len(), |(at, _)| at);
+            flat.truncate(cut);
+            flat.push('…');
+            break;
+        }
+    }
+    flat
+}
+
+/// The length of [`excerpt`].
+pub const EXCERPT_CHARS: usize = 300;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_keeps_a_short_body_whole_on_one_line() {
+        assert_eq!(
+            excerpt("  upstream\n  timed   out \t"),
+            "upstream timed out"
+        );
+        assert_eq!(excerpt(""), "");
+    }
+
+    #[test]
+    fn an_excerpt_cuts_a_long_body_at_300_characters() {
+        let body = format!("{} {}", "é".repeat(299), "x".repeat(50_000));
+        let cut = excerpt(&body);
+        assert_eq!(cut.chars().count(), EXCERPT_CHARS + 1);
+        assert!(cut.starts_with(&"é".repeat(299)));
+        assert!(cut.ends_with(" …"));
+        // Exactly 300 characters is not cut.
+        assert_eq!(excerpt(&"y".repeat(300)), "y".repeat(300));
+        assert_eq!(excerpt(&"y".repeat(301)), format!("{}…", "y".repeat(300)));
+    }
+
+    #[test]
+    fn a_response_without_a_message_pointer_match_keeps_an_excerpt() {
+        let pointers = vec!["/message".to_string()];
+        let with = Response::new(400, br#"{"message": "bad email"}"#, &pointers);
+        assert_eq!(with.message, "bad email");
+        let without = Response::new(502, b"<html>\n  Bad   Gateway\n</html>", &pointers);
+        assert_eq!(without.message, "<html> Bad Gateway </html>");
+        assert_eq!(without.body, Value::Null);
+        let invalid = Response::new(500, b"oops \xff", &pointers);
+        assert_eq!(invalid.message, "oops \u{fffd}");
     }
 }
