@@ -282,13 +282,14 @@ async fn process_one_batch(
 /// Each row's columns move into its job (only the key stays behind, for
 /// `decide`'s log lines).
 async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) -> Vec<RowOutcome> {
-    let now = run.clock.utc();
+    // One pinned clock for the whole claim, formatted once.
+    let now = Value::String(run.clock.utc().to_rfc3339());
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
     let mut jobs: Vec<RowJob> = Vec::new();
     let mut rows_of_job: Vec<Vec<usize>> = Vec::new();
     let mut job_of_key: HashMap<String, usize> = HashMap::new();
     for (index, row) in rows.iter_mut().enumerate() {
-        match render_job(run, mapping, row, now) {
+        match render_job(run, mapping, row, &now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
             // row's values win) and give both rows the outcome. CRMs reject a
@@ -325,7 +326,7 @@ fn render_job(
     run: &Run,
     mapping: &MappingPlan,
     row: &mut ClaimedRow,
-    now: chrono::DateTime<chrono::Utc>,
+    now: &Value,
 ) -> Result<RowJob, String> {
     let key_column = &mapping.table.key_column;
     let key = match row.row.get(key_column) {
@@ -334,7 +335,6 @@ fn render_job(
         _ => return Err(format!("key column `{key_column}` is empty")),
     };
     // The fields see the row's columns, `params` and the pinned clock.
-    let now = Value::String(now.to_rfc3339());
     let mut ctx = std::mem::take(&mut row.row);
     ctx.insert("params".into(), Value::Object(mapping.params.clone()));
     ctx.insert(NOW_KEY.into(), now.clone());
@@ -357,7 +357,7 @@ fn render_job(
     job_ctx.insert("params".into(), params);
     job_ctx.insert("row".into(), Value::Object(columns));
     job_ctx.insert("trace_id".into(), Value::String(row.id.clone()));
-    job_ctx.insert(NOW_KEY.into(), now);
+    job_ctx.insert(NOW_KEY.into(), now.clone());
     Ok(RowJob {
         key,
         trace_id: row.id.clone(),

@@ -3,7 +3,7 @@
 //! `CAST(… AS TEXT)` and `NULLS FIRST`, so most statements are written once.
 
 use anyhow::bail;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -32,8 +32,19 @@ pub(super) fn is_plain_identifier(name: &str) -> bool {
 }
 
 /// SQLite's text shape for a UTC instant (`datetime()` plus milliseconds).
+/// Written field by field: chrono's `format` parses its pattern on every
+/// call, and every claimed row's write-back formats its lease.
 pub(super) fn sqlite_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.timestamp_subsec_millis().min(999),
+    )
 }
 
 /// PostgreSQL input text for a UTC instant (RFC 3339 with milliseconds).
@@ -314,5 +325,14 @@ mod tests {
     fn sqlite_times_sort_as_text_in_time_order() {
         let t = DateTime::parse_from_rfc3339("2025-11-19T02:13:46.5Z").unwrap();
         assert_eq!(sqlite_time(t.to_utc()), "2025-11-19 02:13:46.500");
+        let early = DateTime::parse_from_rfc3339("0999-01-02T03:04:05.006789Z").unwrap();
+        assert_eq!(sqlite_time(early.to_utc()), "0999-01-02 03:04:05.006");
+        for secs in [0, 1_700_000_000, 4_102_444_799] {
+            let t = DateTime::from_timestamp(secs, 123_456_789).unwrap();
+            assert_eq!(
+                sqlite_time(t),
+                t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! runs it through the registry's escape function: no escaping for field
 //! templates, percent-encoding for path templates.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderErrorReason, ScopedJson,
 };
@@ -199,11 +199,7 @@ const FUNCTIONS: &[(&str, HelperFn)] = &[
     ("last_name", |c| {
         map_text(c.arg(0), |s| split_name(s).1.to_owned())
     }),
-    ("today", |c| {
-        Ok(Value::String(
-            c.now()?.date_naive().format("%Y-%m-%d").to_string(),
-        ))
-    }),
+    ("today", |c| Ok(Value::String(ymd(c.now()?.date_naive())))),
     ("today_epoch_ms", |c| {
         Ok(Value::String(
             midnight_ms(c.now()?.date_naive()).to_string(),
@@ -240,12 +236,18 @@ const FUNCTIONS: &[(&str, HelperFn)] = &[
             .map_err(|e| e.to_string()),
     }),
     ("date_ymd", |c| {
-        timestamp_arg(c.arg(0), |t| t.format("%Y-%m-%d").to_string())
+        timestamp_arg(c.arg(0), |t| ymd(t.date_naive()))
     }),
     ("epoch_ms", |c| {
         timestamp_arg(c.arg(0), |t| t.timestamp_millis().to_string())
     }),
 ];
+
+/// `YYYY-MM-DD`, field by field: chrono's `format` parses its pattern on
+/// every call, and `{{today}}` runs once per row.
+fn ymd(date: NaiveDate) -> String {
+    format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
+}
 
 /// The function of engine helper `name` (not handlebars' own helpers).
 pub(crate) fn function(name: &str) -> Option<(&'static str, HelperFn)> {
