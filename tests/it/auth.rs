@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::clock::SystemClock;
-use engine::engine::{RunOptions, run_connector};
 use engine::store::Backend;
 use serde_json::json;
 
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, TestDb};
+use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
 
 /// Syncs one queued row through `connector` (named `crm`) and asserts it completed.
 async fn sync_one_row(connector: &str, env: &BTreeMap<String, String>) {
@@ -23,32 +22,14 @@ async fn sync_one_row(connector: &str, env: &BTreeMap<String, String>) {
     config
         .write("connectors/crm.toml", connector)
         .write("mappings/crm.toml", &mapping);
-    let checked = engine::check::check_dir(config.path(), env);
-    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let plan = Arc::new(checked.plan);
+    let plan = plan_and_migrate(&config, env, &db, &["crm"]).await;
     let spec = plan.mappings["crm"].table.clone();
-    db.store.migrate(&spec).await.unwrap();
     let row = json!({"id": "r1", "email": "Jane@Example.com", "name": "Jane Doe", "crm_processing_status": "Queued", "retry_count": 0});
     db.store
         .insert_rows(&db.table, &[row.as_object().unwrap().clone()])
         .await
         .unwrap();
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let options = RunOptions {
-        progress_every: None,
-        ..RunOptions::default()
-    };
-    run_connector(
-        plan,
-        "crm",
-        db.store.clone(),
-        env,
-        Arc::new(SystemClock),
-        options,
-        shutdown,
-    )
-    .await
-    .unwrap();
+    run_to_end(&plan, "crm", &db, env, Arc::new(SystemClock), quiet()).await;
     let row = db.store.fetch_row(&spec, "r1").await.unwrap().unwrap();
     assert_eq!(row["crm_processing_status"], "Complete", "{row:?}");
 }

@@ -18,14 +18,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine::clock::SystemClock;
-use engine::engine::{RunOptions, run_connector};
 use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, TestDb};
+use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_to_end};
 use openapi::OpenApi;
 use recorder::{Recorded, Recorder};
 
@@ -81,20 +80,9 @@ impl Harness {
         let env = engine::demo::sandbox_env(&recorder.base_url);
         let db = TestDb::open(backend).await?;
         let config = ConfigDir::shipped();
-        for mapping in ["mappings/brevo.toml", "mappings/hubspot.toml"] {
-            config.edit(
-                mapping,
-                "table = \"contacts\"",
-                &format!("table = \"{}\"", db.table),
-            );
-        }
+        point_at(&config, &db, &["brevo", "hubspot"]);
         edit(&config);
-        let checked = engine::check::check_dir(config.path(), &env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        let plan = Arc::new(checked.plan);
-        for mapping in plan.mappings.values() {
-            db.store.migrate(&mapping.table).await.expect("migrate");
-        }
+        let plan = plan_and_migrate(&config, &env, &db, &["brevo", "hubspot"]).await;
         Some(Harness {
             sandbox,
             recorder,
@@ -114,22 +102,8 @@ impl Harness {
     }
 
     async fn run(&self, connector: &str) {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions {
-            progress_every: None,
-            ..RunOptions::default()
-        };
-        run_connector(
-            self.plan.clone(),
-            connector,
-            self.db.store.clone(),
-            &self.env,
-            Arc::new(SystemClock),
-            options,
-            shutdown,
-        )
-        .await
-        .expect("the run finishes");
+        let clock = Arc::new(SystemClock);
+        run_to_end(&self.plan, connector, &self.db, &self.env, clock, quiet()).await;
     }
 
     /// `(status, crm id, error)` of each row, by row id.

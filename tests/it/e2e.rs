@@ -35,13 +35,15 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use engine::clock::{Clock, SystemClock};
-use engine::engine::{RunOptions, RunSummary, run_connector};
+use engine::engine::RunSummary;
 use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, TableSpec};
 use serde_json::{Map, Value, json};
 
-use crate::support::{ConfigDir, TestDb, engine_bin};
+use crate::support::{
+    ConfigDir, TestDb, engine_bin, plan_and_migrate, point_at, quiet, run_to_end,
+};
 
 /// A sandbox on a free port, with `latency_ms` added to every CRM answer.
 pub fn sandbox_options(latency_ms: u64) -> SandboxOptions {
@@ -74,21 +76,11 @@ impl Fixture {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
         let config = ConfigDir::shipped();
-        let table = format!("table = \"{}\"", db.table);
-        config.edit("mappings/hubspot.toml", "table = \"contacts\"", &table);
-        config.edit("mappings/brevo.toml", "table = \"contacts\"", &table);
+        point_at(&config, &db, &["hubspot", "brevo"]);
         edit(&config);
         let sandbox = Sandbox::start(sandbox).await.expect("the sandbox starts");
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let checked = engine::check::check_dir(config.path(), &env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        let plan = Arc::new(checked.plan);
-        for mapping in ["hubspot", "brevo"] {
-            db.store
-                .migrate(&plan.mappings[mapping].table)
-                .await
-                .expect("migrate");
-        }
+        let plan = plan_and_migrate(&config, &env, &db, &["hubspot", "brevo"]).await;
         Some(Fixture {
             db,
             config,
@@ -115,22 +107,7 @@ impl Fixture {
 
     /// Runs `connector` in this process until nothing is claimable.
     pub async fn run(&self, connector: &str, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions {
-            progress_every: None,
-            ..RunOptions::default()
-        };
-        run_connector(
-            self.plan.clone(),
-            connector,
-            self.db.store.clone(),
-            &self.env,
-            clock,
-            options,
-            shutdown,
-        )
-        .await
-        .expect("the run finishes")
+        run_to_end(&self.plan, connector, &self.db, &self.env, clock, quiet()).await
     }
 
     /// Runs `connector` in this process on the real clock.

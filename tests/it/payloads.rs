@@ -5,13 +5,13 @@
 use std::sync::Arc;
 
 use engine::clock::{Clock, ManualClock};
-use engine::engine::{RunOptions, run_connector};
+use engine::engine::RunOptions;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::Backend;
 use serde_json::{Value, json};
 
 use crate::contract::recorder::Recorder;
-use crate::support::{ConfigDir, TestDb};
+use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_to_end};
 
 /// Runs `connector`'s shipped mapping over the seed rows through a recording
 /// proxy, and returns every request as `METHOD path?query` and its JSON body.
@@ -26,21 +26,9 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
     .unwrap();
     let recorder = Recorder::start(&sandbox.base_url()).await;
     let config = ConfigDir::shipped();
-    for mapping in ["hubspot", "brevo"] {
-        config.edit(
-            &format!("mappings/{mapping}.toml"),
-            "table = \"contacts\"",
-            &format!("table = \"{}\"", db.table),
-        );
-    }
+    point_at(&config, &db, &["hubspot", "brevo"]);
     let env = engine::demo::sandbox_env(&recorder.base_url);
-    let checked = engine::check::check_dir(config.path(), &env);
-    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    let plan = Arc::new(checked.plan);
-    db.store
-        .migrate(&plan.mappings[connector].table)
-        .await
-        .unwrap();
+    let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
     let mut rows = engine::demo::seed_rows();
     let mut tricky = rows[0].clone();
     tricky.insert("id".into(), json!("5d2c1f0e-0000-4000-8000-000000000004"));
@@ -52,23 +40,11 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
 
     let clock = ManualClock::new("2025-11-19T02:13:46Z".parse().unwrap());
     assert_eq!(clock.utc().to_rfc3339(), "2025-11-19T02:13:46+00:00");
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let options = RunOptions {
-        progress_every: None,
         workers: 1,
-        ..RunOptions::default()
+        ..quiet()
     };
-    run_connector(
-        plan,
-        connector,
-        db.store.clone(),
-        &env,
-        Arc::new(clock),
-        options,
-        shutdown,
-    )
-    .await
-    .unwrap();
+    run_to_end(&plan, connector, &db, &env, Arc::new(clock), options).await;
 
     let mut requests: Vec<(String, Value)> = recorder
         .requests()

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::clock::{Clock, ManualClock, SystemClock};
-use engine::engine::{RunOptions, RunSummary, run_connector};
+use engine::engine::RunSummary;
 use engine::plan::Plan;
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, TestDb};
+use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
 
 const CONNECTOR: &str = r#"
 base_url = "http://127.0.0.1:9"
@@ -79,10 +79,7 @@ impl Harness {
             ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
             ("CRM_TOKEN".to_string(), "t".to_string()),
         ]);
-        let checked = engine::check::check_dir(config.path(), &env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        let plan = Arc::new(checked.plan);
-        db.store.migrate(&plan.mappings["crm"].table).await.unwrap();
+        let plan = plan_and_migrate(&config, &env, &db, &["crm"]).await;
         Some(Harness {
             db,
             plan,
@@ -108,22 +105,7 @@ impl Harness {
     }
 
     async fn run(&self, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = RunOptions {
-            progress_every: None,
-            ..RunOptions::default()
-        };
-        run_connector(
-            self.plan.clone(),
-            "crm",
-            self.db.store.clone(),
-            &self.env,
-            clock,
-            options,
-            shutdown,
-        )
-        .await
-        .unwrap()
+        run_to_end(&self.plan, "crm", &self.db, &self.env, clock, quiet()).await
     }
 
     async fn row(&self, id: &str) -> Map<String, Value> {

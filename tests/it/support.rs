@@ -1,8 +1,14 @@
 //! Shared test helpers: temp config dirs holding the shipped files, running the
 //! `engine` binary, and normalising its output for snapshots.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+use engine::clock::Clock;
+use engine::engine::{RunOptions, RunSummary, run_connector};
+use engine::plan::Plan;
 
 /// A temporary config dir holding the shipped connectors and mappings.
 pub struct ConfigDir {
@@ -127,6 +133,69 @@ impl TestDb {
     }
 }
 
+/// Points each of the shipped `mappings` (`"hubspot"`, `"brevo"`) at `db`'s table.
+pub fn point_at(config: &ConfigDir, db: &TestDb, mappings: &[&str]) {
+    let table = format!("table = \"{}\"", db.table);
+    for mapping in mappings {
+        config.edit(
+            &format!("mappings/{mapping}.toml"),
+            "table = \"contacts\"",
+            &table,
+        );
+    }
+}
+
+/// Plans `config` against `env` (failing with the diagnostics if it has
+/// errors) and migrates the tables of `mappings`.
+pub async fn plan_and_migrate(
+    config: &ConfigDir,
+    env: &BTreeMap<String, String>,
+    db: &TestDb,
+    mappings: &[&str],
+) -> Arc<Plan> {
+    let checked = engine::check::check_dir(config.path(), env);
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    let plan = Arc::new(checked.plan);
+    for mapping in mappings {
+        db.store
+            .migrate(&plan.mappings[*mapping].table)
+            .await
+            .expect("migrate");
+    }
+    plan
+}
+
+/// The engine's defaults without progress lines.
+pub fn quiet() -> RunOptions {
+    RunOptions {
+        progress_every: None,
+        ..RunOptions::default()
+    }
+}
+
+/// Runs `connector` in this process until nothing is claimable.
+pub async fn run_to_end(
+    plan: &Arc<Plan>,
+    connector: &str,
+    db: &TestDb,
+    env: &BTreeMap<String, String>,
+    clock: Arc<dyn Clock>,
+    options: RunOptions,
+) -> Arc<RunSummary> {
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    run_connector(
+        plan.clone(),
+        connector,
+        db.store.clone(),
+        env,
+        clock,
+        options,
+        shutdown,
+    )
+    .await
+    .expect("the run finishes")
+}
+
 /// Generates `mod <test> { on_sqlite, on_postgres }` for async fns taking a `Backend`.
 #[macro_export]
 macro_rules! on_both_backends {
@@ -148,9 +217,9 @@ macro_rules! on_both_backends {
 /// fresh SQLite table.
 pub struct SandboxHarness {
     pub db: TestDb,
-    pub plan: std::sync::Arc<engine::plan::Plan>,
+    pub plan: Arc<Plan>,
     pub sandbox: engine::sandbox::Sandbox,
-    env: std::collections::BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
     connector: String,
     _config: ConfigDir,
 }
@@ -167,19 +236,9 @@ impl SandboxHarness {
                 .await
                 .unwrap();
         let config = ConfigDir::shipped();
-        config.edit(
-            &format!("mappings/{connector}.toml"),
-            "table = \"contacts\"",
-            &format!("table = \"{}\"", db.table),
-        );
+        point_at(&config, &db, &[connector]);
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let checked = engine::check::check_dir(config.path(), &env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        let plan = std::sync::Arc::new(checked.plan);
-        db.store
-            .migrate(&plan.mappings[connector].table)
-            .await
-            .unwrap();
+        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
         SandboxHarness {
             db,
             plan,
@@ -217,23 +276,16 @@ impl SandboxHarness {
 
     /// One `run_connector` to completion.
     pub async fn run(&self) {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let options = engine::engine::RunOptions {
-            progress_every: None,
-            ..engine::engine::RunOptions::default()
-        };
-        let clock = std::sync::Arc::new(engine::clock::SystemClock);
-        engine::engine::run_connector(
-            self.plan.clone(),
+        let clock = Arc::new(engine::clock::SystemClock);
+        run_to_end(
+            &self.plan,
             &self.connector,
-            self.db.store.clone(),
+            &self.db,
             &self.env,
             clock,
-            options,
-            shutdown,
+            quiet(),
         )
-        .await
-        .unwrap();
+        .await;
     }
 
     /// One row, all columns.
