@@ -549,8 +549,15 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let cpu_before = CpuTicks::now();
         let start = Instant::now();
+        // BENCH_ENGINE_WORKERS overrides the engine's claim loops (`engine run
+        // --workers`), a diagnostic like BENCH_DB_WORKERS; unset, the default runs.
+        let engine_workers = std::env::var("BENCH_ENGINE_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(RunOptions::default().workers);
         let options = RunOptions {
             progress_every: None,
+            workers: engine_workers,
             ..RunOptions::default()
         };
         run_connector(
