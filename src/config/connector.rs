@@ -30,6 +30,11 @@ pub struct ConnectorFile {
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1, max = 256))]
     pub max_in_flight: u32,
+    /// Halve the requests in flight when the CRM pushes back (429, 5xx,
+    /// timeouts) and grow them back by one per round of normal answers, up to
+    /// `max_in_flight` (AIMD). `false` keeps `max_in_flight` fixed.
+    #[serde(default = "default_true")]
+    pub adaptive_concurrency: bool,
     /// Static headers sent with every request (never secrets), e.g. `Intercom-Version = "2.14"`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

@@ -10,9 +10,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 
 use super::auth::Authenticator;
+use super::concurrency::{AdaptiveGate, Signal};
 use super::response::Response;
 use crate::clock::Clock;
 use crate::config::connector::RuleAction;
@@ -81,7 +81,8 @@ pub struct CrmClient {
     base_url: String,
     auth: Authenticator,
     limiter: Arc<RateLimiter>,
-    in_flight: Arc<Semaphore>,
+    /// At most `max_in_flight` requests at once, fewer while the CRM pushes back.
+    in_flight: AdaptiveGate,
     backoff: Backoff,
     policy: ClassifyPolicy,
     clock: Arc<dyn Clock>,
@@ -160,7 +161,7 @@ impl CrmClient {
             },
         };
         Ok(Self {
-            in_flight: Arc::new(Semaphore::new(plan.max_in_flight)),
+            in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
             plan,
             templates,
             http,
@@ -333,11 +334,7 @@ impl CrmClient {
     /// request really leaves: a slot taken while still queued for the
     /// in-flight cap would be counted from earlier than the CRM counts it.
     async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _admitted = self.in_flight.admit().await;
         let request = match self.build_request(rendered).await {
             Ok(request) => request,
             Err(err) => {
@@ -353,6 +350,30 @@ impl CrmClient {
         };
         self.limiter.acquire(&op.class).await;
         let sent_at = self.clock.now();
+        let (step, response) = self.exchange(op, request, sent_at).await;
+        let signal = load_signal(&step, response.as_ref().map(|r| r.status));
+        if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
+            let max = self.plan.max_in_flight;
+            match signal {
+                Signal::Overloaded => tracing::info!(
+                    op = %op.label, limit, max,
+                    "The CRM is pushing back; fewer requests in flight until it answers normally."
+                ),
+                Signal::Fine => {
+                    tracing::debug!(op = %op.label, limit, max, "Requests in flight raised.")
+                }
+            }
+        }
+        (step, response)
+    }
+
+    /// Sends `request` and classifies what comes back.
+    async fn exchange(
+        &self,
+        op: &OpPlan,
+        request: reqwest::RequestBuilder,
+        sent_at: std::time::Instant,
+    ) -> (Step, Option<Response>) {
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
@@ -430,6 +451,22 @@ enum Step {
         reason: String,
         after: Option<Duration>,
     },
+}
+
+/// Whether an attempt's outcome tells of a CRM under load (see [`super::concurrency`]):
+/// rate-limited, or a transient failure that is the CRM's (a timeout, a lost
+/// connection, 408, 423, 5xx), not the request's (a 401 before a token refresh).
+fn load_signal(step: &Step, status: Option<u16>) -> Signal {
+    match (step, status) {
+        (Step::RateLimited { .. }, _) => Signal::Overloaded,
+        (Step::Retry { .. }, None) => Signal::Overloaded,
+        (Step::Retry { .. }, Some(status))
+            if status >= 500 || matches!(status, 408 | 423 | 429) =>
+        {
+            Signal::Overloaded
+        }
+        _ => Signal::Fine,
+    }
 }
 
 /// `maybe_applied`: see [`Step::Retry`].

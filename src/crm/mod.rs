@@ -5,6 +5,7 @@
 mod auth;
 mod batch;
 mod client;
+pub mod concurrency;
 mod flow;
 mod response;
 

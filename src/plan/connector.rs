@@ -36,6 +36,8 @@ pub struct ConnectorPlan {
     pub timeout: Duration,
     /// Requests in flight at once.
     pub max_in_flight: usize,
+    /// Whether pushback from the CRM lowers the requests in flight (AIMD).
+    pub adaptive_concurrency: bool,
     /// Static headers.
     pub headers: Vec<(String, String)>,
     /// Rate-limit windows.
@@ -203,6 +205,7 @@ pub fn build(
         auth: raw.auth.clone(),
         timeout: Duration::from_secs(raw.timeout_secs),
         max_in_flight: raw.max_in_flight as usize,
+        adaptive_concurrency: raw.adaptive_concurrency,
         headers: raw
             .headers
             .iter()

@@ -376,3 +376,64 @@ async fn a_row_without_a_key_ends_in_error_while_the_others_sync(backend: Backen
     assert_eq!(text(&h.row(ID2).await, "crm_processing_status"), "Complete");
     assert_eq!(h.crm.received().len(), 1);
 }
+
+/// [`CONNECTOR`] with 8 requests in flight, adaptive or fixed.
+fn eight_in_flight(adaptive: bool) -> String {
+    CONNECTOR.replace(
+        "[auth]",
+        &format!("max_in_flight = 8\nadaptive_concurrency = {adaptive}\n[auth]"),
+    )
+}
+
+/// 40 rows against a CRM that answers its first 8 requests 503 and every later
+/// one 201, each after 50 ms; returns how many requests were being answered
+/// when each request arrived, in arrival order.
+async fn in_flight_at_arrival(adaptive: bool) -> Vec<usize> {
+    let slow = Duration::from_millis(50);
+    let mut script =
+        vec![Reply::json(503, json!({"message": "Service unavailable"})).after(slow); 8];
+    script.push(Reply::json(201, json!({"id": 7})).after(slow));
+    let h = Harness::with_connector(Backend::Sqlite, &eight_in_flight(adaptive), script, 3)
+        .await
+        .expect("SQLite is always there");
+    let ids: Vec<String> = (0..40).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let rows: Vec<(&str, Value)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), json!(format!("c{i}@example.com"))))
+        .collect();
+    h.insert(&rows).await;
+    h.run(Arc::new(SystemClock)).await;
+    let received = h.crm.received();
+    assert_eq!(
+        received.len(),
+        40,
+        "each row is sent once (503s wait for the row's retry delay)"
+    );
+    received.iter().map(|r| r.in_flight).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_of_503s_halves_the_requests_in_flight_once_and_normal_answers_grow_them_back() {
+    let arrivals = in_flight_at_arrival(true).await;
+    assert_eq!(
+        arrivals[..8].iter().max(),
+        Some(&8),
+        "the first round goes out at the ceiling: {arrivals:?}"
+    );
+    // Eight 503s from one round halve the limit once: 8 -> 4, not 8 -> 1.
+    let after_pushback = &arrivals[8..12];
+    assert!(after_pushback.iter().all(|&n| n <= 4), "{arrivals:?}");
+    assert!(
+        after_pushback.contains(&4),
+        "halved once, not down to 1: {arrivals:?}"
+    );
+    // 201s raise it by one per round of answers.
+    assert!(arrivals[12..].iter().any(|&n| n > 4), "{arrivals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_adaptive_concurrency_off_503s_leave_the_requests_in_flight_at_the_ceiling() {
+    let arrivals = in_flight_at_arrival(false).await;
+    assert!(arrivals[8..16].iter().any(|&n| n > 4), "{arrivals:?}");
+}

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +16,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub headers: Vec<(String, String)>,
+    /// How long the CRM takes to answer.
+    pub delay: Duration,
 }
 
 impl Reply {
@@ -23,7 +26,13 @@ impl Reply {
             status,
             body: body.to_string(),
             headers: vec![],
+            delay: Duration::ZERO,
         }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -41,12 +50,15 @@ pub struct Received {
     /// The raw body text (form-encoded token requests are not JSON).
     pub text: String,
     pub authorization: Option<String>,
+    /// Requests being answered when this one arrived, itself included.
+    pub in_flight: usize,
 }
 
 #[derive(Default)]
 struct State {
     script: VecDeque<Reply>,
     received: Vec<Received>,
+    in_flight: usize,
 }
 
 /// The running server.
@@ -60,12 +72,18 @@ impl ScriptedCrm {
         let state = Arc::new(Mutex::new(State {
             script: script.into(),
             received: vec![],
+            in_flight: 0,
         }));
         let shared = state.clone();
         let app = Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let state = shared.clone();
-                async move { answer(&state, method, uri, &headers, body) }
+                async move {
+                    let reply = receive(&state, method, uri, &headers, body);
+                    tokio::time::sleep(reply.delay).await;
+                    state.lock().unwrap().in_flight -= 1;
+                    respond(reply)
+                }
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -79,14 +97,17 @@ impl ScriptedCrm {
     }
 }
 
-fn answer(
+/// Records a request and picks its reply.
+fn receive(
     state: &Mutex<State>,
     method: Method,
     uri: Uri,
     headers: &HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Reply {
     let mut state = state.lock().unwrap();
+    state.in_flight += 1;
+    let in_flight = state.in_flight;
     state.received.push(Received {
         method: method.to_string(),
         path: uri.to_string(),
@@ -96,13 +117,17 @@ fn answer(
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(String::from),
+        in_flight,
     });
     let reply = if state.script.len() > 1 {
         state.script.pop_front()
     } else {
         state.script.front().cloned()
     };
-    let reply = reply.expect("a script with at least one reply");
+    reply.expect("a script with at least one reply")
+}
+
+fn respond(reply: Reply) -> Response {
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), reply.body).into_response();
     response
         .headers_mut()
