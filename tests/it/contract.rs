@@ -298,14 +298,7 @@ async fn every_request_body_sent_to_brevo_validates_against_the_openapi_schema(b
     h.run("brevo").await;
 
     let outcomes = h.outcomes("brevo", &rows).await;
-    let unfinished: Vec<_> = outcomes
-        .iter()
-        .filter(|(_, (status, id, _))| status != "Complete" || id.is_empty())
-        .collect();
-    assert!(
-        unfinished.is_empty(),
-        "rows that did not sync: {unfinished:#?}"
-    );
+    assert_every_row_synced(&outcomes);
     let existing_row = rows.last().unwrap()["id"].as_str().unwrap();
     assert_eq!(
         outcomes[existing_row].1, existing_id,
@@ -347,6 +340,17 @@ async fn every_request_body_sent_to_brevo_validates_against_the_openapi_schema(b
     }
 }
 
+/// Fails naming every row that did not end `Complete` with a CRM id.
+fn assert_every_row_synced(outcomes: &BTreeMap<String, (String, String, String)>) {
+    let unfinished: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, (status, id, _))| status != "Complete" || id.is_empty())
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "rows that did not sync: {unfinished:#?}"
+    );
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_body_that_breaks_the_brevo_spec_is_caught_end_to_end() {
     let Some(spec) = brevo_spec() else { return };
@@ -641,14 +645,7 @@ async fn every_batch_upsert_sent_to_hubspot_has_the_documented_shape(backend: Ba
     h.run("hubspot").await;
 
     let outcomes = h.outcomes("hubspot", &rows).await;
-    let unfinished: Vec<_> = outcomes
-        .iter()
-        .filter(|(_, (status, id, _))| status != "Complete" || id.is_empty())
-        .collect();
-    assert!(
-        unfinished.is_empty(),
-        "rows that did not sync: {unfinished:#?}"
-    );
+    assert_every_row_synced(&outcomes);
 
     let validator = jsonschema::validator_for(&hubspot_batch_upsert_schema()).unwrap();
     let requests = h.recorder.requests();
