@@ -411,7 +411,18 @@ pub struct BatchResults {
     pub id_pointer: String,
     /// Value inside one result that identifies its row: the row's `trace_id` or its
     /// key (compared case-insensitively), e.g. `/objectWriteTraceId` or `/properties/email`.
-    pub match_pointer: String,
+    /// Leave it out when the CRM answers one result per input in input order
+    /// without naming the input (Salesforce sObject Collections): results are then
+    /// matched by position, and a response with another count of results matches none.
+    #[serde(default)]
+    pub match_pointer: Option<String>,
+    /// Value inside one result that tells whether that input succeeded, e.g.
+    /// `/success` (Salesforce). Unset: every result is a success.
+    #[serde(default)]
+    pub success_pointer: Option<String>,
+    /// What `success_pointer` holds for a success, e.g. `true` or `"success"`.
+    #[serde(default = "default_success_value")]
+    pub success_value: serde_json::Value,
     /// Array of per-item errors, e.g. `/errors`.
     #[serde(default)]
     pub errors_pointer: Option<String>,
@@ -419,13 +430,18 @@ pub struct BatchResults {
     /// `trace_id` or key, e.g. `/context/objectWriteTraceId`.
     #[serde(default)]
     pub error_match_pointer: Option<String>,
-    /// Message inside one error.
+    /// Message inside one error, or inside a result that is not a success
+    /// (Salesforce: `/errors/0/message`).
     #[serde(default = "default_error_message_pointer")]
     pub error_message_pointer: String,
 }
 
 fn default_error_message_pointer() -> String {
     "/message".into()
+}
+
+fn default_success_value() -> serde_json::Value {
+    serde_json::Value::Bool(true)
 }
 
 /// A special case: when the response has `status` (and the error message matches

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::client::{CrmClient, ReplyAction};
 use super::flow::{RowJob, RowOutcome, failure};
 use super::response::{Response, id_text};
+use crate::config::connector::BatchResults;
 use crate::plan::BatchPlan;
 use crate::template::OnEmpty;
 
@@ -92,7 +93,8 @@ async fn bisect<'a>(
     left.into_iter().chain(right).collect()
 }
 
-/// Maps per-item results and errors back to rows by trace id or key.
+/// Maps per-item results and errors back to rows: by trace id or key, or by
+/// position when the connector names no `match_pointer`.
 fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) -> Vec<RowOutcome> {
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; jobs.len()];
     let body = response.map_or(&Value::Null, |r| &r.body);
@@ -108,21 +110,37 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
             .or_else(|| by_key.get(value.trim().to_lowercase().as_str()))
             .copied()
     };
-    for result in body
+    let results = body
         .pointer(&spec.results_pointer)
         .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(index) = result
-            .pointer(&spec.match_pointer)
-            .and_then(id_text)
-            .and_then(|v| find(&v))
-        else {
-            continue;
-        };
-        let crm_id = result.pointer(&spec.id_pointer).and_then(id_text);
-        outcomes[index] = Some(RowOutcome::Synced { crm_id });
+        .map_or(&[][..], Vec::as_slice);
+    let mut unmatched = "the batch response has no result for this row".to_string();
+    match &spec.match_pointer {
+        Some(matcher) => {
+            for result in results {
+                let index = result
+                    .pointer(matcher)
+                    .and_then(id_text)
+                    .and_then(|v| find(&v));
+                if let Some(index) = index {
+                    outcomes[index] = Some(result_outcome(spec, result));
+                }
+            }
+        }
+        // One result per input, in input order: with another count, no
+        // position can be trusted.
+        None if results.len() == jobs.len() => {
+            for (outcome, result) in outcomes.iter_mut().zip(results) {
+                *outcome = Some(result_outcome(spec, result));
+            }
+        }
+        None => {
+            unmatched = format!(
+                "the batch response has {} results for {} inputs, and results are matched by position",
+                results.len(),
+                jobs.len()
+            );
+        }
     }
     if let (Some(errors), Some(matcher)) = (&spec.errors_pointer, &spec.error_match_pointer) {
         for error in body
@@ -131,25 +149,40 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
             .into_iter()
             .flatten()
         {
-            let message = error
-                .pointer(&spec.error_message_pointer)
-                .and_then(Value::as_str)
-                .unwrap_or("item rejected");
             for value in values_at(error, matcher) {
                 if let Some(index) = find(&value) {
-                    outcomes[index] = Some(RowOutcome::Permanent(message.to_string()));
+                    outcomes[index] = Some(RowOutcome::Permanent(message_of(spec, error)));
                 }
             }
         }
     }
     outcomes
         .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|| {
-                RowOutcome::Transient("the batch response has no result for this row".into())
-            })
-        })
+        .map(|o| o.unwrap_or_else(|| RowOutcome::Transient(unmatched.clone())))
         .collect()
+}
+
+/// One result: synced with its id, or rejected when `success_pointer` does
+/// not hold `success_value`.
+fn result_outcome(spec: &BatchResults, result: &Value) -> RowOutcome {
+    let succeeded = spec
+        .success_pointer
+        .as_ref()
+        .is_none_or(|pointer| result.pointer(pointer) == Some(&spec.success_value));
+    if succeeded {
+        RowOutcome::Synced {
+            crm_id: result.pointer(&spec.id_pointer).and_then(id_text),
+        }
+    } else {
+        RowOutcome::Permanent(message_of(spec, result))
+    }
+}
+
+fn message_of(spec: &BatchResults, item: &Value) -> String {
+    item.pointer(&spec.error_message_pointer)
+        .and_then(Value::as_str)
+        .unwrap_or("item rejected")
+        .to_string()
 }
 
 /// A string, number, or array of them at `pointer`.

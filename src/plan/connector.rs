@@ -596,11 +596,12 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
         &results.results_pointer,
     );
     check_pointer(ctx, "upsert.batch.results.id_pointer", &results.id_pointer);
-    check_pointer(
-        ctx,
-        "upsert.batch.results.match_pointer",
-        &results.match_pointer,
-    );
+    if let Some(p) = &results.match_pointer {
+        check_pointer(ctx, "upsert.batch.results.match_pointer", p);
+    }
+    if let Some(p) = &results.success_pointer {
+        check_pointer(ctx, "upsert.batch.results.success_pointer", p);
+    }
     check_pointer(
         ctx,
         "upsert.batch.results.error_message_pointer",

@@ -227,6 +227,7 @@ fn the_example_connectors_of_six_other_crms_pass_check() {
         "mailchimp",
         "activecampaign",
         "salesforce",
+        "salesforce-collections",
         "attio",
         "intercom",
     ] {
@@ -236,7 +237,7 @@ fn the_example_connectors_of_six_other_crms_pass_check() {
     let output = check(&config);
     assert!(output.starts_with("exit code: 0"), "{output}");
     assert!(
-        output.contains("ok: 8 connectors, 2 mappings checked (0 errors, 0 warnings)"),
+        output.contains("ok: 9 connectors, 2 mappings checked (0 errors, 0 warnings)"),
         "{output}"
     );
 }

@@ -437,3 +437,107 @@ async fn with_adaptive_concurrency_off_503s_leave_the_requests_in_flight_at_the_
     let arrivals = in_flight_at_arrival(false).await;
     assert!(arrivals[8..16].iter().any(|&n| n > 4), "{arrivals:?}");
 }
+
+/// Salesforce sObject Collections' shape: one result per input, in input
+/// order, naming no input; `success` tells each one's fate.
+const BY_POSITION: &str = r#"
+base_url = "http://127.0.0.1:9"
+[auth]
+kind = "bearer"
+token_env = "CRM_TOKEN"
+[retry]
+max_attempts = 1
+[upsert]
+mode = "batch"
+[upsert.batch]
+method = "PATCH"
+path = "/composite/sobjects/Contact/Email"
+max_items = 200
+body = { allOrNone = false, records = "{{items}}" }
+item = "{{fields}}"
+[upsert.batch.results]
+results_pointer = ""
+id_pointer = "/id"
+success_pointer = "/success"
+error_message_pointer = "/errors/0/message"
+"#;
+
+const ID3: &str = "0f3b8f9e-6c1d-4c52-9a0e-3d6f1c2b7a11";
+
+/// Runs three rows through [`BY_POSITION`] against `reply`; returns the rows
+/// in the order the request carried them.
+async fn three_rows_by_position(reply: Reply) -> Vec<Map<String, Value>> {
+    let h = Harness::with_connector(Backend::Sqlite, BY_POSITION, vec![reply], 3)
+        .await
+        .expect("SQLite is always there");
+    h.insert(&[
+        (ID, json!("a@example.com")),
+        (ID2, json!("b@example.com")),
+        (ID3, json!("c@example.com")),
+    ])
+    .await;
+    h.run(Arc::new(SystemClock)).await;
+    let received = h.crm.received();
+    assert_eq!(received.len(), 1, "one request for the three rows");
+    let mut rows = Vec::new();
+    for record in received[0].body["records"].as_array().unwrap() {
+        let id = record["name"].as_str().unwrap().trim_start_matches("Name ");
+        rows.push(h.row(id).await);
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_without_a_match_pointer_are_matched_to_rows_by_position() {
+    let rows = three_rows_by_position(Reply::json(
+        200,
+        json!([
+            {"id": "003A", "success": true, "errors": [], "created": true},
+            {"success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [LastName]"}]},
+            {"id": "003C", "success": true, "errors": [], "created": false}
+        ]),
+    ))
+    .await;
+    let seen: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                text(row, "crm_processing_status"),
+                text(row, "crm_contact_id"),
+                text(row, "crm_processing_error"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("Complete".into(), "003A".into(), String::new()),
+            (
+                "Error".into(),
+                String::new(),
+                "Required fields are missing: [LastName]".into()
+            ),
+            ("Complete".into(), "003C".into(), String::new()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_positional_batch_response_with_too_few_results_syncs_no_row() {
+    let rows = three_rows_by_position(Reply::json(
+        200,
+        json!([
+            {"id": "003A", "success": true, "errors": []},
+            {"id": "003B", "success": true, "errors": []}
+        ]),
+    ))
+    .await;
+    for row in rows {
+        assert_eq!(text(&row, "crm_processing_status"), "Queued", "{row:?}");
+        assert_eq!(count(&row), 1);
+        assert_eq!(
+            text(&row, "crm_processing_error"),
+            "the batch response has 2 results for 3 inputs, and results are matched by position"
+        );
+    }
+}
