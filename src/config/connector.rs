@@ -74,6 +74,9 @@ pub enum Auth {
     Bearer {
         /// Environment variable holding the token, e.g. `HUBSPOT_ACCESS_TOKEN`.
         token_env: String,
+        /// The word before the token, e.g. `Zoho-oauthtoken`; default `Bearer`.
+        #[serde(default = "default_scheme")]
+        scheme: String,
     },
     /// An API key in a named request header, e.g. Brevo's `api-key`.
     ApiKeyHeader {
@@ -81,6 +84,10 @@ pub enum Auth {
         header: String,
         /// Environment variable holding the key, e.g. `BREVO_API_KEY`.
         key_env: String,
+        /// Literal text before the key, e.g. `Token token=` (Freshsales, with
+        /// `header = "Authorization"`).
+        #[serde(default)]
+        prefix: Option<String>,
     },
     /// An API key in a query parameter, e.g. Pipedrive's `api_token`.
     ApiKeyQuery {
@@ -126,7 +133,15 @@ pub enum Auth {
         /// Refresh this many seconds before the token expires.
         #[serde(default = "default_refresh_margin_secs")]
         refresh_margin_secs: u64,
+        /// The word before the access token in `Authorization`, e.g.
+        /// `Zoho-oauthtoken`; default `Bearer`.
+        #[serde(default = "default_scheme")]
+        scheme: String,
     },
+}
+
+fn default_scheme() -> String {
+    "Bearer".into()
 }
 
 fn default_access_token_pointer() -> String {

@@ -38,10 +38,14 @@ fn secret(env: &dyn Env, name: &str) -> anyhow::Result<Secret> {
 pub enum Authenticator {
     /// Nothing to add.
     None,
-    /// `Authorization: Bearer`.
-    Bearer(Secret),
-    /// A header carrying a key.
-    Header(String, Secret),
+    /// `Authorization: <scheme> <token>`.
+    Bearer { scheme: String, token: Secret },
+    /// A header carrying a key after a literal prefix.
+    Header {
+        name: String,
+        prefix: String,
+        key: Secret,
+    },
     /// A query parameter carrying a key.
     Query(String, Secret),
     /// HTTP basic.
@@ -50,9 +54,20 @@ pub enum Authenticator {
     OAuth(Box<OAuth>),
 }
 
+/// A header value holding a secret: marked sensitive, so that it is left out
+/// of any debug output of the request.
+fn secret_header(text: String) -> anyhow::Result<reqwest::header::HeaderValue> {
+    // The error must not quote the value: it holds the secret.
+    let mut value = reqwest::header::HeaderValue::try_from(text)
+        .map_err(|_| anyhow::anyhow!("the credential is not a valid HTTP header value"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// OAuth 2 refresh-token state.
 #[derive(Debug)]
 pub struct OAuth {
+    scheme: String,
     token_url: String,
     client_id: Secret,
     client_secret: Secret,
@@ -77,10 +92,19 @@ impl Authenticator {
     pub fn resolve(auth: &Auth, env: &dyn Env) -> anyhow::Result<Self> {
         Ok(match auth {
             Auth::None => Self::None,
-            Auth::Bearer { token_env } => Self::Bearer(secret(env, token_env)?),
-            Auth::ApiKeyHeader { header, key_env } => {
-                Self::Header(header.clone(), secret(env, key_env)?)
-            }
+            Auth::Bearer { token_env, scheme } => Self::Bearer {
+                scheme: scheme.clone(),
+                token: secret(env, token_env)?,
+            },
+            Auth::ApiKeyHeader {
+                header,
+                key_env,
+                prefix,
+            } => Self::Header {
+                name: header.clone(),
+                prefix: prefix.clone().unwrap_or_default(),
+                key: secret(env, key_env)?,
+            },
             Auth::ApiKeyQuery { param, key_env } => {
                 Self::Query(param.clone(), secret(env, key_env)?)
             }
@@ -106,7 +130,9 @@ impl Authenticator {
                 expires_in_pointer,
                 base_url_pointer,
                 refresh_margin_secs,
+                scheme,
             } => Self::OAuth(Box::new(OAuth {
+                scheme: scheme.clone(),
                 token_url: token_url.clone(),
                 client_id: secret(env, client_id_env)?,
                 client_secret: secret(env, client_secret_env)?,
@@ -129,13 +155,25 @@ impl Authenticator {
     ) -> anyhow::Result<RequestBuilder> {
         Ok(match self {
             Self::None => request,
-            Self::Bearer(token) => request.bearer_auth(token.expose()),
-            Self::Header(name, key) => request.header(name.as_str(), key.expose()),
+            Self::Bearer { scheme, token } => request.header(
+                reqwest::header::AUTHORIZATION,
+                secret_header(format!("{scheme} {}", token.expose()))?,
+            ),
+            Self::Header { name, prefix, key } => request.header(
+                name.as_str(),
+                secret_header(format!("{prefix}{}", key.expose()))?,
+            ),
             Self::Query(name, key) => request.query(&[(name.as_str(), key.expose())]),
             Self::Basic(user, password) => {
                 request.basic_auth(user.expose(), Some(password.expose()))
             }
-            Self::OAuth(oauth) => request.bearer_auth(oauth.token(http).await?.access.expose()),
+            Self::OAuth(oauth) => {
+                let token = oauth.token(http).await?;
+                request.header(
+                    reqwest::header::AUTHORIZATION,
+                    secret_header(format!("{} {}", oauth.scheme, token.access.expose()))?,
+                )
+            }
         })
     }
 

@@ -250,7 +250,7 @@ fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
 fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
     match auth {
         Auth::None => vec![],
-        Auth::Bearer { token_env } => vec![("auth.token_env", token_env)],
+        Auth::Bearer { token_env, .. } => vec![("auth.token_env", token_env)],
         Auth::ApiKeyHeader { key_env, .. } | Auth::ApiKeyQuery { key_env, .. } => {
             vec![("auth.key_env", key_env)]
         }
@@ -316,7 +316,9 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
             "basic auth needs `username` or `username_env`",
             "e.g. `username = \"anystring\"` for Mailchimp",
         ),
-        Auth::Oauth2Refresh { token_url, .. } => {
+        Auth::Oauth2Refresh {
+            token_url, scheme, ..
+        } => {
             if let Some(problem) = base_url_problem(token_url) {
                 ctx.error(
                     "auth.token_url",
@@ -324,8 +326,57 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
                     "an absolute https URL",
                 );
             }
+            check_scheme(ctx, scheme);
         }
+        Auth::Bearer { scheme, .. } => check_scheme(ctx, scheme),
+        Auth::ApiKeyHeader {
+            prefix: Some(prefix),
+            ..
+        } => check_prefix(ctx, prefix),
         _ => {}
+    }
+}
+
+/// An authentication scheme is one word (RFC 9110 `token`), e.g. `Bearer`.
+fn check_scheme(ctx: &mut Ctx<'_>, scheme: &str) {
+    let is_token = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !is_token {
+        // A scheme with a space in it may be a pasted `Bearer <token>`.
+        ctx.diagnostics.push(
+            ctx.source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "auth.scheme",
+                    format!("`{}` is not an authentication scheme", mask(scheme)),
+                )
+                .hint("one word such as `Bearer` or `Zoho-oauthtoken`; the token itself comes from the environment variable in `token_env`")
+                .redact(scheme),
+        );
+    }
+}
+
+/// A key's prefix is short literal text such as `Token token=`: anything
+/// longer may be a pasted secret, which config files never hold.
+fn check_prefix(ctx: &mut Ctx<'_>, prefix: &str) {
+    const LONGEST: usize = 24;
+    if prefix.chars().count() > LONGEST || !prefix.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+    {
+        ctx.diagnostics.push(
+            ctx.source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "auth.prefix",
+                    format!(
+                        "`{}` is not a short literal prefix ({LONGEST} characters at most)",
+                        mask(prefix)
+                    ),
+                )
+                .hint("e.g. `Token token=`; the key itself comes from the environment variable in `key_env`")
+                .redact(prefix),
+        );
     }
 }
 

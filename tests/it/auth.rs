@@ -95,6 +95,48 @@ id_pointer = "/id"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_scheme_and_a_key_prefix_reach_the_crm_as_configured() {
+    let single = r#"
+[upsert]
+mode = "single"
+[upsert.single]
+method = "POST"
+path = "/contacts"
+body = "{{fields}}"
+id_pointer = "/id"
+"#;
+    // Zoho's word for its OAuth tokens instead of `Bearer`.
+    let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "z1"}))]).await;
+    let connector = format!(
+        "base_url = \"http://127.0.0.1:9\"\n[auth]\nkind = \"bearer\"\ntoken_env = \"ZOHO_TOKEN\"\nscheme = \"Zoho-oauthtoken\"\n{single}"
+    );
+    let env = BTreeMap::from([
+        ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
+        ("ZOHO_TOKEN".to_string(), "1000.abc".to_string()),
+    ]);
+    sync_one_row(&connector, &env).await;
+    assert_eq!(
+        crm.received()[0].authorization.as_deref(),
+        Some("Zoho-oauthtoken 1000.abc")
+    );
+
+    // Freshsales: `Authorization: Token token=<key>`.
+    let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "f1"}))]).await;
+    let connector = format!(
+        "base_url = \"http://127.0.0.1:9\"\n[auth]\nkind = \"api_key_header\"\nheader = \"Authorization\"\nkey_env = \"FS_KEY\"\nprefix = \"Token token=\"\n{single}"
+    );
+    let env = BTreeMap::from([
+        ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
+        ("FS_KEY".to_string(), "sfg999".to_string()),
+    ]);
+    sync_one_row(&connector, &env).await;
+    assert_eq!(
+        crm.received()[0].authorization.as_deref(),
+        Some("Token token=sfg999")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_and_query_keys_reach_the_crm_as_configured() {
     let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "abc"}))]).await;
     let connector = r#"

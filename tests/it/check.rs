@@ -124,6 +124,28 @@ fn a_secret_pasted_into_an_env_name_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn a_secret_pasted_into_a_scheme_or_a_key_prefix_is_refused_without_echoing_it() {
+    let config = ConfigDir::shipped();
+    config
+        .edit(
+            "connectors/hubspot.toml",
+            "token_env = \"HUBSPOT_ACCESS_TOKEN\"",
+            "token_env = \"HUBSPOT_ACCESS_TOKEN\"\nscheme = \"Bearer pat-na1-0123456789abcdef\"",
+        )
+        .edit(
+            "connectors/brevo.toml",
+            "key_env = \"BREVO_API_KEY\"",
+            "key_env = \"BREVO_API_KEY\"\nprefix = \"xkeysib-0123456789abcdef0123456789\"",
+        );
+    let output = check(&config);
+    assert!(
+        !output.contains("0123456789abcdef"),
+        "the secret was echoed: {output}"
+    );
+    insta::assert_snapshot!(output);
+}
+
+#[test]
 fn a_column_spelt_like_a_helper_gets_a_warning() {
     let config = ConfigDir::shipped();
     config.edit("mappings/hubspot.toml", "{{today}}", "{{todya}}");
