@@ -196,36 +196,62 @@ async fn cycle_until_done(
     queues: &[(Arc<MappingPlan>, Queue)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
+    let interval = Duration::from_secs(
+        queues
+            .iter()
+            .map(|(m, _)| m.schedule.interval_secs)
+            .min()
+            .unwrap_or(300),
+    );
     loop {
         let started = Instant::now();
         let drains = queues.iter().map(|(mapping, queue)| {
             drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
         });
-        for result in futures::future::join_all(drains).await {
-            result?;
-        }
-        tracing::info!(
-            complete = run.summary.complete.load(Ordering::Relaxed),
-            error = run.summary.failed.load(Ordering::Relaxed),
-            retrying = run.summary.retrying.load(Ordering::Relaxed),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Finished sync cycle."
-        );
+        let failed = futures::future::join_all(drains)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        let pause = match failed {
+            // Once, a failure is the run's result (exit code 2). A service
+            // outlives a database restart: the rows of the failed batch keep
+            // their lease and are claimed again when it expires, so a later
+            // cycle loses and duplicates nothing.
+            Some(err) if !options.watch => return Err(err),
+            Some(err) => {
+                let retry_in = interval.min(FAILED_CYCLE_PAUSE);
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    retry_in_secs = retry_in.as_secs(),
+                    "The sync cycle failed; the next one starts after a pause."
+                );
+                retry_in
+            }
+            None => {
+                tracing::info!(
+                    complete = run.summary.complete.load(Ordering::Relaxed),
+                    error = run.summary.failed.load(Ordering::Relaxed),
+                    retrying = run.summary.retrying.load(Ordering::Relaxed),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Finished sync cycle."
+                );
+                interval
+            }
+        };
         if !options.watch || *run.shutdown.borrow() {
             return Ok(());
         }
-        let interval = queues
-            .iter()
-            .map(|(m, _)| m.schedule.interval_secs)
-            .min()
-            .unwrap_or(300);
         let mut shutdown = run.shutdown.clone();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(interval)) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }
 }
+
+/// How long `--watch` waits after a failed cycle (a database restart, say)
+/// before the next, when `interval_secs` is longer.
+const FAILED_CYCLE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Claims and processes batches of one mapping with `workers` loops until no row
 /// is claimable now.

@@ -139,20 +139,7 @@ impl TestDb {
 
     /// Runs SQL the store has no method for (test set-up only).
     async fn execute(&self, sql: String) {
-        match &self.store {
-            Store::Sqlite(pool) => {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Store::Postgres(pool) => {
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
+        crate::support::execute(&self.store, sql).await;
     }
 }
 

@@ -133,6 +133,34 @@ impl TestDb {
     }
 }
 
+/// Runs SQL the store has no method for (test set-up only).
+pub async fn execute(store: &engine::store::Store, sql: String) {
+    use engine::store::Store;
+    match store {
+        Store::Sqlite(pool) => {
+            let mut conn = pool.acquire().await.unwrap();
+            // A pooled connection may hold the schema from before another
+            // connection's DDL, and SQLite resolves the names of an ALTER
+            // TABLE against it when preparing ("no such column"). A read
+            // first brings it up to date.
+            sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        Store::Postgres(pool) => {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// Points each of the shipped `mappings` (`"hubspot"`, `"brevo"`) at `db`'s table.
 pub fn point_at(config: &ConfigDir, db: &TestDb, mappings: &[&str]) {
     let table = format!("table = \"{}\"", db.table);

@@ -9,10 +9,12 @@ use super::{
     Fixture, assert_each_row_synced_once, generated_rows, ids_of, sandbox_options, text, wait_for,
 };
 use crate::on_both_backends;
+use crate::support::execute;
 
 on_both_backends!(
     a_watching_run_syncs_rows_queued_after_it_started,
     sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0,
+    a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answers_again,
 );
 
 async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
@@ -133,5 +135,59 @@ async fn sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0(backen
         f.sandbox.brevo_contacts().len() as i64,
         complete,
         "the CRM holds the Complete rows and no other"
+    );
+}
+
+async fn a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answers_again(
+    backend: Backend,
+) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "mappings/brevo.toml",
+            "interval_secs = 300",
+            "interval_secs = 1",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut engine = f.spawn(&["run", "--connector", "brevo", "--watch"]);
+    wait_for(
+        "the first (empty) cycle",
+        Duration::from_secs(10),
+        || async { engine.stderr().contains("Finished sync cycle.") },
+    )
+    .await;
+
+    // The claim's column goes away, as if the database failed every statement.
+    let table = &f.db.table;
+    let rename = |from: &str, to: &str| {
+        format!("ALTER TABLE \"{table}\" RENAME COLUMN \"{from}\" TO \"{to}\"")
+    };
+    let status = "brevo_processing_status";
+    let away = "brevo_processing_status_away";
+    execute(&f.db.store, rename(status, away)).await;
+    wait_for("a failed cycle", Duration::from_secs(10), || async {
+        engine.stderr().contains("The sync cycle failed")
+    })
+    .await;
+    execute(&f.db.store, rename(away, status)).await;
+
+    let rows = generated_rows(5);
+    f.insert(&rows).await;
+    wait_for(
+        "the rows queued after the failure to be Complete",
+        Duration::from_secs(20),
+        || async { f.count("brevo", "Complete").await == 5 },
+    )
+    .await;
+    assert_each_row_synced_once(&f, "brevo", &ids_of(&rows)).await;
+    engine.terminate();
+    assert_eq!(
+        engine.exit_code(Duration::from_secs(10)).await,
+        0,
+        "{}",
+        engine.stderr()
     );
 }
