@@ -471,6 +471,11 @@ pub struct Rule {
     /// any, is the existing record's id (HubSpot `Existing ID: (\d+)`).
     #[serde(default)]
     pub message_regex: Option<String>,
+    /// JSON pointer that must hold a value in the response body for the rule to
+    /// apply, e.g. `/errors/0` for an API that answers 200 with an `errors`
+    /// array (GraphQL).
+    #[serde(default)]
+    pub body_has: Option<String>,
     /// What the response means.
     pub then: RuleAction,
     /// For `retry` and `rate_limited`: how long to wait, in seconds (e.g. 3600 for

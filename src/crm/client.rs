@@ -491,6 +491,10 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
                 .regex
                 .as_ref()
                 .is_none_or(|regex| regex.is_match(&response.message))
+            && rule
+                .body_has
+                .as_ref()
+                .is_none_or(|pointer| response.body.pointer(pointer).is_some())
     })?;
     let captured = rule
         .regex

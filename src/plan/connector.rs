@@ -120,6 +120,8 @@ pub struct RulePlan {
     pub status: u16,
     /// Message pattern; capture 1 is an id.
     pub regex: Option<Regex>,
+    /// A pointer that must hold a value in the body.
+    pub body_has: Option<String>,
     /// Meaning.
     pub then: RuleAction,
     /// Wait before the retry.
@@ -762,6 +764,7 @@ fn build_request(
         rules.push(RulePlan {
             status: 404,
             regex: None,
+            body_has: None,
             then: RuleAction::NotFound,
             wait: None,
             drop_fields: Vec::new(),
@@ -817,10 +820,11 @@ fn build_rules(
 ) -> Vec<RulePlan> {
     let mut out = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
-        let path = join_key(
-            &join_index(&join_key(label, "rules"), index),
-            "message_regex",
-        );
+        let rule_path = join_index(&join_key(label, "rules"), index);
+        if let Some(pointer) = &rule.body_has {
+            check_pointer(ctx, &join_key(&rule_path, "body_has"), pointer);
+        }
+        let path = join_key(&rule_path, "message_regex");
         let regex = match &rule.message_regex {
             Some(pattern) => match Regex::new(pattern) {
                 Ok(regex) => Some(regex),
@@ -844,6 +848,7 @@ fn build_rules(
         out.push(RulePlan {
             status: rule.status,
             regex,
+            body_has: rule.body_has.clone(),
             then: rule.then,
             wait: rule.wait_secs.map(Duration::from_secs),
             drop_fields: rule.drop_fields.clone(),

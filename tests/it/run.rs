@@ -541,3 +541,60 @@ async fn a_positional_batch_response_with_too_few_results_syncs_no_row() {
         );
     }
 }
+
+/// A GraphQL API: every answer is 200, and a failure is an `errors` array.
+const GRAPHQL: &str = r#"
+base_url = "http://127.0.0.1:9"
+[auth]
+kind = "bearer"
+token_env = "CRM_TOKEN"
+[errors]
+message_pointers = ["/errors/0/message"]
+[retry]
+max_attempts = 1
+[upsert]
+mode = "single"
+[upsert.single]
+method = "POST"
+path = "/graphql"
+body = { query = "mutation Upsert($email: String!, $name: String) { upsertContact(email: $email, name: $name) { id } }", variables = { email = "{{key}}", name = "{{fields.name}}" } }
+id_pointer = "/data/upsertContact/id"
+rules = [{ status = 200, body_has = "/errors/0", then = "permanent" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_a_body_pointer_fails_a_200_that_carries_errors() {
+    let script = vec![
+        Reply::json(200, json!({"data": {"upsertContact": {"id": "c-1"}}})),
+        Reply::json(
+            200,
+            json!({"data": null, "errors": [{"message": "Variable $email got invalid value"}]}),
+        ),
+    ];
+    let h = Harness::with_connector(Backend::Sqlite, GRAPHQL, script, 3)
+        .await
+        .expect("SQLite is always there");
+    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.run(Arc::new(SystemClock)).await;
+    h.insert(&[(ID2, json!("b@example.com"))]).await;
+    h.run(Arc::new(SystemClock)).await;
+
+    let synced = h.row(ID).await;
+    assert_eq!(text(&synced, "crm_processing_status"), "Complete");
+    assert_eq!(text(&synced, "crm_contact_id"), "c-1");
+    let failed = h.row(ID2).await;
+    assert_eq!(
+        text(&failed, "crm_processing_status"),
+        "Error",
+        "{failed:?}"
+    );
+    assert_eq!(
+        text(&failed, "crm_processing_error"),
+        "HTTP 200 OK: Variable $email got invalid value"
+    );
+    let sent = &h.crm.received()[0].body;
+    assert_eq!(
+        sent["variables"],
+        json!({"email": "a@example.com", "name": "Name 4b4be366-da73-4926-83a2-2fddb9a77d95"})
+    );
+}
