@@ -94,45 +94,57 @@ id_pointer = "/id"
     assert_eq!(calls[0].body, json!({"LastName": "Doe"}));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_scheme_and_a_key_prefix_reach_the_crm_as_configured() {
-    let single = r#"
+/// The `Authorization` header one synced row reached a scripted CRM with, under
+/// the `[auth]` table `auth`, with `var` set to `value`.
+async fn authorization_sent(auth: &str, (var, value): (&str, &str)) -> Option<String> {
+    let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "c1"}))]).await;
+    let connector = format!(
+        r#"
+base_url = "http://127.0.0.1:9"
+[auth]
+{auth}
 [upsert]
 mode = "single"
 [upsert.single]
 method = "POST"
 path = "/contacts"
-body = "{{fields}}"
+body = "{{{{fields}}}}"
 id_pointer = "/id"
-"#;
-    // Zoho's word for its OAuth tokens instead of `Bearer`.
-    let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "z1"}))]).await;
-    let connector = format!(
-        "base_url = \"http://127.0.0.1:9\"\n[auth]\nkind = \"bearer\"\ntoken_env = \"ZOHO_TOKEN\"\nscheme = \"Zoho-oauthtoken\"\n{single}"
+"#
     );
     let env = BTreeMap::from([
         ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
-        ("ZOHO_TOKEN".to_string(), "1000.abc".to_string()),
+        (var.to_string(), value.to_string()),
     ]);
     sync_one_row(&connector, &env).await;
+    crm.received()[0].authorization.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_scheme_and_a_key_prefix_reach_the_crm_as_configured() {
+    // Zoho's word for its OAuth tokens instead of `Bearer`.
+    let zoho = "kind = \"bearer\"\ntoken_env = \"ZOHO_TOKEN\"\nscheme = \"Zoho-oauthtoken\"";
     assert_eq!(
-        crm.received()[0].authorization.as_deref(),
+        authorization_sent(zoho, ("ZOHO_TOKEN", "1000.abc"))
+            .await
+            .as_deref(),
         Some("Zoho-oauthtoken 1000.abc")
     );
-
     // Freshsales: `Authorization: Token token=<key>`.
-    let crm = ScriptedCrm::start(vec![Reply::json(200, json!({"id": "f1"}))]).await;
-    let connector = format!(
-        "base_url = \"http://127.0.0.1:9\"\n[auth]\nkind = \"api_key_header\"\nheader = \"Authorization\"\nkey_env = \"FS_KEY\"\nprefix = \"Token token=\"\n{single}"
-    );
-    let env = BTreeMap::from([
-        ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
-        ("FS_KEY".to_string(), "sfg999".to_string()),
-    ]);
-    sync_one_row(&connector, &env).await;
+    let freshsales = "kind = \"api_key_header\"\nheader = \"Authorization\"\nkey_env = \"FS_KEY\"\nprefix = \"Token token=\"";
     assert_eq!(
-        crm.received()[0].authorization.as_deref(),
+        authorization_sent(freshsales, ("FS_KEY", "sfg999"))
+            .await
+            .as_deref(),
         Some("Token token=sfg999")
+    );
+    // The default scheme.
+    let bearer = "kind = \"bearer\"\ntoken_env = \"TOKEN\"";
+    assert_eq!(
+        authorization_sent(bearer, ("TOKEN", "t-1"))
+            .await
+            .as_deref(),
+        Some("Bearer t-1")
     );
 }
 

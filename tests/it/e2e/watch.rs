@@ -6,7 +6,8 @@ use std::time::Duration;
 use engine::store::Backend;
 
 use super::{
-    Fixture, assert_each_row_synced_once, generated_rows, ids_of, sandbox_options, text, wait_for,
+    Engine, Fixture, assert_each_row_synced_once, generated_rows, ids_of, sandbox_options, text,
+    wait_for,
 };
 use crate::on_both_backends;
 use crate::support::execute;
@@ -17,25 +18,32 @@ on_both_backends!(
     a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answers_again,
 );
 
-async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
-    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+/// An empty queue, and `engine run --connector brevo --watch` every second,
+/// past its first (empty) cycle. `None` where PostgreSQL is not reachable
+/// outside CI.
+async fn watching_brevo(backend: Backend) -> Option<(Fixture, Engine)> {
+    let f = Fixture::new(backend, sandbox_options(0), |config| {
         config.edit(
             "mappings/brevo.toml",
             "interval_secs = 300",
             "interval_secs = 1",
         );
     })
-    .await
-    else {
-        return;
-    };
-    let mut engine = f.spawn(&["run", "--connector", "brevo", "--watch"]);
+    .await?;
+    let engine = f.spawn(&["run", "--connector", "brevo", "--watch"]);
     wait_for(
         "the first (empty) cycle",
         Duration::from_secs(10),
         || async { engine.stderr().contains("Finished sync cycle.") },
     )
     .await;
+    Some((f, engine))
+}
+
+async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
+    let Some((f, mut engine)) = watching_brevo(backend).await else {
+        return;
+    };
 
     let rows = generated_rows(5);
     f.insert(&rows).await;
@@ -141,24 +149,9 @@ async fn sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0(backen
 async fn a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answers_again(
     backend: Backend,
 ) {
-    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
-        config.edit(
-            "mappings/brevo.toml",
-            "interval_secs = 300",
-            "interval_secs = 1",
-        );
-    })
-    .await
-    else {
+    let Some((f, mut engine)) = watching_brevo(backend).await else {
         return;
     };
-    let mut engine = f.spawn(&["run", "--connector", "brevo", "--watch"]);
-    wait_for(
-        "the first (empty) cycle",
-        Duration::from_secs(10),
-        || async { engine.stderr().contains("Finished sync cycle.") },
-    )
-    .await;
 
     // The claim's column goes away, as if the database failed every statement.
     let table = &f.db.table;
