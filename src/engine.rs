@@ -311,9 +311,9 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
     // One pinned clock for the whole claim, formatted once.
     let now = Value::String(run.clock.utc().to_rfc3339());
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
-    let mut jobs: Vec<RowJob> = Vec::new();
-    let mut rows_of_job: Vec<Vec<usize>> = Vec::new();
-    let mut job_of_key: HashMap<String, usize> = HashMap::new();
+    let mut jobs: Vec<RowJob> = Vec::with_capacity(rows.len());
+    let mut rows_of_job: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
+    let mut job_of_key: HashMap<String, usize> = HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter_mut().enumerate() {
         match render_job(run, mapping, row, &now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
