@@ -55,6 +55,16 @@ pub struct RunSummary {
     pub retrying: AtomicU64,
     /// Rows handed back because of a long rate limit.
     pub deferred: AtomicU64,
+    /// The cycle under way, for progress lines.
+    cycle: std::sync::Mutex<Option<CycleStart>>,
+}
+
+/// When a cycle started, the run's total then, and the rows due then.
+#[derive(Debug, Clone, Copy)]
+struct CycleStart {
+    at: Instant,
+    total_before: u64,
+    due: u64,
 }
 
 impl RunSummary {
@@ -205,6 +215,9 @@ async fn cycle_until_done(
     );
     loop {
         let started = Instant::now();
+        if options.progress_every.is_some() {
+            note_cycle_start(run, queues, started).await;
+        }
         let drains = queues.iter().map(|(mapping, queue)| {
             drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
         });
@@ -466,19 +479,92 @@ struct BatchCounts {
     deferred: u64,
 }
 
+/// Counts the rows due in every mapping of the run, so that progress lines
+/// can say how far the cycle is and how long it has left. A failed count
+/// only leaves those two out.
+async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Queue)], at: Instant) {
+    let now = run.clock.utc();
+    let mut due = 0;
+    for (mapping, queue) in queues {
+        match queue.count_due(now).await {
+            Ok(n) => due += n,
+            Err(err) => {
+                tracing::debug!(mapping = %mapping.name, error = format!("{err:#}"), "Could not count the due rows.");
+                return;
+            }
+        }
+    }
+    let start = CycleStart {
+        at,
+        total_before: run.summary.total(),
+        due,
+    };
+    *run.summary.cycle.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+}
+
 async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {
     let started = Instant::now();
     loop {
         tokio::time::sleep(every).await;
         let total = summary.total();
         let rate = total as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let cycle = *summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, due, percent, eta_secs) = match cycle {
+            Some(c) => {
+                let done = total.saturating_sub(c.total_before);
+                let (percent, eta) = cycle_progress(c.due, done, c.at.elapsed());
+                (Some(done), Some(c.due), percent, eta)
+            }
+            None => (None, None, None, None),
+        };
         tracing::info!(
             %connector,
             complete = summary.complete.load(Ordering::Relaxed),
             error = summary.failed.load(Ordering::Relaxed),
             retrying = summary.retrying.load(Ordering::Relaxed),
             rows_per_sec = rate.round() as u64,
+            cycle_done = done,
+            cycle_due = due,
+            percent,
+            eta_secs,
             "Progress."
         );
+    }
+}
+
+/// How far a cycle that had `due` rows is after `done` of them in
+/// `elapsed`: percent done, and seconds left at the rate so far. Rows
+/// queued after the cycle started can take `done` past `due`: 100 %, 0 s.
+fn cycle_progress(due: u64, done: u64, elapsed: Duration) -> (Option<u64>, Option<u64>) {
+    if due == 0 {
+        return (None, None);
+    }
+    let percent = (done.min(due) * 100 / due).min(100);
+    let secs = elapsed.as_secs_f64();
+    let eta = (done > 0 && secs > 0.0).then(|| {
+        let rate = done as f64 / secs;
+        (due.saturating_sub(done) as f64 / rate).ceil() as u64
+    });
+    (Some(percent), eta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cycle_reports_its_share_done_and_the_seconds_left_at_its_rate() {
+        let ten_secs = Duration::from_secs(10);
+        // 2,500 of 10,000 in 10 s: 250/s, so 7,500 left take 30 s.
+        assert_eq!(
+            cycle_progress(10_000, 2_500, ten_secs),
+            (Some(25), Some(30))
+        );
+        // Nothing done yet: no rate, no estimate.
+        assert_eq!(cycle_progress(10_000, 0, ten_secs), (Some(0), None));
+        // Rows queued after the start: done passes due.
+        assert_eq!(cycle_progress(100, 150, ten_secs), (Some(100), Some(0)));
+        // Nothing was due (a watching run between batches).
+        assert_eq!(cycle_progress(0, 0, ten_secs), (None, None));
     }
 }

@@ -207,6 +207,7 @@ pub struct Queue {
 struct Statements {
     claim: String,
     record: String,
+    count_due: String,
 }
 
 impl Queue {
@@ -245,6 +246,25 @@ impl Queue {
             Store::Postgres(pool) => postgres::claim(pool, sql, limit, now, lease).await,
         };
         claimed.with_context(|| format!("claiming rows of {}", self.spec.table))
+    }
+
+    /// How many rows a claim at `now` could take: what is left to sync in
+    /// this cycle, for progress lines. One count per claim arm, each a range
+    /// of the claim index.
+    pub async fn count_due(&self, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        let now = stored_time(now);
+        let sql = sqlx::AssertSqlSafe(self.statements.count_due.as_str());
+        let count: i64 = match &self.store {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(sql::sqlite_time(now))
+                    .fetch_one(pool)
+                    .await
+            }
+            Store::Postgres(pool) => sqlx::query_scalar(sql).bind(now).fetch_one(pool).await,
+        }
+        .with_context(|| format!("counting the due rows of {}", self.spec.table))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Writes all `results` in one statement and returns how many rows were
@@ -315,7 +335,11 @@ impl Store {
         Ok(Some(Queue {
             store: self.clone(),
             spec: spec.clone(),
-            statements: Arc::new(Statements { claim, record }),
+            statements: Arc::new(Statements {
+                claim,
+                record,
+                count_due: sql::count_due_sql(spec),
+            }),
         }))
     }
 
@@ -332,6 +356,11 @@ impl Store {
             .await?
             .claim(limit, now, lease)
             .await
+    }
+
+    /// [`Queue::count_due`] on a queue opened for this one call.
+    pub async fn count_due(&self, spec: &TableSpec, now: DateTime<Utc>) -> anyhow::Result<u64> {
+        self.required_queue(spec).await?.count_due(now).await
     }
 
     /// [`Queue::record`] on a queue opened for this one call.

@@ -72,6 +72,17 @@ pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> [String; 4] {
     ]
 }
 
+/// The number of rows a claim at `$1` could take: the claim's arms,
+/// counted one by one (both dialects).
+pub(super) fn count_due_sql(spec: &TableSpec) -> String {
+    let table = quote(&spec.table);
+    let counts: Vec<String> = claim_arms(spec, "$1")
+        .iter()
+        .map(|predicate| format!("(SELECT count(*) FROM {table} WHERE {predicate})"))
+        .collect();
+    format!("SELECT CAST({} AS BIGINT)", counts.join(" + "))
+}
+
 /// One row's write-back, as an element of the JSON array `record` binds.
 /// A `None` (or `set_error: false`) keeps the column's current value.
 #[derive(Serialize)]

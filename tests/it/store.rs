@@ -521,11 +521,17 @@ async fn rows_due_in_the_future_are_not_claimed(db: TestDb) {
     let unqueued = contact(7, None, json!({}));
     let rows = [never_tried, due, due_now, later, done, failed, unqueued];
     let db = db.with_rows(&rows).await;
+    let due_count = db.store.count_due(&db.spec, now).await.unwrap();
 
     let claimed = db.claim(100, now, now + minutes(5)).await;
 
     let expected: HashSet<String> = rows[..3].iter().map(id_of).collect();
     assert_eq!(ids(&claimed), expected);
+    assert_eq!(due_count, 3, "the count of due rows agrees with the claim");
+    // Now Processing under a live lease: none is due until it expires.
+    assert_eq!(db.store.count_due(&db.spec, now).await.unwrap(), 0);
+    let expired = now + minutes(6);
+    assert_eq!(db.store.count_due(&db.spec, expired).await.unwrap(), 4);
 }
 
 async fn claims_take_rows_by_due_time_nulls_first(db: TestDb) {
