@@ -449,6 +449,12 @@ pub struct BatchResults {
     /// (Salesforce: `/errors/0/message`).
     #[serde(default = "default_error_message_pointer")]
     pub error_message_pointer: String,
+    /// Regular expression for a per-item failure worth trying again later,
+    /// matched against the failed item as compact JSON (code and message
+    /// alike), e.g. `UNABLE_TO_LOCK_ROW` for Salesforce. Such a row goes back
+    /// to the queue on its retry schedule instead of ending in `Error`.
+    #[serde(default)]
+    pub transient_item_regex: Option<String>,
 }
 
 fn default_error_message_pointer() -> String {

@@ -11,7 +11,6 @@ use serde_json::{Map, Value};
 use super::client::{CrmClient, ReplyAction};
 use super::flow::{RowJob, RowOutcome, failure};
 use super::response::{Response, id_text};
-use crate::config::connector::BatchResults;
 use crate::plan::BatchPlan;
 use crate::template::OnEmpty;
 
@@ -123,7 +122,7 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
                     .and_then(id_text)
                     .and_then(|v| find(&v));
                 if let Some(index) = index {
-                    outcomes[index] = Some(result_outcome(spec, result));
+                    outcomes[index] = Some(result_outcome(plan, result));
                 }
             }
         }
@@ -131,7 +130,7 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
         // position can be trusted.
         None if results.len() == jobs.len() => {
             for (outcome, result) in outcomes.iter_mut().zip(results) {
-                *outcome = Some(result_outcome(spec, result));
+                *outcome = Some(result_outcome(plan, result));
             }
         }
         None => {
@@ -151,7 +150,7 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
         {
             for value in values_at(error, matcher) {
                 if let Some(index) = find(&value) {
-                    outcomes[index] = Some(RowOutcome::Permanent(message_of(spec, error)));
+                    outcomes[index] = Some(item_failure(plan, error));
                 }
             }
         }
@@ -162,9 +161,10 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
         .collect()
 }
 
-/// One result: synced with its id, or rejected when `success_pointer` does
+/// One result: synced with its id, or failed when `success_pointer` does
 /// not hold `success_value`.
-fn result_outcome(spec: &BatchResults, result: &Value) -> RowOutcome {
+fn result_outcome(plan: &BatchPlan, result: &Value) -> RowOutcome {
+    let spec = &plan.results;
     let succeeded = spec
         .success_pointer
         .as_ref()
@@ -174,15 +174,27 @@ fn result_outcome(spec: &BatchResults, result: &Value) -> RowOutcome {
             crm_id: result.pointer(&spec.id_pointer).and_then(id_text),
         }
     } else {
-        RowOutcome::Permanent(message_of(spec, result))
+        item_failure(plan, result)
     }
 }
 
-fn message_of(spec: &BatchResults, item: &Value) -> String {
-    item.pointer(&spec.error_message_pointer)
+/// A failed item: retried later when `transient_item_regex` matches it,
+/// else final; with the item's message either way.
+fn item_failure(plan: &BatchPlan, item: &Value) -> RowOutcome {
+    let message = item
+        .pointer(&plan.results.error_message_pointer)
         .and_then(Value::as_str)
         .unwrap_or("item rejected")
-        .to_string()
+        .to_string();
+    let transient = plan
+        .transient_items
+        .as_ref()
+        .is_some_and(|regex| regex.is_match(&item.to_string()));
+    if transient {
+        RowOutcome::Transient(message)
+    } else {
+        RowOutcome::Permanent(message)
+    }
 }
 
 /// A string, number, or array of them at `pointer`.

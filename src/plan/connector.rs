@@ -141,6 +141,8 @@ pub struct BatchPlan {
     pub max_items: usize,
     /// Where results are.
     pub results: BatchResults,
+    /// Per-item failures that are retried later, not final.
+    pub transient_items: Option<Regex>,
 }
 
 struct Ctx<'a> {
@@ -666,6 +668,9 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     if let Some(p) = &results.error_match_pointer {
         check_pointer(ctx, "upsert.batch.results.error_match_pointer", p);
     }
+    let transient_items = results.transient_item_regex.as_ref().and_then(|pattern| {
+        compile_regex(ctx, "upsert.batch.results.transient_item_regex", pattern)
+    });
     if !contains_exact(&op.body, "{{items}}") {
         ctx.error(
             "upsert.batch.body",
@@ -692,6 +697,7 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
         item: item?,
         max_items: op.max_items as usize,
         results: results.clone(),
+        transient_items,
     })
 }
 
@@ -813,6 +819,28 @@ fn compile(ctx: &mut Ctx<'_>, key: &str, tree: &Value) -> Option<CompiledTree> {
         .ok()
 }
 
+/// `pattern` compiled, or an error at `path` (whose last key names it).
+fn compile_regex(ctx: &mut Ctx<'_>, path: &str, pattern: &str) -> Option<Regex> {
+    match Regex::new(pattern) {
+        Ok(regex) => Some(regex),
+        Err(err) => {
+            let first = err
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_string();
+            let key = path.rsplit('.').next().unwrap_or(path);
+            ctx.error(
+                path,
+                format!("`{key}` does not compile: {first}"),
+                "Rust regex syntax; write it as a TOML literal string '...'",
+            );
+            None
+        }
+    }
+}
+
 fn build_rules(
     ctx: &mut Ctx<'_>,
     label: &str,
@@ -826,22 +854,9 @@ fn build_rules(
         }
         let path = join_key(&rule_path, "message_regex");
         let regex = match &rule.message_regex {
-            Some(pattern) => match Regex::new(pattern) {
-                Ok(regex) => Some(regex),
-                Err(err) => {
-                    let first = err
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .to_string();
-                    ctx.error(
-                        &path,
-                        format!("`message_regex` does not compile: {first}"),
-                        "Rust regex syntax; write it as a TOML literal string '...'",
-                    );
-                    continue;
-                }
+            Some(pattern) => match compile_regex(ctx, &path, pattern) {
+                Some(regex) => Some(regex),
+                None => continue,
             },
             None => None,
         };

@@ -464,10 +464,10 @@ error_message_pointer = "/errors/0/message"
 
 const ID3: &str = "0f3b8f9e-6c1d-4c52-9a0e-3d6f1c2b7a11";
 
-/// Runs three rows through [`BY_POSITION`] against `reply`; returns the rows
-/// in the order the request carried them.
-async fn three_rows_by_position(reply: Reply) -> Vec<Map<String, Value>> {
-    let h = Harness::with_connector(Backend::Sqlite, BY_POSITION, vec![reply], 3)
+/// Runs three rows through `connector` (e.g. [`BY_POSITION`]) against
+/// `reply`; returns the rows in the order the request carried them.
+async fn three_rows_by_position(connector: &str, reply: Reply) -> Vec<Map<String, Value>> {
+    let h = Harness::with_connector(Backend::Sqlite, connector, vec![reply], 3)
         .await
         .expect("SQLite is always there");
     h.insert(&[
@@ -489,7 +489,7 @@ async fn three_rows_by_position(reply: Reply) -> Vec<Map<String, Value>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_results_without_a_match_pointer_are_matched_to_rows_by_position() {
-    let rows = three_rows_by_position(Reply::json(
+    let rows = three_rows_by_position(BY_POSITION, Reply::json(
         200,
         json!([
             {"id": "003A", "success": true, "errors": [], "created": true},
@@ -524,13 +524,16 @@ async fn batch_results_without_a_match_pointer_are_matched_to_rows_by_position()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_positional_batch_response_with_too_few_results_syncs_no_row() {
-    let rows = three_rows_by_position(Reply::json(
-        200,
-        json!([
-            {"id": "003A", "success": true, "errors": []},
-            {"id": "003B", "success": true, "errors": []}
-        ]),
-    ))
+    let rows = three_rows_by_position(
+        BY_POSITION,
+        Reply::json(
+            200,
+            json!([
+                {"id": "003A", "success": true, "errors": []},
+                {"id": "003B", "success": true, "errors": []}
+            ]),
+        ),
+    )
     .await;
     for row in rows {
         assert_eq!(text(&row, "crm_processing_status"), "Queued", "{row:?}");
@@ -596,5 +599,48 @@ async fn a_rule_on_a_body_pointer_fails_a_200_that_carries_errors() {
     assert_eq!(
         sent["variables"],
         json!({"email": "a@example.com", "name": "Name 4b4be366-da73-4926-83a2-2fddb9a77d95"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_item_failure_matching_transient_item_regex_is_retried_later_not_failed() {
+    let connector = format!("{BY_POSITION}transient_item_regex = \"UNABLE_TO_LOCK_ROW\"\n");
+    let rows = three_rows_by_position(
+        &connector,
+        Reply::json(
+            200,
+            json!([
+                {"id": "003A", "success": true, "errors": []},
+                {"success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "unable to obtain exclusive access to this record"}]},
+                {"success": false, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING", "message": "Required fields are missing: [LastName]"}]}
+            ]),
+        ),
+    )
+    .await;
+    let seen: Vec<(String, i64, String)> = rows
+        .iter()
+        .map(|row| {
+            (
+                text(row, "crm_processing_status"),
+                count(row),
+                text(row, "crm_processing_error"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("Complete".into(), 0, String::new()),
+            (
+                "Queued".into(),
+                1,
+                "unable to obtain exclusive access to this record".into()
+            ),
+            (
+                "Error".into(),
+                0,
+                "Required fields are missing: [LastName]".into()
+            ),
+        ]
     );
 }
