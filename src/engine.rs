@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::crm::probe::ConnectorPaused;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
@@ -213,6 +214,7 @@ async fn cycle_until_done(
             .min()
             .unwrap_or(300),
     );
+    let mut pauses = 0;
     loop {
         let started = Instant::now();
         if options.progress_every.is_some() {
@@ -231,6 +233,19 @@ async fn cycle_until_done(
             // their lease and are claimed again when it expires, so a later
             // cycle loses and duplicates nothing.
             Some(err) if !options.watch => return Err(err),
+            // A broken config stays broken until someone fixes it: the
+            // connector sleeps longer each time, then probes it again.
+            Some(err) if err.downcast_ref::<ConnectorPaused>().is_some() => {
+                let retry_in = paused_backoff(pauses);
+                pauses += 1;
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    retry_in_secs = retry_in.as_secs(),
+                    "The connector is paused; it is tried again after a pause."
+                );
+                run.client.reset_config_probe();
+                retry_in
+            }
             Some(err) => {
                 let retry_in = interval.min(FAILED_CYCLE_PAUSE);
                 tracing::error!(
@@ -241,6 +256,7 @@ async fn cycle_until_done(
                 retry_in
             }
             None => {
+                pauses = 0;
                 tracing::info!(
                     complete = run.summary.complete.load(Ordering::Relaxed),
                     error = run.summary.failed.load(Ordering::Relaxed),
@@ -262,6 +278,14 @@ async fn cycle_until_done(
     }
 }
 
+/// How long a paused connector waits before its `n`th (0-based) new try:
+/// 10 s, doubling up to 5 min.
+fn paused_backoff(n: u32) -> Duration {
+    FAILED_CYCLE_PAUSE
+        .saturating_mul(2u32.saturating_pow(n.min(16)))
+        .min(Duration::from_secs(300))
+}
+
 /// How long `--watch` waits after a failed cycle (a database restart, say)
 /// before the next, when `interval_secs` is longer.
 const FAILED_CYCLE_PAUSE: Duration = Duration::from_secs(10);
@@ -279,7 +303,8 @@ async fn drain(
         let mapping = mapping.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
-            while !*run.shutdown.borrow() {
+            // A connector whose config failed claims nothing more.
+            while !*run.shutdown.borrow() && run.client.config_fault().is_none() {
                 if process_one_batch(&run, &mapping, &queue).await? == 0 {
                     break;
                 }
@@ -309,12 +334,37 @@ async fn process_one_batch(
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
     let outcomes = sync_rows(run, mapping, &mut rows).await;
+    if let Some(paused) = run.client.config_fault() {
+        hand_back(queue, &rows).await?;
+        return Err(paused.into());
+    }
     let results = decide(run, mapping, &rows, outcomes);
     queue
         .record(&results)
         .await
         .context("failed to record results")?;
     Ok(rows.len())
+}
+
+/// Returns claimed rows to `Queued` as they were before the claim, with no
+/// retry spent and no error written: the connector's config failed, not they.
+async fn hand_back(queue: &Queue, rows: &[ClaimedRow]) -> anyhow::Result<()> {
+    let results: Vec<RowResult> = rows
+        .iter()
+        .map(|row| {
+            RowResult::of(
+                row,
+                RowUpdate::Release {
+                    next_retry_at: None,
+                },
+            )
+        })
+        .collect();
+    queue
+        .record(&results)
+        .await
+        .context("failed to hand the claimed rows back")?;
+    Ok(())
 }
 
 /// Renders every row and sends one request per distinct key; outcomes in row order.

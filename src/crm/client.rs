@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::auth::Authenticator;
 use super::concurrency::{AdaptiveGate, Signal};
+use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
 use crate::clock::Clock;
 use crate::config::connector::RuleAction;
@@ -86,6 +87,8 @@ pub struct CrmClient {
     backoff: Backoff,
     policy: ClassifyPolicy,
     clock: Arc<dyn Clock>,
+    /// Whether the answers so far blame the config (see [`super::probe`]).
+    probe: ConfigProbe,
 }
 
 impl CrmClient {
@@ -171,7 +174,26 @@ impl CrmClient {
             backoff,
             policy,
             clock,
+            probe: ConfigProbe::default(),
         })
+    }
+
+    /// The connector's config looks broken: every answer so far blamed it
+    /// (see [`super::probe`]). `None` once one answer proved it works.
+    pub fn config_fault(&self) -> Option<ConnectorPaused> {
+        let fault = self.probe.fault_found()?;
+        let secrets = crate::plan::secret_env_names(&self.plan.auth);
+        let hint = fault.hint(&self.plan.name, &self.plan.base_url_env, &secrets);
+        Some(ConnectorPaused {
+            connector: self.plan.name.clone(),
+            fault,
+            hint,
+        })
+    }
+
+    /// Forgets the answers so far: the next requests probe the config afresh.
+    pub fn reset_config_probe(&self) {
+        self.probe.reset();
     }
 
     /// The compiled templates.
@@ -212,6 +234,17 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
+            // Several answers blamed the config and none proved it: sending
+            // more would only spend the rate limit. The row goes back as it was.
+            if self.probe.tripped() {
+                return Reply {
+                    action: ReplyAction::Deferred {
+                        until: self.clock.utc(),
+                        reason: "not sent: the connector's config looks broken".into(),
+                    },
+                    response: None,
+                };
+            }
             // A pause longer than we wait in-process (a daily limit) defers the row
             // without sending anything, so a run ends instead of hanging.
             let pending = self.limiter.wait_time(&op.class);
@@ -374,10 +407,21 @@ impl CrmClient {
         request: reqwest::RequestBuilder,
         sent_at: std::time::Instant,
     ) -> (Step, Option<Response>) {
-        let result = request.send().await;
+        let (http, request) = request.build_split();
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => {
+                let step = step_of(outcome::classify_transport_error(&err), false);
+                return (step, None);
+            }
+        };
+        let method = request.method().clone();
+        let url = request.url().clone();
+        let result = http.execute(request).await;
         let response = match result {
             Ok(response) => response,
             Err(mut err) => {
+                self.probe.observe_transport(&err, method.as_str(), &url);
                 // The error's text names the URL, whose query may carry an
                 // `api_key_query` secret; it goes to the logs and the row's error.
                 if let Some(url) = err.url_mut() {
@@ -400,7 +444,12 @@ impl CrmClient {
         if status == 401 {
             self.auth.invalidate().await;
         }
-        if let Some(step) = apply_rules(op, &response) {
+        let ruled = apply_rules(op, &response);
+        // A 403 the connector lists as a rate limit is the CRM's throttle.
+        let meant = ruled.is_some() || self.policy.rate_limited_statuses.contains(&status);
+        self.probe
+            .observe_status(status, meant, op.path.is_literal(), method.as_str(), &url);
+        if let Some(step) = ruled {
             return (step, Some(response));
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);

@@ -7,6 +7,7 @@ mod batch;
 mod client;
 pub mod concurrency;
 mod flow;
+pub mod probe;
 mod response;
 
 pub use client::{CrmClient, Reply, ReplyAction};

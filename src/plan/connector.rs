@@ -251,6 +251,14 @@ fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
     }
 }
 
+/// The names of the environment variables holding `auth`'s secrets (for hints).
+pub fn secret_env_names(auth: &Auth) -> Vec<String> {
+    env_fields(auth)
+        .into_iter()
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
 fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
     match auth {
         Auth::None => vec![],

@@ -151,6 +151,13 @@ pub struct CompiledPath {
     literal: Option<String>,
 }
 
+impl CompiledPath {
+    /// Whether the path interpolates nothing: the same endpoint for every row.
+    pub fn is_literal(&self) -> bool {
+        self.literal.is_some()
+    }
+}
+
 /// The handlebars registries, with every helper, strict mode on.
 ///
 /// Compiled templates live in the [`CompiledTree`]/[`CompiledPath`] values,

@@ -5,6 +5,7 @@ mod batch;
 mod check;
 mod contract;
 mod e2e;
+mod failfast;
 mod flows;
 mod payloads;
 mod plan;

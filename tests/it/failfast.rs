@@ -1,0 +1,245 @@
+//! Failing fast on a broken connector config: a wrong base URL, rejected
+//! credentials or an unreachable host stop the connector with one message and
+//! hand the claimed rows back untouched, while one bad row still fails alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engine::clock::SystemClock;
+use engine::crm::probe::ConnectorPaused;
+use engine::engine::run_connector;
+use engine::plan::Plan;
+use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::store::Backend;
+use serde_json::{Map, Value, json};
+
+use crate::on_both_backends;
+use crate::scripted::{Reply, ScriptedCrm};
+use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_engine};
+
+/// The shipped `connector` mapping over a fresh table holding `rows` queued rows.
+struct Setup {
+    db: TestDb,
+    plan: Arc<Plan>,
+    env: BTreeMap<String, String>,
+    config: ConfigDir,
+    connector: String,
+}
+
+impl Setup {
+    async fn new(
+        backend: Backend,
+        connector: &str,
+        env: BTreeMap<String, String>,
+        rows: usize,
+    ) -> Option<Setup> {
+        engine::install_crypto_provider();
+        let db = TestDb::open(backend).await?;
+        let config = ConfigDir::shipped();
+        point_at(&config, &db, &[connector]);
+        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
+        let status = format!("{connector}_processing_status");
+        let rows: Vec<Map<String, Value>> = (0..rows)
+            .map(|i| {
+                let mut row = json!({"id": row_id(i), "email": format!("person{i}@example.com"), "name": "Ada Lovelace", "retry_count": 0});
+                row[status.as_str()] = "Queued".into();
+                row.as_object().unwrap().clone()
+            })
+            .collect();
+        db.store.insert_rows(&db.table, &rows).await.unwrap();
+        Some(Setup {
+            db,
+            plan,
+            env,
+            config,
+            connector: connector.to_string(),
+        })
+    }
+
+    async fn run(&self) -> anyhow::Result<()> {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        run_connector(
+            self.plan.clone(),
+            &self.connector,
+            self.db.store.clone(),
+            &self.env,
+            Arc::new(SystemClock),
+            quiet(),
+            shutdown,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn row(&self, id: &str) -> Map<String, Value> {
+        self.db
+            .store
+            .fetch_row(&self.plan.mappings[&self.connector].table, id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Every row's (status, retry_count, error).
+    async fn states(&self, rows: usize) -> Vec<(Value, Value, Value)> {
+        let status = format!("{}_processing_status", self.connector);
+        let error = format!("{}_processing_error", self.connector);
+        let mut states = Vec::new();
+        for i in 0..rows {
+            let row = self.row(&row_id(i)).await;
+            states.push((
+                row[&status].clone(),
+                row["retry_count"].clone(),
+                row[&error].clone(),
+            ));
+        }
+        states
+    }
+}
+
+/// A UUID (PostgreSQL's `id` column is one) that names row `i`.
+fn row_id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+fn untouched(rows: usize) -> Vec<(Value, Value, Value)> {
+    vec![(json!("Queued"), json!(0), Value::Null); rows]
+}
+
+async fn sandbox(options: SandboxOptions) -> Sandbox {
+    Sandbox::start(SandboxOptions { port: 0, ..options })
+        .await
+        .unwrap()
+}
+
+async fn a_base_url_missing_its_path_prefix_stops_the_run_and_leaves_the_rows_queued(
+    backend: Backend,
+) {
+    let sandbox = sandbox(SandboxOptions::default()).await;
+    let mut env = engine::demo::sandbox_env(&sandbox.base_url());
+    // Brevo lives under /v3: without it every endpoint answers 404.
+    env.insert("BREVO_BASE_URL".into(), sandbox.base_url());
+    let Some(setup) = Setup::new(backend, "brevo", env, 20).await else {
+        return;
+    };
+    let err = setup.run().await.expect_err("the run stops");
+    let paused = err
+        .downcast_ref::<ConnectorPaused>()
+        .expect("a paused connector");
+    let message = paused.to_string();
+    let url = format!("{}/contacts", sandbox.base_url());
+    assert!(
+        message.contains(&format!("POST {url} answered HTTP 404 Not Found")),
+        "{message}"
+    );
+    assert!(message.contains("BREVO_BASE_URL"), "{message}");
+    assert!(!message.contains("demo-key"), "{message}");
+    assert_eq!(setup.states(20).await, untouched(20));
+    // Three answers are enough to tell; the rest of the queue was not sent.
+    let sent = sandbox.stats()["statuses"]["404"].as_u64().unwrap_or(0);
+    assert!(sent <= 3 + 4, "{sent} requests sent");
+}
+
+async fn a_rejected_token_stops_a_batch_connector_without_splitting_its_batches(backend: Backend) {
+    let sandbox = sandbox(SandboxOptions {
+        hubspot_token: Some("the-right-token".into()),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let env = engine::demo::sandbox_env(&sandbox.base_url());
+    let Some(setup) = Setup::new(backend, "hubspot", env, 300).await else {
+        return;
+    };
+    let err = setup.run().await.expect_err("the run stops");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("answered HTTP 401 Unauthorized"),
+        "{message}"
+    );
+    assert!(message.contains("check HUBSPOT_ACCESS_TOKEN"), "{message}");
+    assert!(!message.contains("demo-token"), "{message}");
+    assert_eq!(setup.states(300).await, untouched(300));
+    let sent = sandbox.stats()["requests"]["POST /crm/v3/objects/contacts/batch/upsert"]
+        .as_u64()
+        .unwrap_or(0);
+    // Without the probe, each 100-row batch rejected as a whole is split
+    // down to single rows: 199 requests per batch.
+    assert!(sent < 20, "{sent} batch requests sent");
+}
+
+on_both_backends!(
+    a_base_url_missing_its_path_prefix_stops_the_run_and_leaves_the_rows_queued,
+    a_rejected_token_stops_a_batch_connector_without_splitting_its_batches,
+);
+
+#[tokio::test]
+async fn an_unreachable_host_stops_the_run_naming_the_url_and_the_variable() {
+    let mut env = engine::demo::sandbox_env("http://127.0.0.1:9");
+    env.insert("BREVO_BASE_URL".into(), "http://127.0.0.1:9/v3".into());
+    let setup = Setup::new(Backend::Sqlite, "brevo", env, 5).await.unwrap();
+    let err = setup.run().await.expect_err("the run stops");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("POST http://127.0.0.1:9/v3/contacts could not connect"),
+        "{message}"
+    );
+    assert!(message.contains("the host cannot be reached"), "{message}");
+    assert_eq!(setup.states(5).await, untouched(5));
+}
+
+#[tokio::test]
+async fn one_rows_404_fails_only_that_row() {
+    let crm = ScriptedCrm::start(vec![
+        Reply::json(404, json!({"message": "no such list for this contact"})),
+        Reply::json(201, json!({"id": 7})),
+    ])
+    .await;
+    let env = BTreeMap::from([
+        ("BREVO_BASE_URL".to_string(), crm.base_url.clone()),
+        ("BREVO_API_KEY".to_string(), "k".to_string()),
+    ]);
+    let setup = Setup::new(Backend::Sqlite, "brevo", env, 6).await.unwrap();
+    setup.run().await.expect("the run finishes");
+    let states = setup.states(6).await;
+    let failed: Vec<_> = states.iter().filter(|s| s.0 == "Error").collect();
+    assert_eq!(failed.len(), 1, "{states:?}");
+    assert!(
+        failed[0].2.as_str().unwrap().contains("HTTP 404"),
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| s.0 == "Complete").count(),
+        5,
+        "{states:?}"
+    );
+}
+
+#[test]
+fn the_cli_exits_2_on_a_wrong_base_url_with_the_url_and_a_hint() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (setup, sandbox) = runtime.block_on(async {
+        let sandbox = sandbox(SandboxOptions::default()).await;
+        let mut env = engine::demo::sandbox_env(&sandbox.base_url());
+        env.insert("BREVO_BASE_URL".into(), sandbox.base_url());
+        let setup = Setup::new(Backend::Sqlite, "brevo", env, 3).await.unwrap();
+        (setup, sandbox)
+    });
+    let base = sandbox.base_url();
+    let transcript = run_engine(
+        setup.config.path(),
+        &["run", "--connector", "brevo"],
+        &[
+            ("DATABASE_URL", setup.db.url.as_str()),
+            ("BREVO_BASE_URL", base.as_str()),
+            ("BREVO_API_KEY", "secret-key"),
+        ],
+    );
+    assert!(transcript.starts_with("exit code: 2"), "{transcript}");
+    assert!(
+        transcript.contains(&format!("POST {base}/contacts answered HTTP 404 Not Found")),
+        "{transcript}"
+    );
+    assert!(!transcript.contains("secret-key"), "{transcript}");
+    let states = runtime.block_on(setup.states(3));
+    assert_eq!(states, untouched(3));
+}
