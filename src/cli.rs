@@ -14,6 +14,7 @@ use crate::clock::SystemClock;
 use crate::diagnostic::summary;
 use crate::engine::{RunOptions, require_table, run_connector};
 use crate::plan::{Plan, ProcessEnv};
+use crate::service::{ConnectorRun, run_all};
 use crate::store::Store;
 
 const ABOUT: &str = "Sync contact rows from a SQL table into CRMs described by TOML files.";
@@ -94,11 +95,20 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         database: Option<String>,
     },
-    /// Sync every mapping of a connector until no row is claimable, then exit.
+    /// Sync every mapping of a connector (or, with --all, of every connector) until no row is claimable, then exit.
     Run {
         /// Connector name (connectors/<NAME>.toml).
-        #[arg(long, value_name = "NAME")]
-        connector: String,
+        #[arg(
+            long,
+            value_name = "NAME",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        connector: Option<String>,
+        /// Every mapping in the config dir, in one process: one rate limiter
+        /// and in-flight cap per connector, shared by its mappings.
+        #[arg(long)]
+        all: bool,
         /// Keep running: a cycle every interval_secs until SIGINT/SIGTERM.
         #[arg(long)]
         watch: bool,
@@ -184,10 +194,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => check(config_dir, database).await,
         Command::Run {
             connector,
+            all: _,
             watch,
             workers,
             location,
-        } => run(&connector, watch, workers, &location).await,
+        } => run(connector.as_deref(), watch, workers, &location).await,
         Command::Status {
             connector,
             location,
@@ -253,8 +264,9 @@ fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
     Some(checked.plan)
 }
 
+/// `connector`: one connector's mappings; `None`: every mapping (`--all`).
 async fn run(
-    connector: &str,
+    connector: Option<&str>,
     watch: bool,
     workers: usize,
     location: &Location,
@@ -265,7 +277,10 @@ async fn run(
     let store = Store::connect(&location.database).await?;
     // The database half of `check`: a missing table or state column is a clear
     // error here, not an SQL error in the middle of a run.
-    let mappings = plan.mappings_of(connector);
+    let mappings = match connector {
+        Some(connector) => plan.mappings_of(connector),
+        None => plan.mappings.values().cloned().collect(),
+    };
     let problems = check_database(mappings.iter().map(|m| m.as_ref()), &store).await?;
     if problems.iter().any(|d| d.is_error()) {
         for problem in &problems {
@@ -288,23 +303,44 @@ async fn run(
         workers,
         ..RunOptions::default()
     };
-    let summary = run_connector(
-        Arc::new(plan),
-        connector,
-        store.clone(),
-        &ProcessEnv,
-        Arc::new(SystemClock),
-        options,
-        shutdown,
-    )
-    .await?;
+    let plan = Arc::new(plan);
+    let clock = Arc::new(SystemClock);
+    let runs = match connector {
+        Some(connector) => vec![ConnectorRun {
+            connector: connector.to_string(),
+            result: run_connector(
+                plan,
+                connector,
+                store.clone(),
+                &ProcessEnv,
+                clock,
+                options,
+                shutdown,
+            )
+            .await,
+        }],
+        None => run_all(plan, store.clone(), &ProcessEnv, clock, options, shutdown).await,
+    };
     store.close().await;
-    let failed = summary.failed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_code_of(&runs))
+}
+
+/// 2 when a connector could not run to its end (each is named), else 1 when
+/// some rows ended in `Error`, else 0.
+fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
+    let mut worst = 0;
+    for run in runs {
+        let code = match &run.result {
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                2
+            }
+            Ok(summary) if summary.failed.load(std::sync::atomic::Ordering::Relaxed) > 0 => 1,
+            Ok(_) => 0,
+        };
+        worst = worst.max(code);
+    }
+    ExitCode::from(worst)
 }
 
 async fn wait_for_signal() {

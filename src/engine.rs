@@ -153,7 +153,16 @@ pub async fn run_connector(
             every,
         ))
     });
-    let result = cycle_until_done(&run, &queues, &options).await;
+    // Each mapping cycles on its own interval_secs; all share the client,
+    // so one rate limiter and one in-flight cap pace every mapping of the CRM.
+    let cycles = queues
+        .iter()
+        .map(|queue| cycle_until_done(&run, std::slice::from_ref(queue), &options));
+    let result = futures::future::join_all(cycles)
+        .await
+        .into_iter()
+        .find(Result::is_err)
+        .unwrap_or(Ok(()));
     if let Some(progress) = progress {
         progress.abort();
     }
@@ -304,9 +313,14 @@ async fn drain(
         let queue = queue.clone();
         tokio::spawn(async move {
             // A connector whose config failed claims nothing more.
+            let mut empty_claims = 0;
             while !*run.shutdown.borrow() && run.client.config_fault().is_none() {
-                if process_one_batch(&run, &mapping, &queue).await? == 0 {
+                if process_one_batch(&run, &mapping, &queue).await? > 0 {
+                    empty_claims = 0;
+                } else if !due_rows_were_locked(&run, &queue, empty_claims).await {
                     break;
+                } else {
+                    empty_claims += 1;
                 }
             }
             anyhow::Ok(())
@@ -316,6 +330,20 @@ async fn drain(
         handle.context("a sync worker panicked")??;
     }
     Ok(())
+}
+
+/// After a claim that took nothing: whether rows are due all the same, so
+/// were skipped because another mapping over the same table held their lock
+/// for its own claim (`SKIP LOCKED`, for an instant); then waits a moment to
+/// claim again. Bounded, so a cycle always ends.
+async fn due_rows_were_locked(run: &Run, queue: &Queue, empty_claims: u32) -> bool {
+    const TRIES: u32 = 20;
+    const PAUSE: Duration = Duration::from_millis(50);
+    if empty_claims >= TRIES || !matches!(queue.count_due(run.clock.utc()).await, Ok(n) if n > 0) {
+        return false;
+    }
+    tokio::time::sleep(PAUSE).await;
+    true
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.

@@ -28,5 +28,6 @@ pub mod plan;
 pub mod ratelimit;
 pub mod retry;
 pub mod sandbox;
+pub mod service;
 pub mod store;
 pub mod template;
