@@ -115,6 +115,23 @@ pub enum Command {
         /// Claim-and-send loops per mapping.
         #[arg(long, default_value_t = 4, value_name = "N")]
         workers: usize,
+        /// Cycles of run history kept per mapping (0: record none).
+        #[arg(long, default_value_t = crate::history::DEFAULT_KEEP, value_name = "N")]
+        keep_history: u32,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Show the latest sync cycles: when, how long, rows by outcome, first error.
+    History {
+        /// Only this mapping's cycles.
+        #[arg(long, value_name = "NAME")]
+        mapping: Option<String>,
+        /// How many cycles, newest first.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         location: Location,
     },
@@ -197,8 +214,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             all: _,
             watch,
             workers,
+            keep_history,
             location,
-        } => run(connector.as_deref(), watch, workers, &location).await,
+        } => {
+            let options = RunOptions {
+                watch,
+                workers,
+                history_keep: keep_history,
+                ..RunOptions::default()
+            };
+            run(connector.as_deref(), options, &location).await
+        }
+        Command::History {
+            mapping,
+            limit,
+            json,
+            location,
+        } => history(mapping.as_deref(), limit, json, &location).await,
         Command::Status {
             connector,
             location,
@@ -267,8 +299,7 @@ fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
 /// `connector`: one connector's mappings; `None`: every mapping (`--all`).
 async fn run(
     connector: Option<&str>,
-    watch: bool,
-    workers: usize,
+    options: RunOptions,
     location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
@@ -298,11 +329,6 @@ async fn run(
         tracing::info!("Signal received: finishing in-flight requests, then stopping.");
         let _ = stop.send(true);
     });
-    let options = RunOptions {
-        watch,
-        workers,
-        ..RunOptions::default()
-    };
     let plan = Arc::new(plan);
     let clock = Arc::new(SystemClock);
     let runs = match connector {
@@ -341,6 +367,52 @@ fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
         worst = worst.max(code);
     }
     ExitCode::from(worst)
+}
+
+/// `engine history`: reads only; a database that does not exist yet has no history.
+async fn history(
+    mapping: Option<&str>,
+    limit: u32,
+    json: bool,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
+    let store = connect_existing(&location.database).await?;
+    // A mapping's history is that of its current table, when the config says.
+    let table = mapping.and_then(|name| {
+        let plan = crate::check::check_dir(&location.config_dir, &ProcessEnv).plan;
+        plan.mappings.get(name).map(|m| m.table.table.clone())
+    });
+    let cycles = crate::history::recent(&store, mapping, table.as_deref(), limit).await?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cycles)?);
+    } else {
+        print!("{}", crate::history::render(&cycles));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the database for a command that only reads: a SQLite file that
+/// does not exist is an error naming it, not a new empty database.
+async fn connect_existing(url: &str) -> anyhow::Result<Store> {
+    if let Some(path) = sqlite_file(url)
+        && !path.exists()
+    {
+        anyhow::bail!(
+            "no database at {} (set --database or DATABASE_URL; `engine run` creates it)",
+            path.display()
+        );
+    }
+    Store::connect(url).await
+}
+
+/// The file of a `sqlite://` URL (none for in-memory databases).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
+        .then(|| PathBuf::from(path))
 }
 
 async fn wait_for_signal() {

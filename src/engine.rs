@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::crm::probe::ConnectorPaused;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
+use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
 use crate::store::{ClaimedRow, Queue, RowResult, RowUpdate, Store};
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print a progress line this often (None: never).
     pub progress_every: Option<Duration>,
+    /// Cycles of run history kept per mapping (0: record none).
+    pub history_keep: u32,
 }
 
 impl Default for RunOptions {
@@ -41,6 +44,7 @@ impl Default for RunOptions {
             watch: false,
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
+            history_keep: crate::history::DEFAULT_KEEP,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct RunSummary {
     pub deferred: AtomicU64,
     /// The cycle under way, for progress lines.
     cycle: std::sync::Mutex<Option<CycleStart>>,
+    /// Counts per mapping, for run history and metrics.
+    pub by_mapping: Tallies,
 }
 
 /// When a cycle started, the run's total then, and the rows due then.
@@ -89,6 +95,8 @@ struct Run {
     clock: Arc<dyn Clock>,
     summary: Arc<RunSummary>,
     shutdown: watch::Receiver<bool>,
+    /// Where run history goes.
+    store: Store,
 }
 
 /// Runs every mapping of `connector` (see the module docs). Returns the counts.
@@ -145,6 +153,7 @@ pub async fn run_connector(
         clock,
         summary: summary.clone(),
         shutdown,
+        store: store.clone(),
     });
     let progress = options.progress_every.map(|every| {
         tokio::spawn(report_progress(
@@ -226,6 +235,11 @@ async fn cycle_until_done(
     let mut pauses = 0;
     loop {
         let started = Instant::now();
+        let started_at = run.clock.utc();
+        let marks: Vec<Counts> = queues
+            .iter()
+            .map(|(mapping, _)| run.summary.by_mapping.start_cycle(&mapping.name))
+            .collect();
         if options.progress_every.is_some() {
             note_cycle_start(run, queues, started).await;
         }
@@ -236,6 +250,9 @@ async fn cycle_until_done(
             .await
             .into_iter()
             .find_map(Result::err);
+        for ((mapping, _), mark) in queues.iter().zip(&marks) {
+            record_cycle(run, mapping, mark, started_at, failed.as_ref(), options).await;
+        }
         let pause = match failed {
             // Once, a failure is the run's result (exit code 2). A service
             // outlives a database restart: the rows of the failed batch keep
@@ -284,6 +301,41 @@ async fn cycle_until_done(
             _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return Ok(()),
         }
+    }
+}
+
+/// Writes one mapping's cycle to the run history. Quiet cycles of a watching
+/// run (nothing claimed, nothing failed) are left out: they would push the
+/// cycles that did something out of the kept window. A history that cannot
+/// be written is a warning, never the run's failure.
+async fn record_cycle(
+    run: &Run,
+    mapping: &MappingPlan,
+    mark: &Counts,
+    started_at: chrono::DateTime<chrono::Utc>,
+    failed: Option<&anyhow::Error>,
+    options: &RunOptions,
+) {
+    let (counts, first_error) = run.summary.by_mapping.cycle_since(&mapping.name, mark);
+    if options.history_keep == 0 || (options.watch && failed.is_none() && counts.total() == 0) {
+        return;
+    }
+    let outcome = match failed {
+        None => "ok",
+        Some(err) if err.downcast_ref::<ConnectorPaused>().is_some() => "paused",
+        Some(_) => "failed",
+    };
+    let cycle = Cycle {
+        mapping: mapping.name.clone(),
+        table: mapping.table.table.clone(),
+        started_at,
+        finished_at: run.clock.utc(),
+        outcome: outcome.into(),
+        counts,
+        first_error: failed.map(|err| format!("{err:#}")).or(first_error),
+    };
+    if let Err(err) = crate::history::record(&run.store, &cycle, options.history_keep).await {
+        tracing::warn!(mapping = %mapping.name, error = format!("{err:#}"), "Could not write the run history.");
     }
 }
 
@@ -495,7 +547,8 @@ fn decide(
     let schedule = &mapping.schedule;
     let delay = Duration::from_secs(schedule.retry_delay_secs);
     let summary = &run.summary;
-    let mut batch = BatchCounts::default();
+    let mut batch = Counts::default();
+    let mut first_error: Option<String> = None;
     let results = rows.iter()
         .zip(outcomes)
         .map(|(row, outcome)| {
@@ -507,17 +560,20 @@ fn decide(
                     RowUpdate::Complete { crm_id }
                 }
                 RowOutcome::Permanent(error) => {
+                    first_error.get_or_insert_with(|| error.clone());
                     tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, "Row failed permanently.");
                     batch.failed += 1;
                     RowUpdate::Failed { error, retry_count: row.retry_count }
                 }
                 RowOutcome::Transient(error) => match next_row_retry(row.retry_count, schedule.max_retries, delay, schedule.retry_exponential, now) {
                     RetryDecision::RetryAt { retry_count, at } => {
+                        first_error.get_or_insert_with(|| error.clone());
                         tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, retry_at = %at, "Row will be retried.");
                         batch.retrying += 1;
                         RowUpdate::RetryLater { error, retry_count, next_retry_at: at }
                     }
                     RetryDecision::GiveUp { retry_count } => {
+                        first_error.get_or_insert_with(|| error.clone());
                         tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, "Row failed after its last retry.");
                         batch.failed += 1;
                         RowUpdate::Failed { error: format!("{error} (gave up after {} retries)", retry_count - 1), retry_count }
@@ -545,16 +601,10 @@ fn decide(
     summary.add(&summary.failed, batch.failed);
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
+    summary
+        .by_mapping
+        .add(&mapping.name, &batch, first_error.as_deref());
     results
-}
-
-/// What became of one batch's rows.
-#[derive(Debug, Default)]
-struct BatchCounts {
-    complete: u64,
-    failed: u64,
-    retrying: u64,
-    deferred: u64,
 }
 
 /// Counts the rows due in every mapping of the run, so that progress lines

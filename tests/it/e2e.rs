@@ -21,6 +21,7 @@ macro_rules! assert_snapshot {
 mod cli;
 mod crash;
 mod demo;
+mod history;
 mod instances;
 mod seed;
 mod service;
