@@ -118,6 +118,9 @@ pub enum Command {
         /// Cycles of run history kept per mapping (0: record none).
         #[arg(long, default_value_t = crate::history::DEFAULT_KEEP, value_name = "N")]
         keep_history: u32,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         location: Location,
     },
@@ -215,6 +218,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             watch,
             workers,
             keep_history,
+            listen,
             location,
         } => {
             let options = RunOptions {
@@ -223,7 +227,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 history_keep: keep_history,
                 ..RunOptions::default()
             };
-            run(connector.as_deref(), options, &location).await
+            run(connector.as_deref(), options, listen, &location).await
         }
         Command::History {
             mapping,
@@ -300,6 +304,7 @@ fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
 async fn run(
     connector: Option<&str>,
     options: RunOptions,
+    listen: Option<std::net::SocketAddr>,
     location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
@@ -330,6 +335,9 @@ async fn run(
         let _ = stop.send(true);
     });
     let plan = Arc::new(plan);
+    if let Some(addr) = listen {
+        crate::metrics::serve(addr, plan.clone(), store.clone(), shutdown.clone()).await?;
+    }
     let clock = Arc::new(SystemClock);
     let runs = match connector {
         Some(connector) => vec![ConnectorRun {

@@ -270,6 +270,7 @@ async fn cycle_until_done(
                     "The connector is paused; it is tried again after a pause."
                 );
                 run.client.reset_config_probe();
+                crate::metrics::global().paused(&run.client.plan.name, true);
                 retry_in
             }
             Some(err) => {
@@ -283,6 +284,7 @@ async fn cycle_until_done(
             }
             None => {
                 pauses = 0;
+                crate::metrics::global().paused(&run.client.plan.name, false);
                 tracing::info!(
                     complete = run.summary.complete.load(Ordering::Relaxed),
                     error = run.summary.failed.load(Ordering::Relaxed),
@@ -317,6 +319,9 @@ async fn record_cycle(
     options: &RunOptions,
 ) {
     let (counts, first_error) = run.summary.by_mapping.cycle_since(&mapping.name, mark);
+    let finished_at = run.clock.utc();
+    let took = (finished_at - started_at).to_std().unwrap_or_default();
+    crate::metrics::global().cycle(&mapping.name, took, failed.is_none());
     if options.history_keep == 0 || (options.watch && failed.is_none() && counts.total() == 0) {
         return;
     }
@@ -329,7 +334,7 @@ async fn record_cycle(
         mapping: mapping.name.clone(),
         table: mapping.table.table.clone(),
         started_at,
-        finished_at: run.clock.utc(),
+        finished_at,
         outcome: outcome.into(),
         counts,
         first_error: failed.map(|err| format!("{err:#}")).or(first_error),
@@ -604,6 +609,7 @@ fn decide(
     summary
         .by_mapping
         .add(&mapping.name, &batch, first_error.as_deref());
+    crate::metrics::global().rows(&mapping.name, &batch);
     results
 }
 

@@ -163,7 +163,7 @@ impl CrmClient {
                 max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
             },
         };
-        Ok(Self {
+        let client = Self {
             in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
             plan,
             templates,
@@ -175,7 +175,9 @@ impl CrmClient {
             policy,
             clock,
             probe: ConfigProbe::default(),
-        })
+        };
+        crate::metrics::global().connector_started(&client.plan.name, client.in_flight.limit());
+        Ok(client)
     }
 
     /// The connector's config looks broken: every answer so far blamed it
@@ -381,11 +383,18 @@ impl CrmClient {
                 );
             }
         };
+        let metrics = crate::metrics::global();
+        let waiting = std::time::Instant::now();
         self.limiter.acquire(&op.class).await;
+        metrics.rate_limit_wait(&self.plan.name, waiting.elapsed());
         let sent_at = self.clock.now();
+        let sending = metrics.sending(&self.plan.name);
         let (step, response) = self.exchange(op, request, sent_at).await;
+        drop(sending);
+        metrics.request(&self.plan.name, response.as_ref().map(|r| r.status));
         let signal = load_signal(&step, response.as_ref().map(|r| r.status));
         if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
+            metrics.in_flight_limit(&self.plan.name, limit);
             let max = self.plan.max_in_flight;
             match signal {
                 Signal::Overloaded => tracing::info!(

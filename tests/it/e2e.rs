@@ -23,6 +23,7 @@ mod crash;
 mod demo;
 mod history;
 mod instances;
+mod metrics;
 mod seed;
 mod service;
 mod watch;
