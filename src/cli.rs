@@ -124,6 +124,20 @@ pub enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Print the requests the next run would send for the next due rows, secrets redacted; sends and writes nothing.
+    Plan {
+        /// Connector name.
+        #[arg(long, value_name = "NAME")]
+        connector: String,
+        /// Only this mapping of the connector.
+        #[arg(long, value_name = "NAME")]
+        mapping: Option<String>,
+        /// Rows per mapping.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        location: Location,
+    },
     /// Show the latest sync cycles: when, how long, rows by outcome, first error.
     History {
         /// Only this mapping's cycles.
@@ -229,6 +243,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             run(connector.as_deref(), options, listen, &location).await
         }
+        Command::Plan {
+            connector,
+            mapping,
+            limit,
+            location,
+        } => plan(&connector, mapping.as_deref(), limit, &location).await,
         Command::History {
             mapping,
             limit,
@@ -375,6 +395,32 @@ fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
         worst = worst.max(code);
     }
     ExitCode::from(worst)
+}
+
+/// `engine plan`: reads only, sends nothing.
+async fn plan(
+    connector: &str,
+    mapping: Option<&str>,
+    limit: u32,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
+    let store = connect_existing(&location.database).await?;
+    let text = crate::preview::preview(
+        &plan,
+        connector,
+        mapping,
+        limit,
+        &store,
+        &ProcessEnv,
+        Arc::new(SystemClock),
+    )
+    .await;
+    store.close().await;
+    print!("{}", text?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `engine history`: reads only; a database that does not exist yet has no history.

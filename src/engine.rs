@@ -22,7 +22,7 @@ use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
 use crate::store::{ClaimedRow, Queue, RowResult, RowUpdate, Store};
-use crate::template::NOW_KEY;
+use crate::template::{NOW_KEY, Templates};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -463,7 +463,7 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
     let mut rows_of_job: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
     let mut job_of_key: HashMap<String, usize> = HashMap::with_capacity(rows.len());
     for (index, row) in rows.iter_mut().enumerate() {
-        match render_job(run, mapping, row, &now) {
+        match render_job(&run.plan.templates, mapping, row, &now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
             // row's values win) and give both rows the outcome. CRMs reject a
@@ -496,8 +496,9 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
 /// Renders one row's fields and builds its job: the key, and the context the
 /// connector's templates see (`key`, `fields`, `params`, `row`, `trace_id`).
 /// The row's columns move into the job; only the key column stays in `row`.
-fn render_job(
-    run: &Run,
+/// `engine plan` renders its preview with it too, so it shows what a run sends.
+pub(crate) fn render_job(
+    templates: &Templates,
     mapping: &MappingPlan,
     row: &mut ClaimedRow,
     now: &Value,
@@ -513,9 +514,7 @@ fn render_job(
     ctx.insert("params".into(), Value::Object(mapping.params.clone()));
     ctx.insert(NOW_KEY.into(), now.clone());
     let (fields, ctx) =
-        run.plan
-            .templates
-            .render_tree_owned(&mapping.fields, Value::Object(ctx), mapping.on_empty);
+        templates.render_tree_owned(&mapping.fields, Value::Object(ctx), mapping.on_empty);
     let Value::Object(mut columns) = ctx else {
         unreachable!("the context stays an object")
     };

@@ -27,6 +27,7 @@ pub mod history;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;
+pub mod preview;
 pub mod ratelimit;
 pub mod retry;
 pub mod sandbox;

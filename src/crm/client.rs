@@ -62,6 +62,19 @@ pub struct Reply {
     pub response: Option<Response>,
 }
 
+/// A request as `engine plan` shows it.
+#[derive(Debug, Clone)]
+pub struct PreviewRequest {
+    /// `POST`, `GET`, ...
+    pub method: String,
+    /// The full URL, query included.
+    pub url: reqwest::Url,
+    /// The connector's headers (authentication is not among them).
+    pub headers: Vec<(String, String)>,
+    /// The JSON body.
+    pub body: Option<Value>,
+}
+
 /// A rendered request.
 struct Rendered {
     method: reqwest::Method,
@@ -190,6 +203,27 @@ impl CrmClient {
             connector: self.plan.name.clone(),
             fault,
             hint,
+        })
+    }
+
+    /// `op` rendered with `ctx` as it would be sent, without sending it and
+    /// without authentication (see `crate::preview`, which describes it).
+    pub fn preview(&self, op: &OpPlan, ctx: &Value) -> anyhow::Result<PreviewRequest> {
+        let rendered = self.render(op, Cow::Borrowed(ctx))?;
+        let mut url = reqwest::Url::parse(&format!("{}{}", self.base_url, rendered.path))
+            .context("the rendered URL is not valid")?;
+        if !rendered.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&rendered.query);
+        }
+        let body = rendered
+            .body
+            .map(|bytes| serde_json::from_slice(&bytes))
+            .transpose()?;
+        Ok(PreviewRequest {
+            method: rendered.method.to_string(),
+            url,
+            headers: rendered.headers,
+            body,
         })
     }
 

@@ -10,5 +10,5 @@ mod flow;
 pub mod probe;
 mod response;
 
-pub use client::{CrmClient, Reply, ReplyAction};
+pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};

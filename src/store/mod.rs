@@ -22,6 +22,7 @@
 //! millisecond, so a lease read back compares equal to the one written.
 
 mod lock;
+mod peek;
 mod postgres;
 mod schema;
 mod sql;

@@ -24,6 +24,7 @@ mod demo;
 mod history;
 mod instances;
 mod metrics;
+mod preview;
 mod seed;
 mod service;
 mod watch;
