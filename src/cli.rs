@@ -58,6 +58,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A config file kind.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SchemaKind {
+    /// `connectors/*.toml`
+    Connector,
+    /// `mappings/*.toml`
+    Mapping,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -179,6 +188,21 @@ pub enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Write the shipped connectors, mappings, schemas and a .env.example into DIR.
+    Init {
+        /// Where to write (created if missing).
+        #[arg(default_value = ".", value_name = "DIR")]
+        dir: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the JSON Schema of a connector or a mapping file (for an editor).
+    Schema {
+        /// Which file kind.
+        #[arg(value_enum)]
+        kind: SchemaKind,
+    },
     /// Serve a local imitation of the HubSpot and Brevo contact APIs.
     Sandbox(crate::sandbox::SandboxOptions),
     /// Run both shipped syncs on SQLite against the built-in sandbox, and show the result.
@@ -268,6 +292,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             print,
             location,
         } => migrate(&mapping, print, &location).await,
+        Command::Init { dir, force } => init(&dir, force),
+        Command::Schema { kind } => {
+            let kind = match kind {
+                SchemaKind::Connector => crate::config::schema::Kind::Connector,
+                SchemaKind::Mapping => crate::config::schema::Kind::Mapping,
+            };
+            print!("{}", crate::config::schema::schema_text(kind));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sandbox(options) => crate::sandbox::serve_forever(options)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -395,6 +428,28 @@ fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
         worst = worst.max(code);
     }
     ExitCode::from(worst)
+}
+
+fn init(dir: &std::path::Path, force: bool) -> anyhow::Result<ExitCode> {
+    let done = crate::init::init(dir, force)?;
+    let shown = dir.display();
+    println!("wrote {} files into {shown}", done.written.len());
+    for path in &done.written {
+        println!("  {path}");
+    }
+    if !done.kept.is_empty() {
+        println!(
+            "kept {} files that exist (--force overwrites them):",
+            done.kept.len()
+        );
+        for path in &done.kept {
+            println!("  {path}");
+        }
+    }
+    println!(
+        "\nnext, in {shown}:\n  cp .env.example .env     # fill in the secrets\n  engine check\n  engine migrate --mapping <name>   # for each file in mappings/\n  engine run --all"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `engine plan`: reads only, sends nothing.

@@ -24,6 +24,7 @@ pub mod demo;
 pub mod diagnostic;
 pub mod engine;
 pub mod history;
+pub mod init;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;

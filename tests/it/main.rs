@@ -7,6 +7,7 @@ mod contract;
 mod e2e;
 mod failfast;
 mod flows;
+mod init;
 mod payloads;
 mod plan;
 mod run;
