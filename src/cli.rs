@@ -100,8 +100,8 @@ pub enum Command {
         /// Directory holding connectors/ and mappings/.
         #[arg(long, default_value = ".", value_name = "DIR")]
         config_dir: PathBuf,
-        /// Also check tables and columns in this database.
-        #[arg(long, value_name = "URL")]
+        /// Also check tables and columns in this database (as `run` does, DATABASE_URL when not given).
+        #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,
     },
     /// Sync every mapping of a connector (or, with --all, of every connector) until no row is claimable, then exit.
@@ -166,6 +166,9 @@ pub enum Command {
         /// Only this connector's mappings.
         #[arg(long, value_name = "NAME")]
         connector: Option<String>,
+        /// One JSON object per mapping, in an array.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         location: Location,
     },
@@ -203,6 +206,12 @@ pub enum Command {
         #[arg(value_enum)]
         kind: SchemaKind,
     },
+    /// Print a shell completion script, e.g. `engine completions bash > /etc/bash_completion.d/engine`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Serve a local imitation of the HubSpot and Brevo contact APIs.
     Sandbox(crate::sandbox::SandboxOptions),
     /// Run both shipped syncs on SQLite against the built-in sandbox, and show the result.
@@ -225,13 +234,13 @@ pub async fn main() -> ExitCode {
 }
 
 fn init_tracing(cli: &Cli) {
-    let filter = cli
+    let asked = cli
         .log_level
         .clone()
-        .map(tracing_subscriber::EnvFilter::new)
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())
-        });
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&asked))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(asked));
     // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -241,6 +250,34 @@ fn init_tracing(cli: &Cli) {
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// A bare level (`debug`) applies to the engine's own lines; dependencies
+/// (TLS, SQL, HTTP) stay at `warn` unless the filter names them
+/// (`engine=debug,sqlx=debug`).
+fn log_filter(asked: &str) -> String {
+    let level = asked.trim().to_ascii_lowercase();
+    if ["trace", "debug", "info"].contains(&level.as_str()) {
+        format!("warn,engine={level}")
+    } else {
+        asked.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_level_leaves_dependencies_at_warn_and_named_targets_are_kept() {
+        assert_eq!(log_filter("debug"), "warn,engine=debug");
+        assert_eq!(log_filter("info"), "warn,engine=info");
+        assert_eq!(log_filter("error"), "error");
+        assert_eq!(
+            log_filter("engine=debug,sqlx=debug"),
+            "engine=debug,sqlx=debug"
+        );
     }
 }
 
@@ -281,8 +318,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => history(mapping.as_deref(), limit, json, &location).await,
         Command::Status {
             connector,
+            json,
             location,
-        } => status(connector.as_deref(), &location).await,
+        } => status(connector.as_deref(), json, &location).await,
         Command::Retry {
             connector,
             location,
@@ -293,6 +331,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             location,
         } => migrate(&mapping, print, &location).await,
         Command::Init { dir, force } => init(&dir, force),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "engine", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema { kind } => {
             let kind = match kind {
                 SchemaKind::Connector => crate::config::schema::Kind::Connector,
@@ -311,7 +354,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<ExitCode> {
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
-        let store = Store::connect(&url).await?;
+        let store = connect_existing(&url).await?;
         checked.diagnostics.extend(
             check_database(checked.plan.mappings.values().map(|m| m.as_ref()), &store).await?,
         );
@@ -540,11 +583,15 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<ExitCode> {
+async fn status(
+    connector: Option<&str>,
+    json: bool,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
         return Ok(ExitCode::from(2));
     };
-    let store = Store::connect(&location.database).await?;
+    let store = connect_existing(&location.database).await?;
     let mappings: Vec<_> = plan
         .mappings
         .values()
@@ -555,6 +602,15 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     }
     for mapping in &mappings {
         require_table(&store, mapping).await?;
+    }
+    if json {
+        let mut all = Vec::new();
+        for mapping in mappings {
+            all.push(status_json(&store, mapping).await?);
+        }
+        store.close().await;
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
     }
     for mapping in mappings {
         println!(
@@ -574,6 +630,32 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One mapping's status as JSON: counts by status, and the latest errors.
+async fn status_json(
+    store: &Store,
+    mapping: &crate::plan::MappingPlan,
+) -> anyhow::Result<serde_json::Value> {
+    let counts: serde_json::Map<String, serde_json::Value> = store
+        .status_counts(&mapping.table)
+        .await?
+        .into_iter()
+        .map(|(status, n)| (status.unwrap_or_else(|| "(none)".into()), n.into()))
+        .collect();
+    let errors: Vec<serde_json::Value> = store
+        .latest_errors(&mapping.table, 10)
+        .await?
+        .into_iter()
+        .map(|(key, error, retries)| serde_json::json!({"key": key, "error": error, "retry_count": retries}))
+        .collect();
+    Ok(serde_json::json!({
+        "mapping": mapping.name,
+        "connector": mapping.connector,
+        "table": mapping.table.table,
+        "counts": counts,
+        "latest_errors": errors,
+    }))
 }
 
 async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {

@@ -61,3 +61,56 @@ fn schema_prints_the_committed_schema_files() {
         );
     }
 }
+
+#[test]
+fn check_reads_database_url_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    run_engine(dir.path(), &["init"], &[]);
+    // An empty database: the mappings' table is missing, and check says so.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    runtime.block_on(async {
+        let store = engine::store::Store::connect(&url).await.unwrap();
+        store.close().await;
+    });
+    let check = run_engine(dir.path(), &["check"], &[("DATABASE_URL", url.as_str())]);
+    assert!(check.starts_with("exit code: 2"), "{check}");
+    assert!(check.contains("engine migrate --mapping"), "{check}");
+}
+
+#[test]
+fn read_only_commands_never_create_a_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    run_engine(dir.path(), &["init"], &[]);
+    for args in [
+        &["status"][..],
+        &["check", "--database", "sqlite://engine.db"],
+        &["history"],
+        &["plan", "--connector", "hubspot"],
+    ] {
+        let transcript = run_engine(dir.path(), args, &[]);
+        assert!(
+            transcript.starts_with("exit code: 2"),
+            "{args:?}: {transcript}"
+        );
+        assert!(
+            transcript.contains("no database at engine.db"),
+            "{args:?}: {transcript}"
+        );
+        assert!(
+            !dir.path().join("engine.db").exists(),
+            "{args:?} created it"
+        );
+    }
+}
+
+#[test]
+fn completions_print_a_script_for_the_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let bash = run_engine(dir.path(), &["completions", "bash"], &[]);
+    assert!(bash.starts_with("exit code: 0"), "{bash}");
+    assert!(
+        bash.contains("_engine()") && bash.contains("history"),
+        "{bash}"
+    );
+}

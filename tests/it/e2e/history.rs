@@ -85,6 +85,23 @@ async fn a_run_records_its_cycle_with_counts_by_outcome_and_the_first_error(back
         table_text.contains("brevo") && table_text.contains("HTTP 400"),
         "{table_text}"
     );
+
+    // status --json: counts by status and the latest errors, as JSON.
+    let args: Vec<&str> = ["status", "--connector", "brevo", "--json"]
+        .into_iter()
+        .chain(location.iter().map(String::as_str))
+        .collect();
+    let status = run_engine(f.config.path(), &args, &[]);
+    let stdout = status
+        .split("----- stdout -----\n")
+        .nth(1)
+        .and_then(|rest| rest.split("----- stderr -----").next())
+        .unwrap();
+    let shown: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(shown[0]["mapping"], "brevo");
+    assert_eq!(shown[0]["counts"]["Complete"], 3);
+    assert_eq!(shown[0]["counts"]["Error"], 1);
+    assert_eq!(shown[0]["latest_errors"][0]["key"], "not-an-email");
 }
 
 async fn history_keeps_only_the_latest_cycles_of_each_mapping(backend: Backend) {
