@@ -265,22 +265,6 @@ fn log_filter(asked: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-
-    #[test]
-    fn a_bare_level_leaves_dependencies_at_warn_and_named_targets_are_kept() {
-        assert_eq!(log_filter("debug"), "warn,engine=debug");
-        assert_eq!(log_filter("info"), "warn,engine=info");
-        assert_eq!(log_filter("error"), "error");
-        assert_eq!(
-            log_filter("engine=debug,sqlx=debug"),
-            "engine=debug,sqlx=debug"
-        );
-    }
-}
-
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check {
@@ -704,4 +688,20 @@ async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Res
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn a_bare_level_leaves_dependencies_at_warn_and_named_targets_are_kept() {
+        assert_eq!(log_filter("debug"), "warn,engine=debug");
+        assert_eq!(log_filter("info"), "warn,engine=info");
+        assert_eq!(log_filter("error"), "error");
+        assert_eq!(
+            log_filter("engine=debug,sqlx=debug"),
+            "engine=debug,sqlx=debug"
+        );
+    }
 }
