@@ -16,12 +16,13 @@ use crate::support::{ConfigDir, run_engine};
 // directory), before anything was migrated.
 
 #[test]
-fn status_on_a_fresh_database_says_to_migrate() {
+fn status_where_no_database_exists_says_so_and_creates_none() {
     let config = ConfigDir::shipped();
     assert_snapshot!(
         "status_on_a_fresh_database",
         run_engine(config.path(), &["status", "--connector", "hubspot"], &[])
     );
+    assert!(!config.path().join("engine.db").exists());
 }
 
 #[test]
