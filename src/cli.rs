@@ -40,8 +40,13 @@ Examples:
   engine run --connector hubspot               sync until nothing is claimable
   engine run --connector brevo --watch         every interval_secs, until SIGINT/SIGTERM
   engine status --connector hubspot            counts per status, latest errors
+  engine init my-sync                          start anywhere: the shipped files and .env.example
+  engine plan --connector hubspot --limit 5    the next requests, secrets redacted; sends nothing
+  engine run --all --watch --listen 127.0.0.1:9464   every sync in one process, with /metrics
+  engine history --mapping hubspot             the latest sync cycles
 
-Exit codes: 0 ok; 1 some rows ended in Error; 2 config, usage or environment error.";
+Exit codes: 0 ok; 1 some rows ended in Error; 2 config, usage or environment error
+(a connector whose base URL, credentials or host the CRM side rejects included).";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -50,7 +55,8 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-    /// Log filter (overrides RUST_LOG), e.g. `debug` or `engine=debug`.
+    /// Log filter (overrides RUST_LOG): a level such as `debug` applies to the engine's
+    /// lines (dependencies stay at `warn`); `engine=debug,sqlx=debug` names targets.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
     /// What to do.
