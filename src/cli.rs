@@ -610,11 +610,18 @@ async fn status(
         for (status, count) in store.status_counts(&mapping.table).await? {
             println!("  {:<12} {count}", status.as_deref().unwrap_or("(none)"));
         }
-        let errors = store.latest_errors(&mapping.table, 10).await?;
+        let errors = crate::attempts::latest_failed_rows(&store, mapping, 10).await?;
         if !errors.is_empty() {
-            println!("  latest errors:");
-            for (key, error, retries) in errors {
-                println!("    {key} (retries {retries}): {error}");
+            println!("  latest errors, the most recently tried first:");
+            for row in errors {
+                let tried = row.last_tried.map_or_else(
+                    || "not noted".to_string(),
+                    |at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                );
+                println!(
+                    "    {} (retries {}, last tried {tried}): {}",
+                    row.key, row.retry_count, row.error
+                );
             }
         }
     }
@@ -633,12 +640,7 @@ async fn status_json(
         .into_iter()
         .map(|(status, n)| (status.unwrap_or_else(|| "(none)".into()), n.into()))
         .collect();
-    let errors: Vec<serde_json::Value> = store
-        .latest_errors(&mapping.table, 10)
-        .await?
-        .into_iter()
-        .map(|(key, error, retries)| serde_json::json!({"key": key, "error": error, "retry_count": retries}))
-        .collect();
+    let errors = crate::attempts::latest_failed_rows(store, mapping, 10).await?;
     Ok(serde_json::json!({
         "mapping": mapping.name,
         "connector": mapping.connector,

@@ -322,6 +322,14 @@ async fn record_cycle(
     let finished_at = run.clock.utc();
     let took = (finished_at - started_at).to_std().unwrap_or_default();
     crate::metrics::global().cycle(&mapping.name, took, failed.is_none());
+    if counts.failed + counts.retrying > 0 {
+        let (name, table) = (&mapping.name, &mapping.table.table);
+        if let Err(err) =
+            crate::attempts::trim(&run.store, name, table, crate::attempts::KEEP).await
+        {
+            tracing::warn!(mapping = %name, error = format!("{err:#}"), "Could not trim the row attempts.");
+        }
+    }
     if options.history_keep == 0 || (options.watch && failed.is_none() && counts.total() == 0) {
         return;
     }
@@ -428,7 +436,24 @@ async fn process_one_batch(
         .record(&results)
         .await
         .context("failed to record results")?;
+    note_failures(run, mapping, &results).await;
     Ok(rows.len())
+}
+
+/// Notes when the rows that did not sync were tried, for `engine status`
+/// (see [`crate::attempts`]); a failure to note it is a warning only.
+async fn note_failures(run: &Run, mapping: &MappingPlan, results: &[RowResult]) {
+    let noted = crate::attempts::note_failures(
+        &run.store,
+        &mapping.name,
+        &mapping.table.table,
+        results,
+        run.clock.utc(),
+    )
+    .await;
+    if let Err(err) = noted {
+        tracing::warn!(mapping = %mapping.name, error = format!("{err:#}"), "Could not note when the failed rows were tried.");
+    }
 }
 
 /// Returns claimed rows to `Queued` as they were before the claim, with no

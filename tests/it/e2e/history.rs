@@ -15,6 +15,7 @@ use crate::support::{quiet, run_engine, run_to_end};
 on_both_backends!(
     a_run_records_its_cycle_with_counts_by_outcome_and_the_first_error,
     history_keeps_only_the_latest_cycles_of_each_mapping,
+    status_lists_errors_by_when_they_were_last_tried_not_by_id,
 );
 
 /// Three good rows and one whose email the CRM rejects.
@@ -102,6 +103,45 @@ async fn a_run_records_its_cycle_with_counts_by_outcome_and_the_first_error(back
     assert_eq!(shown[0]["counts"]["Complete"], 3);
     assert_eq!(shown[0]["counts"]["Error"], 1);
     assert_eq!(shown[0]["latest_errors"][0]["key"], "not-an-email");
+    assert!(
+        shown[0]["latest_errors"][0]["last_tried"].is_string(),
+        "{shown}"
+    );
+}
+
+async fn status_lists_errors_by_when_they_were_last_tried_not_by_id(backend: Backend) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |_| {}).await else {
+        return;
+    };
+    // The row with the higher id fails first, the lower one later.
+    let mut rows = generated_rows(9);
+    let mut later = rows.remove(0);
+    let mut first = rows.pop().unwrap();
+    first.insert("email".into(), json!("bad-first"));
+    later.insert("email".into(), json!("bad-later"));
+    f.insert(&[first]).await;
+    f.run_now("brevo").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    f.insert(&[later]).await;
+    f.run_now("brevo").await;
+
+    let mut args = vec!["status", "--connector", "brevo", "--json"];
+    let location = f.location();
+    args.extend(location.iter().map(String::as_str));
+    let status = run_engine(f.config.path(), &args, &[]);
+    let stdout = status
+        .split("----- stdout -----\n")
+        .nth(1)
+        .and_then(|rest| rest.split("----- stderr -----").next())
+        .unwrap();
+    let shown: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {status}"));
+    let errors = &shown[0]["latest_errors"];
+    assert_eq!(errors[0]["key"], "bad-later", "{shown}");
+    assert_eq!(errors[1]["key"], "bad-first", "{shown}");
+    let tried = |i: usize| {
+        chrono::DateTime::parse_from_rfc3339(errors[i]["last_tried"].as_str().unwrap()).unwrap()
+    };
+    assert!(tried(0) > tried(1), "{shown}");
 }
 
 async fn history_keeps_only_the_latest_cycles_of_each_mapping(backend: Backend) {
