@@ -60,13 +60,13 @@ pub struct RunSummary {
     pub retrying: AtomicU64,
     /// Rows handed back because of a long rate limit.
     pub deferred: AtomicU64,
-    /// The cycle under way, for progress lines.
-    cycle: std::sync::Mutex<Option<CycleStart>>,
+    /// The cycle under way of each mapping, for progress lines.
+    cycle: std::sync::Mutex<HashMap<String, CycleStart>>,
     /// Counts per mapping, for run history and metrics.
     pub by_mapping: Tallies,
 }
 
-/// When a cycle started, the run's total then, and the rows due then.
+/// When a mapping's cycle started, the mapping's total then, and the rows due then.
 #[derive(Debug, Clone, Copy)]
 struct CycleStart {
     at: Instant,
@@ -637,27 +637,50 @@ fn decide(
     results
 }
 
-/// Counts the rows due in every mapping of the run, so that progress lines
-/// can say how far the cycle is and how long it has left. A failed count
-/// only leaves those two out.
+/// Counts the rows due in each mapping starting a cycle, so that progress
+/// lines can say how far the connector's cycles are and how long they have
+/// left. A failed count only leaves those two out.
 async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Queue)], at: Instant) {
     let now = run.clock.utc();
-    let mut due = 0;
     for (mapping, queue) in queues {
         match queue.count_due(now).await {
-            Ok(n) => due += n,
+            Ok(due) => {
+                let total_before = run.summary.by_mapping.counts(&mapping.name).total();
+                let start = CycleStart {
+                    at,
+                    total_before,
+                    due,
+                };
+                let mut cycles = run.summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
+                cycles.insert(mapping.name.clone(), start);
+            }
             Err(err) => {
                 tracing::debug!(mapping = %mapping.name, error = format!("{err:#}"), "Could not count the due rows.");
-                return;
             }
         }
     }
-    let start = CycleStart {
-        at,
-        total_before: run.summary.total(),
-        due,
-    };
-    *run.summary.cycle.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+}
+
+/// The connector's cycles under way, taken together: when the first
+/// started, rows done since, and rows due at their starts.
+fn cycles_so_far(summary: &RunSummary) -> Option<(Instant, u64, u64)> {
+    let cycles = summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
+    let totals: HashMap<String, u64> = summary
+        .by_mapping
+        .snapshot()
+        .into_iter()
+        .map(|(mapping, counts)| (mapping, counts.total()))
+        .collect();
+    let at = cycles.values().map(|c| c.at).min()?;
+    let done = cycles
+        .iter()
+        .map(|(mapping, c)| {
+            let now = totals.get(mapping).copied().unwrap_or(0);
+            now.saturating_sub(c.total_before)
+        })
+        .sum();
+    let due = cycles.values().map(|c| c.due).sum();
+    Some((at, done, due))
 }
 
 async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {
@@ -666,12 +689,10 @@ async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Dur
         tokio::time::sleep(every).await;
         let total = summary.total();
         let rate = total as f64 / started.elapsed().as_secs_f64().max(0.001);
-        let cycle = *summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
-        let (done, due, percent, eta_secs) = match cycle {
-            Some(c) => {
-                let done = total.saturating_sub(c.total_before);
-                let (percent, eta) = cycle_progress(c.due, done, c.at.elapsed());
-                (Some(done), Some(c.due), percent, eta)
+        let (done, due, percent, eta_secs) = match cycles_so_far(&summary) {
+            Some((at, done, due)) => {
+                let (percent, eta) = cycle_progress(due, done, at.elapsed());
+                (Some(done), Some(due), percent, eta)
             }
             None => (None, None, None, None),
         };
@@ -709,6 +730,30 @@ fn cycle_progress(due: u64, done: u64, elapsed: Duration) -> (Option<u64>, Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_adds_up_the_cycles_of_every_mapping_of_the_connector() {
+        let summary = RunSummary::default();
+        let one = |n| Counts {
+            complete: n,
+            ..Counts::default()
+        };
+        summary.by_mapping.add("a", &one(5), None);
+        let at = Instant::now();
+        for (mapping, due) in [("a", 10), ("b", 20)] {
+            let total_before = summary.by_mapping.counts(mapping).total();
+            let start = CycleStart {
+                at,
+                total_before,
+                due,
+            };
+            summary.cycle.lock().unwrap().insert(mapping.into(), start);
+        }
+        summary.by_mapping.add("a", &one(4), None);
+        summary.by_mapping.add("b", &one(6), None);
+        // 4 of a's 10 and 6 of b's 20: the 5 before a's cycle do not count.
+        assert_eq!(cycles_so_far(&summary), Some((at, 10, 30)));
+    }
 
     #[test]
     fn a_cycle_reports_its_share_done_and_the_seconds_left_at_its_rate() {

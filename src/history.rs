@@ -100,6 +100,11 @@ impl Tallies {
         })
     }
 
+    /// One mapping's counts for the run so far.
+    pub fn counts(&self, mapping: &str) -> Counts {
+        self.with(mapping, |tally| tally.counts)
+    }
+
     /// Every mapping's counts for the run so far.
     pub fn snapshot(&self) -> Vec<(String, Counts)> {
         let map = self.by_mapping.lock().unwrap_or_else(|e| e.into_inner());
