@@ -403,6 +403,11 @@ async fn run(
         Some(connector) => plan.mappings_of(connector),
         None => plan.mappings.values().cloned().collect(),
     };
+    anyhow::ensure!(
+        connector.is_some() || !mappings.is_empty(),
+        "no mapping in {}: add mappings/<name>.toml (`engine init` writes the shipped ones)",
+        location.config_dir.join("mappings").display()
+    );
     let problems = check_database(mappings.iter().map(|m| m.as_ref()), &store).await?;
     if problems.iter().any(|d| d.is_error()) {
         for problem in &problems {
