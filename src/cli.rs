@@ -109,6 +109,9 @@ pub enum Command {
         /// Also check tables and columns in this database (as `run` does, DATABASE_URL when not given).
         #[arg(long, env = "DATABASE_URL", value_name = "URL")]
         database: Option<String>,
+        /// Also send each used connector's `live_check` (one harmless read) to verify its base URL and credentials.
+        #[arg(long)]
+        live: bool,
     },
     /// Sync every mapping of a connector (or, with --all, of every connector) until no row is claimable, then exit.
     Run {
@@ -276,7 +279,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check {
             config_dir,
             database,
-        } => check(config_dir, database).await,
+            live,
+        } => check(config_dir, database, live).await,
         Command::Run {
             connector,
             all: _,
@@ -341,7 +345,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<ExitCode> {
+async fn check(
+    config_dir: PathBuf,
+    database: Option<String>,
+    live: bool,
+) -> anyhow::Result<ExitCode> {
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
         let store = connect_existing(&url).await?;
@@ -367,6 +375,22 @@ async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<
         checked.set.mappings.len(),
         summary(&checked.diagnostics)
     );
+    if live {
+        let checks =
+            crate::live::check_all(&checked.plan, &ProcessEnv, Arc::new(SystemClock)).await;
+        let failed = checks.iter().filter(|c| c.ok == Some(false)).count();
+        for check in &checks {
+            if check.ok == Some(false) {
+                eprintln!("{}", check.line);
+            } else {
+                println!("{}", check.line);
+            }
+        }
+        if failed > 0 {
+            eprintln!("live check failed for {failed} connector(s)");
+            return Ok(ExitCode::from(2));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,7 @@ pub mod diagnostic;
 pub mod engine;
 pub mod history;
 pub mod init;
+pub mod live;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;

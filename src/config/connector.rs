@@ -55,6 +55,11 @@ pub struct ConnectorFile {
     pub params: serde_json::Map<String, serde_json::Value>,
     /// Which flow upserts a record, and the requests it uses.
     pub upsert: Upsert,
+    /// One harmless read that `engine check --live` sends to verify the base URL
+    /// and the credentials, e.g. `{ method = "GET", path = "/contacts", query = { limit = "1" } }`.
+    /// Its templates see `params` only.
+    #[serde(default)]
+    pub live_check: Option<Operation>,
 }
 
 fn default_timeout_secs() -> u64 {

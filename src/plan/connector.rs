@@ -52,6 +52,8 @@ pub struct ConnectorPlan {
     pub params: Map<String, Value>,
     /// The upsert flow.
     pub flow: Flow,
+    /// The harmless read of `engine check --live`, if the file declares one.
+    pub live_check: Option<OpPlan>,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
@@ -196,6 +198,10 @@ pub fn build(
         &raw.errors.message_pointers,
     );
     let flow = build_flow(&mut ctx, &raw.upsert);
+    let live_check = raw
+        .live_check
+        .as_ref()
+        .and_then(|op| build_op(&mut ctx, "live_check", op));
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -221,6 +227,7 @@ pub fn build(
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,
+        live_check,
         reads_row,
     })
 }

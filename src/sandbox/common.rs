@@ -34,6 +34,14 @@ pub(crate) fn is_valid_email(email: &str) -> bool {
         && !domain.contains("..")
 }
 
+/// The `limit` query parameter of a list request, if it is a number.
+pub(crate) fn limit_of(query: Option<&str>) -> Option<usize> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("limit="))
+        .and_then(|n| n.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_valid_email;

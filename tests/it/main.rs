@@ -8,6 +8,7 @@ mod e2e;
 mod failfast;
 mod flows;
 mod init;
+mod live;
 mod payloads;
 mod plan;
 mod run;

@@ -94,6 +94,17 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<R
     })
 }
 
+/// `GET /v3/contacts?limit=N`: the first N contacts (50 by default) and the
+/// count; a harmless read for `engine check --live`.
+pub(crate) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Json<Value> {
+    let limit = super::super::common::limit_of(query.as_deref()).unwrap_or(50);
+    let store = lock(&app.brevo);
+    let all = store.dump();
+    let count = all.len();
+    let contacts: Vec<Value> = all.into_iter().take(limit).collect();
+    Json(serde_json::json!({ "contacts": contacts, "count": count }))
+}
+
 /// `GET /v3/contacts/{identifier}`: the contact, or 404 `document_not_found`.
 pub(crate) async fn read(
     State(app): State<Arc<App>>,

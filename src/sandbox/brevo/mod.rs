@@ -20,7 +20,7 @@ use super::state::App;
 
 pub(crate) fn routes(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v3/contacts", post(handlers::create))
+        .route("/v3/contacts", post(handlers::create).get(handlers::list))
         .route("/v3/contacts/batch", post(handlers::batch))
         .route(
             "/v3/contacts/{identifier}",

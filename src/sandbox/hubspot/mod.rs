@@ -26,7 +26,7 @@ const SEARCH: &str = "/crm/v3/objects/contacts/search";
 
 pub(crate) fn routes(app: Arc<App>) -> Router {
     Router::new()
-        .route(BASE, post(single::create))
+        .route(BASE, post(single::create).get(single::list))
         .route(SEARCH, post(search::search))
         .route(&format!("{BASE}/batch/create"), post(batch::create))
         .route(&format!("{BASE}/batch/update"), post(batch::update))

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::super::common::lock;
+use super::super::common::{limit_of, lock};
 use super::super::state::App;
 use super::errors::{HsError, parse};
 use super::store::{Projection, Store};
@@ -32,6 +32,19 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<R
     }
     let contact = store.create(props, &now);
     Ok((StatusCode::CREATED, Json(contact.json(&Projection::All))).into_response())
+}
+
+/// `GET /crm/v3/objects/contacts?limit=N`: the first N contacts (10 by
+/// default); a harmless read for `engine check --live`.
+pub(crate) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Json<Value> {
+    let limit = limit_of(query.as_deref()).unwrap_or(10);
+    let store = lock(&app.hubspot);
+    let results: Vec<Value> = store
+        .contacts()
+        .take(limit)
+        .map(|c| c.json(&Projection::requested(None)))
+        .collect();
+    Json(serde_json::json!({ "results": results }))
 }
 
 /// `GET /crm/v3/objects/contacts/{id}`: reads the primary store (no lag).
