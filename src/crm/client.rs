@@ -227,6 +227,15 @@ impl CrmClient {
         })
     }
 
+    /// Several answers blamed the config and none proved it: sending more
+    /// would only spend the rate limit. The row goes back as it was.
+    fn held_back(&self) -> Option<ReplyAction> {
+        self.probe.tripped().then(|| ReplyAction::Deferred {
+            until: self.clock.utc(),
+            reason: "not sent: the connector's config looks broken".into(),
+        })
+    }
+
     /// Forgets the answers so far: the next requests probe the config afresh.
     pub fn reset_config_probe(&self) {
         self.probe.reset();
@@ -270,14 +279,9 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
-            // Several answers blamed the config and none proved it: sending
-            // more would only spend the rate limit. The row goes back as it was.
-            if self.probe.tripped() {
+            if let Some(action) = self.held_back() {
                 return Reply {
-                    action: ReplyAction::Deferred {
-                        until: self.clock.utc(),
-                        reason: "not sent: the connector's config looks broken".into(),
-                    },
+                    action,
                     response: None,
                 };
             }
@@ -421,6 +425,11 @@ impl CrmClient {
         let waiting = std::time::Instant::now();
         self.limiter.acquire(&op.class).await;
         metrics.rate_limit_wait(&self.plan.name, waiting.elapsed());
+        // Checked again here: answers that came while this request queued
+        // for a connection and the rate limit may have tripped the probe.
+        if let Some(action) = self.held_back() {
+            return (Step::Done(action), None);
+        }
         let sent_at = self.clock.now();
         let sending = metrics.sending(&self.plan.name);
         let (step, response) = self.exchange(op, request, sent_at).await;
