@@ -93,6 +93,9 @@ pub enum Command {
         /// Also check tables and columns in this database.
         #[arg(long, value_name = "URL")]
         database: Option<String>,
+        /// With --database: check only this mapping's table (repeatable).
+        #[arg(long, value_name = "NAME", requires = "database")]
+        mapping: Vec<String>,
     },
     /// Sync every mapping of a connector until no row is claimable, then exit.
     Run {
@@ -181,7 +184,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check {
             config_dir,
             database,
-        } => check(config_dir, database).await,
+            mapping,
+        } => check(config_dir, database, &mapping).await,
         Command::Run {
             connector,
             watch,
@@ -208,13 +212,18 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<ExitCode> {
+async fn check(
+    config_dir: PathBuf,
+    database: Option<String>,
+    only: &[String],
+) -> anyhow::Result<ExitCode> {
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
+        let mappings = crate::check::selected_mappings(&checked.plan, only)?;
         let store = Store::connect(&url).await?;
-        checked.diagnostics.extend(
-            check_database(checked.plan.mappings.values().map(|m| m.as_ref()), &store).await?,
-        );
+        checked
+            .diagnostics
+            .extend(check_database(mappings, &store).await?);
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
@@ -234,6 +243,9 @@ async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<
         checked.set.mappings.len(),
         summary(&checked.diagnostics)
     );
+    for connector in checked.plan.connectors.values() {
+        println!("limits {}: {}", connector.name, connector.limits);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
+use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
     Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
@@ -40,8 +41,12 @@ pub struct ConnectorPlan {
     pub adaptive_concurrency: bool,
     /// Static headers.
     pub headers: Vec<(String, String)>,
-    /// Rate-limit windows.
+    /// Rate-limit windows in force (the chosen tier's counts, with overrides).
     pub rate_limits: Vec<RateLimit>,
+    /// The limits in force and where they came from, for `engine check`.
+    pub limits: LimitsInForce,
+    /// Largest request body sent, in bytes.
+    pub max_request_bytes: Option<usize>,
     /// Rate-limit headers.
     pub rate_limit_headers: RateLimitHeaders,
     /// In-cycle retry policy.
@@ -120,6 +125,8 @@ pub struct RulePlan {
     pub status: u16,
     /// Message pattern; capture 1 is an id.
     pub regex: Option<Regex>,
+    /// Where the existing id is in the body (for `update`).
+    pub id_pointer: Option<String>,
     /// A pointer that must hold a value in the body.
     pub body_has: Option<String>,
     /// Meaning.
@@ -189,6 +196,17 @@ pub fn build(
     check_auth(&mut ctx, &raw.auth, env, used);
     check_headers(&mut ctx, &raw.headers);
     check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert);
+    let limits = super::tiers::resolve(
+        &super::tiers::TierInput {
+            connector: &loaded.name,
+            source: &loaded.source,
+            windows: &raw.rate_limits,
+            default_tier: raw.default_tier.as_deref(),
+            tiers: &raw.tiers,
+        },
+        env,
+        ctx.diagnostics,
+    );
     check_retry(&mut ctx, &raw.retry);
     check_pointers(
         &mut ctx,
@@ -215,7 +233,11 @@ pub fn build(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: raw.rate_limits.clone(),
+        rate_limits: limits.windows.clone(),
+        limits,
+        max_request_bytes: raw
+            .max_request_bytes
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         rate_limit_headers: raw.rate_limit_headers.clone(),
         retry: raw.retry.clone(),
         message_pointers: raw.errors.message_pointers.clone(),
@@ -594,13 +616,19 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
                 "add [upsert.update] with `{{id}}` in its path",
             );
         }
-        if rule.then == RuleAction::Update
-            && rule.regex.as_ref().is_none_or(|r| r.captures_len() < 2)
-        {
+        let captures_id = rule.regex.as_ref().is_some_and(|r| r.captures_len() >= 2);
+        if rule.then == RuleAction::Update && rule.id_pointer.is_none() && !captures_id {
             ctx.error(
                 &path,
-                "`then = \"update\"` needs a `message_regex` with a capture group for the existing id",
-                "e.g. message_regex = 'Existing ID: (\\d+)'",
+                "`then = \"update\"` needs to know where the existing id is: an `id_pointer` into the answer, or a `message_regex` with a capture group",
+                "e.g. id_pointer = \"/errors/0/meta/duplicate_id\", or message_regex = 'Existing ID: (\\d+)'",
+            );
+        }
+        if rule.then != RuleAction::Update && rule.id_pointer.is_some() {
+            ctx.error(
+                &join_key(&join_index(&join_key(&op.label, "rules"), index), "id_pointer"),
+                "a rule's `id_pointer` is read only by `then = \"update\"`",
+                "remove it, or write then = \"update\"",
             );
         }
     }
@@ -770,6 +798,7 @@ fn build_request(
         rules.push(RulePlan {
             status: 404,
             regex: None,
+            id_pointer: None,
             body_has: None,
             then: RuleAction::NotFound,
             wait: None,
@@ -852,6 +881,9 @@ fn build_rules(
         if let Some(pointer) = &rule.body_has {
             check_pointer(ctx, &join_key(&rule_path, "body_has"), pointer);
         }
+        if let Some(pointer) = &rule.id_pointer {
+            check_pointer(ctx, &join_key(&rule_path, "id_pointer"), pointer);
+        }
         let path = join_key(&rule_path, "message_regex");
         let regex = match &rule.message_regex {
             Some(pattern) => match compile_regex(ctx, &path, pattern) {
@@ -863,6 +895,7 @@ fn build_rules(
         out.push(RulePlan {
             status: rule.status,
             regex,
+            id_pointer: rule.id_pointer.clone(),
             body_has: rule.body_has.clone(),
             then: rule.then,
             wait: rule.wait_secs.map(Duration::from_secs),
