@@ -3,6 +3,7 @@
 mod auth;
 mod batch;
 mod check;
+mod connectors;
 mod contract;
 mod e2e;
 mod flows;
