@@ -506,6 +506,11 @@ pub struct Rule {
     /// array (GraphQL).
     #[serde(default)]
     pub body_has: Option<String>,
+    /// With `body_has`: the value that must be there, e.g. `body_has =
+    /// "/0/errorCode"`, `body_value = "REQUEST_LIMIT_EXCEEDED"` (Salesforce
+    /// names the error by a code beside its message).
+    #[serde(default)]
+    pub body_value: Option<serde_json::Value>,
     /// What the response means.
     pub then: RuleAction,
     /// For `retry` and `rate_limited`: how long to wait, in seconds (e.g. 3600 for

@@ -509,10 +509,10 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
                 .regex
                 .as_ref()
                 .is_none_or(|regex| regex.is_match(&response.message))
-            && rule
-                .body_has
-                .as_ref()
-                .is_none_or(|pointer| response.body.pointer(pointer).is_some())
+            && rule.body_has.as_ref().is_none_or(|pointer| {
+                let found = response.body.pointer(pointer);
+                found.is_some() && rule.body_value.as_ref().is_none_or(|v| found == Some(v))
+            })
     })?;
     // The body's id first: a pointer names it exactly, a message may be reworded.
     let captured = rule

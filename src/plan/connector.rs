@@ -129,6 +129,8 @@ pub struct RulePlan {
     pub id_pointer: Option<String>,
     /// A pointer that must hold a value in the body.
     pub body_has: Option<String>,
+    /// The value `body_has` must hold, if any.
+    pub body_value: Option<Value>,
     /// Meaning.
     pub then: RuleAction,
     /// Wait before the retry.
@@ -800,6 +802,7 @@ fn build_request(
             regex: None,
             id_pointer: None,
             body_has: None,
+            body_value: None,
             then: RuleAction::NotFound,
             wait: None,
             drop_fields: Vec::new(),
@@ -884,6 +887,13 @@ fn build_rules(
         if let Some(pointer) = &rule.id_pointer {
             check_pointer(ctx, &join_key(&rule_path, "id_pointer"), pointer);
         }
+        if rule.body_value.is_some() && rule.body_has.is_none() {
+            ctx.error(
+                &join_key(&rule_path, "body_value"),
+                "`body_value` needs `body_has`, the pointer where the value must be",
+                "e.g. body_has = \"/0/errorCode\", body_value = \"REQUEST_LIMIT_EXCEEDED\"",
+            );
+        }
         let path = join_key(&rule_path, "message_regex");
         let regex = match &rule.message_regex {
             Some(pattern) => match compile_regex(ctx, &path, pattern) {
@@ -897,6 +907,7 @@ fn build_rules(
             regex,
             id_pointer: rule.id_pointer.clone(),
             body_has: rule.body_has.clone(),
+            body_value: rule.body_value.clone(),
             then: rule.then,
             wait: rule.wait_secs.map(Duration::from_secs),
             drop_fields: rule.drop_fields.clone(),

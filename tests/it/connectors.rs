@@ -38,6 +38,8 @@ pub struct Request {
     /// Lower-cased names.
     pub headers: BTreeMap<String, String>,
     pub body: Value,
+    /// The raw body (a token request is form-encoded, not JSON).
+    pub text: String,
 }
 
 impl Request {
@@ -164,6 +166,7 @@ fn request_of(method: Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Re
             .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect(),
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        text: String::from_utf8_lossy(body).into_owned(),
     }
 }
 
@@ -301,48 +304,41 @@ impl ExampleSync {
             .unwrap();
     }
 
-    /// Runs until no row is claimable, then once more after the retry delay
-    /// (a row handed back as transient comes due again).
+    /// Runs until no row is claimable.
     pub async fn run(&self) {
-        for _ in 0..3 {
-            let clock = Arc::new(engine::clock::SystemClock);
-            run_to_end(
-                &self.plan,
-                &self.connector,
-                &self.db,
-                &self.env,
-                clock,
-                quiet(),
-            )
-            .await;
-            if !self.any_queued().await {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        }
+        let clock = Arc::new(engine::clock::SystemClock);
+        run_to_end(
+            &self.plan,
+            &self.connector,
+            &self.db,
+            &self.env,
+            clock,
+            quiet(),
+        )
+        .await;
     }
 
-    async fn any_queued(&self) -> bool {
+    /// Runs again once the mapping's retry delay (1 s) has passed: rows handed
+    /// back as transient are due again.
+    pub async fn run_after_retry_delay(&self) {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        self.run().await;
+    }
+
+    /// Row `id`, every column.
+    pub async fn row(&self, id: &str) -> Map<String, Value> {
         let spec = &self.plan.mappings[&self.connector].table;
         self.db
-            .store
-            .status_counts(spec)
-            .await
-            .unwrap()
-            .iter()
-            .any(|(status, count)| status.as_deref() == Some("Queued") && *count > 0)
-    }
-
-    /// How row `id` ended.
-    pub async fn ended(&self, id: &str) -> Ended {
-        let spec = &self.plan.mappings[&self.connector].table;
-        let row = self
-            .db
             .store
             .fetch_row(spec, id)
             .await
             .unwrap()
-            .expect("the row is there");
+            .expect("the row is there")
+    }
+
+    /// How row `id` ended.
+    pub async fn ended(&self, id: &str) -> Ended {
+        let row = self.row(id).await;
         let text = |column: &str| row.get(column).and_then(Value::as_str).map(String::from);
         Ended {
             status: text("crm_processing_status").unwrap_or_default(),
