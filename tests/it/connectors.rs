@@ -248,18 +248,29 @@ impl ExampleSync {
         env: &[(&str, &str)],
         edit: impl FnOnce(String) -> String,
     ) -> ExampleSync {
-        engine::install_crypto_provider();
-        let db = TestDb::open(engine::store::Backend::Sqlite)
-            .await
-            .expect("SQLite is always there");
         let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("connectors")
             .join(format!("{connector}.toml"));
         let text = std::fs::read_to_string(shipped).expect("the example connector exists");
+        ExampleSync::start_with_text(connector, &edit(text), base_url, mapping, env).await
+    }
+
+    /// As [`ExampleSync::start`], with the connector file's text given.
+    pub async fn start_with_text(
+        connector: &str,
+        text: &str,
+        base_url: &str,
+        mapping: &str,
+        env: &[(&str, &str)],
+    ) -> ExampleSync {
+        engine::install_crypto_provider();
+        let db = TestDb::open(engine::store::Backend::Sqlite)
+            .await
+            .expect("SQLite is always there");
         let config = ConfigDir {
             dir: tempfile::tempdir().unwrap(),
         };
-        config.write(&format!("connectors/{connector}.toml"), &edit(text));
+        config.write(&format!("connectors/{connector}.toml"), text);
         config.write(
             &format!("mappings/{connector}.toml"),
             &format!(
