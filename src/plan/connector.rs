@@ -523,9 +523,26 @@ fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
         ctx.error(
             path,
             format!("`{pointer}` is not a JSON pointer"),
-            format!("JSON pointers start with `/`, e.g. `/{pointer}`"),
+            format!(
+                "JSON pointers start with `/` and separate keys and indexes with `/`, e.g. `{}`",
+                pointer_for(pointer)
+            ),
         );
     }
+}
+
+/// The JSON pointer a user most likely meant: `$.data.items[0].id` (JSONPath,
+/// as API docs write it) or `data.id` becomes `/data/items/0/id`, `/data/id`.
+fn pointer_for(written: &str) -> String {
+    let path = written.trim_start_matches('$').trim_start_matches('.');
+    let keys: Vec<String> = path
+        .replace('[', ".")
+        .replace(']', "")
+        .split('.')
+        .filter(|key| !key.is_empty())
+        .map(|key| key.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .collect();
+    format!("/{}", keys.join("/"))
 }
 
 fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
@@ -914,4 +931,17 @@ fn build_rules(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pointer_for;
+
+    #[test]
+    fn a_jsonpath_or_dotted_path_is_suggested_as_the_json_pointer_it_means() {
+        assert_eq!(pointer_for("$.id"), "/id");
+        assert_eq!(pointer_for("$.data.items[0].item.id"), "/data/items/0/item/id");
+        assert_eq!(pointer_for("contact.id"), "/contact/id");
+        assert_eq!(pointer_for("$['data']['id']"), "/data/id");
+    }
 }
