@@ -7,6 +7,7 @@ mod connectors;
 mod contract;
 mod e2e;
 mod flows;
+mod guide;
 mod payloads;
 mod plan;
 mod run;
