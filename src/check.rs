@@ -42,7 +42,10 @@ pub fn check_dir(dir: &Path, env: &dyn Env) -> Checked {
 
 /// The mappings named in `only` (every mapping when it is empty), or an
 /// error naming one that does not exist.
-pub fn selected_mappings<'a>(plan: &'a Plan, only: &[String]) -> anyhow::Result<Vec<&'a MappingPlan>> {
+pub fn selected_mappings<'a>(
+    plan: &'a Plan,
+    only: &[String],
+) -> anyhow::Result<Vec<&'a MappingPlan>> {
     if only.is_empty() {
         return Ok(plan.mappings.values().map(|m| m.as_ref()).collect());
     }

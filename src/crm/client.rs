@@ -297,9 +297,8 @@ impl CrmClient {
     /// the connector's `max_request_bytes`.
     pub fn too_large(&self, size: usize) -> Option<String> {
         let limit = self.plan.max_request_bytes?;
-        (size > limit).then(|| {
-            format!("payload too large: {size} bytes, the connector allows {limit}")
-        })
+        (size > limit)
+            .then(|| format!("payload too large: {size} bytes, the connector allows {limit}"))
     }
 
     /// The longest window that applies to `class`, or one second.

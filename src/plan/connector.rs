@@ -645,7 +645,10 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
         }
         if rule.then != RuleAction::Update && rule.id_pointer.is_some() {
             ctx.error(
-                &join_key(&join_index(&join_key(&op.label, "rules"), index), "id_pointer"),
+                &join_key(
+                    &join_index(&join_key(&op.label, "rules"), index),
+                    "id_pointer",
+                ),
                 "a rule's `id_pointer` is read only by `then = \"update\"`",
                 "remove it, or write then = \"update\"",
             );
@@ -940,7 +943,10 @@ mod tests {
     #[test]
     fn a_jsonpath_or_dotted_path_is_suggested_as_the_json_pointer_it_means() {
         assert_eq!(pointer_for("$.id"), "/id");
-        assert_eq!(pointer_for("$.data.items[0].item.id"), "/data/items/0/item/id");
+        assert_eq!(
+            pointer_for("$.data.items[0].item.id"),
+            "/data/items/0/item/id"
+        );
         assert_eq!(pointer_for("contact.id"), "/contact/id");
         assert_eq!(pointer_for("$['data']['id']"), "/data/id");
     }

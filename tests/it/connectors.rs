@@ -67,14 +67,6 @@ impl Answer {
         }
     }
 
-    pub fn empty(status: u16) -> Self {
-        Self {
-            status,
-            body: String::new(),
-            headers: Vec::new(),
-        }
-    }
-
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -133,7 +125,10 @@ impl<C: Crm> Imitation<C> {
 
     /// How many requests came on one route, e.g. `"POST /contacts"`.
     pub fn count(&self, route: &str) -> usize {
-        self.received().iter().filter(|r| r.route() == route).count()
+        self.received()
+            .iter()
+            .filter(|r| r.route() == route)
+            .count()
     }
 
     /// How many answers had this status.

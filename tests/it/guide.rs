@@ -147,29 +147,49 @@ async fn the_guides_connector_syncs_against_the_sandbox_creating_then_updating()
     assert_eq!(contacts[0]["attributes"]["LASTNAME"], "King");
 }
 
-/// Each mistake: its heading, the change, and the error the guide shows.
-fn mistakes() -> Vec<(String, String, Vec<String>, Vec<String>, String)> {
+/// One of the guide's mistakes: its heading, the change, and the error shown.
+struct Mistake {
+    heading: String,
+    file: String,
+    from: String,
+    to: String,
+    shown: String,
+}
+
+/// The mistakes, in the guide's order: each `diff` block, then its `text mistake` block.
+fn mistakes() -> Vec<Mistake> {
     let mut out = Vec::new();
     let mut heading = String::new();
-    let mut pending: Option<(String, Vec<String>, Vec<String>)> = None;
-    let mut lines = GUIDE.lines().peekable();
+    let mut change: Option<(String, String, String)> = None;
     let all = blocks();
-    let mut diff_blocks = all.iter().filter(|b| b.info.starts_with("diff"));
-    let mut shown_blocks = all.iter().filter(|b| b.info == "text mistake");
-    while let Some(line) = lines.next() {
+    let mut diffs = all.iter().filter(|b| b.info.starts_with("diff"));
+    let mut shown = all.iter().filter(|b| b.info == "text mistake");
+    let side = |block: &Block, sign: char| -> String {
+        let lines: Vec<&str> = block
+            .text
+            .lines()
+            .filter_map(|l| l.strip_prefix(sign))
+            .collect();
+        lines.join("\n")
+    };
+    for line in GUIDE.lines() {
         if let Some(title) = line.strip_prefix("### ") {
             heading = title.to_string();
         }
         if line.starts_with("```diff") {
-            let block = diff_blocks.next().unwrap();
-            let from = block.text.lines().filter_map(|l| l.strip_prefix('-')).map(String::from).collect();
-            let to = block.text.lines().filter_map(|l| l.strip_prefix('+')).map(String::from).collect();
-            pending = Some((attr(block, "file").unwrap().to_string(), from, to));
+            let block = diffs.next().unwrap();
+            let file = attr(block, "file").unwrap().to_string();
+            change = Some((file, side(block, '-'), side(block, '+')));
         }
         if line.starts_with("```text mistake") {
-            let (file, from, to) = pending.take().expect("a change before its error");
-            let shown = shown_blocks.next().unwrap().text.clone();
-            out.push((heading.clone(), file, from, to, shown));
+            let (file, from, to) = change.take().expect("a change before its error");
+            out.push(Mistake {
+                heading: heading.clone(),
+                file,
+                from,
+                to,
+                shown: shown.next().unwrap().text.clone(),
+            });
         }
     }
     out
@@ -187,11 +207,21 @@ fn each_of_the_five_mistakes_gets_the_check_error_the_guide_shows() {
     assert_eq!(mistakes.len(), 5);
     let mut guide = GUIDE.to_string();
     let mut stale = Vec::new();
-    for (heading, file, from, to, shown) in mistakes {
+    for Mistake {
+        heading,
+        file,
+        from,
+        to,
+        shown,
+    } in mistakes
+    {
         let config = written();
-        config.edit(&file, &from.join("\n"), &to.join("\n"));
+        config.edit(&file, &from, &to);
         let transcript = run_engine(config.path(), &["check"], ENV);
-        assert!(transcript.starts_with("exit code: 2"), "{heading}: {transcript}");
+        assert!(
+            transcript.starts_with("exit code: 2"),
+            "{heading}: {transcript}"
+        );
         let stderr = split(&transcript).1;
         let name = heading.to_lowercase().replace([' ', '-'], "_");
         insta::assert_snapshot!(format!("mistake_{name}"), stderr);

@@ -63,7 +63,10 @@ impl ActiveCampaign {
 impl Crm for ActiveCampaign {
     fn answer(&mut self, request: &Request, _: &str) -> Answer {
         if request.headers.get("api-token").map(String::as_str) != Some("ac-key") {
-            return Answer::json(403, json!({"message": "No Result found for Subscriber with id 0"}));
+            return Answer::json(
+                403,
+                json!({"message": "No Result found for Subscriber with id 0"}),
+            );
         }
         if let Some(answer) = self.throttle.take(|| {
             Answer::json(429, json!({"message": "Too Many Requests"}))
@@ -89,7 +92,7 @@ lastName = "{{last_name name}}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn activecampaign_creates_syncs_an_existing_contact_rejects_a_bad_email_and_waits_out_a_429()
- {
+{
     let mut crm = ActiveCampaign::default();
     crm.contacts.push(("42".into(), "known@example.com".into()));
     let crm = Imitation::start(crm).await;

@@ -38,19 +38,38 @@ fn error(status: u16, kind: &str, code: &str, message: &str) -> Answer {
 impl Attio {
     fn assert_person(&mut self, request: &Request) -> Answer {
         if request.query.get("matching_attribute").map(String::as_str) != Some("email_addresses") {
-            return error(400, "invalid_request_error", "missing_value", "matching_attribute is required");
+            return error(
+                400,
+                "invalid_request_error",
+                "missing_value",
+                "matching_attribute is required",
+            );
         }
         let values = request.body["data"]["values"].clone();
-        let email = values["email_addresses"][0].as_str().unwrap_or_default().to_string();
+        let email = values["email_addresses"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if !email.contains('@') {
-            let message = format!("Invalid value was passed to attribute with slug \"email_addresses\": {email}");
+            let message = format!(
+                "Invalid value was passed to attribute with slug \"email_addresses\": {email}"
+            );
             return error(400, "invalid_request_error", "validation_type", &message);
         }
         if let Some(at) = self.racing.iter().position(|e| *e == email) {
             self.racing.remove(at);
-            return error(409, "invalid_request_error", "concurrent_write_conflict", "A concurrent write to this record is in progress.");
+            return error(
+                409,
+                "invalid_request_error",
+                "concurrent_write_conflict",
+                "A concurrent write to this record is in progress.",
+            );
         }
-        let id = match self.people.iter_mut().find(|(_, e, _)| e.eq_ignore_ascii_case(&email)) {
+        let id = match self
+            .people
+            .iter_mut()
+            .find(|(_, e, _)| e.eq_ignore_ascii_case(&email))
+        {
             Some((id, _, stored)) => {
                 *stored = values.clone();
                 id.clone()
@@ -74,7 +93,12 @@ impl Crm for Attio {
             return error(401, "auth_error", "unauthorized", "Invalid API key");
         }
         if let Some(answer) = self.throttle.take(|| {
-            error(429, "rate_limit_error", "rate_limit_exceeded", "Rate limit exceeded, please try again later")
+            error(
+                429,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "Rate limit exceeded, please try again later",
+            )
         }) {
             return answer;
         }
@@ -95,7 +119,8 @@ name = [{ first_name = "{{first_name name}}", last_name = "{{last_name name}}", 
 async fn attio_asserts_new_and_existing_people_retries_a_write_conflict_rejects_a_bad_address_and_waits_out_a_429()
  {
     let mut crm = Attio::default();
-    crm.people.push(("0f1c-known".into(), "known@example.com".into(), Value::Null));
+    crm.people
+        .push(("0f1c-known".into(), "known@example.com".into(), Value::Null));
     crm.racing.push("racing@example.com".into());
     let crm = Imitation::start(crm).await;
     let sync = ExampleSync::start(

@@ -114,8 +114,10 @@ name = "{{name}}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_whose_existing_id_is_in_the_body_becomes_an_update_of_that_id() {
     let mut crm = Profiles::default();
-    crm.profiles.push(("P-41".into(), "known@example.com".into()));
-    crm.profiles.push(("P-42".into(), "noid@example.com".into()));
+    crm.profiles
+        .push(("P-41".into(), "known@example.com".into()));
+    crm.profiles
+        .push(("P-42".into(), "noid@example.com".into()));
     crm.no_id.push("noid@example.com".into());
     let crm = Imitation::start(crm).await;
     let sync =
@@ -138,8 +140,7 @@ async fn a_conflict_whose_existing_id_is_in_the_body_becomes_an_update_of_that_i
             status: "Error".into(),
             crm_id: None,
             error: Some(
-                "HTTP 409 Conflict: A profile already exists with one of these identifiers."
-                    .into()
+                "HTTP 409 Conflict: A profile already exists with one of these identifiers.".into()
             ),
         }
     );
@@ -175,7 +176,7 @@ async fn a_request_over_max_request_bytes_fails_its_row_at_once_and_is_never_sen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_batch_only_the_oversized_row_fails_and_rows_too_big_together_go_in_smaller_requests()
- {
+{
     let crm = Imitation::start(Profiles::default()).await;
     let batch = PROFILES.replace("mode = \"single\"", "mode = \"batch\"");
     let sync = ExampleSync::start_with_text("profiles", &batch, &crm.base_url, MAPPING, &[]).await;
@@ -198,13 +199,21 @@ async fn in_a_batch_only_the_oversized_row_fails_and_rows_too_big_together_go_in
     let huge = sync.ended("huge").await;
     assert_eq!(huge.status, "Error");
     assert!(
-        huge.error.as_deref().unwrap().starts_with("payload too large: "),
+        huge.error
+            .as_deref()
+            .unwrap()
+            .starts_with("payload too large: "),
         "{huge:?}"
     );
     let sizes: Vec<usize> = crm.with(|c| c.batches.iter().map(|b| b.to_string().len()).collect());
     assert!(sizes.len() >= 2, "split into requests that fit: {sizes:?}");
     assert!(sizes.iter().all(|s| *s <= 2000), "{sizes:?}");
-    let sent: usize = crm.with(|c| c.batches.iter().map(|b| b["items"].as_array().unwrap().len()).sum());
+    let sent: usize = crm.with(|c| {
+        c.batches
+            .iter()
+            .map(|b| b["items"].as_array().unwrap().len())
+            .sum()
+    });
     assert_eq!(sent, 4, "every row but the oversized one, each once");
 }
 
@@ -235,10 +244,7 @@ fn a_tier_the_connector_does_not_name_is_an_error_listing_its_tiers() {
 
 #[test]
 fn a_window_override_that_is_not_a_count_is_an_error() {
-    insta::assert_snapshot!(check_with(
-        |_| {},
-        &[("HUBSPOT_RATE_LIMIT_DAILY", "lots")]
-    ));
+    insta::assert_snapshot!(check_with(|_| {}, &[("HUBSPOT_RATE_LIMIT_DAILY", "lots")]));
 }
 
 #[test]

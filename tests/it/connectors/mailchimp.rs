@@ -50,7 +50,8 @@ impl Mailchimp {
     fn put_member(&mut self, hash: &str, body: &Value) -> Answer {
         let email = body["email_address"].as_str().unwrap_or_default();
         if !email.contains('@') || email.contains("fake") {
-            let detail = format!("{email} looks fake or invalid, please enter a real email address.");
+            let detail =
+                format!("{email} looks fake or invalid, please enter a real email address.");
             return problem(400, "Invalid Resource", &detail);
         }
         if subscriber_hash(email) != hash {
@@ -68,7 +69,8 @@ impl Mailchimp {
                 "The resource submitted could not be validated.",
             );
         }
-        let member = json!({"id": hash, "email_address": email, "merge_fields": body["merge_fields"]});
+        let member =
+            json!({"id": hash, "email_address": email, "merge_fields": body["merge_fields"]});
         self.members.insert(hash.to_string(), member.clone());
         Answer::json(200, member)
     }
@@ -96,10 +98,16 @@ impl Crm for Mailchimp {
             ("PUT", Some(hash)) if hash.len() > 1 => self.put_member(&hash[1..], &request.body),
             ("POST", Some("")) => {
                 let email = request.body["email_address"].as_str().unwrap_or_default();
-                let detail = format!("{email} is already a list member. Use PUT to insert or update list members.");
+                let detail = format!(
+                    "{email} is already a list member. Use PUT to insert or update list members."
+                );
                 problem(400, "Member Exists", &detail)
             }
-            _ => problem(404, "Resource Not Found", "The requested resource could not be found."),
+            _ => problem(
+                404,
+                "Resource Not Found",
+                "The requested resource could not be found.",
+            ),
         }
     }
 }

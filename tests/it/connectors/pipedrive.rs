@@ -44,7 +44,10 @@ fn error(status: u16, message: &str) -> Answer {
 impl Pipedrive {
     fn search(&self, request: &Request) -> Answer {
         let term = request.query.get("term").cloned().unwrap_or_default();
-        assert_eq!(request.query.get("fields").map(String::as_str), Some("email"));
+        assert_eq!(
+            request.query.get("fields").map(String::as_str),
+            Some("email")
+        );
         assert_eq!(
             request.query.get("exact_match").map(String::as_str),
             Some("true")

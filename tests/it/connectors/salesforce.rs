@@ -55,13 +55,23 @@ pub struct Org {
 
 /// What one record's upsert did.
 enum Upserted {
-    Done { id: String, created: bool },
-    Failed { code: &'static str, message: String, fields: Vec<&'static str> },
+    Done {
+        id: String,
+        created: bool,
+    },
+    Failed {
+        code: &'static str,
+        message: String,
+        fields: Vec<&'static str>,
+    },
     Several(Vec<String>),
 }
 
 fn errors(status: u16, code: &str, message: &str) -> Answer {
-    Answer::json(status, json!([{"message": message, "errorCode": code, "fields": []}]))
+    Answer::json(
+        status,
+        json!([{"message": message, "errorCode": code, "fields": []}]),
+    )
 }
 
 impl Org {
@@ -90,7 +100,10 @@ impl Org {
                 fields: vec![],
             };
         }
-        let email = record.get("Email").and_then(Value::as_str).unwrap_or_default();
+        let email = record
+            .get("Email")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !email.contains('@') {
             return Upserted::Failed {
                 code: "INVALID_EMAIL_ADDRESS",
@@ -125,7 +138,12 @@ impl Org {
             _ => Upserted::Several(
                 matches
                     .iter()
-                    .map(|&i| format!("/services/data/v60.0/sobjects/Contact/{}", self.contacts[i].id))
+                    .map(|&i| {
+                        format!(
+                            "/services/data/v60.0/sobjects/Contact/{}",
+                            self.contacts[i].id
+                        )
+                    })
                     .collect(),
             ),
         }
@@ -184,7 +202,11 @@ impl Org {
     fn collection(&mut self, body: &Value) -> Answer {
         let records = body["records"].as_array().cloned().unwrap_or_default();
         if records.len() > 200 {
-            return errors(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call");
+            return errors(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            );
         }
         let results: Vec<Value> = records
             .iter()
@@ -228,13 +250,16 @@ impl Crm for Org {
         }
         self.calls += 1;
         let usage = format!("api-usage={}/5000", self.calls);
-        let about_key = self
-            .throttle_key
-            .as_ref()
-            .is_some_and(|key| request.path.contains(key.as_str()) || request.text.contains(key.as_str()));
+        let about_key = self.throttle_key.as_ref().is_some_and(|key| {
+            request.path.contains(key.as_str()) || request.text.contains(key.as_str())
+        });
         if about_key
             && let Some(answer) = self.throttle.take(|| {
-                errors(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+                errors(
+                    403,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "TotalRequests Limit exceeded.",
+                )
             })
         {
             return answer.header("Sforce-Limit-Info", &usage);
@@ -311,7 +336,11 @@ async fn salesforce_creates_updates_by_external_id_fails_on_several_matches_and_
     let twice = sync.ended("twice").await;
     assert_eq!(twice.status, "Error");
     assert!(
-        twice.error.as_deref().unwrap().starts_with("HTTP 300 Multiple Choices"),
+        twice
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("HTTP 300 Multiple Choices"),
         "{twice:?}"
     );
     assert_eq!(
@@ -319,7 +348,9 @@ async fn salesforce_creates_updates_by_external_id_fails_on_several_matches_and_
         Ended {
             status: "Error".into(),
             crm_id: None,
-            error: Some("HTTP 400 Bad Request: Email: invalid email address: bad.example.com".into()),
+            error: Some(
+                "HTTP 400 Bad Request: Email: invalid email address: bad.example.com".into()
+            ),
         }
     );
     // Nothing duplicated, nothing written on several matches.
@@ -338,7 +369,10 @@ pub async fn assert_handed_back_for_an_hour(sync: &ExampleSync, id: &str) {
     assert_eq!(row["retry_count"], 0, "{row:?}");
     let next = row["next_retry_at"].as_str().expect("a retry time");
     let next = chrono::DateTime::parse_from_rfc3339(next)
-        .or_else(|_| chrono::NaiveDateTime::parse_from_str(next, "%Y-%m-%d %H:%M:%S%.f").map(|n| n.and_utc().fixed_offset()))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(next, "%Y-%m-%d %H:%M:%S%.f")
+                .map(|n| n.and_utc().fixed_offset())
+        })
         .expect("a time");
     let wait = next.signed_duration_since(chrono::Utc::now());
     assert!(wait > chrono::Duration::minutes(55), "{wait:?}");

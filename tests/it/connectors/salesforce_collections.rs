@@ -57,7 +57,11 @@ async fn salesforce_collections_upserts_many_records_in_one_request_fails_bad_on
     let twice = sync.ended("twice").await;
     assert_eq!(twice.status, "Error");
     assert!(
-        twice.error.as_deref().unwrap().contains("more than one record"),
+        twice
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("more than one record"),
         "{twice:?}"
     );
     assert_eq!(
