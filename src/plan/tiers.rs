@@ -243,3 +243,48 @@ impl fmt::Display for LimitsInForce {
         write!(f, "{}", windows.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variables_are_named_after_the_connector_and_the_window() {
+        assert_eq!(tier_env("hubspot"), "HUBSPOT_TIER");
+        assert_eq!(
+            tier_env("salesforce-collections"),
+            "SALESFORCE_COLLECTIONS_TIER"
+        );
+        assert_eq!(
+            window_env("brevo", "contacts_per_second"),
+            "BREVO_RATE_LIMIT_CONTACTS_PER_SECOND"
+        );
+    }
+
+    #[test]
+    fn the_limits_in_force_read_as_one_line() {
+        let window = |name: &str, requests, per_secs| RateLimit {
+            name: name.into(),
+            requests,
+            per_secs,
+            endpoint_classes: vec!["*".into()],
+        };
+        let limits = LimitsInForce {
+            windows: vec![window("burst", 40, 2), window("search", 10, 2)],
+            tier: Some("advanced".into()),
+            tier_from: Some("PIPEDRIVE_TIER".into()),
+            overridden: vec![("search".into(), "PIPEDRIVE_RATE_LIMIT_SEARCH".into())],
+        };
+        assert_eq!(
+            limits.to_string(),
+            "tier advanced (PIPEDRIVE_TIER): burst 40 per 2 s, search 10 per 2 s (PIPEDRIVE_RATE_LIMIT_SEARCH)"
+        );
+        let none = LimitsInForce {
+            windows: vec![],
+            tier: None,
+            tier_from: None,
+            overridden: vec![],
+        };
+        assert_eq!(none.to_string(), "no rate limit");
+    }
+}
