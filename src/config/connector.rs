@@ -45,18 +45,18 @@ pub struct ConnectorFile {
     #[schemars(range(min = 1))]
     pub max_request_bytes: Option<u64>,
     /// Every rate-limit window the CRM enforces; all are respected at once.
-    /// `requests` is the count of the default tier (see `tiers`).
+    /// `requests` is the count on the plan named by `default_tier`.
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
-    /// The tier whose counts apply when the deployment names none
-    /// (`<NAME>_TIER` unset). Required when `tiers` is not empty.
+    /// The plan whose counts `rate_limits` gives, e.g. `free_starter`.
+    /// Required when `tiers` is not empty.
     #[serde(default)]
     pub default_tier: Option<String>,
-    /// The CRM's plans, by name: each gives the request count of some
-    /// `rate_limits` windows (by window name), e.g.
-    /// `[tiers.professional]` `ten_secondly = 190`. A window a tier does not
-    /// name keeps its `requests`. The environment variable `<NAME>_TIER`
-    /// (upper-cased connector name) picks the tier, and
+    /// The CRM's other plans, by name: each gives the request count of some
+    /// `rate_limits` windows (by window name), e.g. `[tiers.professional]`
+    /// `ten_secondly = 190`; a window a tier does not name keeps its
+    /// `requests`. The environment variable `<NAME>_TIER` (upper-cased
+    /// connector name) picks a tier (or the default one), and
     /// `<NAME>_RATE_LIMIT_<WINDOW>` overrides one window's count.
     #[serde(default)]
     pub tiers: BTreeMap<String, BTreeMap<String, u32>>,

@@ -48,7 +48,9 @@ fn env_stem(name: &str) -> String {
         .collect()
 }
 
-/// What the checks need to know about one connector file.
+/// What the checks need to know about one connector file. The windows'
+/// `requests` are the counts of `default_tier`; each of `tiers` gives another
+/// plan's counts.
 pub struct TierInput<'a> {
     /// Connector name (file stem).
     pub connector: &'a str,
@@ -113,24 +115,21 @@ pub fn resolve(
     }
 }
 
-/// The tier named by `<NAME>_TIER`, else `default_tier`.
+/// The tier named by `<NAME>_TIER`, else `default_tier` (whose counts are
+/// the windows' own `requests`).
 fn chosen_tier(
     input: &TierInput<'_>,
     env: &dyn Env,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> (Option<String>, Option<String>) {
     let variable = tier_env(input.connector);
+    let default = input.default_tier.map(String::from);
     let Some(wanted) = env.var(&variable) else {
-        let default = input
-            .default_tier
-            .filter(|name| input.tiers.contains_key(*name));
-        return (
-            default.map(String::from),
-            default.map(|_| "default_tier".to_string()),
-        );
+        let from = default.as_ref().map(|_| "default_tier".to_string());
+        return (default, from);
     };
     let wanted = wanted.trim().to_string();
-    if input.tiers.contains_key(&wanted) {
+    if input.tiers.contains_key(&wanted) || default.as_deref() == Some(wanted.as_str()) {
         return (Some(wanted), Some(variable));
     }
     let message = if input.tiers.is_empty() {
@@ -150,16 +149,16 @@ fn chosen_tier(
             .diagnostic_at_key(Severity::Error, "tiers", message)
             .hint(tier_hint(input, &variable)),
     );
-    (None, None)
+    (default, None)
 }
 
 fn tier_hint(input: &TierInput<'_>, variable: &str) -> String {
     if input.tiers.is_empty() {
-        format!("unset {variable}, or add [tiers.<name>] tables to the connector")
-    } else {
-        let names: Vec<&str> = input.tiers.keys().map(String::as_str).collect();
-        format!("tiers: {}", names.join(", "))
+        return format!("unset {variable}, or add [tiers.<name>] tables to the connector");
     }
+    let mut names: Vec<&str> = input.default_tier.into_iter().collect();
+    names.extend(input.tiers.keys().map(String::as_str));
+    format!("tiers: {}", names.join(", "))
 }
 
 /// Every tier names existing windows with counts above 0, and `default_tier`
@@ -195,6 +194,17 @@ fn check_tiers(input: &TierInput<'_>, diagnostics: &mut Vec<Diagnostic>) {
         }
     }
     match input.default_tier {
+        Some(name) if input.tiers.contains_key(name) => diagnostics.push(
+            source
+                .diagnostic_at_key(
+                    Severity::Error,
+                    &join_key("tiers", name),
+                    format!("`[tiers.{name}]` repeats the default tier, whose counts are the `requests` of `rate_limits`"),
+                )
+                .hint(format!(
+                    "remove [tiers.{name}] and keep its counts in `rate_limits`: one place to change them"
+                )),
+        ),
         None if !input.tiers.is_empty() => diagnostics.push(
             source
                 .diagnostic_at_key(
@@ -202,19 +212,9 @@ fn check_tiers(input: &TierInput<'_>, diagnostics: &mut Vec<Diagnostic>) {
                     "tiers",
                     "a connector with `tiers` needs `default_tier`",
                 )
-                .hint(format!(
-                    "name the tier of the cheapest plan at the top of the file, e.g. default_tier = \"{}\"",
-                    input.tiers.keys().next().map_or("", String::as_str)
-                )),
-        ),
-        Some(name) if !input.tiers.contains_key(name) => diagnostics.push(
-            source
-                .diagnostic_at_value(
-                    Severity::Error,
-                    "default_tier",
-                    format!("default_tier `{name}` is not one of `tiers`"),
-                )
-                .hint(tier_hint(input, &tier_env(input.connector))),
+                .hint(
+                    "name the plan whose limits `rate_limits` gives, at the top of the file, e.g. default_tier = \"free\"",
+                ),
         ),
         _ => {}
     }

@@ -248,7 +248,7 @@ fn a_window_override_that_is_not_a_count_is_an_error() {
 }
 
 #[test]
-fn a_tier_naming_an_unknown_window_and_an_unknown_default_tier_are_errors() {
+fn a_tier_naming_an_unknown_window_and_a_tier_repeating_the_default_are_errors() {
     insta::assert_snapshot!(check_with(
         |config| {
             config
@@ -259,8 +259,8 @@ fn a_tier_naming_an_unknown_window_and_an_unknown_default_tier_are_errors() {
                 )
                 .edit(
                     "connectors/hubspot.toml",
-                    "default_tier = \"free_starter\"",
-                    "default_tier = \"free\"",
+                    "[tiers.enterprise]",
+                    "[tiers.free_starter]",
                 );
         },
         &[]
