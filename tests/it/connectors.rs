@@ -40,6 +40,8 @@ pub struct Request {
     pub body: Value,
     /// The raw body (a token request is form-encoded, not JSON).
     pub text: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -137,6 +139,23 @@ impl<C: Crm> Imitation<C> {
         shared.statuses.iter().filter(|s| **s == status).count()
     }
 
+    /// How long the engine waited before sending again the request first
+    /// answered `status` (the same route, query and body).
+    pub fn resent_after(&self, status: u16) -> std::time::Duration {
+        let shared = self.shared.lock().unwrap();
+        let answered = shared
+            .statuses
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or_else(|| panic!("no answer had status {status}"));
+        let first = &shared.received[answered];
+        let again = shared.received[answered + 1..]
+            .iter()
+            .find(|r| r.route() == first.route() && r.query == first.query && r.text == first.text)
+            .expect("the request was sent again");
+        again.at - first.at
+    }
+
     /// A look at the CRM's state.
     pub fn with<R>(&self, look: impl FnOnce(&C) -> R) -> R {
         look(&self.shared.lock().unwrap().crm)
@@ -162,6 +181,7 @@ fn request_of(method: Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Re
             .collect(),
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
         text: String::from_utf8_lossy(body).into_owned(),
+        at: std::time::Instant::now(),
     }
 }
 

@@ -128,5 +128,11 @@ async fn activecampaign_creates_syncs_an_existing_contact_rejects_a_bad_email_an
     );
     assert_eq!(crm.with(|c| c.contacts.len()), 2);
     assert_eq!(crm.answered(429), 1);
+    // Retry-After: 1 was waited out before the same request went again.
+    let waited = crm.resent_after(429);
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "{waited:?}"
+    );
     assert_eq!(crm.count("POST /api/3/contact/sync"), 4);
 }

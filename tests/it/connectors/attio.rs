@@ -163,4 +163,10 @@ async fn attio_asserts_new_and_existing_people_retries_a_write_conflict_rejects_
     assert_eq!(known["name"][0]["full_name"], "Known Person");
     assert_eq!(crm.answered(409), 1);
     assert_eq!(crm.answered(429), 1);
+    // No header: the 1 s `writes` window was waited out before sending again.
+    let waited = crm.resent_after(429);
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "{waited:?}"
+    );
 }

@@ -103,7 +103,7 @@ impl Crm for Intercom {
         if !authorised {
             return error(401, "unauthorized", "Access Token Invalid");
         }
-        let reset = (chrono::Utc::now().timestamp() + 1).to_string();
+        let reset = (chrono::Utc::now().timestamp() + 2).to_string();
         if let Some(answer) = self.throttle.take(|| {
             error(429, "rate_limit_exceeded", "Rate Limit Exceeded")
                 .header("X-RateLimit-Limit", "1666")
@@ -186,5 +186,11 @@ async fn intercom_creates_updates_turns_a_409_into_an_update_rejects_a_bad_email
     assert_eq!(crm.count("PUT /contacts/64a0000000000000000000c2"), 1);
     // Throttled once, then the 9 requests the four rows need.
     assert_eq!(crm.answered(429), 1);
+    // X-RateLimit-Reset (an epoch second, 2 s ahead) was waited out.
+    let waited = crm.resent_after(429);
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "{waited:?}"
+    );
     assert_eq!(crm.received().len(), 10);
 }

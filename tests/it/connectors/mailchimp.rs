@@ -165,4 +165,10 @@ async fn mailchimp_creates_updates_the_same_member_by_hash_rejects_a_fake_addres
     assert_eq!(known_member["merge_fields"]["FNAME"], "Known");
     assert_eq!(crm.count("POST /lists/abc123/members"), 0);
     assert_eq!(crm.answered(429), 1);
+    // No header and no window: one second before sending again.
+    let waited = crm.resent_after(429);
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "{waited:?}"
+    );
 }

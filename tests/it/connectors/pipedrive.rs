@@ -157,4 +157,10 @@ async fn pipedrive_creates_finds_an_existing_person_by_email_rejects_a_nameless_
     assert_eq!(crm.with(|c| c.persons.len()), 2);
     assert_eq!(crm.count("PATCH /api/v2/persons/7"), 1);
     assert_eq!(crm.answered(429), 1);
+    // x-ratelimit-reset: 1 was waited out before the same request went again.
+    let waited = crm.resent_after(429);
+    assert!(
+        waited >= std::time::Duration::from_millis(950),
+        "{waited:?}"
+    );
 }
