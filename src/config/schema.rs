@@ -321,6 +321,9 @@ fn wrong_tag(
             _ => Vec::new(),
         })
         .collect();
+    if unknown.is_empty() {
+        return None;
+    }
     let given = error.instance().get("kind")?.as_str()?;
     let keys: Vec<&String> = error
         .instance()
@@ -328,9 +331,6 @@ fn wrong_tag(
         .keys()
         .filter(|k| *k != "kind")
         .collect();
-    if unknown.is_empty() {
-        return None;
-    }
     let union = schema_node(schema, error.schema_path().as_str());
     let variants = union
         .get("oneOf")
