@@ -40,6 +40,28 @@ pub fn check_dir(dir: &Path, env: &dyn Env) -> Checked {
     }
 }
 
+/// The mappings named in `only` (every mapping when it is empty), or an
+/// error naming one that does not exist.
+pub fn selected_mappings<'a>(
+    plan: &'a Plan,
+    only: &[String],
+) -> anyhow::Result<Vec<&'a MappingPlan>> {
+    if only.is_empty() {
+        return Ok(plan.mappings.values().map(|m| m.as_ref()).collect());
+    }
+    only.iter()
+        .map(|name| {
+            plan.mappings.get(name).map(|m| m.as_ref()).ok_or_else(|| {
+                let known: Vec<&str> = plan.mappings.keys().map(String::as_str).collect();
+                anyhow::anyhow!(
+                    "no mapping `{name}` in mappings/ (mappings: {})",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
 /// Checks mappings against the database's tables: the table, its state columns,
 /// and every column the field templates read.
 pub async fn check_database<'a>(

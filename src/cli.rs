@@ -112,6 +112,9 @@ pub enum Command {
         /// Also send each used connector's `live_check` (one harmless read) to verify its base URL and credentials.
         #[arg(long)]
         live: bool,
+        /// With --database: check only this mapping's table (repeatable).
+        #[arg(long, value_name = "NAME", requires = "database")]
+        mapping: Vec<String>,
     },
     /// Sync every mapping of a connector (or, with --all, of every connector) until no row is claimable, then exit.
     Run {
@@ -280,7 +283,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config_dir,
             database,
             live,
-        } => check(config_dir, database, live).await,
+            mapping,
+        } => check(config_dir, database, live, &mapping).await,
         Command::Run {
             connector,
             all: _,
@@ -349,13 +353,15 @@ async fn check(
     config_dir: PathBuf,
     database: Option<String>,
     live: bool,
+    only: &[String],
 ) -> anyhow::Result<ExitCode> {
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
+        let mappings = crate::check::selected_mappings(&checked.plan, only)?;
         let store = connect_existing(&url).await?;
-        checked.diagnostics.extend(
-            check_database(checked.plan.mappings.values().map(|m| m.as_ref()), &store).await?,
-        );
+        checked
+            .diagnostics
+            .extend(check_database(mappings, &store).await?);
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
@@ -375,6 +381,9 @@ async fn check(
         checked.set.mappings.len(),
         summary(&checked.diagnostics)
     );
+    for connector in checked.plan.connectors.values() {
+        println!("limits {}: {}", connector.name, connector.limits);
+    }
     if live {
         let checks =
             crate::live::check_all(&checked.plan, &ProcessEnv, Arc::new(SystemClock)).await;

@@ -38,9 +38,28 @@ pub struct ConnectorFile {
     /// Static headers sent with every request (never secrets), e.g. `Intercom-Version = "2.14"`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Largest request body this connector sends, in bytes. A rendered request
+    /// over it is never sent: its row ends in `Error` ("payload too large"), and
+    /// in a batch only the rows that do not fit fail. Unset: no limit.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_request_bytes: Option<u64>,
     /// Every rate-limit window the CRM enforces; all are respected at once.
+    /// `requests` is the count on the plan named by `default_tier`.
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
+    /// The plan whose counts `rate_limits` gives, e.g. `free_starter`.
+    /// Required when `tiers` is not empty.
+    #[serde(default)]
+    pub default_tier: Option<String>,
+    /// The CRM's other plans, by name: each gives the request count of some
+    /// `rate_limits` windows (by window name), e.g. `[tiers.professional]`
+    /// `ten_secondly = 190`; a window a tier does not name keeps its
+    /// `requests`. The environment variable `<NAME>_TIER` (upper-cased
+    /// connector name) picks a tier (or the default one), and
+    /// `<NAME>_RATE_LIMIT_<WINDOW>` overrides one window's count.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, BTreeMap<String, u32>>,
     /// Response headers that report the CRM's own rate-limit count.
     #[serde(default)]
     pub rate_limit_headers: RateLimitHeaders,
@@ -482,11 +501,21 @@ pub struct Rule {
     /// any, is the existing record's id (HubSpot `Existing ID: (\d+)`).
     #[serde(default)]
     pub message_regex: Option<String>,
+    /// For `then = "update"`: where the existing record's id is in the answer's
+    /// body (JSON pointer), e.g. `/errors/0/meta/duplicate_profile_id`. Takes
+    /// precedence over `message_regex`'s capture group.
+    #[serde(default)]
+    pub id_pointer: Option<String>,
     /// JSON pointer that must hold a value in the response body for the rule to
     /// apply, e.g. `/errors/0` for an API that answers 200 with an `errors`
     /// array (GraphQL).
     #[serde(default)]
     pub body_has: Option<String>,
+    /// With `body_has`: the value that must be there, e.g. `body_has =
+    /// "/0/errorCode"`, `body_value = "REQUEST_LIMIT_EXCEEDED"` (Salesforce
+    /// names the error by a code beside its message).
+    #[serde(default)]
+    pub body_value: Option<serde_json::Value>,
     /// What the response means.
     pub then: RuleAction,
     /// For `retry` and `rate_limited`: how long to wait, in seconds (e.g. 3600 for
@@ -507,7 +536,8 @@ pub enum RuleAction {
     Success,
     /// Success without an id in the body: find it with the `lookup` operation (Brevo's 204).
     Lookup,
-    /// The record exists with the captured id: run `update` on it (HubSpot's 409).
+    /// The record exists: run `update` on it (HubSpot's 409), with the id at the
+    /// rule's `id_pointer` or in `message_regex`'s capture group.
     Update,
     /// Nothing found (for `lookup`): go on to `create`.
     NotFound,

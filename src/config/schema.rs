@@ -269,6 +269,10 @@ fn explain_union(
             .any(|e| e.instance_path().as_str() == tag_path)
     };
     if let Some(branch) = context.iter().find(|branch| !tag_failed(branch)) {
+        if let Some(diagnostic) = wrong_tag(error, branch, source, schema, path) {
+            out.push(diagnostic);
+            return;
+        }
         for inner in branch {
             explain(inner, source, schema, out);
         }
@@ -297,6 +301,59 @@ fn explain_union(
         };
     }
     out.push(diagnostic);
+}
+
+/// When the keys the chosen variant does not know all belong to another
+/// variant, the tag is the mistake (`kind = "bearer"` written with `header` and
+/// `key_env`): one error naming the kind those keys belong to, instead of a
+/// missing key and an unknown key for each of them.
+fn wrong_tag(
+    error: &ValidationError<'_>,
+    branch: &[ValidationError<'static>],
+    source: &SourceFile,
+    schema: &Value,
+    path: &str,
+) -> Option<Diagnostic> {
+    let unknown: Vec<String> = branch
+        .iter()
+        .flat_map(|e| match e.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => unexpected.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let given = error.instance().get("kind")?.as_str()?;
+    let keys: Vec<&String> = error
+        .instance()
+        .as_object()?
+        .keys()
+        .filter(|k| *k != "kind")
+        .collect();
+    let union = schema_node(schema, error.schema_path().as_str());
+    let variants = union
+        .get("oneOf")
+        .or_else(|| union.get("anyOf"))?
+        .as_array()?;
+    let fitting = variants
+        .iter()
+        .map(|v| resolve(schema, v))
+        .find(|variant| {
+            let known = known_properties(schema, variant);
+            keys.iter().all(|k| known.contains(k))
+        })?;
+    let kind = fitting.pointer("/properties/kind/const")?.as_str()?;
+    let names: Vec<String> = unknown.iter().map(|k| format!("`{k}`")).collect();
+    let message = format!(
+        "{} belong to `kind = \"{kind}\"`, not `kind = \"{given}\"`",
+        names.join(" and ")
+    );
+    let diagnostic = source.diagnostic_at_value(Severity::Error, &join_key(path, "kind"), message);
+    Some(match description(schema, &fitting) {
+        Some(what) => diagnostic.hint(format!("kind = \"{kind}\": {what}")),
+        None => diagnostic.hint(format!("write kind = \"{kind}\"")),
+    })
 }
 
 /// Follows a schema keyword location (`/properties/retry/$ref/additionalProperties`)

@@ -42,10 +42,14 @@ fn send_chunk<'a>(
                 .templates()
                 .render_tree(&plan.item, &job.ctx, OnEmpty::Omit)
             {
-                Ok(item) => {
-                    items.push(item);
-                    sent.push(index);
-                }
+                Ok(item) => match oversized(client, &item) {
+                    // Alone over the limit: it fails by itself, the others go.
+                    Some(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
+                    None => {
+                        items.push(item);
+                        sent.push(index);
+                    }
+                },
                 Err(err) => {
                     outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")))
                 }
@@ -77,6 +81,30 @@ fn send_chunk<'a>(
             .map(|o| o.expect("every row has an outcome"))
             .collect()
     })
+}
+
+/// Why `item` cannot be sent even alone, when the connector caps request
+/// size. A request of several items that fit one by one but not together is
+/// refused by the client and split by [`bisect`] like any rejected batch.
+fn oversized(client: &CrmClient, item: &Value) -> Option<String> {
+    client.plan.max_request_bytes?;
+    let mut counter = ByteCounter(0);
+    serde_json::to_writer(&mut counter, item).ok()?;
+    client.too_large(counter.0)
+}
+
+/// Counts what is written, so an item is measured without being copied.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 async fn bisect<'a>(

@@ -276,6 +276,15 @@ impl CrmClient {
                 };
             }
         };
+        let size = rendered.body.as_ref().map_or(0, Bytes::len);
+        if let Some(reason) = self.too_large(size) {
+            // Never sent: the CRM would cut the connection mid-body (a broken
+            // pipe that looks transient) or answer 413, every time.
+            return Reply {
+                action: ReplyAction::Permanent(reason),
+                response: None,
+            };
+        }
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
@@ -355,6 +364,14 @@ impl CrmClient {
                 }
             }
         }
+    }
+
+    /// The permanent error of a request body of `size` bytes, when it is over
+    /// the connector's `max_request_bytes`.
+    pub fn too_large(&self, size: usize) -> Option<String> {
+        let limit = self.plan.max_request_bytes?;
+        (size > limit)
+            .then(|| format!("payload too large: {size} bytes, the connector allows {limit}"))
     }
 
     /// The longest window that applies to `class`, or one second.
@@ -592,17 +609,23 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
                 .regex
                 .as_ref()
                 .is_none_or(|regex| regex.is_match(&response.message))
-            && rule
-                .body_has
-                .as_ref()
-                .is_none_or(|pointer| response.body.pointer(pointer).is_some())
+            && rule.body_has.as_ref().is_none_or(|pointer| {
+                let found = response.body.pointer(pointer);
+                found.is_some() && rule.body_value.as_ref().is_none_or(|v| found == Some(v))
+            })
     })?;
+    // The body's id first: a pointer names it exactly, a message may be reworded.
     let captured = rule
-        .regex
-        .as_ref()
-        .and_then(|regex| regex.captures(&response.message))
-        .and_then(|c| c.get(1))
-        .map(|m| m.as_str().to_string());
+        .id_pointer
+        .as_deref()
+        .and_then(|pointer| response.id_at(pointer))
+        .or_else(|| {
+            rule.regex
+                .as_ref()
+                .and_then(|regex| regex.captures(&response.message))
+                .and_then(|c| c.get(1))
+                .map(|m| m.as_str().to_string())
+        });
     let reason = response.reason();
     Some(match rule.then {
         RuleAction::Success => Step::Done(ReplyAction::Success),

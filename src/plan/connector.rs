@@ -7,6 +7,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
+use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
     Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
@@ -40,8 +41,12 @@ pub struct ConnectorPlan {
     pub adaptive_concurrency: bool,
     /// Static headers.
     pub headers: Vec<(String, String)>,
-    /// Rate-limit windows.
+    /// Rate-limit windows in force (the chosen tier's counts, with overrides).
     pub rate_limits: Vec<RateLimit>,
+    /// The limits in force and where they came from, for `engine check`.
+    pub limits: LimitsInForce,
+    /// Largest request body sent, in bytes.
+    pub max_request_bytes: Option<usize>,
     /// Rate-limit headers.
     pub rate_limit_headers: RateLimitHeaders,
     /// In-cycle retry policy.
@@ -122,8 +127,12 @@ pub struct RulePlan {
     pub status: u16,
     /// Message pattern; capture 1 is an id.
     pub regex: Option<Regex>,
+    /// Where the existing id is in the body (for `update`).
+    pub id_pointer: Option<String>,
     /// A pointer that must hold a value in the body.
     pub body_has: Option<String>,
+    /// The value `body_has` must hold, if any.
+    pub body_value: Option<Value>,
     /// Meaning.
     pub then: RuleAction,
     /// Wait before the retry.
@@ -191,6 +200,17 @@ pub fn build(
     check_auth(&mut ctx, &raw.auth, env, used);
     check_headers(&mut ctx, &raw.headers);
     check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert);
+    let limits = super::tiers::resolve(
+        &super::tiers::TierInput {
+            connector: &loaded.name,
+            source: &loaded.source,
+            windows: &raw.rate_limits,
+            default_tier: raw.default_tier.as_deref(),
+            tiers: &raw.tiers,
+        },
+        env,
+        ctx.diagnostics,
+    );
     check_retry(&mut ctx, &raw.retry);
     check_pointers(
         &mut ctx,
@@ -221,7 +241,11 @@ pub fn build(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: raw.rate_limits.clone(),
+        rate_limits: limits.windows.clone(),
+        limits,
+        max_request_bytes: raw
+            .max_request_bytes
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         rate_limit_headers: raw.rate_limit_headers.clone(),
         retry: raw.retry.clone(),
         message_pointers: raw.errors.message_pointers.clone(),
@@ -514,9 +538,26 @@ fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
         ctx.error(
             path,
             format!("`{pointer}` is not a JSON pointer"),
-            format!("JSON pointers start with `/`, e.g. `/{pointer}`"),
+            format!(
+                "JSON pointers start with `/` and separate keys and indexes with `/`, e.g. `{}`",
+                pointer_for(pointer)
+            ),
         );
     }
+}
+
+/// The JSON pointer a user most likely meant: `$.data.items[0].id` (JSONPath,
+/// as API docs write it) or `data.id` becomes `/data/items/0/id`, `/data/id`.
+fn pointer_for(written: &str) -> String {
+    let path = written.trim_start_matches('$').trim_start_matches('.');
+    let keys: Vec<String> = path
+        .replace('[', ".")
+        .replace(']', "")
+        .split('.')
+        .filter(|key| !key.is_empty())
+        .map(|key| key.trim_matches(|c| c == '\'' || c == '"').to_string())
+        .collect();
+    format!("/{}", keys.join("/"))
 }
 
 fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
@@ -609,13 +650,22 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
                 "add [upsert.update] with `{{id}}` in its path",
             );
         }
-        if rule.then == RuleAction::Update
-            && rule.regex.as_ref().is_none_or(|r| r.captures_len() < 2)
-        {
+        let captures_id = rule.regex.as_ref().is_some_and(|r| r.captures_len() >= 2);
+        if rule.then == RuleAction::Update && rule.id_pointer.is_none() && !captures_id {
             ctx.error(
                 &path,
-                "`then = \"update\"` needs a `message_regex` with a capture group for the existing id",
-                "e.g. message_regex = 'Existing ID: (\\d+)'",
+                "`then = \"update\"` needs to know where the existing id is: an `id_pointer` into the answer, or a `message_regex` with a capture group",
+                "e.g. id_pointer = \"/errors/0/meta/duplicate_id\", or message_regex = 'Existing ID: (\\d+)'",
+            );
+        }
+        if rule.then != RuleAction::Update && rule.id_pointer.is_some() {
+            ctx.error(
+                &join_key(
+                    &join_index(&join_key(&op.label, "rules"), index),
+                    "id_pointer",
+                ),
+                "a rule's `id_pointer` is read only by `then = \"update\"`",
+                "remove it, or write then = \"update\"",
             );
         }
     }
@@ -785,7 +835,9 @@ fn build_request(
         rules.push(RulePlan {
             status: 404,
             regex: None,
+            id_pointer: None,
             body_has: None,
+            body_value: None,
             then: RuleAction::NotFound,
             wait: None,
             drop_fields: Vec::new(),
@@ -867,6 +919,16 @@ fn build_rules(
         if let Some(pointer) = &rule.body_has {
             check_pointer(ctx, &join_key(&rule_path, "body_has"), pointer);
         }
+        if let Some(pointer) = &rule.id_pointer {
+            check_pointer(ctx, &join_key(&rule_path, "id_pointer"), pointer);
+        }
+        if rule.body_value.is_some() && rule.body_has.is_none() {
+            ctx.error(
+                &join_key(&rule_path, "body_value"),
+                "`body_value` needs `body_has`, the pointer where the value must be",
+                "e.g. body_has = \"/0/errorCode\", body_value = \"REQUEST_LIMIT_EXCEEDED\"",
+            );
+        }
         let path = join_key(&rule_path, "message_regex");
         let regex = match &rule.message_regex {
             Some(pattern) => match compile_regex(ctx, &path, pattern) {
@@ -878,11 +940,29 @@ fn build_rules(
         out.push(RulePlan {
             status: rule.status,
             regex,
+            id_pointer: rule.id_pointer.clone(),
             body_has: rule.body_has.clone(),
+            body_value: rule.body_value.clone(),
             then: rule.then,
             wait: rule.wait_secs.map(Duration::from_secs),
             drop_fields: rule.drop_fields.clone(),
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pointer_for;
+
+    #[test]
+    fn a_jsonpath_or_dotted_path_is_suggested_as_the_json_pointer_it_means() {
+        assert_eq!(pointer_for("$.id"), "/id");
+        assert_eq!(
+            pointer_for("$.data.items[0].item.id"),
+            "/data/items/0/item/id"
+        );
+        assert_eq!(pointer_for("contact.id"), "/contact/id");
+        assert_eq!(pointer_for("$['data']['id']"), "/data/id");
+    }
 }

@@ -5,6 +5,7 @@
 mod connector;
 mod mapping;
 mod templates;
+mod tiers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
 };
 pub use templates::WHOLE_CONTEXT;
+pub use tiers::{LimitsInForce, tier_env, window_env};
 
 use crate::config::ConfigSet;
 use crate::diagnostic::Diagnostic;

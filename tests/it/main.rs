@@ -3,10 +3,12 @@
 mod auth;
 mod batch;
 mod check;
+mod connectors;
 mod contract;
 mod e2e;
 mod failfast;
 mod flows;
+mod guide;
 mod init;
 mod live;
 mod payloads;
