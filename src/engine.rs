@@ -293,6 +293,19 @@ async fn drain(
     Ok(())
 }
 
+/// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
+/// past what a timestamp can hold would still be a lease.
+fn lease_deadline(
+    now: chrono::DateTime<chrono::Utc>,
+    lease_secs: u64,
+) -> chrono::DateTime<chrono::Utc> {
+    i64::try_from(lease_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|lease| now.checked_add_signed(lease))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
 async fn process_one_batch(
     run: &Run,
@@ -300,7 +313,7 @@ async fn process_one_batch(
     queue: &Queue,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
+    let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let mut rows = queue
         .claim(mapping.schedule.batch_size as usize, now, lease)
         .await?;

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
+pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod store;

@@ -448,9 +448,9 @@ impl WindowState {
             }
             self.history.push_back(now);
         }
-        let expires = now + self.span;
+        let expires = later(now, self.span);
         match self.sent.back_mut() {
-            Some(back) if now < back.first + self.width => {
+            Some(back) if now < later(back.first, self.width) => {
                 back.count += 1;
                 back.expires = back.expires.max(expires);
             }

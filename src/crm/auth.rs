@@ -197,9 +197,11 @@ impl OAuth {
     async fn token(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref()
-            && token
-                .expires_at
-                .is_none_or(|at| Instant::now() + self.margin < at)
+            && token.expires_at.is_none_or(|at| {
+                Instant::now()
+                    .checked_add(self.margin)
+                    .is_some_and(|soon| soon < at)
+            })
         {
             return Ok(token.clone());
         }
@@ -246,7 +248,8 @@ impl OAuth {
         let expires_at = body
             .pointer(&self.expires_in_pointer)
             .and_then(Value::as_u64)
-            .map(|s| Instant::now() + Duration::from_secs(s));
+            // A lifetime too long to represent never expires (refreshed on a 401).
+            .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
         let base_url = self
             .base_url_pointer
             .as_ref()

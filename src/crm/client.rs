@@ -12,14 +12,16 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::auth::Authenticator;
+use super::body::{self, BodyError};
 use super::concurrency::{AdaptiveGate, Signal};
 use super::response::Response;
 use crate::clock::Clock;
-use crate::config::connector::RuleAction;
+use crate::config::connector::{Redirects, RuleAction};
 use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
-use crate::plan::base_url_problem;
 use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::plan::{base_url_credentials, base_url_problem};
 use crate::ratelimit::{RateLimiter, Window};
+use crate::redact::url_for_display;
 use crate::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
@@ -101,6 +103,9 @@ impl CrmClient {
                 if let Some(problem) = base_url_problem(&url) {
                     bail!("{} is set but is not usable: {problem}", plan.base_url_env);
                 }
+                if let Some(problem) = base_url_credentials(&url) {
+                    bail!("{} is set but is not usable: {problem}", plan.base_url_env);
+                }
                 url.trim_end_matches('/').to_string()
             }
             None => plan.base_url.clone(),
@@ -110,6 +115,7 @@ impl CrmClient {
         let http = reqwest::Client::builder()
             .timeout(plan.timeout)
             .connect_timeout(Duration::from_secs(10))
+            .redirect(redirect_policy(plan.redirects))
             .pool_max_idle_per_host(plan.max_in_flight)
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -391,16 +397,22 @@ impl CrmClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let raw = response.bytes().await.unwrap_or_default();
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
         self.limiter
             .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        let raw = match body::read_capped(response, self.plan.max_response_bytes).await {
+            Ok(raw) => raw,
+            Err(err) => return (body_failure(status, err), None),
+        };
         let response = Response::new(status, &raw, &self.plan.message_pointers);
         if status == 401 {
             self.auth.invalidate().await;
         }
         if let Some(step) = apply_rules(op, &response) {
+            return (step, Some(response));
+        }
+        if let Some(step) = hostile_answer(&response, &headers) {
             return (step, Some(response));
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
@@ -434,6 +446,90 @@ impl CrmClient {
             request = request.body(body.clone());
         }
         self.auth.apply(&self.http, request).await
+    }
+}
+
+/// A body that could not be read whole. One over the size cap is final (the
+/// same request gets the same answer); one cut off by a timeout or a lost
+/// connection is a transport failure, retried like one: the write may or may
+/// not have been applied, and an empty success must not be assumed.
+fn body_failure(status: u16, err: BodyError) -> Step {
+    match err {
+        BodyError::TooLarge { cap } => Step::Done(ReplyAction::Permanent(format!(
+            "HTTP {status}: the response body is larger than the connector's \
+             max_response_bytes ({cap} bytes), so it was not read; raise the limit \
+             if the CRM's answers are really this large"
+        ))),
+        BodyError::Read(mut err) => {
+            if let Some(url) = err.url_mut() {
+                url.set_query(None);
+            }
+            let reason = match outcome::classify_transport_error(&err) {
+                Outcome::Retry { reason, .. } | Outcome::Permanent { reason } => reason,
+                Outcome::RateLimited { reason, .. } => reason,
+                Outcome::Success => String::new(),
+            };
+            Step::Retry {
+                reason: format!("HTTP {status}, but the body did not arrive whole: {reason}"),
+                after: None,
+                maybe_applied: true,
+            }
+        }
+    }
+}
+
+/// Answers no rule claimed that cannot be what they say: a redirect (never
+/// followed to another origin; see `redirect_policy`) and a success whose
+/// body is not JSON (an HTML page from a proxy, a cut-off answer).
+fn hostile_answer(response: &Response, headers: &reqwest::header::HeaderMap) -> Option<Step> {
+    let status = response.status;
+    if (300..400).contains(&status) {
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map_or_else(
+                || "nowhere (no Location header)".to_string(),
+                url_for_display,
+            );
+        return Some(Step::Done(ReplyAction::Permanent(format!(
+            "{}: redirected to {location}, which is not followed (a connector follows only \
+             same-origin redirects, with `redirects = \"same_origin\"`); check base_url",
+            response.reason()
+        ))));
+    }
+    if (200..300).contains(&status) && response.not_json {
+        return Some(Step::Retry {
+            reason: format!(
+                "HTTP {status}, but the body is not JSON: {}",
+                response.message
+            ),
+            after: None,
+            maybe_applied: true,
+        });
+    }
+    None
+}
+
+/// Follows no redirect, or only those that stay on the origin the request
+/// was sent to: headers such as an `api-key` would otherwise be sent on to
+/// wherever the CRM (or someone in between) points.
+fn redirect_policy(redirects: Redirects) -> reqwest::redirect::Policy {
+    const MOST_HOPS: usize = 5;
+    match redirects {
+        Redirects::None => reqwest::redirect::Policy::none(),
+        Redirects::SameOrigin => reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if !same_origin {
+                attempt.stop()
+            } else if attempt.previous().len() > MOST_HOPS {
+                attempt.error(format!("more than {MOST_HOPS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        }),
     }
 }
 

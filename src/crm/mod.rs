@@ -4,6 +4,7 @@
 
 mod auth;
 mod batch;
+mod body;
 mod client;
 pub mod concurrency;
 mod flow;

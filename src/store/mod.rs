@@ -26,6 +26,7 @@ mod postgres;
 mod schema;
 mod sql;
 mod sqlite;
+pub mod text;
 
 use std::fmt;
 use std::sync::Arc;

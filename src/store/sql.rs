@@ -2,11 +2,14 @@
 //! from. Both dialects accept `$n` placeholders, double-quoted identifiers,
 //! `CAST(… AS TEXT)` and `NULLS FIRST`, so most statements are written once.
 
+use std::borrow::Cow;
+
 use anyhow::bail;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::text::stored_text;
 use super::{RowResult, RowUpdate, TableSpec};
 
 pub(super) const QUEUED: &str = "Queued";
@@ -92,9 +95,9 @@ pub(super) struct WriteBack<'a> {
     lease: String,
     status: &'static str,
     sync: Option<&'static str>,
-    crm_id: Option<&'a str>,
+    crm_id: Option<Cow<'a, str>>,
     set_error: bool,
-    error: Option<&'a str>,
+    error: Option<Cow<'a, str>>,
     retry_count: Option<i64>,
     next_retry_at: Option<String>,
 }
@@ -134,7 +137,7 @@ impl<'a> WriteBack<'a> {
             RowUpdate::Complete { crm_id } => WriteBack {
                 status: COMPLETE,
                 sync: Some(COMPLETE),
-                crm_id: crm_id.as_deref(),
+                crm_id: crm_id.as_deref().map(stored_text),
                 set_error: true,
                 retry_count: Some(0),
                 ..base
@@ -145,7 +148,7 @@ impl<'a> WriteBack<'a> {
                 next_retry_at,
             } => WriteBack {
                 set_error: true,
-                error: Some(error),
+                error: Some(stored_text(error)),
                 retry_count: Some(*retry_count),
                 next_retry_at: Some(at(*next_retry_at)),
                 ..base
@@ -158,7 +161,7 @@ impl<'a> WriteBack<'a> {
                 status: ERROR,
                 sync: Some(ERROR),
                 set_error: true,
-                error: Some(error),
+                error: Some(stored_text(error)),
                 retry_count: Some(*retry_count),
                 ..base
             },
