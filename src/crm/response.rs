@@ -46,9 +46,14 @@ impl Response {
         let canonical = reqwest::StatusCode::from_u16(self.status)
             .ok()
             .and_then(|s| s.canonical_reason());
-        match canonical {
-            Some(text) => format!("HTTP {} {text}: {}", self.status, self.message),
-            None => format!("HTTP {}: {}", self.status, self.message),
+        let head = match canonical {
+            Some(text) => format!("HTTP {} {text}", self.status),
+            None => format!("HTTP {}", self.status),
+        };
+        if self.message.is_empty() {
+            head
+        } else {
+            format!("{head}: {}", self.message)
         }
     }
 

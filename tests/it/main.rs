@@ -6,6 +6,7 @@ mod check;
 mod contract;
 mod e2e;
 mod flows;
+mod hostile;
 mod payloads;
 mod plan;
 mod run;
