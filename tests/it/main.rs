@@ -1,8 +1,10 @@
 //! The one integration-test binary: each module is a feature area.
 
+mod absurd;
 mod auth;
 mod batch;
 mod check;
+mod config_props;
 mod contract;
 mod e2e;
 mod flows;
