@@ -265,7 +265,8 @@ fn error_chain(err: &reqwest::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    // A user name or password in the URL, or one a cause repeats, is hidden too.
+    crate::redact::urls_in_text(&text)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
