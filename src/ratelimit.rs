@@ -522,6 +522,25 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_window_too_long_for_the_clock_refuses_without_panicking() {
+        // `check` bounds `per_secs`; the limiter must not panic on one it let through.
+        let huge = Duration::from_secs(i64::MAX as u64);
+        let window = Window {
+            name: "forever".into(),
+            requests: 2,
+            per: huge,
+            classes: vec!["*".into()],
+        };
+        let (limiter, clock) = limiter(vec![window], ms(100));
+        let (taken, wait) = drain(&limiter, "x");
+        assert_eq!(taken, 2);
+        assert!(wait > secs(86_400 * 365), "{wait:?}");
+        limiter.observe_sent("x", Some(0), Some(huge), clock.now());
+        limiter.pause("x", huge);
+        assert!(limiter.wait_time("x") > secs(1));
+    }
+
     /// Takes slots until refused; returns how many were taken and the wait.
     fn drain(limiter: &RateLimiter, class: &str) -> (u32, Duration) {
         let mut n = 0;
