@@ -193,6 +193,9 @@ impl Authenticator {
     }
 }
 
+/// A token response is a few hundred bytes; anything near this is hostile.
+const MAX_TOKEN_RESPONSE_BYTES: u64 = 1024 * 1024;
+
 impl OAuth {
     async fn token(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
         let mut current = self.current.lock().await;
@@ -228,7 +231,16 @@ impl OAuth {
             .await
             .context("token request failed")?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let raw = match super::body::read_capped(response, MAX_TOKEN_RESPONSE_BYTES).await {
+            Ok(raw) => raw,
+            Err(super::body::BodyError::TooLarge { cap }) => {
+                bail!("token refresh answered {status} with a body over {cap} bytes")
+            }
+            Err(super::body::BodyError::Read(err)) => {
+                return Err(err).context("token response did not arrive whole");
+            }
+        };
+        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         if !status.is_success() {
             let reason = body
                 .get("error_description")
