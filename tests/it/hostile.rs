@@ -29,16 +29,16 @@ struct Received {
     email: String,
 }
 
-type Answer = Arc<dyn Fn(&str) -> Response + Send + Sync>;
+type Answer = Arc<dyn Fn(&Value) -> Response + Send + Sync>;
 
-/// A server answering every request with `answer(email of the request)`.
+/// A server answering every request with `answer(its JSON body)`.
 struct HostileCrm {
     base_url: String,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl HostileCrm {
-    async fn start(answer: impl Fn(&str) -> Response + Send + Sync + 'static) -> Self {
+    async fn start(answer: impl Fn(&Value) -> Response + Send + Sync + 'static) -> Self {
         let answer: Answer = Arc::new(answer);
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
@@ -54,9 +54,9 @@ impl HostileCrm {
                         .get("api-key")
                         .and_then(|v| v.to_str().ok())
                         .map(String::from),
-                    email: email.clone(),
+                    email,
                 });
-                answer(&email)
+                answer(&body)
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,11 +143,15 @@ struct Harness {
 
 impl Harness {
     async fn new(backend: Backend, base_url: &str, connector_extra: &str) -> Option<Self> {
+        Self::with_connector(backend, base_url, &connector(connector_extra)).await
+    }
+
+    async fn with_connector(backend: Backend, base_url: &str, connector: &str) -> Option<Self> {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
         let config = ConfigDir::shipped();
         config
-            .write("connectors/crm.toml", &connector(connector_extra))
+            .write("connectors/crm.toml", connector)
             .write("mappings/crm.toml", &mapping(&db.table));
         let env = BTreeMap::from([
             ("CRM_BASE_URL".to_string(), base_url.to_string()),
@@ -223,7 +227,7 @@ fn assert_error(row: &Map<String, Value>, expected: &str) -> String {
 async fn one_row_against(
     backend: Backend,
     connector_extra: &str,
-    answer: impl Fn(&str) -> Response + Send + Sync + 'static,
+    answer: impl Fn(&Value) -> Response + Send + Sync + 'static,
 ) -> Option<Map<String, Value>> {
     let crm = HostileCrm::start(answer).await;
     let h = Harness::new(backend, &crm.base_url, connector_extra).await?;
@@ -243,10 +247,68 @@ on_both_backends!(
     a_redirect_to_another_origin_is_not_followed_and_names_its_location,
     a_same_origin_redirect_is_followed_when_the_connector_allows_it,
     a_cross_origin_redirect_is_refused_even_when_same_origin_ones_are_allowed,
+    a_batch_result_without_an_id_leaves_only_its_row_incomplete,
 );
 
+/// A batch API whose results name their input by trace id.
+const BATCH_CONNECTOR: &str = r#"
+base_url = "http://127.0.0.1:9"
+timeout_secs = 5
+[auth]
+kind = "api_key_header"
+header = "api-key"
+key_env = "CRM_KEY"
+[retry]
+max_attempts = 1
+[upsert]
+mode = "batch"
+[upsert.batch]
+method = "POST"
+path = "/batch"
+max_items = 10
+body = { inputs = "{{items}}" }
+item = { email = "{{key}}", trace = "{{trace_id}}" }
+[upsert.batch.results]
+results_pointer = "/results"
+id_pointer = "/id"
+match_pointer = "/trace"
+"#;
+
+async fn a_batch_result_without_an_id_leaves_only_its_row_incomplete(backend: Backend) {
+    let crm = HostileCrm::start(|body| {
+        let results: Vec<Value> = body["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|input| match input["email"].as_str() {
+                Some(email) if email.starts_with("noid") => json!({"trace": input["trace"]}),
+                _ => json!({"trace": input["trace"], "id": format!("id-{}", input["email"].as_str().unwrap())}),
+            })
+            .collect();
+        json_answer(200, json!({"results": results}))
+    })
+    .await;
+    let Some(h) = Harness::with_connector(backend, &crm.base_url, BATCH_CONNECTOR).await else {
+        return;
+    };
+    h.queue(&["a@x.com", "noid@x.com"]).await;
+    h.run().await;
+    let synced = h.row(&id(0)).await;
+    assert_eq!(
+        text(&synced, "crm_processing_status"),
+        "Complete",
+        "{synced:?}"
+    );
+    assert_eq!(text(&synced, "crm_contact_id"), "id-a@x.com");
+    assert_error(
+        &h.row(&id(1)).await,
+        "the batch result for this row has no record id at `/id`",
+    );
+}
+
 async fn an_error_message_with_nul_characters_fails_only_its_own_row(backend: Backend) {
-    let crm = HostileCrm::start(|email| {
+    let crm = HostileCrm::start(|body| {
+        let email = body["email"].as_str().unwrap_or_default();
         if email.starts_with("bad") {
             json_answer(400, json!({"message": "invalid\u{0} value\u{0}"}))
         } else {
