@@ -165,3 +165,81 @@ fn run_prints_no_credential_carried_by_a_base_url_override() {
         assert!(!output.contains("panicked"), "{output}");
     }
 }
+
+/// `engine run` at trace level, then `engine status`, against a CRM that
+/// redirects elsewhere with a credential in the `Location`: neither the
+/// connector's key nor the redirect's token is printed, and the row ends in
+/// `Error` naming where it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_status_print_no_secret_at_trace_level_after_a_redirect() {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::FOUND,
+            [(
+                "location",
+                "http://127.0.0.1:9/capture?api_key=Zq9xLocationToken",
+            )],
+        )
+            .into_response()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url: &'static str = format!("http://{}/v3", listener.local_addr().unwrap()).leak();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let config = ConfigDir::shipped();
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", db.path().join("engine.db").display());
+    let env = [
+        ("BREVO_API_KEY", "Zq9xConnectorKey"),
+        ("BREVO_BASE_URL", base_url),
+        ("HUBSPOT_ACCESS_TOKEN", "x"),
+    ];
+    let migrated = run_engine(
+        config.path(),
+        &["migrate", "--mapping", "brevo", "--database", &url],
+        &env,
+    );
+    assert!(migrated.starts_with("exit code: 0"), "{migrated}");
+    let store = engine::store::Store::connect(&url).await.unwrap();
+    let row = serde_json::json!({
+        "id": "00000000-0000-4000-8000-000000000001", "email": "a@example.com",
+        "name": "Ada Lovelace", "brevo_processing_status": "Queued", "retry_count": 0,
+    });
+    store
+        .insert_rows("contacts", &[row.as_object().unwrap().clone()])
+        .await
+        .unwrap();
+    let dir = config.path().to_path_buf();
+    let (run, status) = tokio::task::spawn_blocking(move || {
+        let run = run_engine(
+            &dir,
+            &[
+                "--log-level",
+                "trace",
+                "run",
+                "--connector",
+                "brevo",
+                "--database",
+                &url,
+            ],
+            &env,
+        );
+        let status = run_engine(
+            &dir,
+            &["status", "--connector", "brevo", "--database", &url],
+            &env,
+        );
+        (run, status)
+    })
+    .await
+    .unwrap();
+    for output in [&run, &status] {
+        assert!(!output.contains("Zq9x"), "a secret was printed: {output}");
+        assert!(!output.contains("panicked"), "{output}");
+    }
+    assert!(
+        status.contains("HTTP 302 Found: redirected to http://127.0.0.1:9/capture?api_key=***"),
+        "{status}"
+    );
+}
