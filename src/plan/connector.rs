@@ -371,12 +371,15 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
         Auth::Oauth2Refresh {
             token_url, scheme, ..
         } => {
-            if let Some(problem) = base_url_problem(token_url) {
-                ctx.error(
-                    "auth.token_url",
-                    format!("bad token URL: {problem}"),
-                    "an absolute https URL",
-                );
+            if let Some(problem) =
+                base_url_problem(token_url).or_else(|| base_url_credentials(token_url))
+            {
+                let diagnostic = ctx
+                    .source
+                    .diagnostic_at_value(Severity::Error, "auth.token_url", format!("bad token URL: {problem}"))
+                    .hint("an absolute https URL, without credentials: they come from the `*_env` variables");
+                ctx.diagnostics
+                    .push(redact_url_credentials(diagnostic, token_url));
             }
             check_scheme(ctx, scheme);
         }

@@ -119,6 +119,15 @@ fn check_prints_no_secret_planted_in_headers_urls_or_env_names() {
             "connectors/brevo.toml",
             "key_env = \"BREVO_API_KEY\"",
             "key_env = \"Zq9xTokenPasted\"",
+        )
+        .write(
+            "connectors/salesforce.toml",
+            include_str!("../../connectors/salesforce.toml"),
+        )
+        .edit(
+            "connectors/salesforce.toml",
+            "token_url = \"https://",
+            "token_url = \"https://me:Zq9xTokenUrlPassword@",
         );
     let output = check(&config);
     assert_refused_without_panic(&output);
