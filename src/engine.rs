@@ -580,4 +580,16 @@ mod tests {
         // Nothing was due (a watching run between batches).
         assert_eq!(cycle_progress(0, 0, ten_secs), (None, None));
     }
+
+    #[test]
+    fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {
+        let now = crate::clock::ManualClock::default_start_utc();
+        assert_eq!(
+            lease_deadline(now, 600),
+            now + chrono::Duration::seconds(600)
+        );
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        assert_eq!(lease_deadline(now, 1_000_000_000_000_000), far);
+        assert_eq!(lease_deadline(now, u64::MAX), far);
+    }
 }

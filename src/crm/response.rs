@@ -32,7 +32,7 @@ impl Response {
                     .and_then(Value::as_str)
                     .map(|text| stored_text(text).into_owned())
             })
-            .unwrap_or_else(|| excerpt(&String::from_utf8_lossy(raw)));
+            .unwrap_or_else(|| stored_text(&excerpt(&String::from_utf8_lossy(raw))).into_owned());
         Self {
             status,
             body,
@@ -141,6 +141,8 @@ mod tests {
         assert_eq!(invalid.message, "oops \u{fffd}");
         assert!(without.not_json && invalid.not_json && !with.not_json);
         assert!(!Response::new(204, b" \n", &pointers).not_json);
+        let binary = Response::new(502, b"bad\0gateway\x1b[2J", &pointers);
+        assert_eq!(binary.message, "bad\u{fffd}gateway\u{fffd}[2J");
     }
 
     #[test]
