@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::auth::Authenticator;
 use super::concurrency::{AdaptiveGate, Signal};
 use super::response::Response;
+use super::wait::{self, Stop};
 use crate::clock::Clock;
 use crate::config::connector::RuleAction;
 use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
@@ -212,22 +213,29 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
-            // A pause longer than we wait in-process (a daily limit) defers the row
-            // without sending anything, so a run ends instead of hanging.
+            // A pause longer than we may wait (past `max_rate_limit_wait_secs` or
+            // the rows' lease: a daily limit) hands the row back without sending
+            // anything, so a run ends instead of hanging.
             let pending = self.limiter.wait_time(&op.class);
-            if pending > self.policy.headers.max_wait {
-                let until =
-                    self.clock.utc() + chrono::Duration::from_std(pending).unwrap_or_default();
-                let reason = format!(
-                    "rate limit of `{}` requests: paused until {until}",
-                    op.class
+            if let Err(stop) = self.wait_out(pending, &mut waited).await {
+                return self.stopped(
+                    stop,
+                    pending,
+                    format!(
+                        "rate limit of `{}` requests: paused for {} s",
+                        op.class,
+                        pending.as_secs()
+                    ),
+                    None,
                 );
-                return Reply {
-                    action: ReplyAction::Deferred { until, reason },
-                    response: None,
-                };
             }
-            let (outcome, response) = self.send_once(op, &rendered).await;
+            let (outcome, response) = match self.send_once(op, &rendered, &mut waited).await {
+                Ok(sent) => sent,
+                Err((stop, wait)) => {
+                    let reason = format!("rate limit of `{}` requests", op.class);
+                    return self.stopped(stop, wait, reason, None);
+                }
+            };
             match outcome {
                 Step::Done(action) => return Reply { action, response },
                 Step::Retry {
@@ -260,27 +268,85 @@ impl CrmClient {
                             response,
                         };
                     }
-                    let delay =
-                        after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
+                    let delay = after
+                        .unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()))
+                        .min(self.backoff.max);
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
-                    tokio::time::sleep(delay.min(self.backoff.max)).await;
-                    attempt += 1;
-                }
-                Step::RateLimited { reason, after } => {
-                    let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
-                    tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
-                    self.limiter.pause(&op.class, pause);
-                    if waited + pause > self.policy.headers.max_wait {
-                        let until = self.clock.utc()
-                            + chrono::Duration::from_std(pause).unwrap_or_default();
+                    // A backoff the lease cannot hold ends the attempt as the
+                    // failure it is: the row's durable retry takes over.
+                    let lease_left = wait::lease_left(self.clock.now());
+                    if wait::plan_wait(delay, Duration::ZERO, delay, lease_left).is_err() {
                         return Reply {
-                            action: ReplyAction::Deferred { until, reason },
+                            action: ReplyAction::Transient(reason),
                             response,
                         };
                     }
-                    waited += pause;
+                    if let Err(stop) = wait::sleep(delay).await {
+                        return self.stopped(stop, delay, reason, response);
+                    }
+                    attempt += 1;
+                }
+                Step::RateLimited { reason, after } => {
+                    // The CRM's own figure, uncut, so rows handed back wait as
+                    // long as it asked; never under a second (no hammering).
+                    let pause = wait::clamp_rate_limit_pause(
+                        after.unwrap_or_else(|| self.default_pause(&op.class)),
+                    );
+                    tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
+                    self.limiter.pause(&op.class, pause);
+                    // The wait itself happens at the top of the loop, where the
+                    // limiter reports the pause just set.
+                    let lease_left = wait::lease_left(self.clock.now());
+                    if let Err(stop) =
+                        wait::plan_wait(pause, waited, self.policy.headers.max_wait, lease_left)
+                    {
+                        return self.stopped(stop, pause, reason, response);
+                    }
                 }
             }
+        }
+    }
+
+    /// Waits `wait` if it fits the bounds (see [`wait::plan_wait`]), adding it
+    /// to `waited`.
+    async fn wait_out(&self, wait: Duration, waited: &mut Duration) -> Result<(), Stop> {
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let lease_left = wait::lease_left(self.clock.now());
+        wait::plan_wait(wait, *waited, self.policy.headers.max_wait, lease_left)?;
+        wait::sleep(wait).await?;
+        *waited += wait;
+        Ok(())
+    }
+
+    /// The reply of a request that stopped waiting: handed back until `wait`
+    /// is over (no retry spent), or at once on shutdown, to be sent again by
+    /// the next run (an upsert: sending twice makes no second record).
+    fn stopped(
+        &self,
+        stop: Stop,
+        wait: Duration,
+        reason: String,
+        response: Option<Response>,
+    ) -> Reply {
+        let now = self.clock.utc();
+        let (until, reason) = match stop {
+            Stop::HandBack => {
+                let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                let until = now
+                    .checked_add_signed(wait)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (until, format!("{reason}; handed back until {until}"))
+            }
+            Stop::ShutDown => (
+                now,
+                format!("{reason}; handed back: the run is shutting down"),
+            ),
+        };
+        Reply {
+            action: ReplyAction::Deferred { until, reason },
+            response,
         }
     }
 
@@ -333,24 +399,39 @@ impl CrmClient {
     /// is held and the request is built, so the limiter records when the
     /// request really leaves: a slot taken while still queued for the
     /// in-flight cap would be counted from earlier than the CRM counts it.
-    async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
-        let _admitted = self.in_flight.admit().await;
+    ///
+    /// Every wait in it is bounded (see [`wait`]): `Err` says why it stopped
+    /// and how long the wait it gave up on was. A request already on the wire
+    /// when the run shuts down gets [`wait::SHUTDOWN_GRACE`] to finish.
+    async fn send_once(
+        &self,
+        op: &OpPlan,
+        rendered: &Rendered,
+        waited: &mut Duration,
+    ) -> Result<(Step, Option<Response>), (Stop, Duration)> {
+        let shut_down = |stop| (stop, Duration::ZERO);
+        let _admitted = wait::race_shutdown(self.in_flight.admit(), Duration::ZERO)
+            .await
+            .map_err(shut_down)?;
         let request = match self.build_request(rendered).await {
             Ok(request) => request,
             Err(err) => {
-                return (
+                return Ok((
                     Step::Retry {
                         reason: format!("authentication failed: {err:#}"),
                         after: None,
                         maybe_applied: false,
                     },
                     None,
-                );
+                ));
             }
         };
-        self.limiter.acquire(&op.class).await;
+        self.acquire_slot(&op.class, waited).await?;
         let sent_at = self.clock.now();
-        let (step, response) = self.exchange(op, request, sent_at).await;
+        let (step, response) =
+            wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE)
+                .await
+                .map_err(shut_down)?;
         let signal = load_signal(&step, response.as_ref().map(|r| r.status));
         if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
             let max = self.plan.max_in_flight;
@@ -364,7 +445,26 @@ impl CrmClient {
                 }
             }
         }
-        (step, response)
+        Ok((step, response))
+    }
+
+    /// Takes a rate-limit slot, waiting for one within the bounds: tasks that
+    /// passed the check before the window filled must not sit in the limiter
+    /// past their lease (an hourly cap used up mid-run).
+    async fn acquire_slot(
+        &self,
+        class: &str,
+        waited: &mut Duration,
+    ) -> Result<(), (Stop, Duration)> {
+        loop {
+            match self.limiter.try_acquire(class) {
+                Ok(()) => return Ok(()),
+                Err(wait) => self
+                    .wait_out(wait, waited)
+                    .await
+                    .map_err(|stop| (stop, wait))?,
+            }
+        }
     }
 
     /// Sends `request` and classifies what comes back.

@@ -8,6 +8,7 @@ mod client;
 pub mod concurrency;
 mod flow;
 mod response;
+pub mod wait;
 
 pub use client::{CrmClient, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};

@@ -23,6 +23,7 @@ mod crash;
 mod demo;
 mod instances;
 mod seed;
+mod waits;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
