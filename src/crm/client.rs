@@ -3,7 +3,7 @@
 //! [`ReplyAction`], retrying transient failures within the connector's policy.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::auth::Authenticator;
 use super::concurrency::{AdaptiveGate, Signal};
+use super::margin::ArrivalMargin;
 use super::response::Response;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
@@ -84,6 +85,8 @@ pub struct CrmClient {
     limiter: Arc<RateLimiter>,
     /// At most `max_in_flight` requests at once, fewer while the CRM pushes back.
     in_flight: AdaptiveGate,
+    /// The limiter's margin, from the spread of the CRM's latency.
+    arrival_margin: Mutex<ArrivalMargin>,
     backoff: Backoff,
     policy: ClassifyPolicy,
     clock: Arc<dyn Clock>,
@@ -132,6 +135,10 @@ impl CrmClient {
         let shortest = windows.iter().map(|w| w.per).min();
         let margin = shortest.map_or(MAX_MARGIN, |per| MAX_MARGIN.min(per / 50));
         let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), margin));
+        // Wider while the CRM's latency varies, up to a quarter of the
+        // shortest window (see `margin`).
+        let arrival_margin =
+            ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
         let retry = &plan.retry;
         let backoff = Backoff {
             base: Duration::from_millis(retry.base_delay_ms),
@@ -163,6 +170,7 @@ impl CrmClient {
         };
         Ok(Self {
             in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
+            arrival_margin: Mutex::new(arrival_margin),
             plan,
             templates,
             http,
@@ -428,15 +436,18 @@ impl CrmClient {
         };
         self.acquire_slot(&op.class, waited).await?;
         let sent_at = self.clock.now();
-        let (step, response) =
+        let (step, response, room) =
             wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE)
                 .await
                 .map_err(shut_down)?;
-        let signal = load_signal(&step, response.as_ref().map(|r| r.status));
+        if response.is_some() {
+            self.observe_latency(self.clock.now().saturating_duration_since(sent_at));
+        }
+        let signal = load_signal(&step, response.as_ref().map(|r| r.status), room);
         if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
             let max = self.plan.max_in_flight;
             match signal {
-                Signal::Overloaded => tracing::info!(
+                Signal::Overloaded | Signal::Faulty => tracing::info!(
                     op = %op.label, limit, max,
                     "The CRM is pushing back; fewer requests in flight until it answers normally."
                 ),
@@ -467,13 +478,30 @@ impl CrmClient {
         }
     }
 
-    /// Sends `request` and classifies what comes back.
+    /// Widens or narrows the limiter's margin with the CRM's latency.
+    fn observe_latency(&self, latency: Duration) {
+        let changed = self
+            .arrival_margin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(latency);
+        if let Some(margin) = changed {
+            tracing::debug!(
+                margin_ms = margin.as_millis() as u64,
+                "Rate-limit margin follows the CRM's latency."
+            );
+            self.limiter.set_margin(margin);
+        }
+    }
+
+    /// Sends `request` and classifies what comes back; also whether the
+    /// CRM's rate-limit headers said its window had room.
     async fn exchange(
         &self,
         op: &OpPlan,
         request: reqwest::RequestBuilder,
         sent_at: std::time::Instant,
-    ) -> (Step, Option<Response>) {
+    ) -> (Step, Option<Response>, bool) {
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
@@ -486,7 +514,7 @@ impl CrmClient {
                 // A connection that never opened carried nothing.
                 let maybe_applied = !err.is_connect();
                 let step = step_of(outcome::classify_transport_error(&err), maybe_applied);
-                return (step, None);
+                return (step, None, false);
             }
         };
         let status = response.status().as_u16();
@@ -494,6 +522,7 @@ impl CrmClient {
         let raw = response.bytes().await.unwrap_or_default();
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
+        let room = info.remaining.is_some_and(|left| left > 0);
         self.limiter
             .observe_sent(&op.class, info.remaining, info.reset, sent_at);
         let response = Response::new(status, &raw, &self.plan.message_pointers);
@@ -501,10 +530,10 @@ impl CrmClient {
             self.auth.invalidate().await;
         }
         if let Some(step) = apply_rules(op, &response) {
-            return (step, Some(response));
+            return (step, Some(response), room);
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
-        (step_of(classified, true), Some(response))
+        (step_of(classified, true), Some(response), room)
     }
 
     async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<reqwest::RequestBuilder> {
@@ -556,14 +585,19 @@ enum Step {
 /// Whether an attempt's outcome tells of a CRM under load (see [`super::concurrency`]):
 /// rate-limited, or a transient failure that is the CRM's (a timeout, a lost
 /// connection, 408, 423, 5xx), not the request's (a 401 before a token refresh).
-fn load_signal(step: &Step, status: Option<u16>) -> Signal {
+/// A server error whose answer says the rate window has `room` is a fault
+/// rather than load ([`Signal::Faulty`]): one alone does not cut concurrency.
+fn load_signal(step: &Step, status: Option<u16>, room: bool) -> Signal {
     match (step, status) {
         (Step::RateLimited { .. }, _) => Signal::Overloaded,
         (Step::Retry { .. }, None) => Signal::Overloaded,
-        (Step::Retry { .. }, Some(status))
-            if status >= 500 || matches!(status, 408 | 423 | 429) =>
-        {
-            Signal::Overloaded
+        (Step::Retry { .. }, Some(429)) => Signal::Overloaded,
+        (Step::Retry { .. }, Some(status)) if status >= 500 || matches!(status, 408 | 423) => {
+            if room {
+                Signal::Faulty
+            } else {
+                Signal::Overloaded
+            }
         }
         _ => Signal::Fine,
     }

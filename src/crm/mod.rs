@@ -7,6 +7,7 @@ mod batch;
 mod client;
 pub mod concurrency;
 mod flow;
+pub mod margin;
 mod response;
 pub mod wait;
 
