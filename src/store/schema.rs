@@ -44,24 +44,17 @@ const SQLITE_UUID_PRIMARY_KEY: &str = "TEXT PRIMARY KEY NOT NULL DEFAULT (lower(
     || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2) \
     || '-' || hex(randomblob(6))))";
 
-/// The seed's `contacts` table (docs: shared/seed/contacts-schema.md).
-const SEED_COLUMNS: [(&str, Kind); 16] = [
+/// The data columns of the seed's `contacts` table (docs:
+/// shared/seed/contacts-schema.md). The state columns a new table gets are
+/// the migrated mapping's own (see `state_columns`); each further mapping's
+/// `engine migrate` adds its own. The engine names no CRM here.
+const SEED_COLUMNS: [(&str, Kind); 6] = [
     ("id", Kind::Id),
     ("email", Kind::RequiredText),
     ("name", Kind::Text),
     ("phone_number", Kind::Text),
     ("domain_id", Kind::Uuid),
     ("page_id", Kind::Uuid),
-    ("hubspot_sync_status", Kind::Text),
-    ("hubspot_processing_status", Kind::Text),
-    ("hubspot_contact_id", Kind::Text),
-    ("hubspot_processing_error", Kind::Text),
-    ("retry_count", Kind::Count),
-    ("next_retry_at", Kind::Time),
-    ("brevo_sync_status", Kind::Text),
-    ("brevo_processing_status", Kind::Text),
-    ("brevo_contact_id", Kind::Text),
-    ("brevo_processing_error", Kind::Text),
 ];
 
 /// The columns the engine writes for one mapping, without repeats.
@@ -101,7 +94,7 @@ pub(super) fn migration_sql(
     Ok(statements)
 }
 
-/// The seed's table, plus any state column `spec` names that the seed lacks.
+/// The seed's data columns, then the state columns `spec` names.
 fn create_seed_table(backend: Backend, spec: &TableSpec) -> anyhow::Result<String> {
     for (role, name) in [("id", &spec.id_column), ("key", &spec.key_column)] {
         ensure!(
