@@ -333,8 +333,12 @@ async fn process_one_batch(
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
+    // A row may hold a lease shared with another mapping (the seed's shared
+    // retry columns), shorter than ours: waits end by the earliest.
+    let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(lease);
+    let lease_left = (earliest - now).to_std().unwrap_or(Duration::ZERO);
     let bound = WaitBound {
-        deadline: wait_deadline(run.clock.now(), Duration::from_secs(lease_secs)),
+        deadline: wait_deadline(run.clock.now(), lease_left),
         shutdown: run.shutdown.clone(),
     };
     let outcomes = send_within(run, bound, sync_rows(run, mapping, &mut rows)).await;

@@ -46,8 +46,8 @@ const SQLITE_UUID_PRIMARY_KEY: &str = "TEXT PRIMARY KEY NOT NULL DEFAULT (lower(
 
 /// The data columns of the seed's `contacts` table (docs:
 /// shared/seed/contacts-schema.md). The state columns a new table gets are
-/// the migrated mapping's own (see `state_columns`); each further mapping's
-/// `engine migrate` adds its own. The engine names no CRM here.
+/// those the mappings over it declare (see `all_state_columns`): the engine
+/// names no CRM here.
 const SEED_COLUMNS: [(&str, Kind); 6] = [
     ("id", Kind::Id),
     ("email", Kind::RequiredText),
@@ -59,21 +59,36 @@ const SEED_COLUMNS: [(&str, Kind); 6] = [
 
 /// The columns the engine writes for one mapping, without repeats.
 fn state_columns(spec: &TableSpec) -> Vec<(&str, Kind)> {
+    let mut columns: Vec<(&str, Kind)> = Vec::new();
+    push_state_columns(&mut columns, spec);
+    columns
+}
+
+/// The state columns of `spec` and then of its table mates, without repeats:
+/// what a table `engine migrate` creates holds besides the data columns.
+fn all_state_columns(spec: &TableSpec) -> Vec<(&str, Kind)> {
+    let mut columns: Vec<(&str, Kind)> = Vec::new();
+    push_state_columns(&mut columns, spec);
+    for mate in &spec.table_mates {
+        push_state_columns(&mut columns, mate);
+    }
+    columns
+}
+
+fn push_state_columns<'a>(columns: &mut Vec<(&'a str, Kind)>, spec: &'a TableSpec) {
     let all = [
-        (spec.processing_status.as_str(), Kind::Text),
         (spec.sync_status.as_str(), Kind::Text),
+        (spec.processing_status.as_str(), Kind::Text),
         (spec.crm_id.as_str(), Kind::Text),
         (spec.error.as_str(), Kind::Text),
         (spec.retry_count.as_str(), Kind::Count),
         (spec.next_retry_at.as_str(), Kind::Time),
     ];
-    let mut columns: Vec<(&str, Kind)> = Vec::new();
     for (name, kind) in all {
         if !columns.iter().any(|(seen, _)| *seen == name) {
             columns.push((name, kind));
         }
     }
-    columns
 }
 
 /// The statements that bring the table up to what `spec` needs.
@@ -94,7 +109,7 @@ pub(super) fn migration_sql(
     Ok(statements)
 }
 
-/// The seed's data columns, then the state columns `spec` names.
+/// The seed's data columns, then the state columns of `spec` and its table mates.
 fn create_seed_table(backend: Backend, spec: &TableSpec) -> anyhow::Result<String> {
     for (role, name) in [("id", &spec.id_column), ("key", &spec.key_column)] {
         ensure!(
@@ -104,7 +119,7 @@ fn create_seed_table(backend: Backend, spec: &TableSpec) -> anyhow::Result<Strin
             spec.table
         );
     }
-    let extra = state_columns(spec)
+    let extra = all_state_columns(spec)
         .into_iter()
         .filter(|(name, _)| !SEED_COLUMNS.iter().any(|(seed, _)| seed == name));
     let definitions: Vec<String> = SEED_COLUMNS

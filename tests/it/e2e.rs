@@ -23,6 +23,7 @@ mod crash;
 mod demo;
 mod instances;
 mod seed;
+mod shared_lease;
 mod waits;
 mod watch;
 

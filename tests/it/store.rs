@@ -180,6 +180,7 @@ fn seed_spec(table: &str) -> TableSpec {
         error: "hubspot_processing_error".into(),
         retry_count: "retry_count".into(),
         next_retry_at: "next_retry_at".into(),
+        table_mates: vec![],
     }
 }
 
@@ -696,6 +697,7 @@ async fn record_writes_a_mixed_slice_in_one_call(db: TestDb) {
             // Every other result without the claim's handle: found by id.
             handle: c.handle.filter(|_| n % 2 == 0),
             lease: c.lease,
+            shares_lease: c.shares_lease,
             update,
         })
         .collect();
