@@ -195,7 +195,11 @@ impl ClaimedRow {
     /// that mapping (and shares it) and overwrites a dead one: a row that
     /// got the claim's own `lease` while another mapping has it
     /// `Processing` is that mapping's dead claim, which must not keep this
-    /// lease on the row once this mapping is done.
+    /// lease on the row once this mapping is done. (Another mapping's live
+    /// lease equal to ours to the millisecond reads as a dead claim: that
+    /// mapping's write-back is then fenced out and its rows, left
+    /// `Processing` with no lease, are claimed and sent again; an upsert, so
+    /// nothing is lost or duplicated.)
     fn from_claim(
         (id, row, retry_count, handle, held, other_processing): ReturnedWithLease,
         lease: DateTime<Utc>,

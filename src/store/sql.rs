@@ -2,6 +2,8 @@
 //! from. Both dialects accept `$n` placeholders, double-quoted identifiers,
 //! `CAST(… AS TEXT)` and `NULLS FIRST`, so most statements are written once.
 
+use std::borrow::Cow;
+
 use anyhow::bail;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
@@ -124,7 +126,8 @@ pub(super) fn count_due_sql(spec: &TableSpec) -> String {
 }
 
 /// One row's write-back, as an element of the JSON array `record` binds.
-/// A `None` (or `set_error: false`) keeps the column's current value.
+/// A `None` keeps the column's current value; with `set_error: false`, the
+/// `error` is written only where the column is NULL.
 #[derive(Serialize)]
 pub(super) struct WriteBack<'a> {
     id: &'a str,
@@ -134,7 +137,7 @@ pub(super) struct WriteBack<'a> {
     sync: Option<&'static str>,
     crm_id: Option<&'a str>,
     set_error: bool,
-    error: Option<&'a str>,
+    error: Option<Cow<'a, str>>,
     retry_count: Option<i64>,
     next_retry_at: Option<String>,
     shares_lease: bool,
@@ -188,20 +191,34 @@ impl<'a> WriteBack<'a> {
                 next_retry_at,
             } => WriteBack {
                 set_error: true,
-                error: Some(error),
+                error: Some(Cow::Borrowed(error)),
                 retry_count: Some(*retry_count),
                 next_retry_at: Some(at(*next_retry_at)),
                 ..base
             },
-            RowUpdate::Release { next_retry_at } => WriteBack {
-                next_retry_at: next_retry_at.map(at),
+            // Handed back for a time (a rate limit, a shutdown): noted in an
+            // empty error column, which also tells a claim over shared retry
+            // columns that the due time is this mapping's own (`claim_arms`).
+            RowUpdate::Release {
+                next_retry_at: Some(until),
+            } => WriteBack {
+                // Only where no earlier error is kept (see the SET list).
+                set_error: false,
+                error: Some(Cow::Owned(format!(
+                    "not sent yet: handed back until {}",
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ))),
+                next_retry_at: Some(at(*until)),
                 ..base
             },
+            RowUpdate::Release {
+                next_retry_at: None,
+            } => base,
             RowUpdate::Failed { error, retry_count } => WriteBack {
                 status: ERROR,
                 sync: Some(ERROR),
                 set_error: true,
-                error: Some(error),
+                error: Some(Cow::Borrowed(error)),
                 retry_count: Some(*retry_count),
                 ..base
             },
@@ -221,7 +238,7 @@ pub(super) fn record_assignments_and_fence(
         "{status} = v.status, \
          {sync} = COALESCE(v.sync, {t_sync}), \
          {crm} = COALESCE(v.crm_id, {t_crm}), \
-         {error} = CASE WHEN v.set_error THEN v.error ELSE {t_error} END, \
+         {error} = CASE WHEN v.set_error THEN v.error ELSE COALESCE({t_error}, v.error) END, \
          {retries} = COALESCE(v.retry_count, {t_retries}), \
          {due} = {next}",
         status = quote(&spec.processing_status),

@@ -17,6 +17,7 @@ on_both_backends!(
     a_sync_does_not_wait_for_the_rows_the_other_crm_has_claimed,
     both_write_backs_land_whichever_mapping_finishes_first,
     a_shared_lease_left_by_a_crash_is_reclaimed_when_it_expires,
+    a_row_handed_back_under_a_shared_lease_is_not_claimed_again_at_once,
 );
 
 const LEASE_SECS: i64 = 600;
@@ -136,6 +137,7 @@ async fn a_shared_lease_left_by_a_crash_is_reclaimed_when_it_expires(backend: Ba
     let clock = ManualClock::new(Utc::now());
     let brevo = claim(&f, "brevo", clock.utc(), LEASE_SECS).await;
     // HubSpot shares the lease, then dies without a write-back.
+    clock.advance(Duration::from_secs(1));
     let hubspot = claim(&f, "hubspot", clock.utc(), LEASE_SECS).await;
     assert_eq!(hubspot.len(), 3);
     // Brevo finishes: the lease stays, since HubSpot's claim is still on it.
@@ -157,4 +159,44 @@ async fn a_shared_lease_left_by_a_crash_is_reclaimed_when_it_expires(backend: Ba
         assert_eq!(text(&row, "brevo_processing_status"), "Complete");
         assert_eq!(text(&row, "next_retry_at"), "", "{row:?}");
     }
+}
+
+async fn a_row_handed_back_under_a_shared_lease_is_not_claimed_again_at_once(backend: Backend) {
+    let Some((f, ids)) = seeded(backend).await else {
+        return;
+    };
+    let now = Utc::now();
+    let brevo = claim(&f, "brevo", now, LEASE_SECS).await;
+    let now = now + chrono::Duration::seconds(1);
+    let hubspot = claim(&f, "hubspot", now, LEASE_SECS).await;
+    assert_eq!(hubspot.len(), 3);
+    // HubSpot is rate-limited for an hour and hands its rows back.
+    let later = now + chrono::Duration::hours(1);
+    let results: Vec<RowResult> = hubspot
+        .iter()
+        .map(|row| {
+            let update = RowUpdate::Release {
+                next_retry_at: Some(later),
+            };
+            RowResult::of(row, update)
+        })
+        .collect();
+    assert_eq!(
+        f.db.store
+            .record(f.spec("hubspot"), &results)
+            .await
+            .unwrap(),
+        3
+    );
+    for row in f.rows(&ids).await {
+        assert_eq!(text(&row, "hubspot_processing_status"), "Queued");
+        assert!(
+            text(&row, "hubspot_processing_error").starts_with("not sent yet: handed back until"),
+            "{row:?}"
+        );
+    }
+    // Its own schedule now: not taken again while Brevo still holds the rows
+    // (a hot loop of claims and hand-backs otherwise).
+    assert!(claim(&f, "hubspot", now, LEASE_SECS).await.is_empty());
+    assert_eq!(complete(&f, "brevo", &brevo).await, 3);
 }
