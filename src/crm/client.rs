@@ -221,6 +221,11 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
+            // Nothing new leaves once the run is stopping.
+            if wait::shutting_down() {
+                let reason = "not sent".to_string();
+                return self.stopped(Stop::ShutDown, Duration::ZERO, reason, None);
+            }
             // A pause longer than we may wait (past `max_rate_limit_wait_secs` or
             // the rows' lease: a daily limit) hands the row back without sending
             // anything, so a run ends instead of hanging.

@@ -23,6 +23,7 @@ on_both_backends!(
     an_hourly_window_used_up_mid_run_hands_the_rest_back_and_the_run_exits_1,
     a_rate_limit_wait_longer_than_the_lease_hands_the_rows_back_within_the_cap,
     sigterm_during_a_long_retry_after_wait_exits_within_10_s_with_the_rows_queued_again,
+    sigterm_while_rows_wait_in_the_rate_limiter_exits_within_10_s_with_them_queued_again,
     run_exits_1_when_every_row_is_put_back_for_a_retry,
 );
 
@@ -343,4 +344,58 @@ async fn run_exits_1_when_every_row_is_put_back_for_a_retry(backend: Backend) {
     );
     assert_eq!(f.count("brevo", "Queued").await, 3);
     assert_eq!(f.count("brevo", "Complete").await, 0);
+}
+
+async fn sigterm_while_rows_wait_in_the_rate_limiter_exits_within_10_s_with_them_queued_again(
+    backend: Backend,
+) {
+    // 3 requests per 5 minutes, and the engine may wait an hour in-process:
+    // after 3 rows the others sit in the limiter (within their 600 s lease).
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "connectors/brevo.toml",
+            "requests = 36000\nper_secs = 3600",
+            "requests = 3\nper_secs = 300",
+        );
+        config.edit(
+            "connectors/brevo.toml",
+            "[retry]\n",
+            "[retry]\nmax_rate_limit_wait_secs = 3600\n",
+        );
+        // A row per batch: each is recorded as soon as it is sent.
+        config.edit("mappings/brevo.toml", "batch_size = 50", "batch_size = 1");
+    })
+    .await
+    else {
+        return;
+    };
+    let rows = generated_rows(6);
+    f.insert(&rows).await;
+
+    let mut run = f.spawn(&["run", "--connector", "brevo"]);
+    wait_for(
+        "three rows synced and three waiting",
+        Duration::from_secs(30),
+        || async {
+            f.count("brevo", "Complete").await == 3 && f.count("brevo", "Processing").await == 3
+        },
+    )
+    .await;
+    assert_eq!(f.count("brevo", "Processing").await, 3);
+    let signalled = Instant::now();
+    run.terminate();
+
+    assert_eq!(
+        run.exit_code(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        run.stderr()
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(10));
+    let counts = f.counts("brevo").await;
+    assert_eq!(counts.get("Queued"), Some(&3), "{counts:?}");
+    assert_eq!(counts.get("Processing"), None, "{counts:?}");
+    for row in f.rows(&ids_of(&rows)).await {
+        assert_eq!(text(&row, "retry_count"), "0", "no retry spent: {row:?}");
+    }
 }
