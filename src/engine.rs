@@ -324,8 +324,12 @@ async fn process_one_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease_secs = mapping.schedule.lease_secs;
-    let lease = now + chrono::Duration::seconds(i64::try_from(lease_secs).unwrap_or(i64::MAX));
+    // Capped so that an absurd `lease_secs` cannot overflow the date.
+    let lease_span = Duration::from_secs(mapping.schedule.lease_secs).min(MAX_WAIT_HORIZON);
+    let lease = chrono::Duration::from_std(lease_span)
+        .ok()
+        .and_then(|span| now.checked_add_signed(span))
+        .unwrap_or(now);
     let mut rows = queue
         .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
