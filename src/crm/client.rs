@@ -230,7 +230,7 @@ impl CrmClient {
             // the rows' lease: a daily limit) hands the row back without sending
             // anything, so a run ends instead of hanging.
             let pending = self.limiter.wait_time(&op.class);
-            if let Err(stop) = self.wait_out(pending, &mut waited).await {
+            if let Err(stop) = self.wait_within(pending).await {
                 return self.stopped(
                     stop,
                     pending,
@@ -242,7 +242,7 @@ impl CrmClient {
                     None,
                 );
             }
-            let (outcome, response) = match self.send_once(op, &rendered, &mut waited).await {
+            let (outcome, response) = match self.send_once(op, &rendered).await {
                 Ok(sent) => sent,
                 Err((stop, wait)) => {
                     let reason = format!("rate limit of `{}` requests", op.class);
@@ -308,29 +308,35 @@ impl CrmClient {
                     tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
                     self.limiter.pause(&op.class, pause);
                     // The wait itself happens at the top of the loop, where the
-                    // limiter reports the pause just set.
+                    // limiter reports the pause just set. The CRM's pauses add
+                    // up: an endless run of 429s hands the row back once they
+                    // pass `max_rate_limit_wait_secs`.
                     let lease_left = wait::lease_left(self.clock.now());
                     if let Err(stop) =
                         wait::plan_wait(pause, waited, self.policy.headers.max_wait, lease_left)
                     {
                         return self.stopped(stop, pause, reason, response);
                     }
+                    waited += pause;
                 }
             }
         }
     }
 
-    /// Waits `wait` if it fits the bounds (see [`wait::plan_wait`]), adding it
-    /// to `waited`.
-    async fn wait_out(&self, wait: Duration, waited: &mut Duration) -> Result<(), Stop> {
+    /// Waits `wait` if it fits the bounds on its own (see [`wait::plan_wait`]):
+    /// at most `max_rate_limit_wait_secs`, and within the lease.
+    async fn wait_within(&self, wait: Duration) -> Result<(), Stop> {
         if wait.is_zero() {
             return Ok(());
         }
         let lease_left = wait::lease_left(self.clock.now());
-        wait::plan_wait(wait, *waited, self.policy.headers.max_wait, lease_left)?;
-        wait::sleep(wait).await?;
-        *waited += wait;
-        Ok(())
+        wait::plan_wait(
+            wait,
+            Duration::ZERO,
+            self.policy.headers.max_wait,
+            lease_left,
+        )?;
+        wait::sleep(wait).await
     }
 
     /// The reply of a request that stopped waiting: handed back until `wait`
@@ -420,7 +426,6 @@ impl CrmClient {
         &self,
         op: &OpPlan,
         rendered: &Rendered,
-        waited: &mut Duration,
     ) -> Result<(Step, Option<Response>), (Stop, Duration)> {
         let shut_down = |stop| (stop, Duration::ZERO);
         let _admitted = wait::race_shutdown(self.in_flight.admit(), Duration::ZERO)
@@ -439,7 +444,7 @@ impl CrmClient {
                 ));
             }
         };
-        self.acquire_slot(&op.class, waited).await?;
+        self.acquire_slot(&op.class).await?;
         let sent_at = self.clock.now();
         let (step, response, room) =
             wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE)
@@ -466,20 +471,16 @@ impl CrmClient {
 
     /// Takes a rate-limit slot, waiting for one within the bounds: tasks that
     /// passed the check before the window filled must not sit in the limiter
-    /// past their lease (an hourly cap used up mid-run).
-    async fn acquire_slot(
-        &self,
-        class: &str,
-        waited: &mut Duration,
-    ) -> Result<(), (Stop, Duration)> {
+    /// past their lease (an hourly cap used up mid-run). Each wait is judged
+    /// alone, not added up: waiting in turn behind the batch's other requests
+    /// is pacing, not a rate limit, and a large batch must not hand rows back
+    /// for it while the lease holds.
+    async fn acquire_slot(&self, class: &str) -> Result<(), (Stop, Duration)> {
         loop {
-            match self.limiter.try_acquire(class) {
-                Ok(()) => return Ok(()),
-                Err(wait) => self
-                    .wait_out(wait, waited)
-                    .await
-                    .map_err(|stop| (stop, wait))?,
-            }
+            let Err(wait) = self.limiter.try_acquire(class) else {
+                return Ok(());
+            };
+            self.wait_within(wait).await.map_err(|stop| (stop, wait))?;
         }
     }
 

@@ -25,6 +25,7 @@ on_both_backends!(
     sigterm_during_a_long_retry_after_wait_exits_within_10_s_with_the_rows_queued_again,
     sigterm_while_rows_wait_in_the_rate_limiter_exits_within_10_s_with_them_queued_again,
     run_exits_1_when_every_row_is_put_back_for_a_retry,
+    a_batch_paced_by_the_limiter_is_not_handed_back_for_waiting_its_turn,
 );
 
 /// The shipped config with Brevo pointed at a scripted CRM that answers every
@@ -398,4 +399,32 @@ async fn sigterm_while_rows_wait_in_the_rate_limiter_exits_within_10_s_with_them
     for row in f.rows(&ids_of(&rows)).await {
         assert_eq!(text(&row, "retry_count"), "0", "no retry spent: {row:?}");
     }
+}
+
+async fn a_batch_paced_by_the_limiter_is_not_handed_back_for_waiting_its_turn(backend: Backend) {
+    // 2 requests a second and at most 2 s waited in-process for a rate limit:
+    // the batch's 12 rows take ~5 s of pacing in all, each wait about 1 s.
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "connectors/brevo.toml",
+            "requests = 10\nper_secs = 1",
+            "requests = 2\nper_secs = 1",
+        );
+        config.edit(
+            "connectors/brevo.toml",
+            "[retry]\n",
+            "[retry]\nmax_rate_limit_wait_secs = 2\n",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    f.insert(&generated_rows(12)).await;
+
+    let summary = run_brevo_within(&f, Duration::from_secs(60)).await;
+
+    assert_eq!(summary.deferred.load(Ordering::Relaxed), 0);
+    assert!(summary.all_complete());
+    assert_eq!(f.count("brevo", "Complete").await, 12);
 }
