@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::crm::wait::{self, WaitBound};
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
@@ -70,6 +72,15 @@ struct CycleStart {
 impl RunSummary {
     fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether every row the run claimed ended `Complete`: none failed, and
+    /// none was handed back for later (a retry, a rate limit, a shutdown).
+    /// The meaning of exit code 0.
+    pub fn all_complete(&self) -> bool {
+        [&self.failed, &self.retrying, &self.deferred]
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) == 0)
     }
 
     /// Total rows processed.
@@ -218,8 +229,18 @@ async fn cycle_until_done(
         if options.progress_every.is_some() {
             note_cycle_start(run, queues, started).await;
         }
+        // A cycle claims only rows due when it began: a row it hands back (a
+        // rate limit, a retry) is due later than that, so a one-shot run ends
+        // even when every row keeps being handed back.
+        let due_by = run.clock.utc();
         let drains = queues.iter().map(|(mapping, queue)| {
-            drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
+            drain(
+                run.clone(),
+                mapping.clone(),
+                queue.clone(),
+                options.workers,
+                due_by,
+            )
         });
         let failed = futures::future::join_all(drains)
             .await
@@ -273,6 +294,7 @@ async fn drain(
     mapping: Arc<MappingPlan>,
     queue: Queue,
     workers: usize,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let loops = (0..workers.max(1)).map(|_| {
         let run = run.clone();
@@ -280,7 +302,7 @@ async fn drain(
         let queue = queue.clone();
         tokio::spawn(async move {
             while !*run.shutdown.borrow() {
-                if process_one_batch(&run, &mapping, &queue).await? == 0 {
+                if process_one_batch(&run, &mapping, &queue, due_by).await? == 0 {
                     break;
                 }
             }
@@ -307,27 +329,81 @@ fn lease_deadline(
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
+/// Claims rows due by `due_by` (the cycle's start; see `cycle_until_done`).
 async fn process_one_batch(
     run: &Run,
     mapping: &MappingPlan,
     queue: &Queue,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let mut rows = queue
-        .claim(mapping.schedule.batch_size as usize, now, lease)
+        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
     if rows.is_empty() {
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
-    let outcomes = sync_rows(run, mapping, &mut rows).await;
+    // A row may hold a lease shared with another mapping (the seed's shared
+    // retry columns), shorter than ours: waits end by the earliest.
+    let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(lease);
+    let lease_left = (earliest - now).to_std().unwrap_or(Duration::ZERO);
+    let bound = WaitBound {
+        deadline: wait_deadline(run.clock.now(), lease_left),
+        shutdown: run.shutdown.clone(),
+    };
+    let outcomes = send_within(run, bound, sync_rows(run, mapping, &mut rows)).await;
+    let outcomes = outcomes.unwrap_or_else(|| {
+        // The sends outlived the shutdown grace: nothing of this batch is
+        // known to be written, so every row goes back as a crash would leave
+        // it, due at once and with no retry spent (every flow is an upsert).
+        let until = run.clock.utc();
+        let reason = "handed back: the run was shutting down".to_string();
+        vec![RowOutcome::Deferred { until, reason }; rows.len()]
+    });
     let results = decide(run, mapping, &rows, outcomes);
     queue
         .record(&results)
         .await
         .context("failed to record results")?;
     Ok(rows.len())
+}
+
+/// The latest a batch claimed at `now` with a lease of `lease` may still wait
+/// for the CRM: the lease less the time its write-back needs (a tenth of the
+/// lease, at most 30 s), so rows are recorded while they are still ours.
+fn wait_deadline(now: Instant, lease: Duration) -> Instant {
+    let record_time = (lease / 10).min(Duration::from_secs(30));
+    let usable = lease.saturating_sub(record_time).min(MAX_WAIT_HORIZON);
+    now.checked_add(usable).unwrap_or(now)
+}
+
+/// Waits are never planned further ahead than this (keeps `Instant`
+/// arithmetic from overflowing on an absurd `lease_secs`).
+const MAX_WAIT_HORIZON: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Runs a batch's sends with `bound` on their waits. Every wait inside ends
+/// on shutdown by itself; this is the backstop for anything that does not
+/// (a slow authentication request): `None` when the sends are still going
+/// twice the grace after the signal.
+async fn send_within<F: std::future::Future>(
+    run: &Run,
+    bound: WaitBound,
+    sends: F,
+) -> Option<F::Output> {
+    let mut shutdown = run.shutdown.clone();
+    let backstop = async move {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(2 * wait::SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        biased;
+        outcomes = wait::within(bound, sends) => Some(outcomes),
+        () = backstop => None,
+    }
 }
 
 /// Renders every row and sends one request per distinct key; outcomes in row order.

@@ -8,7 +8,9 @@ mod body;
 mod client;
 pub mod concurrency;
 mod flow;
+pub mod margin;
 mod response;
+pub mod wait;
 
 pub use client::{CrmClient, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};

@@ -114,6 +114,7 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         error: or(&state.error, format!("{prefix}_processing_error")),
         retry_count: or(&state.retry_count, "retry_count".into()),
         next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+        table_mates: Vec::new(),
     }
 }
 
