@@ -1,6 +1,8 @@
 //! Command-line interface: flags, and one function per subcommand. Each returns
-//! the process exit code: 0 ok, 1 a run finished but some rows ended in `Error`,
-//! 2 a config, usage or environment error.
+//! the process exit code: 0 ok (for `run`: every claimed row ended `Complete`),
+//! 1 a run finished but some rows did not (`Error`, or handed back to `Queued`
+//! for later: a retry, a rate limit, a shutdown), 2 a config, usage or
+//! environment error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,8 +47,10 @@ Examples:
   engine run --all --watch --listen 127.0.0.1:9464   every sync in one process, with /metrics
   engine history --mapping hubspot             the latest sync cycles
 
-Exit codes: 0 ok; 1 some rows ended in Error; 2 config, usage or environment error
-(a connector whose base URL, credentials or host the CRM side rejects included).";
+Exit codes: 0 ok (run: every claimed row ended Complete); 1 some claimed rows ended
+in Error or were handed back to Queued for later (a retry, a rate limit, a
+shutdown); 2 config, usage or environment error (a connector whose base URL,
+credentials or host the CRM side rejects included: its claimed rows go back).";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -455,8 +459,15 @@ async fn run(
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("Signal received: finishing in-flight requests, then stopping.");
+        tracing::info!(
+            "Signal received: handing unsent rows back to Queued, then stopping (within 10 s)."
+        );
         let _ = stop.send(true);
+        // The first signal is enough; a second one is obeyed at once, leaving
+        // any rows still claimed to be taken again when their lease expires.
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting now.");
+        std::process::exit(1);
     });
     let plan = Arc::new(plan);
     if let Some(addr) = listen {
@@ -483,8 +494,9 @@ async fn run(
     Ok(exit_code_of(&runs))
 }
 
-/// 2 when a connector could not run to its end (each is named), else 1 when
-/// some rows ended in `Error`, else 0.
+/// 2 when a connector could not run to its end (each is named; a broken
+/// config included), else 1 when some claimed rows ended in `Error` or were
+/// handed back to `Queued` (a retry, a rate limit, a shutdown), else 0.
 fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
     let mut worst = 0;
     for run in runs {
@@ -493,7 +505,7 @@ fn exit_code_of(runs: &[ConnectorRun]) -> ExitCode {
                 eprintln!("error: {err:#}");
                 2
             }
-            Ok(summary) if summary.failed.load(std::sync::atomic::Ordering::Relaxed) > 0 => 1,
+            Ok(summary) if !summary.all_complete() => 1,
             Ok(_) => 0,
         };
         worst = worst.max(code);

@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::crm::probe::ConnectorPaused;
+use crate::crm::wait::{self, WaitBound};
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
@@ -77,6 +79,15 @@ struct CycleStart {
 impl RunSummary {
     fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Whether every row the run claimed ended `Complete`: none failed, and
+    /// none was handed back for later (a retry, a rate limit, a shutdown).
+    /// The meaning of exit code 0.
+    pub fn all_complete(&self) -> bool {
+        [&self.failed, &self.retrying, &self.deferred]
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) == 0)
     }
 
     /// Total rows processed.
@@ -243,8 +254,18 @@ async fn cycle_until_done(
         if options.progress_every.is_some() {
             note_cycle_start(run, queues, started).await;
         }
+        // A cycle claims only rows due when it began: a row it hands back (a
+        // rate limit, a retry) is due later than that, so a one-shot run ends
+        // even when every row keeps being handed back.
+        let due_by = run.clock.utc();
         let drains = queues.iter().map(|(mapping, queue)| {
-            drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
+            drain(
+                run.clone(),
+                mapping.clone(),
+                queue.clone(),
+                options.workers,
+                due_by,
+            )
         });
         let failed = futures::future::join_all(drains)
             .await
@@ -371,6 +392,7 @@ async fn drain(
     mapping: Arc<MappingPlan>,
     queue: Queue,
     workers: usize,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let loops = (0..workers.max(1)).map(|_| {
         let run = run.clone();
@@ -380,9 +402,9 @@ async fn drain(
             // A connector whose config failed claims nothing more.
             let mut empty_claims = 0;
             while !*run.shutdown.borrow() && run.client.config_fault().is_none() {
-                if process_one_batch(&run, &mapping, &queue).await? > 0 {
+                if process_one_batch(&run, &mapping, &queue, due_by).await? > 0 {
                     empty_claims = 0;
-                } else if !due_rows_were_locked(&run, &queue, empty_claims).await {
+                } else if !due_rows_were_locked(&run, &queue, empty_claims, due_by).await {
                     break;
                 } else {
                     empty_claims += 1;
@@ -400,33 +422,75 @@ async fn drain(
 /// After a claim that took nothing: whether rows are due all the same, so
 /// were skipped because another mapping over the same table held their lock
 /// for its own claim (`SKIP LOCKED`, for an instant); then waits a moment to
-/// claim again. Bounded, so a cycle always ends.
-async fn due_rows_were_locked(run: &Run, queue: &Queue, empty_claims: u32) -> bool {
+/// claim again. Bounded (and over at once on shutdown), so a cycle always ends.
+async fn due_rows_were_locked(
+    run: &Run,
+    queue: &Queue,
+    empty_claims: u32,
+    due_by: DateTime<Utc>,
+) -> bool {
     const TRIES: u32 = 20;
     const PAUSE: Duration = Duration::from_millis(50);
-    if empty_claims >= TRIES || !matches!(queue.count_due(run.clock.utc()).await, Ok(n) if n > 0) {
+    let due_now = run.clock.utc().min(due_by);
+    if empty_claims >= TRIES || !matches!(queue.count_due(due_now).await, Ok(n) if n > 0) {
         return false;
     }
-    tokio::time::sleep(PAUSE).await;
-    true
+    let mut shutdown = run.shutdown.clone();
+    tokio::select! {
+        () = tokio::time::sleep(PAUSE) => true,
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    }
+}
+
+/// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
+/// past what a timestamp can hold would still be a lease.
+fn lease_deadline(
+    now: chrono::DateTime<chrono::Utc>,
+    lease_secs: u64,
+) -> chrono::DateTime<chrono::Utc> {
+    i64::try_from(lease_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|lease| now.checked_add_signed(lease))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
+/// Claims rows due by `due_by` (the cycle's start; see `cycle_until_done`).
 async fn process_one_batch(
     run: &Run,
     mapping: &MappingPlan,
     queue: &Queue,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
+    let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let mut rows = queue
-        .claim(mapping.schedule.batch_size as usize, now, lease)
+        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
     if rows.is_empty() {
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
-    let outcomes = sync_rows(run, mapping, &mut rows).await;
+    // A row may hold a lease shared with another mapping (the seed's shared
+    // retry columns), shorter than ours: waits end by the earliest.
+    let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(lease);
+    let lease_left = (earliest - now).to_std().unwrap_or(Duration::ZERO);
+    let bound = WaitBound {
+        deadline: wait_deadline(run.clock.now(), lease_left),
+        shutdown: run.shutdown.clone(),
+    };
+    let outcomes = send_within(run, bound, sync_rows(run, mapping, &mut rows)).await;
+    let outcomes = outcomes.unwrap_or_else(|| {
+        // The sends outlived the shutdown grace: nothing of this batch is
+        // known to be written, so every row goes back as a crash would leave
+        // it, due at once and with no retry spent (every flow is an upsert).
+        let until = run.clock.utc();
+        let reason = "handed back: the run was shutting down".to_string();
+        vec![RowOutcome::Deferred { until, reason }; rows.len()]
+    });
+    // A broken config: the batch goes back untouched (see `hand_back`); rows a
+    // shutdown handed back are deferred due at once, equally untouched.
     if let Some(paused) = run.client.config_fault() {
         hand_back(queue, &rows).await?;
         return Err(paused.into());
@@ -475,6 +539,42 @@ async fn hand_back(queue: &Queue, rows: &[ClaimedRow]) -> anyhow::Result<()> {
         .await
         .context("failed to hand the claimed rows back")?;
     Ok(())
+}
+
+/// The latest a batch claimed at `now` with a lease of `lease` may still wait
+/// for the CRM: the lease less the time its write-back needs (a tenth of the
+/// lease, at most 30 s), so rows are recorded while they are still ours.
+fn wait_deadline(now: Instant, lease: Duration) -> Instant {
+    let record_time = (lease / 10).min(Duration::from_secs(30));
+    let usable = lease.saturating_sub(record_time).min(MAX_WAIT_HORIZON);
+    now.checked_add(usable).unwrap_or(now)
+}
+
+/// Waits are never planned further ahead than this (keeps `Instant`
+/// arithmetic from overflowing on an absurd `lease_secs`).
+const MAX_WAIT_HORIZON: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Runs a batch's sends with `bound` on their waits. Every wait inside ends
+/// on shutdown by itself; this is the backstop for anything that does not
+/// (a slow authentication request): `None` when the sends are still going
+/// twice the grace after the signal.
+async fn send_within<F: std::future::Future>(
+    run: &Run,
+    bound: WaitBound,
+    sends: F,
+) -> Option<F::Output> {
+    let mut shutdown = run.shutdown.clone();
+    let backstop = async move {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(2 * wait::SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        biased;
+        outcomes = wait::within(bound, sends) => Some(outcomes),
+        () = backstop => None,
+    }
 }
 
 /// Renders every row and sends one request per distinct key; outcomes in row order.
@@ -769,5 +869,17 @@ mod tests {
         assert_eq!(cycle_progress(100, 150, ten_secs), (Some(100), Some(0)));
         // Nothing was due (a watching run between batches).
         assert_eq!(cycle_progress(0, 0, ten_secs), (None, None));
+    }
+
+    #[test]
+    fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {
+        let now = crate::clock::ManualClock::default_start_utc();
+        assert_eq!(
+            lease_deadline(now, 600),
+            now + chrono::Duration::seconds(600)
+        );
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        assert_eq!(lease_deadline(now, 1_000_000_000_000_000), far);
+        assert_eq!(lease_deadline(now, u64::MAX), far);
     }
 }

@@ -32,6 +32,7 @@ pub mod outcome;
 pub mod plan;
 pub mod preview;
 pub mod ratelimit;
+pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod service;

@@ -116,6 +116,7 @@ fn render_rows(
             retry_count,
             lease: clock.utc(),
             handle: None,
+            shares_lease: true,
         };
         match render_job(templates, mapping, &mut claimed, &now) {
             Ok(job) => jobs.push(job),

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{
-    BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_problem, secret_env_names,
+    BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_credentials, base_url_problem,
+    secret_env_names,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
@@ -114,12 +115,35 @@ pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
             mappings.insert(loaded.name.clone(), Arc::new(plan));
         }
     }
+    link_table_mates(&mut mappings);
     let plan = Plan {
         connectors,
         mappings,
         templates: Arc::new(templates),
     };
     (plan, diagnostics)
+}
+
+/// Tells each mapping about the other mappings of its table: `migrate`
+/// creates their state columns with its own, and a claim must not wait on
+/// the leases of those sharing its `next_retry_at` (the seed's table shares
+/// it between CRMs).
+fn link_table_mates(mappings: &mut BTreeMap<String, Arc<MappingPlan>>) {
+    let specs: Vec<(String, crate::store::TableSpec)> = mappings
+        .iter()
+        .map(|(name, m)| (name.clone(), m.table.clone()))
+        .collect();
+    for (name, mapping) in mappings.iter_mut() {
+        let mates: Vec<crate::store::TableSpec> = specs
+            .iter()
+            .filter(|(other, spec)| other != name && spec.table == mapping.table.table)
+            .map(|(_, spec)| spec.clone())
+            .collect();
+        // Just built: no other handle to the plan exists yet.
+        if let (false, Some(mapping)) = (mates.is_empty(), Arc::get_mut(mapping)) {
+            mapping.table.table_mates = mates;
+        }
+    }
 }
 
 /// `true` when `name` can be used unquoted as an SQL identifier (we still quote it).

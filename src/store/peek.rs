@@ -22,7 +22,9 @@ impl Store {
         let now = stored_time(now);
         let table = quote(&spec.table);
         let predicate = claim_arms(spec, "$1")
+            .iter()
             .map(|arm| format!("({arm})"))
+            .collect::<Vec<_>>()
             .join(" OR ");
         let order = format!(
             "{due} IS NOT NULL, {due}, {id}",

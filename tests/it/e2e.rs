@@ -27,6 +27,8 @@ mod metrics;
 mod preview;
 mod seed;
 mod service;
+mod shared_lease;
+mod waits;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
