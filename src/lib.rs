@@ -23,6 +23,7 @@ pub mod crm;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
+pub mod fingerprint;
 pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
