@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::change::ChangeCheck;
 use crate::clock::Clock;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
@@ -55,6 +56,12 @@ pub struct RunSummary {
     pub retrying: AtomicU64,
     /// Rows handed back because of a long rate limit.
     pub deferred: AtomicU64,
+    /// Rows recorded `Complete` without a request: their fingerprint
+    /// matched the one the CRM last confirmed.
+    pub unchanged: AtomicU64,
+    /// Rows the mapping's sync mode did not let through (`update_only` and
+    /// a new key, `create_only` and an existing record).
+    pub skipped: AtomicU64,
     /// The cycle under way, for progress lines.
     cycle: std::sync::Mutex<Option<CycleStart>>,
 }
@@ -74,10 +81,17 @@ impl RunSummary {
 
     /// Total rows processed.
     pub fn total(&self) -> u64 {
-        [&self.complete, &self.failed, &self.retrying, &self.deferred]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.complete,
+            &self.failed,
+            &self.retrying,
+            &self.deferred,
+            &self.unchanged,
+            &self.skipped,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -245,6 +259,8 @@ async fn cycle_until_done(
                     complete = run.summary.complete.load(Ordering::Relaxed),
                     error = run.summary.failed.load(Ordering::Relaxed),
                     retrying = run.summary.retrying.load(Ordering::Relaxed),
+                    unchanged = run.summary.unchanged.load(Ordering::Relaxed),
+                    skipped = run.summary.skipped.load(Ordering::Relaxed),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Finished sync cycle."
                 );
@@ -279,8 +295,9 @@ async fn drain(
         let mapping = mapping.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
+            let changes = ChangeCheck::new(&run.plan, &mapping);
             while !*run.shutdown.borrow() {
-                if process_one_batch(&run, &mapping, &queue).await? == 0 {
+                if process_one_batch(&run, &mapping, changes.as_ref(), &queue).await? == 0 {
                     break;
                 }
             }
@@ -297,6 +314,7 @@ async fn drain(
 async fn process_one_batch(
     run: &Run,
     mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
     queue: &Queue,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
@@ -308,8 +326,8 @@ async fn process_one_batch(
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
-    let outcomes = sync_rows(run, mapping, &mut rows).await;
-    let results = decide(run, mapping, &rows, outcomes);
+    let (outcomes, fingerprints) = sync_rows(run, mapping, changes, &mut rows).await;
+    let results = decide(run, mapping, &rows, outcomes, fingerprints);
     queue
         .record(&results)
         .await
@@ -317,17 +335,33 @@ async fn process_one_batch(
     Ok(rows.len())
 }
 
-/// Renders every row and sends one request per distinct key; outcomes in row order.
+/// Renders every row and sends one request per distinct key; outcomes in row order,
+/// with the fingerprint to store for each row the CRM confirms.
 /// Each row's columns move into its job (only the key stays behind, for
-/// `decide`'s log lines).
-async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) -> Vec<RowOutcome> {
+/// `decide`'s log lines). A row whose fingerprint matches the stored one is
+/// not sent.
+async fn sync_rows(
+    run: &Run,
+    mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
+    rows: &mut [ClaimedRow],
+) -> (Vec<RowOutcome>, Vec<Option<String>>) {
     // One pinned clock for the whole claim, formatted once.
     let now = Value::String(run.clock.utc().to_rfc3339());
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
     let mut jobs: Vec<RowJob> = Vec::with_capacity(rows.len());
     let mut rows_of_job: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
     let mut job_of_key: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+    let mut fingerprints: Vec<Option<String>> = vec![None; rows.len()];
     for (index, row) in rows.iter_mut().enumerate() {
+        if let Some(changes) = changes {
+            let check = changes.check(&mut row.row);
+            if check.unchanged {
+                outcomes[index] = Some(RowOutcome::Unchanged);
+                continue;
+            }
+            fingerprints[index] = Some(check.fingerprint);
+        }
         match render_job(run, mapping, row, &now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
@@ -336,6 +370,13 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
             Ok(job) => match job_of_key.get(&job.key) {
                 Some(&existing) => {
                     jobs[existing] = job;
+                    // The CRM gets this row's values, not the earlier rows':
+                    // their fingerprints must match nothing.
+                    for &earlier in &rows_of_job[existing] {
+                        if fingerprints[earlier].is_some() {
+                            fingerprints[earlier] = Some(String::new());
+                        }
+                    }
                     rows_of_job[existing].push(index);
                 }
                 None => {
@@ -346,16 +387,17 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
             },
         }
     }
-    let results = crate::crm::execute(&run.client, &jobs).await;
+    let results = crate::crm::execute_in_mode(&run.client, &jobs, mapping.mode).await;
     for (outcome, indexes) in results.into_iter().zip(rows_of_job) {
         for index in indexes {
             outcomes[index] = Some(outcome.clone());
         }
     }
-    outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.expect("every row has an outcome"))
-        .collect()
+        .collect();
+    (outcomes, fingerprints)
 }
 
 /// Renders one row's fields and builds its job: the key, and the context the
@@ -412,6 +454,7 @@ fn decide(
     mapping: &MappingPlan,
     rows: &[ClaimedRow],
     outcomes: Vec<RowOutcome>,
+    mut fingerprints: Vec<Option<String>>,
 ) -> Vec<RowResult> {
     let now = run.clock.utc();
     let schedule = &mapping.schedule;
@@ -420,13 +463,24 @@ fn decide(
     let mut batch = BatchCounts::default();
     let results = rows.iter()
         .zip(outcomes)
-        .map(|(row, outcome)| {
+        .zip(fingerprints.iter_mut())
+        .map(|((row, outcome), fingerprint)| {
             let key = row.row.get(&mapping.table.key_column).and_then(Value::as_str).unwrap_or_default();
             let update = match outcome {
                 RowOutcome::Synced { crm_id } => {
                     tracing::debug!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
                     batch.complete += 1;
-                    RowUpdate::Complete { crm_id }
+                    RowUpdate::Complete { crm_id, fingerprint: fingerprint.take() }
+                }
+                RowOutcome::Unchanged => {
+                    tracing::debug!(mapping = %mapping.name, row = %row.id, %key, "Row unchanged since the CRM confirmed it; not sent.");
+                    batch.unchanged += 1;
+                    RowUpdate::Complete { crm_id: None, fingerprint: None }
+                }
+                RowOutcome::Skipped { reason, crm_id } => {
+                    tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, "Row skipped by the sync mode.");
+                    batch.skipped += 1;
+                    RowUpdate::Skipped { reason, crm_id }
                 }
                 RowOutcome::Permanent(error) => {
                     tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, "Row failed permanently.");
@@ -461,12 +515,16 @@ fn decide(
         error = batch.failed,
         retrying = batch.retrying,
         deferred = batch.deferred,
+        unchanged = batch.unchanged,
+        skipped = batch.skipped,
         "Synced a batch."
     );
     summary.add(&summary.complete, batch.complete);
     summary.add(&summary.failed, batch.failed);
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
+    summary.add(&summary.unchanged, batch.unchanged);
+    summary.add(&summary.skipped, batch.skipped);
     results
 }
 
@@ -477,6 +535,8 @@ struct BatchCounts {
     failed: u64,
     retrying: u64,
     deferred: u64,
+    unchanged: u64,
+    skipped: u64,
 }
 
 /// Counts the rows due in every mapping of the run, so that progress lines
@@ -522,6 +582,8 @@ async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Dur
             complete = summary.complete.load(Ordering::Relaxed),
             error = summary.failed.load(Ordering::Relaxed),
             retrying = summary.retrying.load(Ordering::Relaxed),
+            unchanged = summary.unchanged.load(Ordering::Relaxed),
+            skipped = summary.skipped.load(Ordering::Relaxed),
             rows_per_sec = rate.round() as u64,
             cycle_done = done,
             cycle_due = due,

@@ -15,6 +15,7 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+pub mod change;
 pub mod check;
 pub mod cli;
 pub mod clock;

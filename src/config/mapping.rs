@@ -20,6 +20,16 @@ pub struct MappingFile {
     /// What a field that renders empty (or from a NULL column) becomes.
     #[serde(default)]
     pub on_empty: OnEmptyChoice,
+    /// What the sync may do to the CRM: create or update (`upsert`), only
+    /// update records that exist (`update_only`), or only create missing ones
+    /// (`create_only`). The last two need the connector's `upsert.lookup`.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// `engine migrate` installs triggers that set the processing status to
+    /// `Queued` when a row is inserted, or when a column the fields read
+    /// changes (not when only other columns, or the engine's state, change).
+    #[serde(default)]
+    pub queue_on_change: bool,
     /// Constants for the connector's templates, e.g. `list_ids = [3]`.
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
@@ -73,6 +83,12 @@ pub struct State {
     /// When a failed row may be tried again; while `Processing`, the lease deadline.
     #[serde(default)]
     pub next_retry_at: Option<String>,
+    /// Optional: a hash of the values the mapping last sent, written only once
+    /// the CRM confirmed them. A queued row whose values hash the same is
+    /// recorded `Complete` without a request (`unchanged`). No default: unset,
+    /// every queued row is sent.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// The seed's scheduler settings, with its defaults.
@@ -153,4 +169,30 @@ pub enum OnEmptyChoice {
     EmptyString,
     /// Send JSON `null`.
     Null,
+}
+
+/// What a sync may do to the CRM's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Create the record when the key is new, else update it.
+    #[default]
+    Upsert,
+    /// Update records that exist; a key the CRM does not know is skipped
+    /// (sync status `Skipped`, with the reason), never created.
+    UpdateOnly,
+    /// Create records for new keys; a record that exists is left untouched
+    /// (sync status `Skipped`, its id recorded).
+    CreateOnly,
+}
+
+impl SyncMode {
+    /// The name used in mapping files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Upsert => "upsert",
+            SyncMode::UpdateOnly => "update_only",
+            SyncMode::CreateOnly => "create_only",
+        }
+    }
 }

@@ -41,6 +41,15 @@ pub enum RowOutcome {
         /// Why.
         reason: String,
     },
+    /// Not written: the mapping's sync mode forbids it (see `modes.rs`).
+    Skipped {
+        /// Why, for the row's error column.
+        reason: String,
+        /// The existing record's id, when one exists.
+        crm_id: Option<String>,
+    },
+    /// Not sent: the CRM already confirmed these values (same fingerprint).
+    Unchanged,
 }
 
 /// Runs the connector's flow for every job; outcomes are in job order.

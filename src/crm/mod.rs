@@ -7,7 +7,9 @@ mod batch;
 mod client;
 pub mod concurrency;
 mod flow;
+mod modes;
 mod response;
 
 pub use client::{CrmClient, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};
+pub use modes::execute_in_mode;

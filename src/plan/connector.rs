@@ -52,6 +52,9 @@ pub struct ConnectorPlan {
     pub params: Map<String, Value>,
     /// The upsert flow.
     pub flow: Flow,
+    /// `upsert.lookup` whatever the flow: finds whether a record exists
+    /// before a write that a mapping's sync mode may forbid.
+    pub find: Option<OpPlan>,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
@@ -86,7 +89,7 @@ pub enum Flow {
 }
 
 /// A compiled request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OpPlan {
     /// `upsert.single`, `upsert.lookup`, ...
     pub label: String,
@@ -195,7 +198,7 @@ pub fn build(
         "errors.message_pointers",
         &raw.errors.message_pointers,
     );
-    let flow = build_flow(&mut ctx, &raw.upsert);
+    let (flow, find) = build_flow(&mut ctx, &raw.upsert);
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -221,6 +224,7 @@ pub fn build(
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,
+        find,
         reads_row,
     })
 }
@@ -504,11 +508,13 @@ fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
     }
 }
 
-fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
+/// The flow, and `upsert.lookup` (when declared and valid) for sync modes.
+fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> (Option<Flow>, Option<OpPlan>) {
     // `None`: not configured; `Some(None)`: configured, with errors reported.
     let mut build =
         |label: &str, op: &Option<Operation>| op.as_ref().map(|op| build_op(ctx, label, op));
     let lookup = build("upsert.lookup", &upsert.lookup);
+    let find = lookup.clone().flatten();
     let update = build("upsert.update", &upsert.update);
     let create = build("upsert.create", &upsert.create);
     let single = build("upsert.single", &upsert.single);
@@ -527,7 +533,7 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
             format!("add an [upsert.{what}] table, or choose another mode"),
         );
     };
-    match upsert.mode {
+    let flow = (|| match upsert.mode {
         UpsertMode::Single => match single {
             Some(upsert_op) => Some(Flow::Single {
                 upsert: upsert_op?,
@@ -567,7 +573,8 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
                 update: update??,
             })
         }
-    }
+    })();
+    (flow, find)
 }
 
 fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_update: bool) {

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::is_identifier;
 use super::templates::{VariableUse, check_tree};
-use crate::config::mapping::{OnEmptyChoice, Schedule};
+use crate::config::mapping::{OnEmptyChoice, Schedule, SyncMode};
 use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::store::TableSpec;
@@ -34,6 +34,10 @@ pub struct MappingPlan {
     pub variables: Vec<VariableUse>,
     /// The file, for diagnostics found later (database checks).
     pub source: SourceFile,
+    /// What the sync may do to the CRM's records.
+    pub mode: SyncMode,
+    /// Whether `engine migrate` installs the change triggers.
+    pub queue_on_change: bool,
 }
 
 /// Validates one mapping; `None` when it has errors.
@@ -53,6 +57,9 @@ pub fn build(
             .contains(&format!("connectors/{}", raw.connector))
     {
         diagnostics.push(missing_connector(source, &raw.connector, set));
+    }
+    if let Some(connector) = connector {
+        check_mode(source, raw.mode, connector, diagnostics);
     }
     let table = table_spec(raw);
     check_identifiers(source, raw, &table, diagnostics);
@@ -93,6 +100,8 @@ pub fn build(
         fields: fields?,
         variables,
         source: source.clone(),
+        mode: raw.mode,
+        queue_on_change: raw.queue_on_change,
     })
 }
 
@@ -114,12 +123,13 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         error: or(&state.error, format!("{prefix}_processing_error")),
         retry_count: or(&state.retry_count, "retry_count".into()),
         next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+        fingerprint: state.fingerprint.clone(),
     }
 }
 
 /// Every column name of a spec with the key path that sets it.
 pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
-    vec![
+    [
         ("source.id", spec.id_column.as_str()),
         ("source.key", spec.key_column.as_str()),
         ("state.processing_status", spec.processing_status.as_str()),
@@ -129,6 +139,13 @@ pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
         ("state.retry_count", spec.retry_count.as_str()),
         ("state.next_retry_at", spec.next_retry_at.as_str()),
     ]
+    .into_iter()
+    .chain(
+        spec.fingerprint
+            .as_deref()
+            .map(|name| ("state.fingerprint", name)),
+    )
+    .collect()
 }
 
 fn check_identifiers(
@@ -165,6 +182,31 @@ fn check_identifiers(
                     .hint("each state needs its own column"),
             );
         }
+    }
+}
+
+/// `update_only` and `create_only` look each key up first, with the
+/// connector's `upsert.lookup`.
+fn check_mode(
+    source: &SourceFile,
+    mode: SyncMode,
+    connector: &Loaded<ConnectorFile>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if mode != SyncMode::Upsert && connector.raw.upsert.lookup.is_none() {
+        diagnostics.push(
+            source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "mode",
+                    format!(
+                        "mode `{}` needs to know whether a record exists, but connector `{}` has no [upsert.lookup]",
+                        mode.as_str(),
+                        connector.name
+                    ),
+                )
+                .hint("add an [upsert.lookup] operation (find a record by {{key}}; 404 means none) to the connector, or use mode = \"upsert\""),
+        );
     }
 }
 

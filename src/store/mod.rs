@@ -83,6 +83,9 @@ pub struct TableSpec {
     /// When a `Queued` row may be tried again; the lease deadline while
     /// `Processing`.
     pub next_retry_at: String,
+    /// A hash of the values last confirmed by the CRM (see
+    /// [`crate::fingerprint`]); `None` when the mapping keeps none.
+    pub fingerprint: Option<String>,
 }
 
 /// One column of a table, as the database describes it.
@@ -150,8 +153,20 @@ impl ClaimedRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowUpdate {
     /// Processing and sync status `Complete`, the CRM id (kept as it was
-    /// when `None`), error NULL, retry count 0, next_retry_at NULL.
-    Complete { crm_id: Option<String> },
+    /// when `None`), error NULL, retry count 0, next_retry_at NULL, and the
+    /// fingerprint of what the CRM confirmed (kept as it was when `None`; an
+    /// empty string clears it so that it matches nothing).
+    Complete {
+        crm_id: Option<String>,
+        fingerprint: Option<String>,
+    },
+    /// Processing status `Complete` and sync status `Skipped`: the sync mode
+    /// forbade the write. The reason goes in the error column; the fingerprint
+    /// is cleared, so queueing the row again checks the CRM again.
+    Skipped {
+        reason: String,
+        crm_id: Option<String>,
+    },
     /// Back to `Queued` with the error text, to be tried at `next_retry_at`.
     RetryLater {
         error: String,
@@ -207,6 +222,7 @@ pub struct Queue {
 struct Statements {
     claim: String,
     record: String,
+    release_requeued: String,
     count_due: String,
 }
 
@@ -273,14 +289,19 @@ impl Queue {
     /// Fenced: a row is only written while it is still `Processing` under
     /// the result's lease, so a row that was reclaimed after its lease
     /// expired keeps its new owner's state.
+    ///
+    /// A row queued again while it was in flight (its values changed) is
+    /// not written either: it stays `Queued` and is made due now, so its
+    /// newer version is sent after this one (no lost update). That takes a
+    /// second statement only when some row was not written.
     pub async fn record(&self, results: &[RowResult]) -> anyhow::Result<u64> {
         if results.is_empty() {
             return Ok(0);
         }
-        let sql = &self.statements.record;
+        let (sql, release) = (&self.statements.record, &self.statements.release_requeued);
         let written = match &self.store {
-            Store::Sqlite(pool) => sqlite::record(pool, sql, results).await,
-            Store::Postgres(pool) => postgres::record(pool, sql, results).await,
+            Store::Sqlite(pool) => sqlite::record(pool, sql, release, results).await,
+            Store::Postgres(pool) => postgres::record(pool, sql, release, results).await,
         };
         written.with_context(|| format!("recording results in {}", self.spec.table))
     }
@@ -327,7 +348,7 @@ impl Store {
             return Ok(None);
         };
         let selected = select_columns(spec, &table_columns, columns);
-        let (claim, record) = match self {
+        let (claim, record, release_requeued) = match self {
             Store::Sqlite(pool) => sqlite::statements(pool, spec, &table_columns, &selected).await,
             Store::Postgres(_) => postgres::statements(spec, &table_columns, &selected),
         }
@@ -338,6 +359,7 @@ impl Store {
             statements: Arc::new(Statements {
                 claim,
                 record,
+                release_requeued,
                 count_due: sql::count_due_sql(spec),
             }),
         }))
@@ -559,7 +581,11 @@ fn select_columns<'c>(
         RowColumns::All => table.iter().collect(),
         RowColumns::Only(names) => table
             .iter()
-            .filter(|c| c.name == spec.key_column || names.contains(&c.name))
+            .filter(|c| {
+                c.name == spec.key_column
+                    || names.contains(&c.name)
+                    || spec.fingerprint.as_ref() == Some(&c.name)
+            })
             .collect(),
     }
 }

@@ -84,11 +84,25 @@ pub(super) fn statements(
     spec: &TableSpec,
     table: &[Column],
     returned: &[&Column],
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, String, String)> {
+    let id_type = id_type(spec, table)?;
     Ok((
         claim_sql(spec, &row_json(table, returned)),
-        record_sql(spec, id_type(spec, table)?),
+        record_sql(spec, id_type),
+        release_requeued_sql(spec, id_type),
     ))
+}
+
+/// Makes rows that were queued again while in flight (see
+/// [`super::Queue::record`]) due now. $1 = the write-backs.
+fn release_requeued_sql(spec: &TableSpec, id_type: &str) -> String {
+    format!(
+        "UPDATE {table} AS _t SET {due} = NULL          FROM jsonb_to_recordset($1::jsonb) AS v(id text, lease timestamptz)          WHERE _t.{id} = v.id::{id_type} AND {requeued}",
+        table = quote(&spec.table),
+        due = quote(&spec.next_retry_at),
+        id = quote(&spec.id_column),
+        requeued = sql::requeued_in_flight(spec),
+    )
 }
 
 pub(super) async fn claim(
@@ -148,13 +162,25 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     )
 }
 
-pub(super) async fn record(pool: &PgPool, sql: &str, results: &[RowResult]) -> anyhow::Result<u64> {
+pub(super) async fn record(
+    pool: &PgPool,
+    sql: &str,
+    release_requeued: &str,
+    results: &[RowResult],
+) -> anyhow::Result<u64> {
     let rows: Vec<WriteBack> = results.iter().map(|r| WriteBack::new(r, pg_time)).collect();
     let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(Json(rows))
+        .bind(Json(&rows))
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    let written = done.rows_affected();
+    if written < rows.len() as u64 {
+        sqlx::query(AssertSqlSafe(release_requeued))
+            .bind(Json(&rows))
+            .execute(pool)
+            .await?;
+    }
+    Ok(written)
 }
 
 /// One UPDATE … FROM over the JSON array of write-backs ($1).

@@ -74,8 +74,9 @@ fn state_columns(spec: &TableSpec) -> Vec<(&str, Kind)> {
         (spec.retry_count.as_str(), Kind::Count),
         (spec.next_retry_at.as_str(), Kind::Time),
     ];
+    let fingerprint = spec.fingerprint.as_deref().map(|name| (name, Kind::Text));
     let mut columns: Vec<(&str, Kind)> = Vec::new();
-    for (name, kind) in all {
+    for (name, kind) in all.into_iter().chain(fingerprint) {
         if !columns.iter().any(|(seen, _)| *seen == name) {
             columns.push((name, kind));
         }

@@ -13,6 +13,7 @@ pub(super) const QUEUED: &str = "Queued";
 pub(super) const PROCESSING: &str = "Processing";
 pub(super) const COMPLETE: &str = "Complete";
 pub(super) const ERROR: &str = "Error";
+pub(super) const SKIPPED: &str = "Skipped";
 
 /// Quotes an identifier. Names are validated upstream; doubling quotes keeps
 /// even an unvalidated name from escaping its quotes.
@@ -97,11 +98,12 @@ pub(super) struct WriteBack<'a> {
     error: Option<&'a str>,
     retry_count: Option<i64>,
     next_retry_at: Option<String>,
+    fingerprint: Option<&'a str>,
 }
 
 /// The fields of [`WriteBack`] in order, with the types PostgreSQL reads
 /// them as; SQLite reads the same names with `->>`.
-pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 10] = [
+pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
     ("id", "text"),
     ("handle", "bigint"),
     ("lease", "timestamptz"),
@@ -112,6 +114,7 @@ pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 10] = [
     ("error", "text"),
     ("retry_count", "bigint"),
     ("next_retry_at", "timestamptz"),
+    ("fingerprint", "text"),
 ];
 
 impl<'a> WriteBack<'a> {
@@ -129,14 +132,29 @@ impl<'a> WriteBack<'a> {
             error: None,
             retry_count: None,
             next_retry_at: None,
+            fingerprint: None,
         };
         match &result.update {
-            RowUpdate::Complete { crm_id } => WriteBack {
+            RowUpdate::Complete {
+                crm_id,
+                fingerprint,
+            } => WriteBack {
                 status: COMPLETE,
                 sync: Some(COMPLETE),
                 crm_id: crm_id.as_deref(),
                 set_error: true,
                 retry_count: Some(0),
+                fingerprint: fingerprint.as_deref(),
+                ..base
+            },
+            RowUpdate::Skipped { reason, crm_id } => WriteBack {
+                status: COMPLETE,
+                sync: Some(SKIPPED),
+                crm_id: crm_id.as_deref(),
+                set_error: true,
+                error: Some(reason),
+                retry_count: Some(0),
+                fingerprint: Some(""),
                 ..base
             },
             RowUpdate::RetryLater {
@@ -192,12 +210,37 @@ pub(super) fn record_assignments_and_fence(
         t_retries = t(&spec.retry_count),
         due = quote(&spec.next_retry_at),
     );
+    // Written only by a result that carries one: a `Complete` the CRM
+    // confirmed (or a `Skipped`, which clears it). Every other outcome keeps
+    // the last confirmed value.
+    let set = match &spec.fingerprint {
+        Some(column) => format!(
+            "{set}, {fp} = COALESCE(v.fingerprint, {t_fp})",
+            fp = quote(column),
+            t_fp = t(column)
+        ),
+        None => set,
+    };
     let fence = format!(
         "{fence_prefix}{} = '{PROCESSING}' AND {fence_prefix}{} = v.lease",
         t(&spec.processing_status),
         t(&spec.next_retry_at)
     );
     (set, fence)
+}
+
+/// A row set back to `Queued` while this result's claim had it in flight:
+/// the application (or a change trigger) queued a newer version, and left
+/// the lease in `next_retry_at` (`_t` is the row, `v` the write-back). The
+/// fenced record does not touch it, so the newer version is not marked
+/// `Complete` with the older one's fingerprint; clearing the lease makes it
+/// due now, after the older version's request has ended, never alongside it.
+pub(super) fn requeued_in_flight(spec: &TableSpec) -> String {
+    format!(
+        "_t.{status} = '{QUEUED}' AND _t.{due} = v.lease",
+        status = quote(&spec.processing_status),
+        due = quote(&spec.next_retry_at),
+    )
 }
 
 pub(super) fn status_counts(spec: &TableSpec) -> String {
@@ -321,6 +364,7 @@ mod tests {
             error: "e".into(),
             retry_count: "r".into(),
             next_retry_at: "n".into(),
+            fingerprint: None,
         };
         let a = claim_index_name(&spec("a_very_long_processing_status_one"));
         let b = claim_index_name(&spec("a_very_long_processing_status_two"));

@@ -2,6 +2,7 @@
 
 mod auth;
 mod batch;
+mod changes;
 mod check;
 mod contract;
 mod e2e;

@@ -180,6 +180,7 @@ fn seed_spec(table: &str) -> TableSpec {
         error: "hubspot_processing_error".into(),
         retry_count: "retry_count".into(),
         next_retry_at: "next_retry_at".into(),
+        fingerprint: None,
     }
 }
 
@@ -261,7 +262,13 @@ fn ids(claimed: &[ClaimedRow]) -> HashSet<String> {
 
 fn complete(claimed: &ClaimedRow) -> RowResult {
     let crm_id = Some(format!("crm-{}", claimed.id));
-    RowResult::of(claimed, RowUpdate::Complete { crm_id })
+    RowResult::of(
+        claimed,
+        RowUpdate::Complete {
+            crm_id,
+            fingerprint: None,
+        },
+    )
 }
 
 async fn migrate_creates_the_seed_table_which_accepts_the_seed_rows(db: TestDb) {
@@ -670,8 +677,12 @@ async fn record_writes_a_mixed_slice_in_one_call(db: TestDb) {
     let updates = [
         RowUpdate::Complete {
             crm_id: Some("176559342616".into()),
+            fingerprint: None,
         },
-        RowUpdate::Complete { crm_id: None },
+        RowUpdate::Complete {
+            crm_id: None,
+            fingerprint: None,
+        },
         RowUpdate::RetryLater {
             error: "HTTP 500".into(),
             retry_count: 2,

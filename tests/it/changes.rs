@@ -1,0 +1,359 @@
+//! Change detection in queue mode: fingerprints (unchanged rows are not sent),
+//! change triggers, and sync modes, against the sandbox on both backends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::clock::{Clock, ManualClock};
+use engine::engine::RunSummary;
+use engine::plan::Plan;
+use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::store::{Backend, RowResult, RowUpdate};
+use serde_json::{Map, Value, json};
+
+use crate::on_both_backends;
+use crate::support::{ConfigDir, TestDb, execute, plan_and_migrate, quiet, run_to_end};
+
+const IDS: [&str; 3] = [
+    "4b4be366-da73-4926-83a2-2fddb9a77d95",
+    "bbe6872a-f479-4d76-a943-fb6c182963d4",
+    "abde1d25-7c5b-4f0c-aada-e0886dd28ab3",
+];
+
+/// A mapping of `connector` over `table` with a fingerprint column; `extra`
+/// goes at the top (e.g. `mode = "update_only"`).
+fn mapping(connector: &str, table: &str, extra: &str) -> String {
+    let fields = match connector {
+        "hubspot" => {
+            "email = \"{{lower (trim email)}}\"\nfirstname = \"{{first_name name}}\"\nlastname = \"{{last_name name}}\"\nsync_date = \"{{today}}\""
+        }
+        _ => "FIRSTNAME = \"{{first_name name}}\"\nLASTNAME = \"{{last_name name}}\"",
+    };
+    format!(
+        "connector = \"{connector}\"\n{extra}\n\
+         [source]\ntable = \"{table}\"\n\
+         [state]\nfingerprint = \"{connector}_fingerprint\"\n\
+         [schedule]\nbatch_size = 100\nlease_secs = 60\n\
+         [fields]\n{fields}\n"
+    )
+}
+
+/// The sandbox, a database, and one mapping of a shipped connector.
+struct Harness {
+    db: TestDb,
+    plan: Arc<Plan>,
+    env: BTreeMap<String, String>,
+    sandbox: Sandbox,
+    clock: ManualClock,
+    connector: &'static str,
+    config: ConfigDir,
+}
+
+impl Harness {
+    async fn new(backend: Backend, connector: &'static str, extra: &str) -> Option<Harness> {
+        engine::install_crypto_provider();
+        let db = TestDb::open(backend).await?;
+        let sandbox = Sandbox::start(SandboxOptions {
+            port: 0,
+            ..SandboxOptions::default()
+        })
+        .await
+        .unwrap();
+        let config = ConfigDir::shipped();
+        config.write(
+            &format!("mappings/{connector}.toml"),
+            &mapping(connector, &db.table, extra),
+        );
+        let other = if connector == "hubspot" {
+            "brevo"
+        } else {
+            "hubspot"
+        };
+        std::fs::remove_file(config.path().join(format!("mappings/{other}.toml"))).unwrap();
+        let env = engine::demo::sandbox_env(&sandbox.base_url());
+        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
+        Some(Harness {
+            db,
+            plan,
+            env,
+            sandbox,
+            clock: ManualClock::new(chrono::Utc::now()),
+            connector,
+            config,
+        })
+    }
+
+    /// Re-reads the config (after an edit) and migrates again.
+    async fn replan(&mut self) {
+        self.plan = plan_and_migrate(&self.config, &self.env, &self.db, &[self.connector]).await;
+    }
+
+    fn status_column(&self) -> String {
+        format!("{}_processing_status", self.connector)
+    }
+
+    async fn insert(&self, ids: &[&str]) {
+        let rows: Vec<Map<String, Value>> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let mut row = json!({
+                    "id": id,
+                    "email": format!("person{n}@example.com"),
+                    "name": format!("Ann Person{n}"),
+                    "retry_count": 0,
+                });
+                row[self.status_column()] = "Queued".into();
+                row.as_object().unwrap().clone()
+            })
+            .collect();
+        self.db
+            .store
+            .insert_rows(&self.db.table, &rows)
+            .await
+            .unwrap();
+    }
+
+    async fn queue_all(&self) {
+        let spec = &self.plan.mappings[self.connector].table;
+        self.db.store.queue_all(spec).await.unwrap();
+    }
+
+    async fn sql(&self, sql: String) {
+        execute(&self.db.store, sql).await;
+    }
+
+    async fn run(&self) -> Arc<RunSummary> {
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        run_to_end(
+            &self.plan,
+            self.connector,
+            &self.db,
+            &self.env,
+            clock,
+            quiet(),
+        )
+        .await
+    }
+
+    async fn row(&self, id: &str) -> Map<String, Value> {
+        let spec = &self.plan.mappings[self.connector].table;
+        self.db.store.fetch_row(spec, id).await.unwrap().unwrap()
+    }
+
+    fn requests(&self) -> u64 {
+        self.sandbox.stats()["requests"]
+            .as_object()
+            .map_or(0, |routes| routes.values().filter_map(Value::as_u64).sum())
+    }
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn text(row: &Map<String, Value>, column: &str) -> Option<String> {
+    row.get(column).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The first name HubSpot holds for `email`.
+fn hubspot_firstname(sandbox: &Sandbox, email: &str) -> Option<String> {
+    sandbox
+        .hubspot_contacts()
+        .iter()
+        .find(|c| c["properties"]["email"] == email)
+        .and_then(|c| c["properties"]["firstname"].as_str().map(str::to_string))
+}
+
+on_both_backends!(
+    a_queued_row_whose_values_did_not_change_is_not_sent_again,
+    editing_the_mapping_sends_every_row_once_more,
+    a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerprint,
+    a_row_updated_while_in_flight_is_sent_again_afterwards,
+);
+
+async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Backend) {
+    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+        return;
+    };
+    h.insert(&IDS).await;
+    let first = h.run().await;
+    assert_eq!(count(&first.complete), 3);
+    let sent = h.requests();
+    assert_eq!(sent, 1, "one batch upsert of three rows");
+    let fingerprint = text(&h.row(IDS[0]).await, "hubspot_fingerprint").unwrap();
+    assert_eq!(fingerprint.len(), 32);
+
+    // A day later ({{today}} renders another date, but reads no column) the
+    // application queues every row again without changing them.
+    h.clock.advance(Duration::from_secs(86_400));
+    h.queue_all().await;
+    let again = h.run().await;
+    assert_eq!(h.requests(), sent, "no request for unchanged rows");
+    assert_eq!(count(&again.unchanged), 3);
+    assert_eq!(count(&again.complete), 0);
+    let row = h.row(IDS[0]).await;
+    assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Complete");
+    assert!(
+        text(&row, "hubspot_contact_id").is_some(),
+        "the CRM id is kept"
+    );
+
+    // One row's name changes: only it is sent.
+    let table = &h.db.table;
+    h.sql(format!(
+        "UPDATE \"{table}\" SET name = 'Bea Person0' WHERE id = '{}'",
+        IDS[0]
+    ))
+    .await;
+    h.queue_all().await;
+    let changed = h.run().await;
+    assert_eq!(h.requests(), sent + 1);
+    assert_eq!(
+        (count(&changed.complete), count(&changed.unchanged)),
+        (1, 2)
+    );
+    assert_eq!(
+        hubspot_firstname(&h.sandbox, "person0@example.com").as_deref(),
+        Some("Bea")
+    );
+    assert_ne!(
+        text(&h.row(IDS[0]).await, "hubspot_fingerprint").unwrap(),
+        fingerprint
+    );
+}
+
+async fn editing_the_mapping_sends_every_row_once_more(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, "hubspot", "").await else {
+        return;
+    };
+    h.insert(&IDS).await;
+    h.run().await;
+    let before = text(&h.row(IDS[1]).await, "hubspot_fingerprint").unwrap();
+
+    h.config.edit(
+        "mappings/hubspot.toml",
+        "firstname = \"{{first_name name}}\"",
+        "firstname = \"{{upper (first_name name)}}\"",
+    );
+    h.replan().await;
+    h.queue_all().await;
+    let edited = h.run().await;
+    assert_eq!((count(&edited.complete), count(&edited.unchanged)), (3, 0));
+    assert_eq!(
+        hubspot_firstname(&h.sandbox, "person1@example.com").as_deref(),
+        Some("ANN")
+    );
+    assert_ne!(
+        text(&h.row(IDS[1]).await, "hubspot_fingerprint").unwrap(),
+        before
+    );
+
+    // Sent once: queued again, they are unchanged under the edited mapping.
+    h.queue_all().await;
+    let again = h.run().await;
+    assert_eq!((count(&again.complete), count(&again.unchanged)), (0, 3));
+}
+
+async fn a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerprint(
+    backend: Backend,
+) {
+    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+        return;
+    };
+    h.insert(&IDS[..1]).await;
+    // A run claims the row and sends it, then dies before recording.
+    let spec = h.plan.mappings["hubspot"].table.clone();
+    let now = h.clock.utc();
+    let claimed =
+        h.db.store
+            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let sent = reqwest::Client::new()
+        .post(format!(
+            "{}/crm/v3/objects/contacts/batch/upsert",
+            h.sandbox.base_url()
+        ))
+        .bearer_auth("demo-token")
+        .json(
+            &json!({"inputs": [{"idProperty": "email", "id": "person0@example.com",
+            "properties": {"email": "person0@example.com", "firstname": "Ann"}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success());
+    let row = h.row(IDS[0]).await;
+    assert_eq!(
+        text(&row, "hubspot_processing_status").unwrap(),
+        "Processing"
+    );
+    assert_eq!(text(&row, "hubspot_fingerprint"), None, "not confirmed yet");
+
+    // The next run after the lease reclaims and re-sends it: still one record.
+    h.clock.advance(Duration::from_secs(61));
+    let requests = h.requests();
+    let rerun = h.run().await;
+    assert_eq!(count(&rerun.complete), 1);
+    assert_eq!(h.requests(), requests + 1, "sent again, not skipped");
+    assert_eq!(h.sandbox.hubspot_contacts().len(), 1);
+    let row = h.row(IDS[0]).await;
+    assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Complete");
+    assert!(text(&row, "hubspot_fingerprint").is_some());
+}
+
+async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend) {
+    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+        return;
+    };
+    h.insert(&IDS[..1]).await;
+    let spec = h.plan.mappings["hubspot"].table.clone();
+    let now = h.clock.utc();
+    let claimed =
+        h.db.store
+            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+    // While the first version is in flight, the application changes the
+    // name and queues the row again (as a change trigger would).
+    let table = &h.db.table;
+    h.sql(format!(
+        "UPDATE \"{table}\" SET name = 'Bea Person0', hubspot_processing_status = 'Queued' WHERE id = '{}'",
+        IDS[0]
+    ))
+    .await;
+    // The first version's result arrives: it must not mark the new one done.
+    let written =
+        h.db.store
+            .record(
+                &spec,
+                &[RowResult::of(
+                    &claimed[0],
+                    RowUpdate::Complete {
+                        crm_id: Some("1".into()),
+                        fingerprint: Some("f".repeat(32)),
+                    },
+                )],
+            )
+            .await
+            .unwrap();
+    assert_eq!(written, 0);
+    let row = h.row(IDS[0]).await;
+    assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Queued");
+    assert_eq!(text(&row, "hubspot_fingerprint"), None);
+    assert_eq!(
+        row["next_retry_at"],
+        Value::Null,
+        "due now, not at the lease"
+    );
+
+    let rerun = h.run().await;
+    assert_eq!(count(&rerun.complete), 1);
+    assert_eq!(
+        hubspot_firstname(&h.sandbox, "person0@example.com").as_deref(),
+        Some("Bea")
+    );
+}
