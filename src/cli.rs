@@ -35,7 +35,7 @@ const EXAMPLES: &str = "\
 Examples:
   engine demo                                  try it: SQLite + the sandbox, no account
   engine check --database sqlite://engine.db   validate config, tables and columns
-  engine migrate --mapping hubspot --print     SQL for the state columns a mapping needs
+  engine migrate --mapping hubspot --print     SQL for the state columns (and triggers) a mapping needs
   engine run --connector hubspot               sync until nothing is claimable
   engine run --connector brevo --watch         every interval_secs, until SIGINT/SIGTERM
   engine status --connector hubspot            counts per status, latest errors
@@ -132,6 +132,10 @@ pub enum Command {
         /// Print the SQL instead of running it.
         #[arg(long)]
         print: bool,
+        /// With --print: show the change-trigger SQL (`queue_on_change`) for
+        /// this database kind, without connecting to one.
+        #[arg(long, value_enum, requires = "print", value_name = "KIND")]
+        dialect: Option<Dialect>,
         #[command(flatten)]
         location: Location,
     },
@@ -199,8 +203,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate {
             mapping,
             print,
+            dialect,
             location,
-        } => migrate(&mapping, print, &location).await,
+        } => match dialect {
+            Some(dialect) => print_change_triggers(&mapping, dialect, &location),
+            None => migrate(&mapping, print, &location).await,
+        },
         Command::Sandbox(options) => crate::sandbox::serve_forever(options)
             .await
             .map(|()| ExitCode::SUCCESS),
@@ -212,9 +220,14 @@ async fn check(config_dir: PathBuf, database: Option<String>) -> anyhow::Result<
     let mut checked = check_dir(&config_dir, &ProcessEnv);
     if let (Some(url), false) = (database, checked.has_errors()) {
         let store = Store::connect(&url).await?;
-        checked.diagnostics.extend(
-            check_database(checked.plan.mappings.values().map(|m| m.as_ref()), &store).await?,
-        );
+        let mappings = || checked.plan.mappings.values().map(|m| m.as_ref());
+        let mut found = check_database(mappings(), &store).await?;
+        if !found.iter().any(crate::diagnostic::Diagnostic::is_error) {
+            found.extend(
+                crate::change::check_change_triggers(&store, &checked.plan, mappings()).await?,
+            );
+        }
+        checked.diagnostics.extend(found);
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
@@ -359,6 +372,39 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// Which database `migrate --print --dialect` writes SQL for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+fn print_change_triggers(
+    mapping: &str,
+    dialect: Dialect,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
+    let mapping = plan
+        .mappings
+        .get(mapping)
+        .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
+    let backend = match dialect {
+        Dialect::Sqlite => crate::store::Backend::Sqlite,
+        Dialect::Postgres => crate::store::Backend::Postgres,
+    };
+    println!(
+        "-- change triggers of mapping `{}` on {backend}: queue a row of `{}` when it is inserted, or when a column the mapping reads changes",
+        mapping.name, mapping.table.table
+    );
+    for statement in crate::change::change_trigger_sql_for(&plan, mapping, backend)? {
+        println!("{statement};");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
         return Ok(ExitCode::from(2));
@@ -389,11 +435,18 @@ async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Res
         .get(mapping)
         .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
     let store = Store::connect(&location.database).await?;
-    let statements = if print {
+    let mut statements = if print {
         store.migration_sql(&mapping.table).await?
     } else {
         store.migrate(&mapping.table).await?
     };
+    // Triggers are planned on the migrated table: a fresh database shows
+    // them once the table exists.
+    let triggers = crate::change::change_trigger_migration(&store, &plan, mapping).await?;
+    if !print {
+        store.run_statements(&triggers).await?;
+    }
+    statements.extend(triggers);
     if statements.is_empty() {
         println!(
             "-- table `{}` already has every column mapping `{}` needs",

@@ -26,6 +26,7 @@ mod postgres;
 mod schema;
 mod sql;
 mod sqlite;
+mod triggers;
 
 use std::fmt;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use serde_json::{Map, Value};
 use sqlx::{PgPool, SqlitePool};
 
 pub use lock::InstanceGuard;
+pub use triggers::{ChangeTriggers, TriggerState};
 
 /// A database the engine reads rows from and writes their status to.
 #[derive(Debug, Clone)]
@@ -481,6 +483,38 @@ impl Store {
             Store::Postgres(pool) => run_in_transaction(pool, &statements).await?,
         }
         Ok(statements)
+    }
+
+    /// The names of the triggers on `table` (none when it does not exist).
+    pub async fn trigger_names(&self, table: &str) -> anyhow::Result<Vec<String>> {
+        let names = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1 ORDER BY name",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT tgname::text FROM pg_trigger \
+                     WHERE tgrelid = to_regclass(quote_ident($1)) AND NOT tgisinternal ORDER BY 1",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+            }
+        };
+        names.with_context(|| format!("listing the triggers of {table}"))
+    }
+
+    /// Runs `statements` in one transaction (`engine migrate`).
+    pub async fn run_statements(&self, statements: &[String]) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(pool) => run_in_transaction(pool, statements).await,
+            Store::Postgres(pool) => run_in_transaction(pool, statements).await,
+        }
     }
 
     /// Takes one of `max_instances` slots named `lock_name` (e.g.

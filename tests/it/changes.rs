@@ -357,3 +357,202 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
         Some("Bea")
     );
 }
+
+impl Harness {
+    /// What `engine migrate` adds for the change triggers, run.
+    async fn install_triggers(&self) -> Vec<String> {
+        let mapping = &self.plan.mappings[self.connector];
+        let sql = engine::change::change_trigger_migration(&self.db.store, &self.plan, mapping)
+            .await
+            .unwrap();
+        self.db.store.run_statements(&sql).await.unwrap();
+        sql
+    }
+
+    async fn trigger_warnings(&self) -> Vec<String> {
+        let mapping = self.plan.mappings[self.connector].as_ref();
+        engine::change::check_change_triggers(&self.db.store, &self.plan, [mapping])
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
+    async fn status_of(&self, id: &str) -> Option<String> {
+        text(&self.row(id).await, &self.status_column())
+    }
+
+    async fn insert_unqueued(&self, id: &str, email: &str) {
+        let row = json!({"id": id, "email": email, "name": "Cy Unqueued", "retry_count": 0});
+        self.db
+            .store
+            .insert_rows(&self.db.table, &[row.as_object().unwrap().clone()])
+            .await
+            .unwrap();
+    }
+}
+
+on_both_backends!(
+    change_triggers_queue_a_row_when_a_column_the_mapping_reads_changes_and_only_then,
+    engine_check_says_when_change_triggers_are_missing_or_stale_and_migrate_replaces_them,
+    a_row_the_trigger_queues_while_in_flight_is_sent_again_afterwards,
+);
+
+async fn change_triggers_queue_a_row_when_a_column_the_mapping_reads_changes_and_only_then(
+    backend: Backend,
+) {
+    let Some(h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+        return;
+    };
+    assert_eq!(
+        h.install_triggers().await.len(),
+        match backend {
+            Backend::Sqlite => 2,
+            Backend::Postgres => 3,
+        }
+    );
+    // An insert queues the row, whatever status it was given.
+    h.insert_unqueued(IDS[0], "cy@example.com").await;
+    assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Queued"));
+    // The engine's own writes (claim, record) do not queue it again.
+    let first = h.run().await;
+    assert_eq!(count(&first.complete), 1);
+    assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Complete"));
+
+    let table = &h.db.table;
+    let id = IDS[0];
+    // A column the mapping does not read, and a read column set to its own value.
+    h.sql(format!(
+        "UPDATE \"{table}\" SET phone_number = '+33612345678' WHERE id = '{id}'"
+    ))
+    .await;
+    h.sql(format!(
+        "UPDATE \"{table}\" SET name = 'Cy Unqueued' WHERE id = '{id}'"
+    ))
+    .await;
+    assert_eq!(h.status_of(id).await.as_deref(), Some("Complete"));
+    let idle = h.run().await;
+    assert_eq!(count(&idle.complete) + count(&idle.unchanged), 0);
+
+    // A read column that changes queues it, and the new value reaches the CRM.
+    h.sql(format!(
+        "UPDATE \"{table}\" SET name = 'Dee Changed' WHERE id = '{id}'"
+    ))
+    .await;
+    assert_eq!(h.status_of(id).await.as_deref(), Some("Queued"));
+    let changed = h.run().await;
+    assert_eq!(count(&changed.complete), 1);
+    assert_eq!(
+        hubspot_firstname(&h.sandbox, "cy@example.com").as_deref(),
+        Some("Dee")
+    );
+    assert_eq!(h.status_of(id).await.as_deref(), Some("Complete"));
+}
+
+async fn engine_check_says_when_change_triggers_are_missing_or_stale_and_migrate_replaces_them(
+    backend: Backend,
+) {
+    let Some(mut h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+        return;
+    };
+    let missing = h.trigger_warnings().await;
+    assert_eq!(missing.len(), 1);
+    assert!(missing[0].contains("are not installed"), "{missing:?}");
+    h.install_triggers().await;
+    assert!(h.trigger_warnings().await.is_empty());
+    let installed = h.db.store.trigger_names(&h.db.table).await.unwrap();
+    assert_eq!(installed.len(), 2);
+
+    // The mapping now reads phone_number too: the triggers are stale.
+    h.config.edit(
+        "mappings/hubspot.toml",
+        "[fields]\n",
+        "[fields]\nphone = \"{{phone_number}}\"\n",
+    );
+    h.replan().await;
+    let stale = h.trigger_warnings().await;
+    assert_eq!(stale.len(), 1);
+    assert!(stale[0].contains("are stale"), "{stale:?}");
+    assert!(stale[0].contains("phone_number"), "{stale:?}");
+    h.install_triggers().await;
+    assert!(h.trigger_warnings().await.is_empty());
+    let replaced = h.db.store.trigger_names(&h.db.table).await.unwrap();
+    assert_eq!(replaced.len(), 2);
+    assert!(replaced.iter().all(|n| !installed.contains(n)));
+    // And they watch the new column.
+    h.insert_unqueued(IDS[0], "cy@example.com").await;
+    h.run().await;
+    let table = &h.db.table;
+    h.sql(format!(
+        "UPDATE \"{table}\" SET phone_number = '+33612345678' WHERE id = '{}'",
+        IDS[0]
+    ))
+    .await;
+    assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Queued"));
+}
+
+async fn a_row_the_trigger_queues_while_in_flight_is_sent_again_afterwards(backend: Backend) {
+    let Some(h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+        return;
+    };
+    h.install_triggers().await;
+    h.insert_unqueued(IDS[0], "cy@example.com").await;
+    let spec = h.plan.mappings["hubspot"].table.clone();
+    let now = h.clock.utc();
+    let claimed =
+        h.db.store
+            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let table = &h.db.table;
+    h.sql(format!(
+        "UPDATE \"{table}\" SET name = 'Dee Changed' WHERE id = '{}'",
+        IDS[0]
+    ))
+    .await;
+    assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Queued"));
+    let complete = RowUpdate::Complete {
+        crm_id: Some("1".into()),
+        fingerprint: Some("f".repeat(32)),
+    };
+    let written =
+        h.db.store
+            .record(&spec, &[RowResult::of(&claimed[0], complete)])
+            .await
+            .unwrap();
+    assert_eq!(written, 0, "the older version does not mark the row done");
+    let rerun = h.run().await;
+    assert_eq!(count(&rerun.complete), 1);
+    assert_eq!(
+        hubspot_firstname(&h.sandbox, "cy@example.com").as_deref(),
+        Some("Dee")
+    );
+}
+
+#[test]
+fn migrate_print_shows_the_change_triggers_for_either_database_kind() {
+    let config = ConfigDir::shipped();
+    config.edit(
+        "mappings/hubspot.toml",
+        "connector = \"hubspot\"\n",
+        "connector = \"hubspot\"\nqueue_on_change = true\n",
+    );
+    let print = |dialect: &str| {
+        crate::support::run_engine(
+            config.path(),
+            &[
+                "migrate",
+                "--mapping",
+                "hubspot",
+                "--print",
+                "--dialect",
+                dialect,
+            ],
+            &[],
+        )
+    };
+    insta::assert_snapshot!("change_triggers_postgres", print("postgres"));
+    insta::assert_snapshot!("change_triggers_sqlite", print("sqlite"));
+}
