@@ -158,7 +158,7 @@ async fn resolve(
 
 /// The job without `names` in its fields; `None` when it has none of them (so a
 /// rule that fires again cannot loop).
-fn without_fields(job: &RowJob, names: &[String]) -> Option<RowJob> {
+pub(super) fn without_fields(job: &RowJob, names: &[String]) -> Option<RowJob> {
     let fields = job.ctx.get("fields")?.as_object()?;
     if !names.iter().any(|name| fields.contains_key(name)) {
         return None;

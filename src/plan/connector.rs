@@ -52,12 +52,24 @@ pub struct ConnectorPlan {
     pub params: Map<String, Value>,
     /// The upsert flow.
     pub flow: Flow,
-    /// `upsert.lookup` whatever the flow: finds whether a record exists
-    /// before a write that a mapping's sync mode may forbid.
-    pub find: Option<OpPlan>,
+    /// `upsert.lookup`, `upsert.create` and `upsert.update` whatever the
+    /// flow, for the sync modes that forbid some writes.
+    pub keyed: KeyedOps,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
+}
+
+/// The one-record operations a connector declares, kept apart from its flow
+/// for the mapping sync modes `update_only` and `create_only`.
+#[derive(Debug, Default)]
+pub struct KeyedOps {
+    /// Finds a record's id by key; a 404 (or a `not_found` rule) means none.
+    pub lookup: Option<OpPlan>,
+    /// Creates a record; a rule saying `update` or `lookup` means it exists.
+    pub create: Option<OpPlan>,
+    /// Updates the record `{{id}}`.
+    pub update: Option<OpPlan>,
 }
 
 /// How a record is upserted.
@@ -198,7 +210,7 @@ pub fn build(
         "errors.message_pointers",
         &raw.errors.message_pointers,
     );
-    let (flow, find) = build_flow(&mut ctx, &raw.upsert);
+    let (flow, keyed) = build_flow(&mut ctx, &raw.upsert);
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -224,7 +236,7 @@ pub fn build(
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,
-        find,
+        keyed,
         reads_row,
     })
 }
@@ -508,15 +520,26 @@ fn check_pointer(ctx: &mut Ctx<'_>, path: &str, pointer: &str) {
     }
 }
 
-/// The flow, and `upsert.lookup` (when declared and valid) for sync modes.
-fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> (Option<Flow>, Option<OpPlan>) {
+/// The flow, and the one-record operations (when declared and valid) for
+/// sync modes.
+fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> (Option<Flow>, KeyedOps) {
     // `None`: not configured; `Some(None)`: configured, with errors reported.
     let mut build =
         |label: &str, op: &Option<Operation>| op.as_ref().map(|op| build_op(ctx, label, op));
     let lookup = build("upsert.lookup", &upsert.lookup);
-    let find = lookup.clone().flatten();
     let update = build("upsert.update", &upsert.update);
-    let create = build("upsert.create", &upsert.create);
+    let mut create = build("upsert.create", &upsert.create);
+    if let Some(Some(create)) = &mut create {
+        create.repeatable = create
+            .rules
+            .iter()
+            .any(|rule| matches!(rule.then, RuleAction::Update | RuleAction::Lookup));
+    }
+    let keyed = KeyedOps {
+        lookup: lookup.clone().flatten(),
+        create: create.clone().flatten(),
+        update: update.clone().flatten(),
+    };
     let single = build("upsert.single", &upsert.single);
     let batch = upsert.batch.as_ref().map(|op| build_batch(ctx, op));
     let all_ops = [&single, &lookup, &create, &update];
@@ -562,19 +585,14 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> (Option<Flow>, Option<OpPla
                     missing(ctx, what);
                 }
             }
-            let mut create = create??;
-            create.repeatable = create
-                .rules
-                .iter()
-                .any(|rule| matches!(rule.then, RuleAction::Update | RuleAction::Lookup));
             Some(Flow::LookupThenWrite {
                 lookup: lookup??,
-                create,
+                create: create??,
                 update: update??,
             })
         }
     })();
-    (flow, find)
+    (flow, keyed)
 }
 
 fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_update: bool) {

@@ -185,24 +185,32 @@ fn check_identifiers(
     }
 }
 
-/// `update_only` and `create_only` look each key up first, with the
-/// connector's `upsert.lookup`.
+/// `update_only` looks each key up with the connector's `upsert.lookup`;
+/// `create_only` uses its `upsert.create` (a conflict means the record
+/// exists), else the lookup.
 fn check_mode(
     source: &SourceFile,
     mode: SyncMode,
     connector: &Loaded<ConnectorFile>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    if mode != SyncMode::Upsert && connector.raw.upsert.lookup.is_none() {
+    let upsert = &connector.raw.upsert;
+    let can_tell = match mode {
+        SyncMode::Upsert => true,
+        SyncMode::UpdateOnly => upsert.lookup.is_some(),
+        SyncMode::CreateOnly => upsert.lookup.is_some() || upsert.create.is_some(),
+    };
+    if !can_tell {
         diagnostics.push(
             source
                 .diagnostic_at_value(
                     Severity::Error,
                     "mode",
                     format!(
-                        "mode `{}` needs to know whether a record exists, but connector `{}` has no [upsert.lookup]",
+                        "mode `{}` needs to know whether a record exists, but connector `{}` has no [upsert.lookup]{}",
                         mode.as_str(),
-                        connector.name
+                        connector.name,
+                        if mode == SyncMode::CreateOnly { " nor [upsert.create]" } else { "" }
                     ),
                 )
                 .hint("add an [upsert.lookup] operation (find a record by {{key}}; 404 means none) to the connector, or use mode = \"upsert\""),

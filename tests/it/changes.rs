@@ -556,3 +556,153 @@ fn migrate_print_shows_the_change_triggers_for_either_database_kind() {
     insta::assert_snapshot!("change_triggers_postgres", print("postgres"));
     insta::assert_snapshot!("change_triggers_sqlite", print("sqlite"));
 }
+
+/// The first names the CRM holds, by email.
+fn crm_first_names(h: &Harness) -> BTreeMap<String, String> {
+    let (contacts, email, first) = match h.connector {
+        "hubspot" => (
+            h.sandbox.hubspot_contacts(),
+            "/properties/email",
+            "/properties/firstname",
+        ),
+        _ => (
+            h.sandbox.brevo_contacts(),
+            "/email",
+            "/attributes/FIRSTNAME",
+        ),
+    };
+    contacts
+        .iter()
+        .map(|c| {
+            let get = |p: &str| {
+                c.pointer(p)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (get(email), get(first))
+        })
+        .collect()
+}
+
+/// Creates `person0@example.com` named "Old" in the CRM, as someone else did.
+async fn seed_crm_contact(h: &Harness) {
+    let client = reqwest::Client::new();
+    let base = h.sandbox.base_url();
+    let sent = match h.connector {
+        "hubspot" => client
+            .post(format!("{base}/crm/v3/objects/contacts"))
+            .bearer_auth("demo-token")
+            .json(&json!({"properties": {"email": "person0@example.com", "firstname": "Old"}})),
+        _ => client
+            .post(format!("{base}/v3/contacts"))
+            .header("api-key", "demo-key")
+            .json(&json!({"email": "person0@example.com", "attributes": {"FIRSTNAME": "Old"}})),
+    }
+    .send()
+    .await
+    .unwrap();
+    assert!(sent.status().is_success(), "{:?}", sent.text().await);
+}
+
+async fn run_in_mode(backend: Backend, connector: &'static str, mode: &str) -> Option<Harness> {
+    let h = Harness::new(backend, connector, &format!("mode = \"{mode}\"")).await?;
+    seed_crm_contact(&h).await;
+    h.insert(&IDS).await;
+    let summary = h.run().await;
+    let expected = match mode {
+        "update_only" => (1, 2),
+        _ => (2, 1),
+    };
+    assert_eq!(
+        (count(&summary.complete), count(&summary.skipped)),
+        expected,
+        "{connector} {mode}"
+    );
+    Some(h)
+}
+
+fn sync_status(h: &Harness, row: &Map<String, Value>) -> String {
+    text(row, &format!("{}_sync_status", h.connector)).unwrap_or_default()
+}
+
+async fn update_only_updates_existing_records_and_creates_none(backend: Backend) {
+    for connector in ["hubspot", "brevo"] {
+        let Some(h) = run_in_mode(backend, connector, "update_only").await else {
+            return;
+        };
+        assert_eq!(
+            crm_first_names(&h),
+            BTreeMap::from([("person0@example.com".into(), "Ann".into())]),
+            "{connector}: the existing record updated, no other created"
+        );
+        let skipped = h.row(IDS[1]).await;
+        assert_eq!(sync_status(&h, &skipped), "Skipped");
+        let error = text(&skipped, &format!("{connector}_processing_error")).unwrap();
+        assert!(error.contains("does not create"), "{error}");
+        assert_eq!(sync_status(&h, &h.row(IDS[0]).await), "Complete");
+    }
+}
+
+async fn create_only_creates_new_records_and_leaves_existing_ones_untouched(backend: Backend) {
+    for connector in ["hubspot", "brevo"] {
+        let Some(h) = run_in_mode(backend, connector, "create_only").await else {
+            return;
+        };
+        assert_eq!(
+            crm_first_names(&h),
+            BTreeMap::from([
+                ("person0@example.com".into(), "Old".into()),
+                ("person1@example.com".into(), "Ann".into()),
+                ("person2@example.com".into(), "Ann".into()),
+            ]),
+            "{connector}: the existing record untouched, the new ones created"
+        );
+        let skipped = h.row(IDS[0]).await;
+        assert_eq!(sync_status(&h, &skipped), "Skipped");
+        assert!(
+            text(&skipped, &format!("{connector}_contact_id")).is_some(),
+            "{connector}: the existing record's id is kept"
+        );
+        // Queued again, a skipped row is checked again (its fingerprint was
+        // cleared), and still left alone.
+        h.queue_all().await;
+        let again = h.run().await;
+        assert_eq!((count(&again.skipped), count(&again.unchanged)), (1, 2));
+    }
+}
+
+on_both_backends!(
+    update_only_updates_existing_records_and_creates_none,
+    create_only_creates_new_records_and_leaves_existing_ones_untouched,
+);
+
+#[test]
+fn engine_check_refuses_a_sync_mode_the_connector_cannot_tell_apart() {
+    let config = ConfigDir::shipped();
+    config
+        .write(
+            "connectors/crm.toml",
+            "base_url = \"http://127.0.0.1:9\"\n[auth]\nkind = \"none\"\n[upsert]\nmode = \"single\"\n\
+             [upsert.single]\nmethod = \"POST\"\npath = \"/contacts\"\nbody = { email = \"{{key}}\" }\n",
+        )
+        .write(
+            "mappings/crm.toml",
+            "connector = \"crm\"\nmode = \"update_only\"\n[source]\ntable = \"contacts\"\n\
+             [fields]\nname = \"{{name}}\"\n",
+        );
+    let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("mode `update_only` needs to know whether a record exists"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("mappings/crm.toml"), "{}", errors[0]);
+}
