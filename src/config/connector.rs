@@ -311,12 +311,17 @@ pub struct Upsert {
     #[serde(default)]
     pub batch: Option<BatchOperation>,
     /// Finds a record's id by its key (mode `lookup_then_write`, or a rule's `then = "lookup"`).
+    /// Mappings with `mode = "update_only"` (and `create_only` without `create`) use it to
+    /// tell whether a record exists: a 404 or a `not_found` rule means none.
     #[serde(default)]
     pub lookup: Option<Operation>,
-    /// Creates a record (mode `lookup_then_write`).
+    /// Creates a record (mode `lookup_then_write`). Mappings with `mode = "create_only"`
+    /// send it alone: a rule saying `update` or `lookup` then means the record exists,
+    /// and it is left untouched.
     #[serde(default)]
     pub create: Option<Operation>,
     /// Updates the record `{{id}}` (mode `lookup_then_write`, or a rule's `then = "update"`).
+    /// Mappings with `mode = "update_only"` update found records with it.
     #[serde(default)]
     pub update: Option<Operation>,
 }
