@@ -360,6 +360,16 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
         for (status, count) in store.status_counts(&mapping.table).await? {
             println!("  {:<12} {count}", status.as_deref().unwrap_or("(none)"));
         }
+        if let Some(counts) = store
+            .sync_counts(&mapping.name, &mapping.table.table)
+            .await?
+        {
+            println!("  outcomes     {}", counts.total);
+            println!(
+                "  last cycle   {} (ended {})",
+                counts.last_cycle, counts.last_cycle_at
+            );
+        }
         let errors = store.latest_errors(&mapping.table, 10).await?;
         if !errors.is_empty() {
             println!("  latest errors:");

@@ -20,7 +20,7 @@ use crate::clock::Clock;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
-use crate::store::{ClaimedRow, Queue, RowResult, RowUpdate, Store};
+use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
 use crate::template::NOW_KEY;
 
 /// How a run behaves.
@@ -62,8 +62,12 @@ pub struct RunSummary {
     /// Rows the mapping's sync mode did not let through (`update_only` and
     /// a new key, `create_only` and an existing record).
     pub skipped: AtomicU64,
+    /// Of the `complete` rows, those that had no CRM id before (first sync).
+    pub created: AtomicU64,
     /// The cycle under way, for progress lines.
     cycle: std::sync::Mutex<Option<CycleStart>>,
+    /// Per mapping, the counts not yet added to `engine_sync_counts`.
+    unsaved: std::sync::Mutex<HashMap<String, OutcomeCounts>>,
 }
 
 /// When a cycle started, the run's total then, and the rows due then.
@@ -77,6 +81,16 @@ struct CycleStart {
 impl RunSummary {
     fn add(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn count_for(&self, mapping: &str, counts: &OutcomeCounts) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved.entry(mapping.to_string()).or_default().add(counts);
+    }
+
+    fn take_unsaved(&self, mapping: &str) -> OutcomeCounts {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved.remove(mapping).unwrap_or_default()
     }
 
     /// Total rows processed.
@@ -304,10 +318,30 @@ async fn drain(
             anyhow::Ok(())
         })
     });
-    for handle in futures::future::join_all(loops).await {
+    let finished = futures::future::join_all(loops).await;
+    save_counts(&run, &mapping, &queue).await;
+    for handle in finished {
         handle.context("a sync worker panicked")??;
     }
     Ok(())
+}
+
+/// Adds the cycle's outcome counts to the engine's table for `engine
+/// status`. A failure only costs the counts: it is logged, not fatal.
+async fn save_counts(run: &Run, mapping: &MappingPlan, queue: &Queue) {
+    let counts = run.summary.take_unsaved(&mapping.name);
+    let saved = queue
+        .store()
+        .add_sync_counts(
+            &mapping.name,
+            &mapping.table.table,
+            &counts,
+            run.clock.utc(),
+        )
+        .await;
+    if let Err(err) = saved {
+        tracing::warn!(mapping = %mapping.name, error = format!("{err:#}"), "Could not save the outcome counts for `engine status`.");
+    }
 }
 
 /// One cycle: claim, render, send, record. Returns how many rows it claimed.
@@ -326,13 +360,25 @@ async fn process_one_batch(
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
+    let known_ids: Vec<bool> = rows
+        .iter()
+        .map(|row| has_crm_id(&row.row, &mapping.table.crm_id))
+        .collect();
     let (outcomes, fingerprints) = sync_rows(run, mapping, changes, &mut rows).await;
-    let results = decide(run, mapping, &rows, outcomes, fingerprints);
+    let results = decide(run, mapping, &rows, outcomes, fingerprints, &known_ids);
     queue
         .record(&results)
         .await
         .context("failed to record results")?;
     Ok(rows.len())
+}
+
+fn has_crm_id(row: &Map<String, Value>, column: &str) -> bool {
+    match row.get(column) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
 }
 
 /// Renders every row and sends one request per distinct key; outcomes in row order,
@@ -455,6 +501,7 @@ fn decide(
     rows: &[ClaimedRow],
     outcomes: Vec<RowOutcome>,
     mut fingerprints: Vec<Option<String>>,
+    known_ids: &[bool],
 ) -> Vec<RowResult> {
     let now = run.clock.utc();
     let schedule = &mapping.schedule;
@@ -464,22 +511,24 @@ fn decide(
     let results = rows.iter()
         .zip(outcomes)
         .zip(fingerprints.iter_mut())
-        .map(|((row, outcome), fingerprint)| {
+        .zip(known_ids)
+        .map(|(((row, outcome), fingerprint), &known_id)| {
             let key = row.row.get(&mapping.table.key_column).and_then(Value::as_str).unwrap_or_default();
             let update = match outcome {
                 RowOutcome::Synced { crm_id } => {
                     tracing::debug!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
                     batch.complete += 1;
+                    if known_id { batch.counts.updated += 1 } else { batch.counts.created += 1 }
                     RowUpdate::Complete { crm_id, fingerprint: fingerprint.take() }
                 }
                 RowOutcome::Unchanged => {
                     tracing::debug!(mapping = %mapping.name, row = %row.id, %key, "Row unchanged since the CRM confirmed it; not sent.");
-                    batch.unchanged += 1;
+                    batch.counts.unchanged += 1;
                     RowUpdate::Complete { crm_id: None, fingerprint: None }
                 }
                 RowOutcome::Skipped { reason, crm_id } => {
                     tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, "Row skipped by the sync mode.");
-                    batch.skipped += 1;
+                    batch.counts.skipped += 1;
                     RowUpdate::Skipped { reason, crm_id }
                 }
                 RowOutcome::Permanent(error) => {
@@ -515,16 +564,19 @@ fn decide(
         error = batch.failed,
         retrying = batch.retrying,
         deferred = batch.deferred,
-        unchanged = batch.unchanged,
-        skipped = batch.skipped,
+        unchanged = batch.counts.unchanged,
+        skipped = batch.counts.skipped,
         "Synced a batch."
     );
     summary.add(&summary.complete, batch.complete);
     summary.add(&summary.failed, batch.failed);
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
-    summary.add(&summary.unchanged, batch.unchanged);
-    summary.add(&summary.skipped, batch.skipped);
+    batch.counts.failed = batch.failed;
+    summary.add(&summary.unchanged, batch.counts.unchanged);
+    summary.add(&summary.skipped, batch.counts.skipped);
+    summary.add(&summary.created, batch.counts.created);
+    summary.count_for(&mapping.name, &batch.counts);
     results
 }
 
@@ -535,8 +587,8 @@ struct BatchCounts {
     failed: u64,
     retrying: u64,
     deferred: u64,
-    unchanged: u64,
-    skipped: u64,
+    /// What `engine status` keeps (created, updated, unchanged, skipped, failed).
+    counts: OutcomeCounts,
 }
 
 /// Counts the rows due in every mapping of the run, so that progress lines

@@ -21,6 +21,7 @@
 //! so comparing the text orders the instants. Both backends keep them to the
 //! millisecond, so a lease read back compares equal to the one written.
 
+mod counts;
 mod lock;
 mod postgres;
 mod schema;
@@ -36,6 +37,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, SqlitePool};
 
+pub use counts::{OutcomeCounts, SyncCounts};
 pub use lock::InstanceGuard;
 pub use triggers::{ChangeTriggers, TriggerState};
 
@@ -616,7 +618,9 @@ fn select_columns<'c>(
         RowColumns::Only(names) => table
             .iter()
             .filter(|c| {
+                // The CRM id tells a first sync (created) from an update.
                 c.name == spec.key_column
+                    || c.name == spec.crm_id
                     || names.contains(&c.name)
                     || spec.fingerprint.as_ref() == Some(&c.name)
             })

@@ -222,6 +222,31 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
         text(&h.row(IDS[0]).await, "hubspot_fingerprint").unwrap(),
         fingerprint
     );
+    // `engine status` keeps the outcomes: totals and the last cycle's.
+    let counts = h
+        .db
+        .store
+        .sync_counts("hubspot", &h.db.table)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counts.total.to_string(),
+        "created 3, updated 1, unchanged 5, skipped 0, failed 0"
+    );
+    assert_eq!(
+        counts.last_cycle.to_string(),
+        "created 0, updated 1, unchanged 2, skipped 0, failed 0"
+    );
+    let status = crate::support::run_engine(
+        h.config.path(),
+        &["status", "--connector", "hubspot", "--database", &h.db.url],
+        &[],
+    );
+    assert!(
+        status.contains("outcomes     created 3, updated 1, unchanged 5, skipped 0, failed 0"),
+        "{status}"
+    );
 }
 
 async fn editing_the_mapping_sends_every_row_once_more(backend: Backend) {
