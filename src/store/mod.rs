@@ -108,8 +108,8 @@ pub enum RowColumns {
     /// Every column of the table.
     #[default]
     All,
-    /// Only these (the columns a mapping's templates read) and the key
-    /// column. Names the table lacks are left out, so a template reading one
+    /// Only these (the columns a mapping's templates read), the key
+    /// column, the CRM id and the fingerprint column, when the spec has one. Names the table lacks are left out, so a template reading one
     /// fails for that row with "not a column of the row". Fewer columns make
     /// the claim, its JSON and the memory of a batch smaller.
     Only(Vec<String>),

@@ -223,13 +223,12 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
         fingerprint
     );
     // `engine status` keeps the outcomes: totals and the last cycle's.
-    let counts = h
-        .db
-        .store
-        .sync_counts("hubspot", &h.db.table)
-        .await
-        .unwrap()
-        .unwrap();
+    let counts =
+        h.db.store
+            .sync_counts("hubspot", &h.db.table)
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(
         counts.total.to_string(),
         "created 3, updated 1, unchanged 5, skipped 0, failed 0"
