@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, pg_time, quote};
+use super::sql::{self, WriteBack, pg_time, quote};
 use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
 
 /// Rows per INSERT statement in `insert_rows`.
@@ -185,8 +185,7 @@ pub(super) async fn record(
 
 /// One UPDATE … FROM over the JSON array of write-backs ($1).
 fn record_sql(spec: &TableSpec, id_type: &str) -> String {
-    let fields: Vec<String> = WRITE_BACK_FIELDS
-        .iter()
+    let fields: Vec<String> = sql::write_back_fields(spec)
         .map(|(name, pg_type)| format!("{name} {pg_type}"))
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec, "");

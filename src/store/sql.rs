@@ -98,11 +98,13 @@ pub(super) struct WriteBack<'a> {
     error: Option<&'a str>,
     retry_count: Option<i64>,
     next_retry_at: Option<String>,
+    /// Left out of the JSON when unset: most write-backs carry none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     fingerprint: Option<&'a str>,
 }
 
 /// The fields of [`WriteBack`] in order, with the types PostgreSQL reads
-/// them as; SQLite reads the same names with `->>`.
+/// them as; SQLite reads the same names with `->>`. See [`write_back_fields`].
 pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
     ("id", "text"),
     ("handle", "bigint"),
@@ -116,6 +118,16 @@ pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
     ("next_retry_at", "timestamptz"),
     ("fingerprint", "text"),
 ];
+
+/// The fields a record statement reads for `spec`: the fingerprint only
+/// when the mapping keeps one (each field read costs time on every row).
+pub(super) fn write_back_fields(
+    spec: &TableSpec,
+) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    WRITE_BACK_FIELDS
+        .iter()
+        .filter(|(name, _)| spec.fingerprint.is_some() || *name != "fingerprint")
+}
 
 impl<'a> WriteBack<'a> {
     /// `time` renders instants for the backend at hand.

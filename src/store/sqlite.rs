@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, ConnectOptions, SqlitePool};
 
-use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, quote, sqlite_time};
+use super::sql::{self, WriteBack, quote, sqlite_time};
 use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
 
 /// Writers wait this long for the write lock before giving up.
@@ -214,8 +214,7 @@ pub(super) async fn record(
 /// not through the id's index: random uuids spread those lookups over the
 /// whole index, more pages than SQLite's cache holds.
 fn record_sql(spec: &TableSpec, by_rowid: bool) -> String {
-    let fields: Vec<String> = WRITE_BACK_FIELDS
-        .iter()
+    let fields: Vec<String> = sql::write_back_fields(spec)
         .map(|(name, _)| format!("value ->> '$.{name}' AS {name}"))
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec, "+");
