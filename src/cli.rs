@@ -290,6 +290,14 @@ async fn run(
         );
         return Ok(ExitCode::from(2));
     }
+    // Missing or stale change triggers do not stop a run (queued rows still
+    // sync), but changed rows would go unnoticed: say so.
+    let stale =
+        crate::change::check_change_triggers(&store, &plan, mappings.iter().map(|m| m.as_ref()));
+    for warning in stale.await? {
+        let hint = warning.hint.as_deref().unwrap_or_default();
+        tracing::warn!(file = %warning.file, "{} ({hint})", warning.message);
+    }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

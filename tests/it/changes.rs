@@ -730,3 +730,39 @@ fn engine_check_refuses_a_sync_mode_the_connector_cannot_tell_apart() {
     );
     assert!(errors[0].contains("mappings/crm.toml"), "{}", errors[0]);
 }
+
+#[test]
+fn engine_run_warns_when_the_change_triggers_are_stale() {
+    let config = ConfigDir::shipped();
+    config.edit(
+        "mappings/hubspot.toml",
+        "connector = \"hubspot\"\n",
+        "connector = \"hubspot\"\nqueue_on_change = true\n",
+    );
+    let env = [
+        ("HUBSPOT_ACCESS_TOKEN", "t"),
+        ("HUBSPOT_BASE_URL", "http://127.0.0.1:9"),
+    ];
+    let run = |args: &[&str]| crate::support::run_engine(config.path(), args, &env);
+    let migrated = run(&["migrate", "--mapping", "hubspot"]);
+    assert!(migrated.contains("CREATE TRIGGER"), "{migrated}");
+    let fresh = run(&["run", "--connector", "hubspot"]);
+    assert!(fresh.starts_with("exit code: 0"), "{fresh}");
+    assert!(!fresh.contains("stale"), "{fresh}");
+
+    config.edit(
+        "mappings/hubspot.toml",
+        "domain_id = \"{{domain_id}}\"\n",
+        "",
+    );
+    let stale = run(&["run", "--connector", "hubspot"]);
+    assert!(stale.starts_with("exit code: 0"), "{stale}");
+    assert!(
+        stale.contains("the change triggers of table `contacts` are stale"),
+        "{stale}"
+    );
+    assert!(
+        stale.contains("engine migrate --mapping hubspot"),
+        "{stale}"
+    );
+}
