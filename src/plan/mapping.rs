@@ -76,6 +76,7 @@ pub fn build(
     }
     let fields_tree = Value::Object(raw.fields.clone());
     let variables = check_tree(source, "fields", &fields_tree, None, diagnostics);
+    check_fingerprint_column(source, &table, &variables, diagnostics);
     check_case_duplicates(source, &raw.fields, diagnostics);
     let fields = templates
         .compile_tree(&format!("{}:fields", source.display), &fields_tree)
@@ -182,6 +183,31 @@ fn check_identifiers(
                     .hint("each state needs its own column"),
             );
         }
+    }
+}
+
+/// The fingerprint column is the engine's to write: it must not be a column
+/// the fields read, nor the key or id.
+fn check_fingerprint_column(
+    source: &SourceFile,
+    table: &TableSpec,
+    variables: &[VariableUse],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(column) = &table.fingerprint else {
+        return;
+    };
+    let read = variables.iter().any(|v| &v.name == column);
+    if read || column == &table.key_column || column == &table.id_column {
+        diagnostics.push(
+            source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "state.fingerprint",
+                    format!("`state.fingerprint` names `{column}`, a column the mapping reads: the engine would overwrite it"),
+                )
+                .hint("name a column of its own, e.g. `<connector>_fingerprint` (engine migrate adds it)"),
+        );
     }
 }
 

@@ -766,3 +766,26 @@ fn engine_run_warns_when_the_change_triggers_are_stale() {
         "{stale}"
     );
 }
+
+#[test]
+fn engine_check_refuses_a_fingerprint_column_the_mapping_reads() {
+    let config = ConfigDir::shipped();
+    config.edit(
+        "mappings/hubspot.toml",
+        "[schedule]",
+        "[state]\nfingerprint = \"name\"\n\n[schedule]",
+    );
+    let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("the engine would overwrite it"),
+        "{}",
+        errors[0]
+    );
+}
