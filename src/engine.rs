@@ -95,9 +95,9 @@ impl RunSummary {
             &self.deferred,
             &self.deleted,
         ]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
@@ -378,7 +378,11 @@ async fn process_queue_batch(
 /// Renders every row and sends one request per distinct key; outcomes in row order.
 /// Each row's columns move into its job (only the key stays behind, for
 /// `decide`'s log lines).
-pub(crate) async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) -> Vec<RowOutcome> {
+pub(crate) async fn sync_rows(
+    run: &Run,
+    mapping: &MappingPlan,
+    rows: &mut [ClaimedRow],
+) -> Vec<RowOutcome> {
     // One pinned clock for the whole claim, formatted once.
     let now = Value::String(run.clock.utc().to_rfc3339());
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];

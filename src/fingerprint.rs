@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn values_cannot_run_into_each_other() {
-        assert_ne!(fp(json!({"a": "ab", "b": "c"})), fp(json!({"a": "a", "b": "bc"})));
+        assert_ne!(
+            fp(json!({"a": "ab", "b": "c"})),
+            fp(json!({"a": "a", "b": "bc"}))
+        );
     }
 
     #[test]

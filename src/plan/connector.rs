@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
-    Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
+    Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -207,10 +207,7 @@ pub fn build(
         &raw.errors.message_pointers,
     );
     let flow = build_flow(&mut ctx, &raw.upsert);
-    let delete = raw
-        .delete
-        .as_ref()
-        .map(|op| build_delete(&mut ctx, op));
+    let delete = raw.delete.as_ref().map(|op| build_delete(&mut ctx, op));
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -253,7 +250,11 @@ fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
                 ctx.diagnostics,
             );
             ctx.uses.extend(uses);
-            if !op.body.as_ref().is_some_and(|b| contains_exact(b, "{{items}}")) {
+            if !op
+                .body
+                .as_ref()
+                .is_some_and(|b| contains_exact(b, "{{items}}"))
+            {
                 ctx.error(
                     "delete.body",
                     "a batch delete's body must contain a leaf that is exactly \"{{items}}\"",

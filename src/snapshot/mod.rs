@@ -65,7 +65,9 @@ use crate::plan::{MappingPlan, SnapshotSource};
 use crate::store::{RowColumns, Store};
 
 pub(crate) use process::process_batch;
-use state::{COMPLETE, DELETE, DELETED, ERROR, PROCESSING, PendingUpsert, QUEUED, StateRow, UPSERT};
+use state::{
+    COMPLETE, DELETE, DELETED, ERROR, PROCESSING, PendingUpsert, QUEUED, StateRow, UPSERT,
+};
 
 /// Rows per state page, and per batched write of the diff.
 const CHUNK: usize = 1000;
@@ -405,7 +407,8 @@ impl<'a> StatePages<'a> {
     /// inserts meanwhile (all before the current head) are not read back.
     async fn head(&mut self) -> anyhow::Result<Option<&StateRow>> {
         if self.page.is_empty() && !self.done {
-            let rows = state::page(self.store, self.scope, self.after.as_deref(), CHUNK as i64).await?;
+            let rows =
+                state::page(self.store, self.scope, self.after.as_deref(), CHUNK as i64).await?;
             self.done = rows.len() < CHUNK;
             if let Some(last) = rows.last() {
                 self.after = Some(last.source_key.clone());
@@ -433,7 +436,12 @@ impl Writes {
         self.upserts.len() + self.delete.len() + self.forget.len()
     }
 
-    fn upsert(&mut self, key: String, fingerprint: String, row: &Map<String, Value>) -> anyhow::Result<()> {
+    fn upsert(
+        &mut self,
+        key: String,
+        fingerprint: String,
+        row: &Map<String, Value>,
+    ) -> anyhow::Result<()> {
         self.upserts.push(PendingUpsert {
             k: key,
             f: fingerprint,
@@ -451,4 +459,54 @@ impl Writes {
         self.forget.clear();
         Ok(())
     }
+}
+
+/// `engine check --database` for a snapshot mapping: the source exists (the
+/// query runs) and has the id, the key and every column the fields read.
+pub async fn check_source(
+    store: &Store,
+    mapping: &MappingPlan,
+) -> anyhow::Result<Vec<crate::diagnostic::Diagnostic>> {
+    use crate::diagnostic::Severity;
+    let Some(plan) = &mapping.snapshot else {
+        return Ok(Vec::new());
+    };
+    let at = match plan.source {
+        SnapshotSource::Table(_) => "source.table",
+        SnapshotSource::Query(_) => "source.query",
+    };
+    let file = &mapping.source;
+    let columns = match source::columns(store, &plan.source).await {
+        Ok(columns) => columns,
+        Err(err) => {
+            let diagnostic = file
+                .diagnostic_at_value(Severity::Error, at, format!("{err:#}"))
+                .hint("a snapshot reads a table, a view, or one SELECT the database can run");
+            return Ok(vec![diagnostic]);
+        }
+    };
+    let mut wanted: Vec<(&str, &str)> = vec![
+        ("source.id", mapping.table.id_column.as_str()),
+        ("source.key", mapping.table.key_column.as_str()),
+    ];
+    for used in &mapping.variables {
+        let name = used.name.as_str();
+        if !crate::plan::MAPPING_EXTRA_VARIABLES.contains(&name)
+            && name != crate::plan::WHOLE_CONTEXT
+        {
+            wanted.push((used.at.as_str(), name));
+        }
+    }
+    Ok(wanted
+        .into_iter()
+        .filter(|(_, name)| !columns.iter().any(|c| c == name))
+        .map(|(path, name)| {
+            file.diagnostic_at_value(
+                Severity::Error,
+                path,
+                format!("`{name}` is not a column of the snapshot source"),
+            )
+            .hint(format!("its columns: {}", columns.join(", ")))
+        })
+        .collect())
 }

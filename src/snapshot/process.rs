@@ -294,7 +294,10 @@ async fn delete_records(
 
 /// What a delete's templates see: `id`, `key`, `params`.
 fn delete_context(claim: &Claimed, mapping: &MappingPlan) -> Result<Value, String> {
-    let id = claim.crm_id.clone().context("no CRM id was recorded for this record, so it cannot be deleted by id");
+    let id = claim
+        .crm_id
+        .clone()
+        .context("no CRM id was recorded for this record, so it cannot be deleted by id");
     let id = id.map_err(|e| e.to_string())?;
     let mut ctx = Map::with_capacity(4);
     ctx.insert("id".into(), Value::String(id));

@@ -115,9 +115,9 @@ pub(crate) async fn page(
             "SELECT {columns} FROM {TABLE} WHERE mapping = $1 AND source_key > $2 \
              ORDER BY source_key LIMIT $3"
         ),
-        None => format!(
-            "SELECT {columns} FROM {TABLE} WHERE mapping = $1 ORDER BY source_key LIMIT $2"
-        ),
+        None => {
+            format!("SELECT {columns} FROM {TABLE} WHERE mapping = $1 ORDER BY source_key LIMIT $2")
+        }
     };
     type Tuple = (
         String,
