@@ -1,0 +1,508 @@
+//! Snapshot mode: a table, view or query the engine only reads, diffed each
+//! cycle against the engine's state table; new and changed rows are sent once,
+//! removed ones archived (with `on_removed = "archive"`), against the sandbox,
+//! on SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use engine::engine::{RunOptions, RunSummary, run_connector};
+use engine::plan::Plan;
+use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::store::{Backend, Store};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+use crate::support::{ConfigDir, TestDb, execute, quiet};
+
+/// One test's world: a source table, a config dir holding only the shipped
+/// connectors and this test's snapshot mapping, and a sandbox.
+struct World {
+    db: TestDb,
+    config: ConfigDir,
+    sandbox: Sandbox,
+    env: BTreeMap<String, String>,
+    /// The mapping's name (unique per test, so states never mix).
+    name: String,
+    connector: &'static str,
+}
+
+/// How the mapping reads the source.
+enum Read {
+    Table,
+    View,
+    /// `SELECT ... WHERE active = 1`.
+    Query,
+}
+
+impl World {
+    async fn new(backend: Backend, connector: &'static str, read: Read) -> Option<World> {
+        engine::install_crypto_provider();
+        let db = TestDb::open(backend).await?;
+        let id_type = match backend {
+            Backend::Sqlite => "INTEGER",
+            Backend::Postgres => "BIGINT",
+        };
+        execute(
+            &db.store,
+            format!(
+                "CREATE TABLE {} (id {id_type} PRIMARY KEY, email TEXT, name TEXT, active INTEGER NOT NULL DEFAULT 1)",
+                db.table
+            ),
+        )
+        .await;
+        let source = match read {
+            Read::Table => format!("table = \"{}\"", db.table),
+            Read::View => {
+                let view = format!("{}_view", db.table);
+                execute(
+                    &db.store,
+                    format!(
+                        "CREATE VIEW {view} AS SELECT id, email, name FROM {}",
+                        db.table
+                    ),
+                )
+                .await;
+                format!("table = \"{view}\"")
+            }
+            Read::Query => format!(
+                "query = \"SELECT id, email, name FROM {} WHERE active = 1\"",
+                db.table
+            ),
+        };
+        let sandbox = Sandbox::start(SandboxOptions {
+            port: 0,
+            ..SandboxOptions::default()
+        })
+        .await
+        .unwrap();
+        let config = ConfigDir::shipped();
+        for shipped in ["hubspot", "brevo"] {
+            std::fs::remove_file(config.path().join(format!("mappings/{shipped}.toml"))).unwrap();
+        }
+        let name = format!("snap_{}", db.table);
+        let fields = match connector {
+            "hubspot" => "email = \"{{lower email}}\"\nfirstname = \"{{first_name name}}\"",
+            _ => "FIRSTNAME = \"{{first_name name}}\"",
+        };
+        config.write(
+            &format!("mappings/{name}.toml"),
+            &format!(
+                "connector = \"{connector}\"\non_removed = \"archive\"\n\n[source]\nmode = \"snapshot\"\n{source}\nkey = \"email\"\nid = \"id\"\n\n[schedule]\nbatch_size = 50\n\n[fields]\n{fields}\n"
+            ),
+        );
+        let env = engine::demo::sandbox_env(&sandbox.base_url());
+        Some(World {
+            db,
+            config,
+            sandbox,
+            env,
+            name,
+            connector,
+        })
+    }
+
+    fn plan(&self) -> Arc<Plan> {
+        let checked = engine::check::check_dir(self.config.path(), &self.env);
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        Arc::new(checked.plan)
+    }
+
+    async fn insert(&self, rows: &[(i64, &str, &str)]) {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(id, email, name)| {
+                json!({"id": id, "email": email, "name": name})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            })
+            .collect();
+        self.db
+            .store
+            .insert_rows(&self.db.table, &rows)
+            .await
+            .unwrap();
+    }
+
+    async fn sql(&self, sql: String) {
+        execute(&self.db.store, sql).await;
+    }
+
+    /// One run over `source`, the state in `state`.
+    async fn run_with(
+        &self,
+        source: &Store,
+        state: Option<Store>,
+        allow_empty_source: bool,
+    ) -> anyhow::Result<Arc<RunSummary>> {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let options = RunOptions {
+            state_store: state,
+            allow_empty_source,
+            ..quiet()
+        };
+        run_connector(
+            self.plan(),
+            self.connector,
+            source.clone(),
+            &self.env,
+            Arc::new(engine::clock::SystemClock),
+            options,
+            shutdown,
+        )
+        .await
+    }
+
+    async fn run(&self) -> Arc<RunSummary> {
+        self.run_with(&self.db.store, None, false)
+            .await
+            .expect("the run finishes")
+    }
+
+    /// Every request the sandbox answered so far.
+    fn requests(&self) -> u64 {
+        let stats = self.sandbox.stats();
+        let requests = stats["requests"].as_object().cloned().unwrap_or_default();
+        requests.values().filter_map(Value::as_u64).sum()
+    }
+
+    fn requests_to(&self, route: &str) -> u64 {
+        self.sandbox.stats()["requests"][route]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// The CRM's contacts as `(email, first name)`, sorted.
+    fn crm(&self) -> Vec<(String, String)> {
+        let mut contacts: Vec<(String, String)> = match self.connector {
+            "hubspot" => self
+                .sandbox
+                .hubspot_contacts()
+                .iter()
+                .map(|c| {
+                    let p = &c["properties"];
+                    (text(&p["email"]), text(&p["firstname"]))
+                })
+                .collect(),
+            _ => self
+                .sandbox
+                .brevo_contacts()
+                .iter()
+                .map(|c| (text(&c["email"]), text(&c["attributes"]["FIRSTNAME"])))
+                .collect(),
+        };
+        contacts.sort();
+        contacts
+    }
+
+    /// State rows by status (a pending delete shown as `Queued (delete)`).
+    async fn state_counts(&self, state: &Store) -> BTreeMap<String, i64> {
+        let plan = self.plan();
+        let scope = engine::snapshot::scope(&plan.mappings[&self.name]);
+        engine::snapshot::state::counts(state, &scope)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(status, action, n)| match action.as_str() {
+                "delete" if status != "Deleted" => (format!("{status} (delete)"), n),
+                _ => (status, n),
+            })
+            .collect()
+    }
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
+
+fn counts(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+}
+
+fn synced(summary: &RunSummary) -> u64 {
+    summary.complete.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn deleted(summary: &RunSummary) -> u64 {
+    summary.deleted.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+async fn a_snapshot_over_a_table_sends_each_row_once_and_nothing_when_nothing_changed(
+    backend: Backend,
+) {
+    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+        return;
+    };
+    w.insert(&[
+        (1, "a@x.io", "Ann A"),
+        (2, "b@x.io", "Bob B"),
+        (3, "c@x.io", "Cy C"),
+    ])
+    .await;
+    let first = w.run().await;
+    assert_eq!(synced(&first), 3);
+    assert_eq!(
+        w.crm(),
+        [("a@x.io", "Ann"), ("b@x.io", "Bob"), ("c@x.io", "Cy")]
+            .map(|(e, n)| (e.to_string(), n.to_string()))
+    );
+    let before = w.requests();
+    let second = w.run().await;
+    assert_eq!(synced(&second), 0);
+    assert_eq!(w.requests(), before, "an unchanged source sends no request");
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 3)])
+    );
+}
+
+async fn a_snapshot_over_a_view_sends_a_changed_row_once(backend: Backend) {
+    let Some(w) = World::new(backend, "brevo", Read::View).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    w.run().await;
+    w.sql(format!(
+        "UPDATE {} SET name = 'Bea B' WHERE id = 2",
+        w.db.table
+    ))
+    .await;
+    // A column the mapping does not read changes nothing.
+    w.sql(format!("UPDATE {} SET active = 0 WHERE id = 1", w.db.table))
+        .await;
+    let before = w.requests_to("POST /v3/contacts");
+    let summary = w.run().await;
+    assert_eq!(synced(&summary), 1);
+    assert_eq!(w.requests_to("POST /v3/contacts"), before + 1);
+    assert_eq!(
+        w.crm(),
+        [("a@x.io", "Ann"), ("b@x.io", "Bea")].map(|(e, n)| (e.to_string(), n.to_string()))
+    );
+    let requests = w.requests();
+    w.run().await;
+    assert_eq!(w.requests(), requests, "the change was sent once");
+}
+
+async fn a_snapshot_over_a_query_archives_a_row_that_left_it_once(backend: Backend) {
+    let Some(w) = World::new(backend, "hubspot", Read::Query).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    w.run().await;
+    assert_eq!(w.crm().len(), 2);
+    w.sql(format!("UPDATE {} SET active = 0 WHERE id = 2", w.db.table))
+        .await;
+    let summary = w.run().await;
+    assert_eq!(deleted(&summary), 1);
+    assert_eq!(
+        w.requests_to("POST /crm/v3/objects/contacts/batch/archive"),
+        1
+    );
+    assert_eq!(w.crm(), [("a@x.io".to_string(), "Ann".to_string())]);
+    let again = w.run().await;
+    assert_eq!(deleted(&again), 0);
+    assert_eq!(
+        w.requests_to("POST /crm/v3/objects/contacts/batch/archive"),
+        1,
+        "a second cycle does not delete again"
+    );
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 1), ("Deleted", 1)])
+    );
+    // Back in the source: sent again.
+    w.sql(format!("UPDATE {} SET active = 1 WHERE id = 2", w.db.table))
+        .await;
+    w.run().await;
+    assert_eq!(w.crm().len(), 2);
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 2)])
+    );
+}
+
+async fn only_records_this_mapping_synced_are_deleted(backend: Backend) {
+    let Some(w) = World::new(backend, "brevo", Read::Table).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    w.run().await;
+    // A contact someone else made in the CRM, and a row that never synced:
+    // added and removed before any cycle saw it.
+    let client = reqwest::Client::new();
+    let made = client
+        .post(format!("{}/v3/contacts", w.sandbox.base_url()))
+        .header("api-key", "demo-key")
+        .json(&json!({"email": "other@x.io"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status().as_u16(), 201);
+    w.sql(format!("DELETE FROM {}", w.db.table)).await;
+    w.insert(&[(1, "a@x.io", "Ann A")]).await;
+    let summary = w.run().await;
+    assert_eq!(deleted(&summary), 1);
+    assert_eq!(
+        w.crm(),
+        [("a@x.io", "Ann"), ("other@x.io", "")].map(|(e, n)| (e.to_string(), n.to_string()))
+    );
+    assert_eq!(w.requests_to("DELETE /v3/contacts/{identifier}"), 1);
+}
+
+async fn a_delete_answered_404_counts_as_done(backend: Backend) {
+    let Some(w) = World::new(backend, "brevo", Read::Table).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    w.run().await;
+    // Someone deleted b@x.io in the CRM already.
+    let gone = reqwest::Client::new()
+        .delete(format!("{}/v3/contacts/b%40x.io", w.sandbox.base_url()))
+        .header("api-key", "demo-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 204);
+    w.sql(format!("DELETE FROM {} WHERE id = 2", w.db.table))
+        .await;
+    let summary = w.run().await;
+    assert_eq!(deleted(&summary), 1);
+    assert_eq!(summary.failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 1), ("Deleted", 1)])
+    );
+}
+
+async fn an_empty_source_deletes_nothing_unless_the_run_allows_it(backend: Backend) {
+    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    w.run().await;
+    w.sql(format!("DELETE FROM {}", w.db.table)).await;
+    let refused = w
+        .run_with(&w.db.store, None, false)
+        .await
+        .expect_err("the guard stops the cycle");
+    let message = format!("{refused:#}");
+    assert!(message.contains("returned no rows"), "{message}");
+    assert!(message.contains("--allow-empty-source"), "{message}");
+    assert_eq!(w.crm().len(), 2, "nothing was deleted");
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 2)])
+    );
+    let allowed = w.run_with(&w.db.store, None, true).await.unwrap();
+    assert_eq!(deleted(&allowed), 2);
+    assert!(w.crm().is_empty());
+}
+
+async fn a_read_only_source_works_with_the_state_elsewhere(backend: Backend) {
+    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+        return;
+    };
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    let (source, state, role) = match backend {
+        Backend::Sqlite => {
+            let path = w.db.url.trim_start_matches("sqlite://").to_string();
+            let source = Store::connect(&format!("sqlite://{path}?mode=ro"))
+                .await
+                .unwrap();
+            let state_path = std::path::Path::new(&path).with_file_name("state.db");
+            let state = Store::connect(&format!("sqlite://{}", state_path.display()))
+                .await
+                .unwrap();
+            (source, state, None)
+        }
+        Backend::Postgres => {
+            let role = format!("ro_{}", w.db.table);
+            w.sql(format!("CREATE ROLE {role} LOGIN")).await;
+            w.sql(format!("GRANT SELECT ON {} TO {role}", w.db.table))
+                .await;
+            let url = crate::support::pg_url().replacen("postgres@", &format!("{role}@"), 1);
+            let source = Store::connect(&url).await.unwrap();
+            // The state lives with another role, in another schema.
+            let schema = format!("state_{}", w.db.table);
+            w.sql(format!("CREATE SCHEMA {schema}")).await;
+            let state_url = format!(
+                "{}{}options=-csearch_path%3D{schema}",
+                crate::support::pg_url(),
+                if crate::support::pg_url().contains('?') {
+                    "&"
+                } else {
+                    "?"
+                }
+            );
+            let state = Store::connect(&state_url).await.unwrap();
+            (source, state, Some((role, schema)))
+        }
+    };
+    // The source really is read-only.
+    let write = match &source {
+        Store::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET name = 'x'",
+            w.db.table
+        )))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+        Store::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET name = 'x'",
+            w.db.table
+        )))
+        .execute(pool)
+        .await
+        .map(|_| ()),
+    };
+    assert!(write.is_err(), "the source must refuse writes");
+    let first = w
+        .run_with(&source, Some(state.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(synced(&first), 2);
+    w.sql(format!("DELETE FROM {} WHERE id = 2", w.db.table))
+        .await;
+    let second = w
+        .run_with(&source, Some(state.clone()), false)
+        .await
+        .unwrap();
+    assert_eq!(deleted(&second), 1);
+    assert_eq!(
+        w.state_counts(&state).await,
+        counts(&[("Complete", 1), ("Deleted", 1)])
+    );
+    assert!(
+        w.db.store
+            .columns("engine_snapshot_state")
+            .await
+            .unwrap()
+            .is_none()
+            || backend == Backend::Postgres,
+        "SQLite: nothing was created beside the source"
+    );
+    source.close().await;
+    state.close().await;
+    if let Some((role, schema)) = role {
+        w.sql(format!("DROP SCHEMA {schema} CASCADE")).await;
+        w.sql(format!("DROP OWNED BY {role}")).await;
+        w.sql(format!("DROP ROLE {role}")).await;
+    }
+}
+
+on_both_backends!(
+    a_snapshot_over_a_table_sends_each_row_once_and_nothing_when_nothing_changed,
+    a_snapshot_over_a_view_sends_a_changed_row_once,
+    a_snapshot_over_a_query_archives_a_row_that_left_it_once,
+    only_records_this_mapping_synced_are_deleted,
+    a_delete_answered_404_counts_as_done,
+    an_empty_source_deletes_nothing_unless_the_run_allows_it,
+    a_read_only_source_works_with_the_state_elsewhere,
+);
