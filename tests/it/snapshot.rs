@@ -506,3 +506,98 @@ on_both_backends!(
     an_empty_source_deletes_nothing_unless_the_run_allows_it,
     a_read_only_source_works_with_the_state_elsewhere,
 );
+
+/// The error messages `engine check` gives for one mapping file.
+fn check_errors(mapping: &str) -> Vec<String> {
+    let config = ConfigDir::shipped();
+    config.write("mappings/brevo.toml", mapping);
+    // A copy of Brevo without a [delete] operation.
+    let brevo = std::fs::read_to_string(config.path().join("connectors/brevo.toml")).unwrap();
+    let cut = brevo.find("[delete]").expect("brevo declares [delete]");
+    config.write("connectors/nodelete.toml", &brevo[..cut]);
+    let env = engine::demo::sandbox_env("http://127.0.0.1:1");
+    let checked = engine::check::check_dir(config.path(), &env);
+    checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.message.clone())
+        .collect()
+}
+
+#[test]
+fn check_refuses_snapshot_settings_that_cannot_work() {
+    let fields = "\n[fields]\nFIRSTNAME = \"{{name}}\"\n";
+    let cases = [
+        (
+            "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\ntable = \"t\"\nquery = \"SELECT 1\"\n",
+            "`source.table` and `source.query` are both set",
+        ),
+        (
+            "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\n",
+            "needs `source.table` or `source.query`",
+        ),
+        (
+            "connector = \"brevo\"\n[source]\ntable = \"t\"\nquery = \"SELECT 1\"\n",
+            "`source.query` needs `mode = \"snapshot\"`",
+        ),
+        (
+            "connector = \"brevo\"\non_removed = \"archive\"\n[source]\ntable = \"t\"\n",
+            "`on_removed = \"archive\"` needs `source.mode = \"snapshot\"`",
+        ),
+        (
+            "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\nquery = \"DELETE FROM t\"\n",
+            "must be one SELECT statement",
+        ),
+        (
+            "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\ntable = \"t\"\n[state]\ncrm_id = \"x\"\n",
+            "has no `[state]` columns",
+        ),
+        (
+            "connector = \"nodelete\"\non_removed = \"archive\"\n[source]\nmode = \"snapshot\"\ntable = \"t\"\n",
+            "needs a `[delete]` operation in connectors/nodelete.toml",
+        ),
+    ];
+    for (mapping, expected) in cases {
+        let errors = check_errors(&format!("{mapping}{fields}"));
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{mapping}: expected {expected:?} in {errors:?}"
+        );
+    }
+    let good = "connector = \"brevo\"\non_removed = \"archive\"\n[source]\nmode = \"snapshot\"\nquery = \"SELECT id, email, name FROM t;\"\n";
+    assert_eq!(
+        check_errors(&format!("{good}{fields}")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_snapshot_counts_its_state_deleted_included() {
+    let w = World::new(Backend::Sqlite, "brevo", Read::Table)
+        .await
+        .expect("SQLite is always there");
+    w.insert(&[
+        (1, "a@x.io", "Ann A"),
+        (2, "b@x.io", "Bob B"),
+        (3, "c@x.io", "Cy C"),
+    ])
+    .await;
+    w.run().await;
+    w.sql(format!("DELETE FROM {} WHERE id = 3", w.db.table))
+        .await;
+    w.sql(format!(
+        "UPDATE {} SET email = 'not an email' WHERE id = 2",
+        w.db.table
+    ))
+    .await;
+    w.run().await;
+    let mut env: Vec<(&str, &str)> = w
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.push(("DATABASE_URL", &w.db.url));
+    let status = crate::support::run_engine(w.config.path(), &["status"], &env);
+    insta::assert_snapshot!("snapshot_status", status.replace(&w.db.table, "[TABLE]"));
+}
