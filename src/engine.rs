@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::config::mapping::OnRemoved;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
@@ -346,7 +347,13 @@ async fn drain(
 /// One batch of either feed. Returns how many rows it claimed.
 async fn process_one_batch(run: &Run, mapping: &MappingPlan, feed: &Feed) -> anyhow::Result<usize> {
     match feed {
-        Feed::Queue(queue) => process_queue_batch(run, mapping, queue).await,
+        Feed::Queue(queue) => {
+            let mut claimed = process_queue_batch(run, mapping, queue).await?;
+            if mapping.on_removed == OnRemoved::Archive {
+                claimed += crate::delete::queue::process_batch(run, mapping, queue.store()).await?;
+            }
+            Ok(claimed)
+        }
         Feed::Snapshot(snapshot) => crate::snapshot::process_batch(run, mapping, snapshot).await,
     }
 }

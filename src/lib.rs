@@ -20,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crm;
+pub mod delete;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;

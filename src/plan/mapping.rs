@@ -36,6 +36,9 @@ pub struct MappingPlan {
     pub source: SourceFile,
     /// Set in snapshot mode: what to read; the state lives in the engine's table.
     pub snapshot: Option<SnapshotPlan>,
+    /// What happens to the CRM record of a removed row (snapshot mode) or of
+    /// a row set to `Delete` (queue mode).
+    pub on_removed: OnRemoved,
 }
 
 /// A snapshot-mode source.
@@ -43,8 +46,6 @@ pub struct MappingPlan {
 pub struct SnapshotPlan {
     /// The table, view or query read each cycle.
     pub source: SnapshotSource,
-    /// What happens to the CRM record of a row that left the source.
-    pub on_removed: OnRemoved,
 }
 
 /// What a snapshot reads.
@@ -115,6 +116,7 @@ pub fn build(
         variables,
         source: source.clone(),
         snapshot,
+        on_removed: raw.on_removed,
     })
 }
 
@@ -132,6 +134,17 @@ fn check_source_mode(
                 .hint(hint),
         );
     };
+    let can_delete = connector.is_none_or(|c| c.raw.delete.is_some());
+    if raw.on_removed == OnRemoved::Archive && !can_delete {
+        error(
+            "on_removed",
+            format!(
+                "`on_removed = \"archive\"` needs a `[delete]` operation in connectors/{}.toml",
+                raw.connector
+            ),
+            "declare how the CRM deletes a record by id, or set on_removed = \"ignore\"",
+        );
+    }
     let src = &raw.source;
     if src.mode == SourceMode::Queue {
         if src.table.is_none() {
@@ -146,13 +159,6 @@ fn check_source_mode(
                 "source.query",
                 "`source.query` needs `mode = \"snapshot\"`".into(),
                 "a queue is a table the engine writes its state to; a query is read-only",
-            );
-        }
-        if raw.on_removed == OnRemoved::Archive {
-            error(
-                "on_removed",
-                "`on_removed = \"archive\"` needs `source.mode = \"snapshot\"`".into(),
-                "in queue mode, set a row's processing status to `Delete` to delete its record",
             );
         }
         return None;
@@ -195,21 +201,7 @@ fn check_source_mode(
             return None;
         }
     };
-    let can_delete = connector.is_none_or(|c| c.raw.delete.is_some());
-    if raw.on_removed == OnRemoved::Archive && !can_delete {
-        error(
-            "on_removed",
-            format!(
-                "`on_removed = \"archive\"` needs a `[delete]` operation in connectors/{}.toml",
-                raw.connector
-            ),
-            "declare how the CRM deletes a record by id, or set on_removed = \"ignore\"",
-        );
-    }
-    Some(SnapshotPlan {
-        source: read,
-        on_removed: raw.on_removed,
-    })
+    Some(SnapshotPlan { source: read })
 }
 
 /// The table spec with the seed's default column names.

@@ -157,7 +157,7 @@ impl SnapshotFeed {
                 state,
                 scope: scope(mapping),
                 mapping: mapping.name.clone(),
-                on_removed: plan.on_removed,
+                on_removed: mapping.on_removed,
                 allow_empty_source,
                 select,
                 columns,

@@ -2,21 +2,15 @@
 //! through the connector's flow and the deletes through its `[delete]`
 //! operation, and record every outcome fenced on the claim's lease.
 
-use std::time::Duration;
-
-use anyhow::Context;
-use chrono::{DateTime, Utc};
-use futures::future::join_all;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::SnapshotFeed;
 use super::state::{COMPLETE, Claimed, DELETE, DELETED, ERROR, QUEUED, WriteBack, time_text};
-use crate::crm::{CrmClient, ReplyAction, RowOutcome};
+use crate::crm::RowOutcome;
+use crate::delete::DeleteTarget;
 use crate::engine::{Run, decide, sync_rows};
-use crate::plan::{DeletePlan, MappingPlan};
-use crate::retry::{RetryDecision, next_row_retry};
+use crate::plan::MappingPlan;
 use crate::store::{ClaimedRow, RowUpdate};
-use crate::template::OnEmpty;
 
 /// Claims, sends and records one batch; returns how many rows it claimed.
 pub(crate) async fn process_batch(
@@ -152,16 +146,15 @@ async fn send_deletes(
     if claimed.is_empty() {
         return Vec::new();
     }
-    let outcomes = match &run.client.plan.delete {
-        Some(plan) => delete_records(&run.client, plan, mapping, &claimed).await,
-        None => {
-            let reason = format!(
-                "connectors/{}.toml has no [delete] operation",
-                mapping.connector
-            );
-            vec![RowOutcome::Permanent(reason); claimed.len()]
-        }
-    };
+    let targets: Vec<DeleteTarget> = claimed
+        .iter()
+        .map(|c| DeleteTarget {
+            crm_id: c.crm_id.clone(),
+            key: c.crm_key.clone(),
+            trace_id: c.source_key.clone(),
+        })
+        .collect();
+    let outcomes = crate::delete::send(&run.client, mapping, &targets).await;
     let now = run.clock.utc();
     let mut deleted = 0;
     let writes = claimed
@@ -183,7 +176,7 @@ async fn send_deletes(
                     }
                 }
                 outcome => {
-                    let update = delete_failure(mapping, &claim, outcome, now);
+                    let update = crate::delete::failure(mapping, claim.retry_count, outcome, now);
                     tracing::warn!(mapping = %mapping.name, row = %claim.source_key, %key, update = ?update, "The record of a removed row was not deleted.");
                     unsuccessful(base, update, backend)
                 }
@@ -192,136 +185,4 @@ async fn send_deletes(
         .collect();
     run.summary.add_deleted(deleted);
     writes
-}
-
-/// A failed delete under the mapping's retry schedule.
-fn delete_failure(
-    mapping: &MappingPlan,
-    claim: &Claimed,
-    outcome: RowOutcome,
-    now: DateTime<Utc>,
-) -> RowUpdate {
-    let schedule = &mapping.schedule;
-    let delay = Duration::from_secs(schedule.retry_delay_secs);
-    match outcome {
-        RowOutcome::Synced { .. } => RowUpdate::Complete { crm_id: None },
-        RowOutcome::Permanent(error) => RowUpdate::Failed {
-            error,
-            retry_count: claim.retry_count,
-        },
-        RowOutcome::Transient(error) => match next_row_retry(
-            claim.retry_count,
-            schedule.max_retries,
-            delay,
-            schedule.retry_exponential,
-            now,
-        ) {
-            RetryDecision::RetryAt { retry_count, at } => RowUpdate::RetryLater {
-                error,
-                retry_count,
-                next_retry_at: at,
-            },
-            RetryDecision::GiveUp { retry_count } => RowUpdate::Failed {
-                error: format!("{error} (gave up after {} retries)", retry_count - 1),
-                retry_count,
-            },
-        },
-        RowOutcome::Deferred { until, .. } => RowUpdate::Release {
-            next_retry_at: Some(until),
-        },
-    }
-}
-
-/// Sends the deletes: one request per record, or batches of `max_items`.
-/// Outcomes are in `claimed` order.
-async fn delete_records(
-    client: &CrmClient,
-    plan: &DeletePlan,
-    mapping: &MappingPlan,
-    claimed: &[Claimed],
-) -> Vec<RowOutcome> {
-    let contexts: Vec<Result<Value, String>> = claimed
-        .iter()
-        .map(|claim| delete_context(claim, mapping))
-        .collect();
-    match &plan.batch {
-        None => {
-            join_all(contexts.iter().map(|ctx| async move {
-                match ctx {
-                    Ok(ctx) => outcome_of(client.send(&plan.op, ctx).await.action),
-                    Err(reason) => RowOutcome::Permanent(reason.clone()),
-                }
-            }))
-            .await
-        }
-        Some((item, max_items)) => {
-            let mut outcomes: Vec<Option<RowOutcome>> = vec![None; claimed.len()];
-            let mut sendable = Vec::new();
-            for (index, ctx) in contexts.iter().enumerate() {
-                match ctx {
-                    Ok(ctx) => match client.templates().render_tree(item, ctx, OnEmpty::Omit) {
-                        Ok(rendered) => sendable.push((index, rendered)),
-                        Err(err) => {
-                            outcomes[index] =
-                                Some(RowOutcome::Permanent(format!("render error: {err}")))
-                        }
-                    },
-                    Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason.clone())),
-                }
-            }
-            let chunks: Vec<&[(usize, Value)]> = sendable.chunks((*max_items).max(1)).collect();
-            let replies = join_all(chunks.iter().map(|chunk| {
-                let mut ctx = Map::with_capacity(2);
-                let items = chunk.iter().map(|(_, item)| item.clone()).collect();
-                ctx.insert("items".into(), Value::Array(items));
-                ctx.insert("params".into(), Value::Object(mapping.params.clone()));
-                client.send_owned(&plan.op, Value::Object(ctx))
-            }))
-            .await;
-            for (chunk, reply) in chunks.iter().zip(replies) {
-                let outcome = outcome_of(reply.action);
-                for (index, _) in chunk.iter() {
-                    outcomes[*index] = Some(outcome.clone());
-                }
-            }
-            outcomes
-                .into_iter()
-                .map(|o| o.expect("every delete has an outcome"))
-                .collect()
-        }
-    }
-}
-
-/// What a delete's templates see: `id`, `key`, `params`.
-fn delete_context(claim: &Claimed, mapping: &MappingPlan) -> Result<Value, String> {
-    let id = claim
-        .crm_id
-        .clone()
-        .context("no CRM id was recorded for this record, so it cannot be deleted by id");
-    let id = id.map_err(|e| e.to_string())?;
-    let mut ctx = Map::with_capacity(4);
-    ctx.insert("id".into(), Value::String(id));
-    ctx.insert(
-        "key".into(),
-        claim.crm_key.clone().map_or(Value::Null, Value::String),
-    );
-    ctx.insert("params".into(), Value::Object(mapping.params.clone()));
-    ctx.insert("trace_id".into(), Value::String(claim.source_key.clone()));
-    Ok(Value::Object(ctx))
-}
-
-/// A delete's reply as a row outcome: any success (a 404 included, see
-/// `plan::connector::build_delete`) means the record is gone.
-fn outcome_of(action: ReplyAction) -> RowOutcome {
-    match action {
-        ReplyAction::Success | ReplyAction::Lookup | ReplyAction::NotFound => {
-            RowOutcome::Synced { crm_id: None }
-        }
-        ReplyAction::Permanent(reason) => RowOutcome::Permanent(reason),
-        ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
-        ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
-        ReplyAction::Update(_) | ReplyAction::DropFields(..) => {
-            RowOutcome::Permanent("the CRM's answer to a delete matched an upsert rule".into())
-        }
-    }
 }

@@ -542,8 +542,8 @@ fn check_refuses_snapshot_settings_that_cannot_work() {
             "`source.query` needs `mode = \"snapshot\"`",
         ),
         (
-            "connector = \"brevo\"\non_removed = \"archive\"\n[source]\ntable = \"t\"\n",
-            "`on_removed = \"archive\"` needs `source.mode = \"snapshot\"`",
+            "connector = \"nodelete\"\non_removed = \"archive\"\n[source]\ntable = \"t\"\n",
+            "needs a `[delete]` operation in connectors/nodelete.toml",
         ),
         (
             "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\nquery = \"DELETE FROM t\"\n",
@@ -601,3 +601,71 @@ async fn status_of_a_snapshot_counts_its_state_deleted_included() {
     let status = crate::support::run_engine(w.config.path(), &["status"], &env);
     insta::assert_snapshot!("snapshot_status", status.replace(&w.db.table, "[TABLE]"));
 }
+
+/// Queue mode: a row set to `Delete` has its record deleted once, and a
+/// record already gone (404) counts as deleted too.
+async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend) {
+    use crate::e2e::{Fixture, generated_rows, ids_of, sandbox_options, text};
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "mappings/brevo.toml",
+            "connector = \"brevo\"",
+            "connector = \"brevo\"\non_removed = \"archive\"",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let rows = generated_rows(3);
+    let ids = ids_of(&rows);
+    f.insert(&rows).await;
+    f.run_now("brevo").await;
+    assert_eq!(f.sandbox.brevo_contacts().len(), 3);
+    let status = &f.spec("brevo").processing_status;
+    // Row 3's contact is already gone from the CRM: a 404, done all the same.
+    let crm_id = text(&f.row(&ids[2]).await, &f.spec("brevo").crm_id);
+    let gone = reqwest::Client::new()
+        .delete(format!("{}/v3/contacts/{crm_id}", f.sandbox.base_url()))
+        .header("api-key", "demo-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 204);
+    for id in &ids[1..] {
+        execute(
+            &f.db.store,
+            format!(
+                "UPDATE {} SET \"{status}\" = 'Delete' WHERE id = '{id}'",
+                f.db.table
+            ),
+        )
+        .await;
+    }
+    let summary = f.run_now("brevo").await;
+    assert_eq!(deleted(&summary), 2);
+    assert_eq!(f.requests("DELETE /v3/contacts/{identifier}"), 3);
+    let emails: Vec<String> = f
+        .sandbox
+        .brevo_contacts()
+        .iter()
+        .map(|c| text(c.as_object().unwrap(), "email"))
+        .collect();
+    assert_eq!(emails, [text(&rows[0], "email")]);
+    assert_eq!(
+        f.counts("brevo").await,
+        counts(&[("Complete", 1), ("Deleted", 2)])
+    );
+    assert_eq!(
+        text(&f.row(&ids[1]).await, &f.spec("brevo").sync_status),
+        "Deleted"
+    );
+    f.run_now("brevo").await;
+    assert_eq!(
+        f.requests("DELETE /v3/contacts/{identifier}"),
+        3,
+        "a second run deletes nothing again"
+    );
+}
+
+on_both_backends!(a_queue_row_set_to_delete_has_its_record_deleted_once);
