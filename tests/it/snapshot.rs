@@ -37,6 +37,16 @@ enum Read {
 
 impl World {
     async fn new(backend: Backend, connector: &'static str, read: Read) -> Option<World> {
+        Self::with_latency(backend, connector, read, 0).await
+    }
+
+    /// As [`World::new`], with `latency_ms` added to every CRM answer.
+    async fn with_latency(
+        backend: Backend,
+        connector: &'static str,
+        read: Read,
+        latency_ms: u64,
+    ) -> Option<World> {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
         let id_type = match backend {
@@ -72,6 +82,7 @@ impl World {
         };
         let sandbox = Sandbox::start(SandboxOptions {
             port: 0,
+            latency_ms,
             ..SandboxOptions::default()
         })
         .await
@@ -136,6 +147,22 @@ impl World {
         state: Option<Store>,
         allow_empty_source: bool,
     ) -> anyhow::Result<Arc<RunSummary>> {
+        self.run_at(
+            source,
+            state,
+            allow_empty_source,
+            Arc::new(engine::clock::SystemClock),
+        )
+        .await
+    }
+
+    async fn run_at(
+        &self,
+        source: &Store,
+        state: Option<Store>,
+        allow_empty_source: bool,
+        clock: Arc<dyn engine::clock::Clock>,
+    ) -> anyhow::Result<Arc<RunSummary>> {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let options = RunOptions {
             state_store: state,
@@ -147,7 +174,7 @@ impl World {
             self.connector,
             source.clone(),
             &self.env,
-            Arc::new(engine::clock::SystemClock),
+            clock,
             options,
             shutdown,
         )
@@ -669,3 +696,88 @@ async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend)
 }
 
 on_both_backends!(a_queue_row_set_to_delete_has_its_record_deleted_once);
+
+/// A run that dies mid-request leaves its rows `Processing` with no
+/// fingerprint stored; after the lease the next run sends them again (one CRM
+/// record each), and rows edited meanwhile end with their new values.
+async fn a_crashed_run_resends_its_rows_and_loses_no_update(backend: Backend) {
+    let Some(w) = World::with_latency(backend, "hubspot", Read::Table, 300).await else {
+        return;
+    };
+    let rows: Vec<(i64, String)> = (1..=30).map(|i| (i, format!("r{i}@x.io"))).collect();
+    let named: Vec<(i64, &str, &str)> = rows
+        .iter()
+        .map(|(i, e)| (*i, e.as_str(), "Old Name"))
+        .collect();
+    w.insert(&named).await;
+    // Dropping the run mid-request is a crash: nothing after the send runs.
+    let in_flight = async {
+        let started = std::time::Instant::now();
+        while w.sandbox.stats()["in_flight"].as_u64().unwrap_or(0) == 0 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no request was sent"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = w.run_with(&w.db.store, None, false) => panic!("the run ended before the crash"),
+        () = in_flight => {}
+    }
+    let processing = w
+        .state_counts(&w.db.store)
+        .await
+        .get("Processing")
+        .copied()
+        .unwrap_or(0);
+    assert!(processing > 0, "the crash left rows Processing");
+    let scope = engine::snapshot::scope(&w.plan().mappings[&w.name]);
+    let confirmed = scalar(
+        &w.db.store,
+        format!(
+            "SELECT count(*) FROM engine_snapshot_state WHERE mapping = '{scope}' \
+             AND status = 'Processing' AND fingerprint IS NOT NULL"
+        ),
+    )
+    .await;
+    assert_eq!(confirmed, 0, "no fingerprint before the CRM confirmed");
+    w.sql(format!("UPDATE {} SET name = 'New Name'", w.db.table))
+        .await;
+    let clock = engine::clock::ManualClock::new(chrono::Utc::now());
+    clock.advance(std::time::Duration::from_secs(700));
+    let clock: Arc<dyn engine::clock::Clock> = Arc::new(clock);
+    // The first run after the lease resends the crashed batch as it was read;
+    // the next one finds those rows changed since.
+    w.run_at(&w.db.store, None, false, clock.clone())
+        .await
+        .unwrap();
+    w.run_at(&w.db.store, None, false, clock.clone())
+        .await
+        .unwrap();
+    let crm = w.crm();
+    assert_eq!(crm.len(), rows.len(), "one record per row");
+    assert!(crm.iter().all(|(_, name)| name == "New"), "{crm:?}");
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", rows.len() as i64)])
+    );
+}
+
+async fn scalar(store: &Store, sql: String) -> i64 {
+    match store {
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+        }
+        Store::Postgres(pool) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(pool)
+                .await
+        }
+    }
+    .unwrap()
+}
+
+on_both_backends!(a_crashed_run_resends_its_rows_and_loses_no_update);
