@@ -115,7 +115,7 @@ pub(crate) struct Run {
 /// diffed against the engine's state table at the start of each cycle.
 #[derive(Debug, Clone)]
 enum Feed {
-    Queue(Queue),
+    Queue(Box<Queue>),
     Snapshot(SnapshotFeed),
 }
 
@@ -142,7 +142,7 @@ pub async fn run_connector(
     let mut queues = Vec::new();
     for mapping in mappings {
         let feed = match mapping.snapshot {
-            None => Feed::Queue(open_queue(&store, &plan, &mapping).await?),
+            None => Feed::Queue(Box::new(open_queue(&store, &plan, &mapping).await?)),
             Some(_) => {
                 let state = options.state_store.clone().unwrap_or_else(|| store.clone());
                 let columns = plan.row_columns(&mapping);

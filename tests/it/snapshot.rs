@@ -781,3 +781,60 @@ async fn scalar(store: &Store, sql: String) -> i64 {
 }
 
 on_both_backends!(a_crashed_run_resends_its_rows_and_loses_no_update);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_with_a_database_names_what_a_snapshot_source_lacks() {
+    let w = World::new(Backend::Sqlite, "brevo", Read::Query)
+        .await
+        .expect("SQLite is always there");
+    let file = format!("mappings/{}.toml", w.name);
+    let env: Vec<(&str, &str)> = w
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let check = |env: &[(&str, &str)]| {
+        crate::support::run_engine(w.config.path(), &["check", "--database", &w.db.url], env)
+    };
+    assert!(check(&env).starts_with("exit code: 0"), "{}", check(&env));
+    w.config
+        .edit(&file, "{{first_name name}}", "{{first_name nmae}}");
+    let out = check(&env);
+    assert!(out.starts_with("exit code: 2"), "{out}");
+    assert!(
+        out.contains("`nmae` is not a column of the snapshot source"),
+        "{out}"
+    );
+    w.config
+        .edit(&file, "{{first_name nmae}}", "{{first_name name}}");
+    w.config
+        .edit(&file, &format!("FROM {}", w.db.table), "FROM no_such_table");
+    let out = check(&env);
+    assert!(out.starts_with("exit code: 2"), "{out}");
+    assert!(out.contains("cannot run `source.query`"), "{out}");
+    assert!(out.contains("no_such_table"), "{out}");
+    // `migrate --print` shows the state table a snapshot needs, and touches nothing.
+    let out = crate::support::run_engine(
+        w.config.path(),
+        &[
+            "migrate",
+            "--mapping",
+            &w.name,
+            "--print",
+            "--database",
+            &w.db.url,
+        ],
+        &env,
+    );
+    assert!(
+        out.contains("CREATE TABLE IF NOT EXISTS engine_snapshot_state"),
+        "{out}"
+    );
+    assert!(
+        w.db.store
+            .columns("engine_snapshot_state")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
