@@ -145,11 +145,14 @@ impl SnapshotFeed {
             &mapping.table.id_column,
             &mapping.table.key_column,
         )?;
+        let native_order =
+            source::id_sorts_as_text(&source, &plan.source, &mapping.table.id_column).await?;
         let select = source::select_sql(
             source.backend(),
             &plan.source,
             &mapping.table.id_column,
             &columns,
+            native_order,
         );
         Ok(SnapshotFeed {
             inner: Arc::new(Inner {

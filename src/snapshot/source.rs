@@ -73,15 +73,56 @@ pub(crate) fn selected_columns(
         .collect())
 }
 
-/// `SELECT <key as text>, <row JSON> FROM <source> ORDER BY <key as text>`,
-/// with the key ordered as bytes on both backends (see `state`).
+/// Whether a table's id column, ordered as it is, is already in the byte order
+/// of its text (so its index can stream the rows without a sort): a uuid on
+/// PostgreSQL (its bytes in lower-case hex), a text column on SQLite (BINARY
+/// collation). Otherwise the rows are sorted by the id cast to text. Either
+/// way the diff checks the order it receives.
+pub(crate) async fn id_sorts_as_text(
+    store: &Store,
+    source: &SnapshotSource,
+    id_column: &str,
+) -> anyhow::Result<bool> {
+    let SnapshotSource::Table(table) = source else {
+        return Ok(false);
+    };
+    let columns = store.columns(table).await?.unwrap_or_default();
+    let Some(id) = columns.iter().find(|c| c.name == id_column) else {
+        return Ok(false);
+    };
+    let declared = id.sql_type.to_ascii_lowercase();
+    Ok(match store.backend() {
+        Backend::Postgres => declared == "uuid",
+        // SQLite's type affinity rules: a declared type holding CHAR, CLOB or TEXT.
+        Backend::Sqlite => ["char", "clob", "text"]
+            .iter()
+            .any(|t| declared.contains(t)),
+    })
+}
+
+/// `SELECT <key as text>, <row JSON> FROM <source> ORDER BY <key>`, with the
+/// key ordered as the bytes of its text on both backends (see `state`):
+/// by the column itself when `native_order`, else by its text.
 pub(crate) fn select_sql(
     backend: Backend,
     source: &SnapshotSource,
     id_column: &str,
     columns: &[String],
+    native_order: bool,
 ) -> String {
     let key = format!("CAST(_engine_src.{} AS TEXT)", quote(id_column));
+    let order = if native_order {
+        let collate = if backend == Backend::Sqlite {
+            " COLLATE BINARY"
+        } else {
+            ""
+        };
+        format!("_engine_src.{}{collate}", quote(id_column))
+    } else if backend == Backend::Postgres {
+        format!("{key} COLLATE \"C\"")
+    } else {
+        key.clone()
+    };
     let pairs = |columns: &[String]| -> String {
         columns
             .iter()
@@ -92,7 +133,7 @@ pub(crate) fn select_sql(
     let from = from_item(source);
     match backend {
         Backend::Sqlite => format!(
-            "SELECT {key}, json_object({}) FROM {from} ORDER BY {key}",
+            "SELECT {key}, json_object({}) FROM {from} ORDER BY {order}",
             pairs(columns)
         ),
         Backend::Postgres => {
@@ -101,7 +142,7 @@ pub(crate) fn select_sql(
             } else {
                 format!("json_build_object({})", pairs(columns))
             };
-            format!("SELECT {key}, {row} FROM {from} ORDER BY {key} COLLATE \"C\"")
+            format!("SELECT {key}, {row} FROM {from} ORDER BY {order}")
         }
     }
 }

@@ -25,6 +25,9 @@ struct World {
     /// The mapping's name (unique per test, so states never mix).
     name: String,
     connector: &'static str,
+    /// Ids are uuids (PostgreSQL `uuid`, SQLite `TEXT`), which the source
+    /// streams in its own order instead of sorting their text.
+    uuid_ids: bool,
 }
 
 /// How the mapping reads the source.
@@ -33,6 +36,8 @@ enum Read {
     View,
     /// `SELECT ... WHERE active = 1`.
     Query,
+    /// The table, its ids uuids.
+    UuidTable,
 }
 
 impl World {
@@ -49,9 +54,12 @@ impl World {
     ) -> Option<World> {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
-        let id_type = match backend {
-            Backend::Sqlite => "INTEGER",
-            Backend::Postgres => "BIGINT",
+        let uuid_ids = matches!(read, Read::UuidTable);
+        let id_type = match (backend, uuid_ids) {
+            (Backend::Sqlite, false) => "INTEGER",
+            (Backend::Postgres, false) => "BIGINT",
+            (Backend::Sqlite, true) => "TEXT",
+            (Backend::Postgres, true) => "UUID",
         };
         execute(
             &db.store,
@@ -62,7 +70,7 @@ impl World {
         )
         .await;
         let source = match read {
-            Read::Table => format!("table = \"{}\"", db.table),
+            Read::Table | Read::UuidTable => format!("table = \"{}\"", db.table),
             Read::View => {
                 let view = format!("{}_view", db.table);
                 execute(
@@ -110,6 +118,7 @@ impl World {
             env,
             name,
             connector,
+            uuid_ids,
         })
     }
 
@@ -123,6 +132,11 @@ impl World {
         let rows: Vec<_> = rows
             .iter()
             .map(|(id, email, name)| {
+                let id = match self.uuid_ids {
+                    // Not in insertion order: the id's last digits lead.
+                    true => json!(format!("{:08x}-0000-4000-8000-{id:012}", id * 7919 % 1000)),
+                    false => json!(id),
+                };
                 json!({"id": id, "email": email, "name": name})
                     .as_object()
                     .unwrap()
@@ -838,3 +852,37 @@ async fn check_with_a_database_names_what_a_snapshot_source_lacks() {
             .is_none()
     );
 }
+
+async fn a_snapshot_over_uuid_ids_streams_them_in_order(backend: Backend) {
+    let Some(w) = World::new(backend, "hubspot", Read::UuidTable).await else {
+        return;
+    };
+    let emails: Vec<String> = (1..=40).map(|i| format!("u{i}@x.io")).collect();
+    let rows: Vec<(i64, &str, &str)> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as i64 + 1, e.as_str(), "Uma U"))
+        .collect();
+    w.insert(&rows).await;
+    let first = w.run().await;
+    assert_eq!(synced(&first), 40);
+    w.sql(format!(
+        "DELETE FROM {} WHERE email IN ('u3@x.io', 'u17@x.io')",
+        w.db.table
+    ))
+    .await;
+    w.sql(format!(
+        "UPDATE {} SET name = 'Ulf U' WHERE email = 'u5@x.io'",
+        w.db.table
+    ))
+    .await;
+    let summary = w.run().await;
+    assert_eq!(synced(&summary), 1);
+    assert_eq!(deleted(&summary), 2);
+    assert_eq!(w.crm().len(), 38);
+    let before = w.requests();
+    w.run().await;
+    assert_eq!(w.requests(), before);
+}
+
+on_both_backends!(a_snapshot_over_uuid_ids_streams_them_in_order);
