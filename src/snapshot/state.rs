@@ -406,85 +406,106 @@ pub(crate) async fn claim(
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct WriteBack {
     /// The source key.
+    #[serde(rename = "w_k")]
     pub k: String,
     /// The lease it was claimed with (backend text).
+    #[serde(rename = "w_lease")]
     pub lease: String,
+    #[serde(rename = "w_status")]
     pub status: &'static str,
     /// Set `fingerprint` from `pending_fingerprint` and clear the pending row.
+    #[serde(rename = "w_confirm")]
     pub confirm: bool,
     /// Clear `fingerprint` (the record is gone).
+    #[serde(rename = "w_forget_fingerprint")]
     pub forget_fingerprint: bool,
+    #[serde(rename = "w_crm_id")]
     pub crm_id: Option<String>,
+    #[serde(rename = "w_crm_key")]
     pub crm_key: Option<String>,
     /// Replace `error` (with `error`, NULL when `None`).
+    #[serde(rename = "w_set_error")]
     pub set_error: bool,
+    #[serde(rename = "w_error")]
     pub error: Option<String>,
+    #[serde(rename = "w_retry_count")]
     pub retry_count: Option<i64>,
+    #[serde(rename = "w_next_retry_at")]
     pub next_retry_at: Option<String>,
 }
 
-/// Writes every result in one transaction, each fenced on its lease: a row
-/// reclaimed after its lease expired keeps its new owner's state.
+/// The JSON fields of [`WriteBack`] (each serialised as `w_<name>`, the
+/// name the statement gives its column), with the types PostgreSQL reads them as.
+const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
+    ("k", "text"),
+    ("lease", "timestamptz"),
+    ("status", "text"),
+    ("confirm", "boolean"),
+    ("forget_fingerprint", "boolean"),
+    ("crm_id", "text"),
+    ("crm_key", "text"),
+    ("set_error", "boolean"),
+    ("error", "text"),
+    ("retry_count", "bigint"),
+    ("next_retry_at", "timestamptz"),
+];
+
+/// Writes every result in one statement (the results bound as one JSON
+/// array), each row fenced on its lease: a row reclaimed after its lease
+/// expired keeps its new owner's state.
 pub(crate) async fn record(store: &Store, scope: &str, rows: &[WriteBack]) -> anyhow::Result<u64> {
-    let sql = format!(
-        "UPDATE {TABLE} SET status = $3, \
-         fingerprint = CASE WHEN $4 THEN pending_fingerprint WHEN $5 THEN NULL ELSE fingerprint END, \
-         pending_row = CASE WHEN $4 OR $5 THEN NULL ELSE pending_row END, \
-         crm_id = COALESCE($6, crm_id), crm_key = COALESCE($7, crm_key), \
-         error = CASE WHEN $8 THEN $9 ELSE error END, \
-         retry_count = COALESCE($10, retry_count), next_retry_at = $11 \
-         WHERE mapping = $1 AND source_key = $2 AND status = '{PROCESSING}' AND next_retry_at = $12"
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let json = serde_json::to_string(rows)?;
+    // The write-back's columns are `w_<field>`, so no name is shared with the table.
+    let set = format!(
+        "status = w_status, \
+         fingerprint = CASE WHEN w_confirm THEN {TABLE}.pending_fingerprint \
+                            WHEN w_forget_fingerprint THEN NULL ELSE {TABLE}.fingerprint END, \
+         pending_row = CASE WHEN w_confirm OR w_forget_fingerprint THEN NULL ELSE {TABLE}.pending_row END, \
+         crm_id = COALESCE(w_crm_id, {TABLE}.crm_id), crm_key = COALESCE(w_crm_key, {TABLE}.crm_key), \
+         error = CASE WHEN w_set_error THEN w_error ELSE {TABLE}.error END, \
+         retry_count = COALESCE(w_retry_count, {TABLE}.retry_count), next_retry_at = w_next_retry_at"
     );
-    let mut written = 0;
-    match store {
+    let fence = format!(
+        "{TABLE}.mapping = $1 AND {TABLE}.source_key = w_k \
+         AND {TABLE}.status = '{PROCESSING}' AND {TABLE}.next_retry_at = w_lease"
+    );
+    let written = match store {
         Store::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
-            for row in rows {
-                written += sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(scope)
-                    .bind(&row.k)
-                    .bind(row.status)
-                    .bind(row.confirm)
-                    .bind(row.forget_fingerprint)
-                    .bind(&row.crm_id)
-                    .bind(&row.crm_key)
-                    .bind(row.set_error)
-                    .bind(&row.error)
-                    .bind(row.retry_count)
-                    .bind(&row.next_retry_at)
-                    .bind(&row.lease)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            tx.commit().await?;
+            let fields: Vec<String> = WRITE_BACK_FIELDS
+                .iter()
+                .map(|(name, _)| format!("value ->> 'w_{name}' AS w_{name}"))
+                .collect();
+            let sql = format!(
+                "UPDATE {TABLE} SET {set} FROM (SELECT {} FROM json_each($2)) WHERE {fence}",
+                fields.join(", ")
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(scope)
+                .bind(json)
+                .execute(pool)
+                .await?
+                .rows_affected()
         }
         Store::Postgres(pool) => {
-            let sql = sql
-                .replace("$11", "$11::timestamptz")
-                .replace("$12", "$12::timestamptz");
-            let mut tx = pool.begin().await?;
-            for row in rows {
-                written += sqlx::query(AssertSqlSafe(sql.clone()))
-                    .bind(scope)
-                    .bind(&row.k)
-                    .bind(row.status)
-                    .bind(row.confirm)
-                    .bind(row.forget_fingerprint)
-                    .bind(&row.crm_id)
-                    .bind(&row.crm_key)
-                    .bind(row.set_error)
-                    .bind(&row.error)
-                    .bind(row.retry_count)
-                    .bind(&row.next_retry_at)
-                    .bind(&row.lease)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
-            tx.commit().await?;
+            let fields: Vec<String> = WRITE_BACK_FIELDS
+                .iter()
+                .map(|(name, kind)| format!("w_{name} {kind}"))
+                .collect();
+            let sql = format!(
+                "UPDATE {TABLE} SET {set} FROM json_to_recordset($2::json) AS v({}) WHERE {fence}",
+                fields.join(", ")
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(scope)
+                .bind(json)
+                .execute(pool)
+                .await?
+                .rows_affected()
         }
-    }
+    };
     Ok(written)
 }
 
