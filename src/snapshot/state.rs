@@ -450,14 +450,14 @@ const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
     ("next_retry_at", "timestamptz"),
 ];
 
-/// Writes every result in one statement (the results bound as one JSON
-/// array), each row fenced on its lease: a row reclaimed after its lease
+/// Writes every result (PostgreSQL: in one statement, the results bound as
+/// one JSON array; SQLite: one statement per row in one transaction), each
+/// row fenced on its lease: a row reclaimed after its lease
 /// expired keeps its new owner's state.
 pub(crate) async fn record(store: &Store, scope: &str, rows: &[WriteBack]) -> anyhow::Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let json = serde_json::to_string(rows)?;
     // The write-back's columns are `w_<field>`, so no name is shared with the table.
     let set = format!(
         "status = w_status, \
@@ -473,27 +473,44 @@ pub(crate) async fn record(store: &Store, scope: &str, rows: &[WriteBack]) -> an
          AND {TABLE}.status = '{PROCESSING}' AND {TABLE}.next_retry_at = w_lease"
     );
     let written = match store {
+        // One UPDATE by primary key per row, in one transaction: SQLite
+        // plans an UPDATE ... FROM json_each as a scan of the whole table.
         Store::Sqlite(pool) => {
-            let fields: Vec<String> = WRITE_BACK_FIELDS
-                .iter()
-                .map(|(name, _)| format!("value ->> 'w_{name}' AS w_{name}"))
-                .collect();
             let sql = format!(
-                "UPDATE {TABLE} SET {set} FROM (SELECT {} FROM json_each($2)) WHERE {fence}",
-                fields.join(", ")
+                "UPDATE {TABLE} SET {set} FROM (SELECT $2 AS w_k, $3 AS w_lease, $4 AS w_status, \
+                 $5 AS w_confirm, $6 AS w_forget_fingerprint, $7 AS w_crm_id, $8 AS w_crm_key, \
+                 $9 AS w_set_error, $10 AS w_error, $11 AS w_retry_count, $12 AS w_next_retry_at) \
+                 WHERE {fence}"
             );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(scope)
-                .bind(json)
-                .execute(pool)
-                .await?
-                .rows_affected()
+            let mut tx = pool.begin().await?;
+            let mut written = 0;
+            for row in rows {
+                written += sqlx::query(AssertSqlSafe(sql.clone()))
+                    .bind(scope)
+                    .bind(&row.k)
+                    .bind(&row.lease)
+                    .bind(row.status)
+                    .bind(row.confirm)
+                    .bind(row.forget_fingerprint)
+                    .bind(&row.crm_id)
+                    .bind(&row.crm_key)
+                    .bind(row.set_error)
+                    .bind(&row.error)
+                    .bind(row.retry_count)
+                    .bind(&row.next_retry_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            written
         }
         Store::Postgres(pool) => {
             let fields: Vec<String> = WRITE_BACK_FIELDS
                 .iter()
                 .map(|(name, kind)| format!("w_{name} {kind}"))
                 .collect();
+            let json = serde_json::to_string(rows)?;
             let sql = format!(
                 "UPDATE {TABLE} SET {set} FROM json_to_recordset($2::json) AS v({}) WHERE {fence}",
                 fields.join(", ")
