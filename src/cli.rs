@@ -366,6 +366,7 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     let state = location.state_store(&store).await?;
     for mapping in mappings {
         if mapping.snapshot.is_some() {
+            let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
             snapshot_status(&state, mapping).await?;
             continue;
         }
@@ -435,6 +436,7 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
     for mapping in mappings {
         let count = match mapping.snapshot {
             Some(_) => {
+                let state = crate::snapshot::state_store(&mapping, &state, &ProcessEnv).await?;
                 let scope = crate::snapshot::scope(&mapping);
                 crate::snapshot::state::ensure_table(&state).await?;
                 crate::snapshot::state::requeue_errors(&state, &scope).await?
@@ -459,6 +461,7 @@ async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Res
     if mapping.snapshot.is_some() {
         // The source is only read: what a snapshot needs is its state table.
         let state = location.state_store(&store).await?;
+        let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
         let statements = crate::snapshot::state::create_sql(state.backend());
         if !print {
             crate::snapshot::state::ensure_table(&state).await?;

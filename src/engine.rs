@@ -144,7 +144,8 @@ pub async fn run_connector(
         let feed = match mapping.snapshot {
             None => Feed::Queue(Box::new(open_queue(&store, &plan, &mapping).await?)),
             Some(_) => {
-                let state = options.state_store.clone().unwrap_or_else(|| store.clone());
+                let default = options.state_store.clone().unwrap_or_else(|| store.clone());
+                let state = crate::snapshot::state_store(&mapping, &default, env).await?;
                 let columns = plan.row_columns(&mapping);
                 let feed = SnapshotFeed::open(
                     store.clone(),

@@ -55,6 +55,11 @@ pub struct Source {
     #[serde(default)]
     #[schemars(length(min = 1))]
     pub query: Option<String>,
+    /// Snapshot mode: the NAME of an environment variable holding the URL of
+    /// the database that keeps this mapping's state (e.g. when the source is a
+    /// read-only replica). Unset: `--state-database`, else the source database.
+    #[serde(default)]
+    pub state_database_env: Option<String>,
     /// Column the CRM matches records on (trimmed and lower-cased), e.g. `email`.
     #[serde(default = "default_key")]
     pub key: String,

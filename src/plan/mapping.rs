@@ -46,6 +46,8 @@ pub struct MappingPlan {
 pub struct SnapshotPlan {
     /// The table, view or query read each cycle.
     pub source: SnapshotSource,
+    /// The variable naming the state database's URL, when the mapping sets one.
+    pub state_database_env: Option<String>,
 }
 
 /// What a snapshot reads.
@@ -161,6 +163,13 @@ fn check_source_mode(
                 "a queue is a table the engine writes its state to; a query is read-only",
             );
         }
+        if src.state_database_env.is_some() {
+            error(
+                "source.state_database_env",
+                "`source.state_database_env` needs `mode = \"snapshot\"`".into(),
+                "a queue keeps its state in its own table's columns",
+            );
+        }
         return None;
     }
     if source.json.get("state").is_some() {
@@ -201,7 +210,19 @@ fn check_source_mode(
             return None;
         }
     };
-    Some(SnapshotPlan { source: read })
+    if let Some(name) = &src.state_database_env
+        && !super::is_env_name(name)
+    {
+        error(
+            "source.state_database_env",
+            format!("`{name}` is not an environment variable name"),
+            "name the variable that holds the URL (e.g. STATE_DATABASE_URL), never the URL itself",
+        );
+    }
+    Some(SnapshotPlan {
+        source: read,
+        state_database_env: src.state_database_env.clone(),
+    })
 }
 
 /// The table spec with the seed's default column names.

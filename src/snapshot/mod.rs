@@ -513,3 +513,29 @@ pub async fn check_source(
         })
         .collect())
 }
+
+/// The database holding `mapping`'s state: the one its
+/// `source.state_database_env` names, else `default` (`--state-database`, or
+/// the source database).
+pub async fn state_store(
+    mapping: &MappingPlan,
+    default: &Store,
+    env: &dyn crate::plan::Env,
+) -> anyhow::Result<Store> {
+    let Some(name) = mapping
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.state_database_env.as_deref())
+    else {
+        return Ok(default.clone());
+    };
+    let url = env.var(name).with_context(|| {
+        format!(
+            "mapping `{}` keeps its state in the database named by {name}, which is not set",
+            mapping.name
+        )
+    })?;
+    Store::connect(&url)
+        .await
+        .with_context(|| format!("opening the state database named by {name}"))
+}

@@ -606,6 +606,15 @@ fn check_refuses_snapshot_settings_that_cannot_work() {
             "{mapping}: expected {expected:?} in {errors:?}"
         );
     }
+    let errors = check_errors(&format!(
+        "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\ntable = \"t\"\nstate_database_env = \"sqlite://state.db\"\n{fields}"
+    ));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("is not an environment variable name")),
+        "{errors:?}"
+    );
     let good = "connector = \"brevo\"\non_removed = \"archive\"\n[source]\nmode = \"snapshot\"\nquery = \"SELECT id, email, name FROM t;\"\n";
     assert_eq!(
         check_errors(&format!("{good}{fields}")),
@@ -886,3 +895,50 @@ async fn a_snapshot_over_uuid_ids_streams_them_in_order(backend: Backend) {
 }
 
 on_both_backends!(a_snapshot_over_uuid_ids_streams_them_in_order);
+
+/// `source.state_database_env` puts the state in another database (here a
+/// SQLite file, whatever the source's backend).
+async fn a_mapping_can_name_its_state_database_by_environment_variable(backend: Backend) {
+    let Some(mut w) = World::new(backend, "hubspot", Read::Table).await else {
+        return;
+    };
+    let file = format!("mappings/{}.toml", w.name);
+    w.config.edit(
+        &file,
+        "id = \"id\"",
+        "id = \"id\"\nstate_database_env = \"SNAP_STATE_URL\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    w.env.insert("SNAP_STATE_URL".into(), url.clone());
+    w.insert(&[(1, "a@x.io", "Ann A"), (2, "b@x.io", "Bob B")])
+        .await;
+    let first = w.run().await;
+    assert_eq!(synced(&first), 2);
+    let state = Store::connect(&url).await.unwrap();
+    assert_eq!(w.state_counts(&state).await, counts(&[("Complete", 2)]));
+    if w.db
+        .store
+        .columns("engine_snapshot_state")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            w.state_counts(&w.db.store).await.is_empty(),
+            "nothing in the source database"
+        );
+    }
+    w.env.remove("SNAP_STATE_URL");
+    let err = w
+        .run_with(&w.db.store, None, false)
+        .await
+        .expect_err("the variable is unset");
+    assert!(
+        format!("{err:#}").contains("SNAP_STATE_URL, which is not set"),
+        "{err:#}"
+    );
+    state.close().await;
+}
+
+on_both_backends!(a_mapping_can_name_its_state_database_by_environment_variable);
