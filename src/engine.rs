@@ -294,6 +294,7 @@ async fn cycle_until_done(
                     complete = run.summary.complete.load(Ordering::Relaxed),
                     error = run.summary.failed.load(Ordering::Relaxed),
                     retrying = run.summary.retrying.load(Ordering::Relaxed),
+                    deleted = run.summary.deleted.load(Ordering::Relaxed),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Finished sync cycle."
                 );
@@ -594,6 +595,7 @@ async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Dur
             complete = summary.complete.load(Ordering::Relaxed),
             error = summary.failed.load(Ordering::Relaxed),
             retrying = summary.retrying.load(Ordering::Relaxed),
+            deleted = summary.deleted.load(Ordering::Relaxed),
             rows_per_sec = rate.round() as u64,
             cycle_done = done,
             cycle_due = due,
