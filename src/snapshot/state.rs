@@ -208,7 +208,10 @@ pub(crate) struct PendingUpsert {
 }
 
 /// Queues `rows` for an upsert, in one statement: new keys are inserted,
-/// known ones re-queued with their new values, except rows a worker holds.
+/// known ones re-queued with their new values, except rows a worker holds
+/// and rows that already have these values (confirmed, waiting or failed):
+/// the diff read the state a moment ago, and another run may have synced the
+/// row since, so the statement checks again rather than send it twice.
 pub(crate) async fn queue_upserts(
     store: &Store,
     scope: &str,
@@ -222,7 +225,11 @@ pub(crate) async fn queue_upserts(
         "ON CONFLICT (mapping, source_key) DO UPDATE SET status = '{QUEUED}', action = '{UPSERT}', \
          pending_fingerprint = excluded.pending_fingerprint, pending_row = excluded.pending_row, \
          retry_count = 0, next_retry_at = NULL, error = NULL \
-         WHERE {TABLE}.status <> '{PROCESSING}'"
+         WHERE {TABLE}.status <> '{PROCESSING}' \
+         AND NOT ({TABLE}.status = '{COMPLETE}' \
+                  AND COALESCE({TABLE}.fingerprint = excluded.pending_fingerprint, false)) \
+         AND NOT ({TABLE}.status IN ('{QUEUED}', '{ERROR}') AND {TABLE}.action = '{UPSERT}' \
+                  AND COALESCE({TABLE}.pending_fingerprint = excluded.pending_fingerprint, false))"
     );
     let insert = format!(
         "INSERT INTO {TABLE} (mapping, source_key, status, action, pending_fingerprint, pending_row, retry_count)"
@@ -263,9 +270,11 @@ pub(crate) async fn queue_deletes(
     scope: &str,
     keys: &[String],
 ) -> anyhow::Result<()> {
+    // A record another run deleted meanwhile stays `Deleted`.
     let set = format!(
         "UPDATE {TABLE} SET status = '{QUEUED}', action = '{DELETE}', pending_row = NULL, \
-         pending_fingerprint = NULL, retry_count = 0, next_retry_at = NULL, error = NULL"
+         pending_fingerprint = NULL, retry_count = 0, next_retry_at = NULL, error = NULL \
+         WHERE status <> '{DELETED}' AND"
     );
     for_keys(store, scope, keys, &set)
         .await
@@ -275,19 +284,19 @@ pub(crate) async fn queue_deletes(
 /// Forgets the state of each key (a removed row whose record stays, or that
 /// was never synced), except rows a worker holds.
 pub(crate) async fn forget(store: &Store, scope: &str, keys: &[String]) -> anyhow::Result<()> {
-    for_keys(store, scope, keys, &format!("DELETE FROM {TABLE}"))
+    for_keys(store, scope, keys, &format!("DELETE FROM {TABLE} WHERE"))
         .await
         .context("forgetting removed rows in the snapshot state")
 }
 
-/// Runs `head` (an UPDATE ... SET or a DELETE FROM) on the rows of `keys`
-/// that no worker holds.
+/// Runs `head` (an UPDATE ... SET ... WHERE or a DELETE FROM ... WHERE, to
+/// which the key filter is appended) on the rows of `keys` no worker holds.
 async fn for_keys(store: &Store, scope: &str, keys: &[String], head: &str) -> anyhow::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
     let json = serde_json::to_string(keys)?;
-    let filter = format!("WHERE mapping = $1 AND status <> '{PROCESSING}' AND source_key IN");
+    let filter = format!("mapping = $1 AND status <> '{PROCESSING}' AND source_key IN");
     match store {
         Store::Sqlite(pool) => {
             let sql = format!("{head} {filter} (SELECT value FROM json_each($2))");

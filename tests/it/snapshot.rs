@@ -942,3 +942,55 @@ async fn a_mapping_can_name_its_state_database_by_environment_variable(backend: 
 }
 
 on_both_backends!(a_mapping_can_name_its_state_database_by_environment_variable);
+
+/// Two runs of one snapshot mapping at once (`max_instances = 2`) send each
+/// row once between them: they diff at the same time, and the state's claims
+/// and its re-checked writes keep them from sending a row twice.
+async fn two_runs_at_once_send_each_row_once(backend: Backend) {
+    let Some(w) = World::with_latency(backend, "brevo", Read::Table, 20).await else {
+        return;
+    };
+    let file = format!("mappings/{}.toml", w.name);
+    w.config.edit(
+        &file,
+        "batch_size = 50",
+        "batch_size = 10\nmax_instances = 2",
+    );
+    let emails: Vec<String> = (1..=120).map(|i| format!("p{i}@x.io")).collect();
+    let rows: Vec<(i64, &str, &str)> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as i64 + 1, e.as_str(), "Pat P"))
+        .collect();
+    w.insert(&rows).await;
+    let (a, b) = tokio::join!(w.run_with(&w.db.store, None, false), async {
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        w.run_with(&w.db.store, None, false).await
+    });
+    let sent = synced(&a.unwrap()) + synced(&b.unwrap());
+    assert_eq!(sent, 120);
+    assert_eq!(
+        w.requests_to("POST /v3/contacts"),
+        120,
+        "each row sent once"
+    );
+    assert_eq!(w.crm().len(), 120);
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 120)])
+    );
+    let before = w.requests();
+    let (a, b) = tokio::join!(
+        w.run_with(&w.db.store, None, false),
+        w.run_with(&w.db.store, None, false)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(
+        w.requests(),
+        before,
+        "nothing changed: no request from either run"
+    );
+}
+
+on_both_backends!(two_runs_at_once_send_each_row_once);
