@@ -994,3 +994,39 @@ async fn two_runs_at_once_send_each_row_once(backend: Backend) {
 }
 
 on_both_backends!(two_runs_at_once_send_each_row_once);
+
+/// New rows between known ones, across several pages of the state (1,000
+/// rows each), are all found new, and no known row looks removed.
+async fn new_rows_between_known_ones_across_state_pages_are_found(backend: Backend) {
+    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+        return;
+    };
+    let file = format!("mappings/{}.toml", w.name);
+    w.config.edit(&file, "batch_size = 50", "batch_size = 500");
+    let emails: Vec<String> = (1..=5000).map(|i| format!("m{i}@x.io")).collect();
+    let rows = |parity: i64| -> Vec<(i64, &str, &str)> {
+        emails
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as i64 + 1, e.as_str(), "Max M"))
+            .filter(|(id, _, _)| id % 2 == parity)
+            .collect()
+    };
+    w.insert(&rows(0)).await;
+    let first = w.run().await;
+    assert_eq!(synced(&first), 2500);
+    w.insert(&rows(1)).await;
+    let second = w.run().await;
+    assert_eq!(synced(&second), 2500);
+    assert_eq!(deleted(&second), 0);
+    assert_eq!(w.crm().len(), 5000);
+    assert_eq!(
+        w.state_counts(&w.db.store).await,
+        counts(&[("Complete", 5000)])
+    );
+    let before = w.requests();
+    w.run().await;
+    assert_eq!(w.requests(), before);
+}
+
+on_both_backends!(new_rows_between_known_ones_across_state_pages_are_found);
