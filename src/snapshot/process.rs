@@ -41,7 +41,7 @@ pub(crate) async fn process_batch(
 async fn send_upserts(
     run: &Run,
     mapping: &MappingPlan,
-    claimed: Vec<Claimed>,
+    mut claimed: Vec<Claimed>,
     backend: crate::store::Backend,
 ) -> Vec<WriteBack> {
     if claimed.is_empty() {
@@ -51,7 +51,7 @@ async fn send_upserts(
         .iter()
         .map(|c| crm_key(c.row.get(&mapping.table.key_column)))
         .collect();
-    let mut rows: Vec<ClaimedRow> = claimed.iter().map(as_claimed_row).collect();
+    let mut rows: Vec<ClaimedRow> = claimed.iter_mut().map(as_claimed_row).collect();
     let outcomes = sync_rows(run, mapping, &mut rows).await;
     let results = decide(run, mapping, &rows, outcomes);
     claimed
@@ -77,11 +77,11 @@ async fn send_upserts(
 }
 
 /// The claimed state row as the engine's flow takes it: its id is the
-/// source key, its columns the row the diff read.
-fn as_claimed_row(claim: &Claimed) -> ClaimedRow {
+/// source key, its columns (moved out) the row the diff read.
+fn as_claimed_row(claim: &mut Claimed) -> ClaimedRow {
     ClaimedRow {
         id: claim.source_key.clone(),
-        row: claim.row.clone(),
+        row: std::mem::take(&mut claim.row),
         retry_count: claim.retry_count,
         lease: claim.lease,
         handle: None,
