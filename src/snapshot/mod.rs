@@ -6,8 +6,9 @@
 //! The sync state lives in the engine's own table, `engine_snapshot_state`
 //! (see [`state`]), keyed by the mapping's scope (its name and source) and the
 //! row's source key (the `source.id` column as text). It may be in the source
-//! database or in another one (`--state-database`), so a read-only replica or a
-//! reporting view works: nothing is ever written to the source.
+//! database or in another one (`source.state_database_env`, `--state-database`),
+//! so a read-only replica or a reporting view works: nothing is ever written to
+//! the source.
 //!
 //! # The diff streams
 //! One statement reads the source ordered by source key (compared as bytes on
