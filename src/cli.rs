@@ -80,6 +80,22 @@ pub struct Location {
         value_name = "URL"
     )]
     pub database: String,
+    /// Where snapshot-mode mappings keep their state (default: the --database),
+    /// e.g. when the source is a read-only replica.
+    #[arg(long, env = "STATE_DATABASE_URL", value_name = "URL")]
+    pub state_database: Option<String>,
+}
+
+impl Location {
+    /// The state database of snapshot mappings: `--state-database`, else `source`.
+    async fn state_store(&self, source: &Store) -> anyhow::Result<Store> {
+        match &self.state_database {
+            Some(url) => Store::connect(url)
+                .await
+                .context("opening --state-database"),
+            None => Ok(source.clone()),
+        }
+    }
 }
 
 /// Subcommands.
@@ -105,6 +121,10 @@ pub enum Command {
         /// Claim-and-send loops per mapping.
         #[arg(long, default_value_t = 4, value_name = "N")]
         workers: usize,
+        /// Let a snapshot whose source returned no rows delete the records
+        /// it synced (refused otherwise: a broken view must not wipe the CRM).
+        #[arg(long)]
+        allow_empty_source: bool,
         #[command(flatten)]
         location: Location,
     },
@@ -190,8 +210,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             connector,
             watch,
             workers,
+            allow_empty_source,
             location,
-        } => run(&connector, watch, workers, &location).await,
+        } => run(&connector, watch, workers, allow_empty_source, &location).await,
         Command::Status {
             connector,
             location,
@@ -270,6 +291,7 @@ async fn run(
     connector: &str,
     watch: bool,
     workers: usize,
+    allow_empty_source: bool,
     location: &Location,
 ) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
@@ -307,6 +329,8 @@ async fn run(
     let options = RunOptions {
         watch,
         workers,
+        state_store: Some(location.state_store(&store).await?),
+        allow_empty_source,
         ..RunOptions::default()
     };
     let summary = run_connector(
@@ -357,10 +381,16 @@ async fn status(connector: Option<&str>, location: &Location) -> anyhow::Result<
     if mappings.is_empty() {
         anyhow::bail!("no mapping matches");
     }
-    for mapping in &mappings {
+    for mapping in mappings.iter().filter(|m| m.snapshot.is_none()) {
         require_table(&store, mapping).await?;
     }
+    let state = location.state_store(&store).await?;
     for mapping in mappings {
+        if mapping.snapshot.is_some() {
+            let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
+            snapshot_status(&state, mapping).await?;
+            continue;
+        }
         println!(
             "mapping {} -> connector {} (table {})",
             mapping.name, mapping.connector, mapping.table.table
@@ -423,6 +453,36 @@ fn print_change_triggers(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `engine status` of a snapshot mapping: its state rows by status, a
+/// pending delete apart from a pending upsert.
+async fn snapshot_status(state: &Store, mapping: &crate::plan::MappingPlan) -> anyhow::Result<()> {
+    use crate::snapshot::{scope, state as snapshot_state};
+    let scope = scope(mapping);
+    println!(
+        "mapping {} -> connector {} (snapshot, state {scope})",
+        mapping.name, mapping.connector
+    );
+    if state.columns(snapshot_state::TABLE).await?.is_none() {
+        println!("  no state yet: the first `engine run` creates it");
+        return Ok(());
+    }
+    for (status, action, count) in snapshot_state::counts(state, &scope).await? {
+        let label = match (status.as_str(), action.as_str()) {
+            ("Complete" | "Deleted", _) | (_, "upsert") => status,
+            (_, action) => format!("{status} ({action})"),
+        };
+        println!("  {label:<18} {count}");
+    }
+    let errors = snapshot_state::latest_errors(state, &scope, 10).await?;
+    if !errors.is_empty() {
+        println!("  latest errors:");
+        for (key, error, retries) in errors {
+            println!("    id {key} (retries {retries}): {error}");
+        }
+    }
+    Ok(())
+}
+
 async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {
     let Some(plan) = load_plan(&location.config_dir) else {
         return Ok(ExitCode::from(2));
@@ -433,11 +493,20 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
         !mappings.is_empty(),
         "no mapping syncs to connector `{connector}`"
     );
-    for mapping in &mappings {
+    for mapping in mappings.iter().filter(|m| m.snapshot.is_none()) {
         require_table(&store, mapping).await?;
     }
+    let state = location.state_store(&store).await?;
     for mapping in mappings {
-        let count = store.requeue_errors(&mapping.table).await?;
+        let count = match mapping.snapshot {
+            Some(_) => {
+                let state = crate::snapshot::state_store(&mapping, &state, &ProcessEnv).await?;
+                let scope = crate::snapshot::scope(&mapping);
+                crate::snapshot::state::ensure_table(&state).await?;
+                crate::snapshot::state::requeue_errors(&state, &scope).await?
+            }
+            None => store.requeue_errors(&mapping.table).await?,
+        };
         println!("mapping {}: {count} rows queued again", mapping.name);
     }
     store.close().await;
@@ -453,6 +522,20 @@ async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Res
         .get(mapping)
         .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
     let store = Store::connect(&location.database).await?;
+    if mapping.snapshot.is_some() {
+        // The source is only read: what a snapshot needs is its state table.
+        let state = location.state_store(&store).await?;
+        let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
+        let statements = crate::snapshot::state::create_sql(state.backend());
+        if !print {
+            crate::snapshot::state::ensure_table(&state).await?;
+        }
+        for statement in statements {
+            println!("{statement};");
+        }
+        state.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut statements = if print {
         store.migration_sql(&mapping.table).await?
     } else {

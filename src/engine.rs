@@ -17,9 +17,11 @@ use tokio::sync::watch;
 
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
+use crate::config::mapping::OnRemoved;
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
+use crate::snapshot::SnapshotFeed;
 use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
 use crate::template::NOW_KEY;
 
@@ -33,6 +35,11 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print a progress line this often (None: never).
     pub progress_every: Option<Duration>,
+    /// Where snapshot mappings keep their state; `None`: the source database.
+    pub state_store: Option<Store>,
+    /// Let a snapshot whose source returned no rows delete the records it
+    /// synced (the empty-source guard stops that otherwise).
+    pub allow_empty_source: bool,
 }
 
 impl Default for RunOptions {
@@ -41,6 +48,8 @@ impl Default for RunOptions {
             watch: false,
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
+            state_store: None,
+            allow_empty_source: false,
         }
     }
 }
@@ -64,6 +73,8 @@ pub struct RunSummary {
     pub skipped: AtomicU64,
     /// Of the `complete` rows, those that had no CRM id before (first sync).
     pub created: AtomicU64,
+    /// CRM records deleted because their rows left a snapshot's source.
+    pub deleted: AtomicU64,
     /// The cycle under way, for progress lines.
     cycle: std::sync::Mutex<Option<CycleStart>>,
     /// Per mapping, the counts not yet added to `engine_sync_counts`.
@@ -93,6 +104,10 @@ impl RunSummary {
         unsaved.remove(mapping).unwrap_or_default()
     }
 
+    pub(crate) fn add_deleted(&self, n: u64) {
+        self.add(&self.deleted, n);
+    }
+
     /// Total rows processed.
     pub fn total(&self) -> u64 {
         [
@@ -102,6 +117,7 @@ impl RunSummary {
             &self.deferred,
             &self.unchanged,
             &self.skipped,
+            &self.deleted,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -110,12 +126,20 @@ impl RunSummary {
 }
 
 /// Everything a run of one connector shares.
-struct Run {
-    plan: Arc<Plan>,
-    client: Arc<CrmClient>,
-    clock: Arc<dyn Clock>,
-    summary: Arc<RunSummary>,
+pub(crate) struct Run {
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) client: Arc<CrmClient>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) summary: Arc<RunSummary>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Where a mapping's rows come from: a queue table, or a snapshot source
+/// diffed against the engine's state table at the start of each cycle.
+#[derive(Debug, Clone)]
+enum Feed {
+    Queue(Box<Queue>),
+    Snapshot(SnapshotFeed),
 }
 
 /// Runs every mapping of `connector` (see the module docs). Returns the counts.
@@ -140,8 +164,23 @@ pub async fn run_connector(
     }
     let mut queues = Vec::new();
     for mapping in mappings {
-        let queue = open_queue(&store, &plan, &mapping).await?;
-        queues.push((mapping, queue));
+        let feed = match mapping.snapshot {
+            None => Feed::Queue(Box::new(open_queue(&store, &plan, &mapping).await?)),
+            Some(_) => {
+                let default = options.state_store.clone().unwrap_or_else(|| store.clone());
+                let state = crate::snapshot::state_store(&mapping, &default, env).await?;
+                let columns = plan.row_columns(&mapping);
+                let feed = SnapshotFeed::open(
+                    store.clone(),
+                    state,
+                    &mapping,
+                    &columns,
+                    options.allow_empty_source,
+                );
+                Feed::Snapshot(feed.await?)
+            }
+        };
+        queues.push((mapping, feed));
     }
     let client = Arc::new(CrmClient::new(
         connector_plan,
@@ -150,10 +189,15 @@ pub async fn run_connector(
         clock.clone(),
     )?);
     let mut guards = Vec::new();
-    for (mapping, _) in &queues {
+    for (mapping, feed) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
         let lock_name = format!("mapping:{}:{}", mapping.name, mapping.table.table);
-        let slot = store
+        // A snapshot's source may be read-only: its slots live with its state.
+        let lock_store = match feed {
+            Feed::Queue(_) => &store,
+            Feed::Snapshot(snapshot) => snapshot.state_store(),
+        };
+        let slot = lock_store
             .acquire_instance_slot(&lock_name, mapping.schedule.max_instances)
             .await?;
         match slot {
@@ -231,7 +275,7 @@ fn missing_table(mapping: &MappingPlan) -> anyhow::Error {
 
 async fn cycle_until_done(
     run: &Arc<Run>,
-    queues: &[(Arc<MappingPlan>, Queue)],
+    queues: &[(Arc<MappingPlan>, Feed)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
     let interval = Duration::from_secs(
@@ -275,6 +319,7 @@ async fn cycle_until_done(
                     retrying = run.summary.retrying.load(Ordering::Relaxed),
                     unchanged = run.summary.unchanged.load(Ordering::Relaxed),
                     skipped = run.summary.skipped.load(Ordering::Relaxed),
+                    deleted = run.summary.deleted.load(Ordering::Relaxed),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Finished sync cycle."
                 );
@@ -297,13 +342,16 @@ async fn cycle_until_done(
 const FAILED_CYCLE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Claims and processes batches of one mapping with `workers` loops until no row
-/// is claimable now.
+/// is claimable now. A snapshot first finds what changed in its source.
 async fn drain(
     run: Arc<Run>,
     mapping: Arc<MappingPlan>,
-    queue: Queue,
+    queue: Feed,
     workers: usize,
 ) -> anyhow::Result<()> {
+    if let Feed::Snapshot(snapshot) = &queue {
+        snapshot.find_changes().await?;
+    }
     let loops = (0..workers.max(1)).map(|_| {
         let run = run.clone();
         let mapping = mapping.clone();
@@ -328,8 +376,12 @@ async fn drain(
 
 /// Adds the cycle's outcome counts to the engine's table for `engine
 /// status`. A failure only costs the counts: it is logged, not fatal.
-async fn save_counts(run: &Run, mapping: &MappingPlan, queue: &Queue) {
+async fn save_counts(run: &Run, mapping: &MappingPlan, feed: &Feed) {
     let counts = run.summary.take_unsaved(&mapping.name);
+    // A snapshot's `engine status` reads its state table instead.
+    let Feed::Queue(queue) = feed else {
+        return;
+    };
     let saved = queue
         .store()
         .add_sync_counts(
@@ -344,8 +396,27 @@ async fn save_counts(run: &Run, mapping: &MappingPlan, queue: &Queue) {
     }
 }
 
-/// One cycle: claim, render, send, record. Returns how many rows it claimed.
+/// One batch of either feed. Returns how many rows it claimed.
 async fn process_one_batch(
+    run: &Run,
+    mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
+    feed: &Feed,
+) -> anyhow::Result<usize> {
+    match feed {
+        Feed::Queue(queue) => {
+            let mut claimed = process_queue_batch(run, mapping, changes, queue).await?;
+            if mapping.on_removed == OnRemoved::Archive {
+                claimed += crate::delete::queue::process_batch(run, mapping, queue.store()).await?;
+            }
+            Ok(claimed)
+        }
+        Feed::Snapshot(snapshot) => crate::snapshot::process_batch(run, mapping, snapshot).await,
+    }
+}
+
+/// One cycle: claim, render, send, record. Returns how many rows it claimed.
+async fn process_queue_batch(
     run: &Run,
     mapping: &MappingPlan,
     changes: Option<&ChangeCheck>,
@@ -386,7 +457,7 @@ fn has_crm_id(row: &Map<String, Value>, column: &str) -> bool {
 /// Each row's columns move into its job (only the key stays behind, for
 /// `decide`'s log lines). A row whose fingerprint matches the stored one is
 /// not sent.
-async fn sync_rows(
+pub(crate) async fn sync_rows(
     run: &Run,
     mapping: &MappingPlan,
     changes: Option<&ChangeCheck>,
@@ -495,7 +566,7 @@ fn render_job(
 /// Turns outcomes into database updates using the mapping's retry schedule.
 /// Logs every row that did not sync at warn, each synced row at debug, and
 /// one line per batch at info (a million rows make a million debug lines).
-fn decide(
+pub(crate) fn decide(
     run: &Run,
     mapping: &MappingPlan,
     rows: &[ClaimedRow],
@@ -594,10 +665,12 @@ struct BatchCounts {
 /// Counts the rows due in every mapping of the run, so that progress lines
 /// can say how far the cycle is and how long it has left. A failed count
 /// only leaves those two out.
-async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Queue)], at: Instant) {
+async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Feed)], at: Instant) {
     let now = run.clock.utc();
     let mut due = 0;
-    for (mapping, queue) in queues {
+    for (mapping, feed) in queues {
+        // A snapshot learns what is due only from its diff, which has not run yet.
+        let Feed::Queue(queue) = feed else { continue };
         match queue.count_due(now).await {
             Ok(n) => due += n,
             Err(err) => {
@@ -636,6 +709,7 @@ async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Dur
             retrying = summary.retrying.load(Ordering::Relaxed),
             unchanged = summary.unchanged.load(Ordering::Relaxed),
             skipped = summary.skipped.load(Ordering::Relaxed),
+            deleted = summary.deleted.load(Ordering::Relaxed),
             rows_per_sec = rate.round() as u64,
             cycle_done = done,
             cycle_due = due,

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Retry, RuleAction,
-    Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
+    Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -55,6 +55,8 @@ pub struct ConnectorPlan {
     /// `upsert.lookup`, `upsert.create` and `upsert.update` whatever the
     /// flow, for the sync modes that forbid some writes.
     pub keyed: KeyedOps,
+    /// Deletes records by id (`[delete]`), when the file declares it.
+    pub delete: Option<DeletePlan>,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
@@ -145,6 +147,15 @@ pub struct RulePlan {
     pub drop_fields: Vec<String>,
 }
 
+/// A compiled `[delete]` operation.
+#[derive(Debug)]
+pub struct DeletePlan {
+    /// The request; a 404 answer counts as done.
+    pub op: OpPlan,
+    /// For a batch request: one item per record, and the most per request.
+    pub batch: Option<(CompiledTree, usize)>,
+}
+
 /// A compiled batch request.
 #[derive(Debug)]
 pub struct BatchPlan {
@@ -211,6 +222,7 @@ pub fn build(
         &raw.errors.message_pointers,
     );
     let (flow, keyed) = build_flow(&mut ctx, &raw.upsert);
+    let delete = raw.delete.as_ref().map(|op| build_delete(&mut ctx, op));
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -237,7 +249,79 @@ pub fn build(
         params: raw.params.clone(),
         flow,
         keyed,
+        delete: delete.flatten(),
         reads_row,
+    })
+}
+
+fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
+    let label = "delete";
+    let batch = match (&op.item, op.max_items) {
+        (Some(item), Some(max_items)) => {
+            let uses = check_tree(
+                ctx.source,
+                "delete.item",
+                item,
+                Some(OPERATION_VARIABLES),
+                ctx.diagnostics,
+            );
+            ctx.uses.extend(uses);
+            if !op
+                .body
+                .as_ref()
+                .is_some_and(|b| contains_exact(b, "{{items}}"))
+            {
+                ctx.error(
+                    "delete.body",
+                    "a batch delete's body must contain a leaf that is exactly \"{{items}}\"",
+                    "e.g. body = { inputs = \"{{items}}\" }",
+                );
+            }
+            Some(compile(ctx, "delete.item", item).map(|item| (item, max_items as usize)))
+        }
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            ctx.error(
+                "delete",
+                "a batch delete needs both `item` and `max_items`",
+                "set both for a batch request, or neither for one request per record",
+            );
+            None
+        }
+    };
+    let body_variables = if batch.is_some() {
+        BATCH_BODY_VARIABLES
+    } else {
+        OPERATION_VARIABLES
+    };
+    let mut request = build_request(
+        ctx,
+        label,
+        op.method,
+        &op.path,
+        &op.query,
+        &op.headers,
+        op.body.as_ref(),
+        body_variables,
+        &op.endpoint_class,
+        None,
+        &op.rules,
+    )?;
+    // A record that is already gone is what a delete wants: done, not an error.
+    request.rules.push(RulePlan {
+        status: 404,
+        regex: None,
+        body_has: None,
+        then: RuleAction::Success,
+        wait: None,
+        drop_fields: Vec::new(),
+    });
+    Some(DeletePlan {
+        op: request,
+        batch: match batch {
+            Some(compiled) => Some(compiled?),
+            None => None,
+        },
     })
 }
 

@@ -9,9 +9,12 @@ mod templates;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use connector::{BatchPlan, ConnectorPlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_problem};
+pub use connector::{
+    BatchPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_problem,
+};
 pub use mapping::{
-    MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
+    MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,
+    spec_columns as mapping_columns, table_spec,
 };
 pub use templates::WHOLE_CONTEXT;
 

@@ -12,6 +12,7 @@ mod plan;
 mod run;
 mod sandbox;
 mod scripted;
+mod snapshot;
 mod store;
 mod support;
 mod template;
