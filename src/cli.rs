@@ -1,6 +1,8 @@
 //! Command-line interface: flags, and one function per subcommand. Each returns
-//! the process exit code: 0 ok, 1 a run finished but some rows ended in `Error`,
-//! 2 a config, usage or environment error.
+//! the process exit code: 0 ok (for `run`: every claimed row ended `Complete`),
+//! 1 a run finished but some rows did not (`Error`, or handed back to `Queued`
+//! for later: a retry, a rate limit, a shutdown), 2 a config, usage or
+//! environment error.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +42,9 @@ Examples:
   engine run --connector brevo --watch         every interval_secs, until SIGINT/SIGTERM
   engine status --connector hubspot            counts per status, latest errors
 
-Exit codes: 0 ok; 1 some rows ended in Error; 2 config, usage or environment error.";
+Exit codes: 0 ok (run: every claimed row ended Complete); 1 some claimed rows ended
+in Error or were handed back to Queued for later (a retry, a rate limit, a
+shutdown); 2 config, usage or environment error.";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -323,8 +327,15 @@ async fn run(
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("Signal received: finishing in-flight requests, then stopping.");
+        tracing::info!(
+            "Signal received: handing unsent rows back to Queued, then stopping (within 10 s)."
+        );
         let _ = stop.send(true);
+        // The first signal is enough; a second one is obeyed at once, leaving
+        // any rows still claimed to be taken again when their lease expires.
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting now.");
+        std::process::exit(1);
     });
     let options = RunOptions {
         watch,
@@ -344,11 +355,10 @@ async fn run(
     )
     .await?;
     store.close().await;
-    let failed = summary.failed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
+    Ok(if summary.all_complete() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

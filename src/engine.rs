@@ -12,12 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
 use crate::config::mapping::OnRemoved;
+use crate::crm::wait::{self, WaitBound};
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
@@ -106,6 +108,26 @@ impl RunSummary {
 
     pub(crate) fn add_deleted(&self, n: u64) {
         self.add(&self.deleted, n);
+    }
+
+    /// Counts a delete that did not end done, as `decide` counts upserts,
+    /// so the exit code tells of it too.
+    pub(crate) fn add_unfinished_delete(&self, update: &RowUpdate) {
+        match update {
+            RowUpdate::Failed { .. } => self.add(&self.failed, 1),
+            RowUpdate::RetryLater { .. } => self.add(&self.retrying, 1),
+            RowUpdate::Release { .. } => self.add(&self.deferred, 1),
+            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => {}
+        }
+    }
+
+    /// Whether every row the run claimed ended `Complete`: none failed, and
+    /// none was handed back for later (a retry, a rate limit, a shutdown).
+    /// The meaning of exit code 0.
+    pub fn all_complete(&self) -> bool {
+        [&self.failed, &self.retrying, &self.deferred]
+            .iter()
+            .all(|c| c.load(Ordering::Relaxed) == 0)
     }
 
     /// Total rows processed.
@@ -290,8 +312,18 @@ async fn cycle_until_done(
         if options.progress_every.is_some() {
             note_cycle_start(run, queues, started).await;
         }
+        // A cycle claims only rows due when it began: a row it hands back (a
+        // rate limit, a retry) is due later than that, so a one-shot run ends
+        // even when every row keeps being handed back.
+        let due_by = run.clock.utc();
         let drains = queues.iter().map(|(mapping, queue)| {
-            drain(run.clone(), mapping.clone(), queue.clone(), options.workers)
+            drain(
+                run.clone(),
+                mapping.clone(),
+                queue.clone(),
+                options.workers,
+                due_by,
+            )
         });
         let failed = futures::future::join_all(drains)
             .await
@@ -348,6 +380,7 @@ async fn drain(
     mapping: Arc<MappingPlan>,
     queue: Feed,
     workers: usize,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     if let Feed::Snapshot(snapshot) = &queue {
         snapshot.find_changes().await?;
@@ -359,7 +392,7 @@ async fn drain(
         tokio::spawn(async move {
             let changes = ChangeCheck::new(&run.plan, &mapping);
             while !*run.shutdown.borrow() {
-                if process_one_batch(&run, &mapping, changes.as_ref(), &queue).await? == 0 {
+                if process_one_batch(&run, &mapping, changes.as_ref(), &queue, due_by).await? == 0 {
                     break;
                 }
             }
@@ -396,22 +429,40 @@ async fn save_counts(run: &Run, mapping: &MappingPlan, feed: &Feed) {
     }
 }
 
+/// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
+/// past what a timestamp can hold would still be a lease.
+pub(crate) fn lease_deadline(
+    now: chrono::DateTime<chrono::Utc>,
+    lease_secs: u64,
+) -> chrono::DateTime<chrono::Utc> {
+    i64::try_from(lease_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|lease| now.checked_add_signed(lease))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 /// One batch of either feed. Returns how many rows it claimed.
+/// Claims rows due by `due_by` (the cycle's start; see `cycle_until_done`).
 async fn process_one_batch(
     run: &Run,
     mapping: &MappingPlan,
     changes: Option<&ChangeCheck>,
     feed: &Feed,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     match feed {
         Feed::Queue(queue) => {
-            let mut claimed = process_queue_batch(run, mapping, changes, queue).await?;
+            let mut claimed = process_queue_batch(run, mapping, changes, queue, due_by).await?;
             if mapping.on_removed == OnRemoved::Archive {
-                claimed += crate::delete::queue::process_batch(run, mapping, queue.store()).await?;
+                claimed += crate::delete::queue::process_batch(run, mapping, queue.store(), due_by)
+                    .await?;
             }
             Ok(claimed)
         }
-        Feed::Snapshot(snapshot) => crate::snapshot::process_batch(run, mapping, snapshot).await,
+        Feed::Snapshot(snapshot) => {
+            crate::snapshot::process_batch(run, mapping, snapshot, due_by).await
+        }
     }
 }
 
@@ -421,11 +472,12 @@ async fn process_queue_batch(
     mapping: &MappingPlan,
     changes: Option<&ChangeCheck>,
     queue: &Queue,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
+    let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let mut rows = queue
-        .claim(mapping.schedule.batch_size as usize, now, lease)
+        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
     if rows.is_empty() {
         return Ok(0);
@@ -435,7 +487,19 @@ async fn process_queue_batch(
         .iter()
         .map(|row| has_crm_id(&row.row, &mapping.table.crm_id))
         .collect();
-    let (outcomes, fingerprints) = sync_rows(run, mapping, changes, &mut rows).await;
+    // A row may hold a lease shared with another mapping (the seed's shared
+    // retry columns), shorter than ours: waits end by the earliest.
+    let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(lease);
+    let count = rows.len();
+    let synced = send_bounded(
+        run,
+        now,
+        earliest,
+        sync_rows(run, mapping, changes, &mut rows),
+    )
+    .await;
+    let (outcomes, fingerprints) =
+        synced.unwrap_or_else(|| (handed_back(run, count), vec![None; count]));
     let results = decide(run, mapping, &rows, outcomes, fingerprints, &known_ids);
     queue
         .record(&results)
@@ -449,6 +513,68 @@ fn has_crm_id(row: &Map<String, Value>, column: &str) -> bool {
         None | Some(Value::Null) => false,
         Some(Value::String(s)) => !s.is_empty(),
         Some(_) => true,
+    }
+}
+
+/// The latest a batch claimed at `now` with a lease of `lease` may still wait
+/// for the CRM: the lease less the time its write-back needs (a tenth of the
+/// lease, at most 30 s), so rows are recorded while they are still ours.
+fn wait_deadline(now: Instant, lease: Duration) -> Instant {
+    let record_time = (lease / 10).min(Duration::from_secs(30));
+    let usable = lease.saturating_sub(record_time).min(MAX_WAIT_HORIZON);
+    now.checked_add(usable).unwrap_or(now)
+}
+
+/// Waits are never planned further ahead than this (keeps `Instant`
+/// arithmetic from overflowing on an absurd `lease_secs`).
+const MAX_WAIT_HORIZON: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Runs a batch's sends claimed at `now`, their waits bounded by the
+/// earliest lease the batch holds and by shutdown (see [`send_within`]).
+pub(crate) async fn send_bounded<F: std::future::Future>(
+    run: &Run,
+    now: DateTime<Utc>,
+    earliest_lease: DateTime<Utc>,
+    sends: F,
+) -> Option<F::Output> {
+    let lease_left = (earliest_lease - now).to_std().unwrap_or(Duration::ZERO);
+    let bound = WaitBound {
+        deadline: wait_deadline(run.clock.now(), lease_left),
+        shutdown: run.shutdown.clone(),
+    };
+    send_within(run, bound, sends).await
+}
+
+/// The outcomes of `count` rows whose sends outlived the shutdown grace:
+/// nothing of the batch is known to be written, so every row goes back as a
+/// crash would leave it, due at once and with no retry spent (every flow is
+/// an upsert, a delete of a gone record succeeds).
+pub(crate) fn handed_back(run: &Run, count: usize) -> Vec<RowOutcome> {
+    let until = run.clock.utc();
+    let reason = "handed back: the run was shutting down".to_string();
+    vec![RowOutcome::Deferred { until, reason }; count]
+}
+
+/// Runs a batch's sends with `bound` on their waits. Every wait inside ends
+/// on shutdown by itself; this is the backstop for anything that does not
+/// (a slow authentication request): `None` when the sends are still going
+/// twice the grace after the signal.
+async fn send_within<F: std::future::Future>(
+    run: &Run,
+    bound: WaitBound,
+    sends: F,
+) -> Option<F::Output> {
+    let mut shutdown = run.shutdown.clone();
+    let backstop = async move {
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(2 * wait::SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        biased;
+        outcomes = wait::within(bound, sends) => Some(outcomes),
+        () = backstop => None,
     }
 }
 
@@ -754,5 +880,17 @@ mod tests {
         assert_eq!(cycle_progress(100, 150, ten_secs), (Some(100), Some(0)));
         // Nothing was due (a watching run between batches).
         assert_eq!(cycle_progress(0, 0, ten_secs), (None, None));
+    }
+
+    #[test]
+    fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {
+        let now = crate::clock::ManualClock::default_start_utc();
+        assert_eq!(
+            lease_deadline(now, 600),
+            now + chrono::Duration::seconds(600)
+        );
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        assert_eq!(lease_deadline(now, 1_000_000_000_000_000), far);
+        assert_eq!(lease_deadline(now, u64::MAX), far);
     }
 }

@@ -29,6 +29,7 @@ pub mod fingerprint;
 pub mod outcome;
 pub mod plan;
 pub mod ratelimit;
+pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod snapshot;

@@ -81,6 +81,11 @@ pub enum ResetUnit {
     EpochSeconds,
 }
 
+/// A rate-limited answer's wait is read up to this (a day: the longest
+/// window a CRM documents); the client decides whether to wait it out or hand
+/// the rows back until then.
+pub const MAX_RATE_LIMIT_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// The cap on header-derived waits when a connector does not set one.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
@@ -159,15 +164,19 @@ pub fn classify(
     let hp = &policy.headers;
     let reason = describe(status, reason);
     if status == 429 || policy.rate_limited_statuses.contains(&status) {
-        let after = retry_after(headers, hp, now)
-            .or_else(|| reset_after(headers, hp, now))
-            .or_else(|| window_length(headers, hp));
+        // Uncut by `max_wait`: a wait longer than the engine waits in-process
+        // hands the rows back until the time the CRM named, not to a time cut
+        // short, at which it would only answer 429 again.
+        let cap = MAX_RATE_LIMIT_AFTER;
+        let after = retry_after(headers, hp, now, cap)
+            .or_else(|| reset_after(headers, hp, now, cap))
+            .or_else(|| window_length(headers, hp, cap));
         return Outcome::RateLimited { reason, after };
     }
     let built_in_retry =
         status == 408 || ((500..600).contains(&status) && !matches!(status, 501 | 505));
     if built_in_retry || policy.retryable_statuses.contains(&status) {
-        let after = retry_after(headers, hp, now);
+        let after = retry_after(headers, hp, now, hp.max_wait);
         return Outcome::Retry { reason, after };
     }
     Outcome::Permanent { reason }
@@ -186,7 +195,7 @@ pub fn rate_info(headers: &HeaderMap, policy: &HeaderPolicy, now: DateTime<Utc>)
         .and_then(parse_count);
     RateInfo {
         remaining,
-        reset: reset_after(headers, policy, now),
+        reset: reset_after(headers, policy, now, policy.max_wait),
     }
 }
 
@@ -265,7 +274,8 @@ fn error_chain(err: &reqwest::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    // A user name or password in the URL, or one a cause repeats, is hidden too.
+    crate::redact::urls_in_text(&text)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -273,16 +283,26 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     (!value.is_empty()).then_some(value)
 }
 
-/// Retry-After (seconds or HTTP-date), capped.
-fn retry_after(headers: &HeaderMap, hp: &HeaderPolicy, now: DateTime<Utc>) -> Option<Duration> {
+/// Retry-After (seconds or HTTP-date), capped at `cap`.
+fn retry_after(
+    headers: &HeaderMap,
+    hp: &HeaderPolicy,
+    now: DateTime<Utc>,
+    cap: Duration,
+) -> Option<Duration> {
     let name = hp.retry_after.as_deref().unwrap_or("Retry-After");
     let value = header_str(headers, name)?;
     let wait = parse_seconds(value).or_else(|| parse_http_date(value, now))?;
-    Some(wait.min(hp.max_wait))
+    Some(wait.min(cap))
 }
 
-/// The reset header read in its unit, capped.
-fn reset_after(headers: &HeaderMap, hp: &HeaderPolicy, now: DateTime<Utc>) -> Option<Duration> {
+/// The reset header read in its unit, capped at `cap`.
+fn reset_after(
+    headers: &HeaderMap,
+    hp: &HeaderPolicy,
+    now: DateTime<Utc>,
+    cap: Duration,
+) -> Option<Duration> {
     let value = header_str(headers, hp.reset.as_deref()?)?;
     let wait = match hp.reset_unit {
         ResetUnit::Seconds => parse_seconds(value)?,
@@ -293,13 +313,13 @@ fn reset_after(headers: &HeaderMap, hp: &HeaderPolicy, now: DateTime<Utc>) -> Op
             until(at, now)
         }
     };
-    Some(wait.min(hp.max_wait))
+    Some(wait.min(cap))
 }
 
-/// The window-length header (milliseconds), capped.
-fn window_length(headers: &HeaderMap, hp: &HeaderPolicy) -> Option<Duration> {
+/// The window-length header (milliseconds), capped at `cap`.
+fn window_length(headers: &HeaderMap, hp: &HeaderPolicy, cap: Duration) -> Option<Duration> {
     let value = header_str(headers, hp.window_ms.as_deref()?)?;
-    Some(parse_millis(value)?.min(hp.max_wait))
+    Some(parse_millis(value)?.min(cap))
 }
 
 /// A non-negative decimal number of seconds. Integers are exact; fractions
@@ -586,7 +606,7 @@ mod tests {
     }
 
     #[test]
-    fn header_waits_are_capped_by_max_wait() {
+    fn retry_waits_and_resets_are_capped_by_max_wait_but_rate_limits_only_by_a_day() {
         let day = "86400";
         let cases: Vec<(u16, ClassifyPolicy, HeaderMap)> = vec![
             (477, hubspot(), headers(&[("Retry-After", day)])),
@@ -599,10 +619,15 @@ mod tests {
         ];
         for (status, mut policy, headers) in cases {
             policy.headers.max_wait = Duration::from_secs(30);
-            assert_eq!(
-                classify(status, &headers, "", &policy, now()).after(),
-                secs(30)
-            );
+            let after = classify(status, &headers, "", &policy, now()).after();
+            if status == 429 {
+                // A rate limit's wait is the CRM's own, uncut: rows handed back
+                // wait as long as it asked (up to a day).
+                assert!(after > secs(30), "{after:?}");
+                assert!(after <= Some(MAX_RATE_LIMIT_AFTER), "{after:?}");
+            } else {
+                assert_eq!(after, secs(30));
+            }
         }
         let info = rate_info(
             &headers(&[("x-sib-ratelimit-reset", day)]),

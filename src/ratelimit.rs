@@ -239,6 +239,18 @@ impl RateLimiter {
         }
     }
 
+    /// Counts every request sent from now on for `per + margin` (requests
+    /// already counted keep their expiry). The client widens the margin when
+    /// the CRM's latency varies: a request can arrive up to that variation
+    /// later than the one before it, and two requests that left a window apart
+    /// must not land in one window of the CRM's.
+    pub fn set_margin(&self, margin: Duration) {
+        let mut state = self.lock();
+        for window in &mut state.windows {
+            window.span = window.spec.per.saturating_add(margin);
+        }
+    }
+
     /// A 429 arrived anyway: no request of `class` is admitted for `pause`
     /// (from Retry-After or the reset header, or the window length if
     /// unknown). Only this class is paused; a pause never shortens an
@@ -448,9 +460,11 @@ impl WindowState {
             }
             self.history.push_back(now);
         }
-        let expires = now + self.span;
+        // Never before the previous entry's expiry: the log stays sorted when
+        // the margin shrinks (see `set_margin`), erring on the safe side.
+        let expires = later(now, self.span).max(self.sent.back().map_or(now, |b| b.expires));
         match self.sent.back_mut() {
-            Some(back) if now < back.first + self.width => {
+            Some(back) if now < later(back.first, self.width) => {
                 back.count += 1;
                 back.expires = back.expires.max(expires);
             }
@@ -520,6 +534,25 @@ mod tests {
             RateLimiter::new(windows, Arc::new(clock.clone()), margin),
             clock,
         )
+    }
+
+    #[test]
+    fn a_window_too_long_for_the_clock_refuses_without_panicking() {
+        // `check` bounds `per_secs`; the limiter must not panic on one it let through.
+        let huge = Duration::from_secs(i64::MAX as u64);
+        let window = Window {
+            name: "forever".into(),
+            requests: 2,
+            per: huge,
+            classes: vec!["*".into()],
+        };
+        let (limiter, clock) = limiter(vec![window], ms(100));
+        let (taken, wait) = drain(&limiter, "x");
+        assert_eq!(taken, 2);
+        assert!(wait > secs(86_400 * 365), "{wait:?}");
+        limiter.observe_sent("x", Some(0), Some(huge), clock.now());
+        limiter.pause("x", huge);
+        assert!(limiter.wait_time("x") > secs(1));
     }
 
     /// Takes slots until refused; returns how many were taken and the wait.

@@ -24,8 +24,19 @@ pub struct ConnectorFile {
     pub auth: Auth,
     /// Total time allowed for one HTTP request, in seconds.
     #[serde(default = "default_timeout_secs")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3600))]
     pub timeout_secs: u64,
+    /// Largest response body read, in bytes (default 8 MiB). A longer answer
+    /// ends its request with an error naming this limit, read no further, so
+    /// a runaway response cannot exhaust memory.
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 1024, max = 1_073_741_824))]
+    pub max_response_bytes: u64,
+    /// Which HTTP redirects to follow: `none` (the default: a 3xx answer is a
+    /// failure naming its `Location`) or `same_origin` (follow up to 5 that stay
+    /// on the same scheme, host and port; credentials never leave the origin).
+    #[serde(default)]
+    pub redirects: Redirects,
     /// Requests in flight at once for this connector (across all its mappings).
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1, max = 256))]
@@ -66,6 +77,20 @@ fn default_timeout_secs() -> u64 {
 }
 fn default_max_in_flight() -> u32 {
     4
+}
+fn default_max_response_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+
+/// Which HTTP redirects a connector follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Redirects {
+    /// Follow none: a 3xx answer fails the request, naming where it pointed.
+    #[default]
+    None,
+    /// Follow redirects to the same scheme, host and port only (at most 5).
+    SameOrigin,
 }
 
 /// How requests are authenticated. Every secret is the NAME of an environment variable.
@@ -136,6 +161,7 @@ pub enum Auth {
         base_url_pointer: Option<String>,
         /// Refresh this many seconds before the token expires.
         #[serde(default = "default_refresh_margin_secs")]
+        #[schemars(range(max = 86_400))]
         refresh_margin_secs: u64,
         /// The word before the access token in `Authorization`, e.g.
         /// `Zoho-oauthtoken`; default `Bearer`.
@@ -165,10 +191,10 @@ pub struct RateLimit {
     /// A name for logs, e.g. `ten_secondly`.
     pub name: String,
     /// Requests allowed in the window.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
     pub requests: u32,
-    /// Window length in seconds.
-    #[schemars(range(min = 1))]
+    /// Window length in seconds (at most 31 days).
+    #[schemars(range(min = 1, max = 2_678_400))]
     pub per_secs: u64,
     /// Endpoint classes the window applies to (see `endpoint_class` on operations); `*` means all.
     #[serde(default = "default_all_classes")]
@@ -211,9 +237,11 @@ pub struct Retry {
     pub max_attempts: u32,
     /// Delay before the first retry, in milliseconds.
     #[serde(default = "default_base_delay_ms")]
+    #[schemars(range(max = 3_600_000))]
     pub base_delay_ms: u64,
     /// Upper bound of any retry delay, in milliseconds.
     #[serde(default = "default_max_delay_ms")]
+    #[schemars(range(max = 3_600_000))]
     pub max_delay_ms: u64,
     /// Double the delay at each attempt.
     #[serde(default = "default_true")]
@@ -223,13 +251,16 @@ pub struct Retry {
     pub jitter: bool,
     /// Statuses that are worth retrying (besides timeouts and connection errors).
     #[serde(default = "default_retryable_statuses")]
+    #[schemars(inner(range(min = 100, max = 599)))]
     pub retryable_statuses: Vec<u16>,
     /// Statuses that mean "too fast": wait, and spend no retry.
     #[serde(default = "default_rate_limited_statuses")]
+    #[schemars(inner(range(min = 100, max = 599)))]
     pub rate_limited_statuses: Vec<u16>,
     /// Longest wait taken in-process for a rate limit; a longer one hands the row
     /// back to the queue with its retry time instead.
     #[serde(default = "default_max_rate_limit_wait_secs")]
+    #[schemars(range(max = 86_400))]
     pub max_rate_limit_wait_secs: u64,
 }
 
@@ -421,7 +452,7 @@ pub struct DeleteOperation {
     pub item: Option<serde_json::Value>,
     /// Most items one batch request may carry (HubSpot: 100); needs `item`.
     #[serde(default)]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_items: Option<u32>,
     /// Rate-limit class of this endpoint.
     #[serde(default = "default_class")]
@@ -450,7 +481,7 @@ pub struct BatchOperation {
     /// One item per row, as TOML; templates see the same variables as a single operation.
     pub item: serde_json::Value,
     /// Most items one request may carry (HubSpot: 100).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_items: u32,
     /// Rate-limit class of this endpoint.
     #[serde(default = "default_class")]
@@ -533,6 +564,7 @@ pub struct Rule {
     /// For `retry` and `rate_limited`: how long to wait, in seconds (e.g. 3600 for
     /// HubSpot's daily limit, which no header announces).
     #[serde(default)]
+    #[schemars(range(max = 604_800))]
     pub wait_secs: Option<u64>,
     /// For `drop_fields`: mapping fields to leave out before sending once more
     /// (Brevo rejects an `SMS` that another contact already has).

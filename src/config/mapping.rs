@@ -148,7 +148,7 @@ pub struct State {
 pub struct Schedule {
     /// Seconds between cycles with `run --watch`.
     #[serde(default = "default_interval_secs")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 604_800))]
     pub interval_secs: u64,
     /// Rows claimed per claim statement.
     #[serde(default = "default_batch_size")]
@@ -160,16 +160,18 @@ pub struct Schedule {
     pub max_instances: u32,
     /// Retries after the first failure before a row ends in `Error`.
     #[serde(default = "default_max_retries")]
+    #[schemars(range(max = 1000))]
     pub max_retries: u32,
-    /// Delay before the first retry, in seconds.
+    /// Delay before the first retry, in seconds (at most 30 days).
     #[serde(default = "default_retry_delay_secs")]
+    #[schemars(range(max = 2_592_000))]
     pub retry_delay_secs: u64,
     /// Double the delay at each retry.
     #[serde(default = "default_true")]
     pub retry_exponential: bool,
     /// How long a claimed row may stay `Processing` before another run may reclaim it.
     #[serde(default = "default_lease_secs")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 604_800))]
     pub lease_secs: u64,
 }
 

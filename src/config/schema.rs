@@ -148,7 +148,7 @@ fn explain(
                 &path,
                 format!("{shown} is {}, below the minimum {limit}", error.instance()),
             )
-            .hint(description(schema, &node).unwrap_or_default()),
+            .hint(description(schema, &node).unwrap_or_else(|| range_hint(&node))),
         ValidationErrorKind::Maximum { limit }
         | ValidationErrorKind::ExclusiveMaximum { limit } => source
             .diagnostic_at_value(
@@ -156,7 +156,7 @@ fn explain(
                 &path,
                 format!("{shown} is {}, above the maximum {limit}", error.instance()),
             )
-            .hint(description(schema, &node).unwrap_or_default()),
+            .hint(description(schema, &node).unwrap_or_else(|| range_hint(&node))),
         _ => source.diagnostic_at_value(Severity::Error, &path, format!("{shown}: {error}")),
     };
     out.push(diagnostic);
@@ -353,6 +353,17 @@ fn description(schema: &Value, node: &Value) -> Option<String> {
     let node = resolve(schema, node);
     let text = node.get("description")?.as_str()?;
     Some(text.split("\n\n").next().unwrap_or(text).replace('\n', " "))
+}
+
+/// "from 100 to 599", for a bound on a value the schema does not describe
+/// (an element of a list).
+fn range_hint(node: &Value) -> String {
+    match (node.get("minimum"), node.get("maximum")) {
+        (Some(min), Some(max)) => format!("a value from {min} to {max}"),
+        (Some(min), None) => format!("a value of at least {min}"),
+        (None, Some(max)) => format!("a value of at most {max}"),
+        (None, None) => "see the schema in schemas/".into(),
+    }
 }
 
 fn closest(word: &str, candidates: &[String]) -> Option<String> {

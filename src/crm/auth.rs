@@ -193,13 +193,18 @@ impl Authenticator {
     }
 }
 
+/// A token response is a few hundred bytes; anything near this is hostile.
+const MAX_TOKEN_RESPONSE_BYTES: u64 = 1024 * 1024;
+
 impl OAuth {
     async fn token(&self, http: &reqwest::Client) -> anyhow::Result<Token> {
         let mut current = self.current.lock().await;
         if let Some(token) = current.as_ref()
-            && token
-                .expires_at
-                .is_none_or(|at| Instant::now() + self.margin < at)
+            && token.expires_at.is_none_or(|at| {
+                Instant::now()
+                    .checked_add(self.margin)
+                    .is_some_and(|soon| soon < at)
+            })
         {
             return Ok(token.clone());
         }
@@ -226,7 +231,16 @@ impl OAuth {
             .await
             .context("token request failed")?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let raw = match super::body::read_capped(response, MAX_TOKEN_RESPONSE_BYTES).await {
+            Ok(raw) => raw,
+            Err(super::body::BodyError::TooLarge { cap }) => {
+                bail!("token refresh answered {status} with a body over {cap} bytes")
+            }
+            Err(super::body::BodyError::Read(err)) => {
+                return Err(err).context("token response did not arrive whole");
+            }
+        };
+        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         if !status.is_success() {
             let reason = body
                 .get("error_description")
@@ -246,7 +260,8 @@ impl OAuth {
         let expires_at = body
             .pointer(&self.expires_in_pointer)
             .and_then(Value::as_u64)
-            .map(|s| Instant::now() + Duration::from_secs(s));
+            // A lifetime too long to represent never expires (refreshed on a 401).
+            .and_then(|s| Instant::now().checked_add(Duration::from_secs(s)));
         let base_url = self
             .base_url_pointer
             .as_ref()

@@ -170,8 +170,12 @@ fn result_outcome(plan: &BatchPlan, result: &Value) -> RowOutcome {
         .as_ref()
         .is_none_or(|pointer| result.pointer(pointer) == Some(&spec.success_value));
     if succeeded {
-        RowOutcome::Synced {
-            crm_id: result.pointer(&spec.id_pointer).and_then(id_text),
+        match result.pointer(&spec.id_pointer).and_then(id_text) {
+            Some(id) => RowOutcome::Synced { crm_id: Some(id) },
+            None => RowOutcome::Transient(format!(
+                "{}: the batch result for this row has no record id at `{}`",
+                plan.op.label, spec.id_pointer
+            )),
         }
     } else {
         item_failure(plan, result)

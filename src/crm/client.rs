@@ -3,7 +3,7 @@
 //! [`ReplyAction`], retrying transient failures within the connector's policy.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,14 +12,18 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::auth::Authenticator;
+use super::body::{self, BodyError};
 use super::concurrency::{AdaptiveGate, Signal};
+use super::margin::ArrivalMargin;
 use super::response::Response;
+use super::wait::{self, Stop};
 use crate::clock::Clock;
-use crate::config::connector::RuleAction;
+use crate::config::connector::{Redirects, RuleAction};
 use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
-use crate::plan::base_url_problem;
 use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::plan::{base_url_credentials, base_url_problem};
 use crate::ratelimit::{RateLimiter, Window};
+use crate::redact::url_for_display;
 use crate::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
@@ -83,6 +87,8 @@ pub struct CrmClient {
     limiter: Arc<RateLimiter>,
     /// At most `max_in_flight` requests at once, fewer while the CRM pushes back.
     in_flight: AdaptiveGate,
+    /// The limiter's margin, from the spread of the CRM's latency.
+    arrival_margin: Mutex<ArrivalMargin>,
     backoff: Backoff,
     policy: ClassifyPolicy,
     clock: Arc<dyn Clock>,
@@ -101,6 +107,9 @@ impl CrmClient {
                 if let Some(problem) = base_url_problem(&url) {
                     bail!("{} is set but is not usable: {problem}", plan.base_url_env);
                 }
+                if let Some(problem) = base_url_credentials(&url) {
+                    bail!("{} is set but is not usable: {problem}", plan.base_url_env);
+                }
                 url.trim_end_matches('/').to_string()
             }
             None => plan.base_url.clone(),
@@ -110,6 +119,7 @@ impl CrmClient {
         let http = reqwest::Client::builder()
             .timeout(plan.timeout)
             .connect_timeout(Duration::from_secs(10))
+            .redirect(redirect_policy(plan.redirects))
             .pool_max_idle_per_host(plan.max_in_flight)
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -131,6 +141,10 @@ impl CrmClient {
         let shortest = windows.iter().map(|w| w.per).min();
         let margin = shortest.map_or(MAX_MARGIN, |per| MAX_MARGIN.min(per / 50));
         let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), margin));
+        // Wider while the CRM's latency varies, up to a quarter of the
+        // shortest window (see `margin`).
+        let arrival_margin =
+            ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
         let retry = &plan.retry;
         let backoff = Backoff {
             base: Duration::from_millis(retry.base_delay_ms),
@@ -162,6 +176,7 @@ impl CrmClient {
         };
         Ok(Self {
             in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
+            arrival_margin: Mutex::new(arrival_margin),
             plan,
             templates,
             http,
@@ -212,22 +227,34 @@ impl CrmClient {
         let mut attempt = 1;
         let mut waited = Duration::ZERO;
         loop {
-            // A pause longer than we wait in-process (a daily limit) defers the row
-            // without sending anything, so a run ends instead of hanging.
-            let pending = self.limiter.wait_time(&op.class);
-            if pending > self.policy.headers.max_wait {
-                let until =
-                    self.clock.utc() + chrono::Duration::from_std(pending).unwrap_or_default();
-                let reason = format!(
-                    "rate limit of `{}` requests: paused until {until}",
-                    op.class
-                );
-                return Reply {
-                    action: ReplyAction::Deferred { until, reason },
-                    response: None,
-                };
+            // Nothing new leaves once the run is stopping.
+            if wait::shutting_down() {
+                let reason = "not sent".to_string();
+                return self.stopped(Stop::ShutDown, Duration::ZERO, reason, None);
             }
-            let (outcome, response) = self.send_once(op, &rendered).await;
+            // A pause longer than we may wait (past `max_rate_limit_wait_secs` or
+            // the rows' lease: a daily limit) hands the row back without sending
+            // anything, so a run ends instead of hanging.
+            let pending = self.limiter.wait_time(&op.class);
+            if let Err(stop) = self.wait_within(pending).await {
+                return self.stopped(
+                    stop,
+                    pending,
+                    format!(
+                        "rate limit of `{}` requests: paused for {} s",
+                        op.class,
+                        pending.as_secs()
+                    ),
+                    None,
+                );
+            }
+            let (outcome, response) = match self.send_once(op, &rendered).await {
+                Ok(sent) => sent,
+                Err((stop, wait)) => {
+                    let reason = format!("rate limit of `{}` requests", op.class);
+                    return self.stopped(stop, wait, reason, None);
+                }
+            };
             match outcome {
                 Step::Done(action) => return Reply { action, response },
                 Step::Retry {
@@ -260,27 +287,91 @@ impl CrmClient {
                             response,
                         };
                     }
-                    let delay =
-                        after.unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()));
+                    let delay = after
+                        .unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()))
+                        .min(self.backoff.max);
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
-                    tokio::time::sleep(delay.min(self.backoff.max)).await;
+                    // A backoff the lease cannot hold ends the attempt as the
+                    // failure it is: the row's durable retry takes over.
+                    let lease_left = wait::lease_left(self.clock.now());
+                    if wait::plan_wait(delay, Duration::ZERO, delay, lease_left).is_err() {
+                        return Reply {
+                            action: ReplyAction::Transient(reason),
+                            response,
+                        };
+                    }
+                    if let Err(stop) = wait::sleep(delay).await {
+                        return self.stopped(stop, delay, reason, response);
+                    }
                     attempt += 1;
                 }
                 Step::RateLimited { reason, after } => {
-                    let pause = after.unwrap_or_else(|| self.default_pause(&op.class));
+                    // The CRM's own figure, uncut, so rows handed back wait as
+                    // long as it asked; never under a second (no hammering).
+                    let pause = wait::clamp_rate_limit_pause(
+                        after.unwrap_or_else(|| self.default_pause(&op.class)),
+                    );
                     tracing::warn!(op = %op.label, pause_ms = pause.as_millis() as u64, %reason, "Rate limited by the CRM; pausing.");
                     self.limiter.pause(&op.class, pause);
-                    if waited + pause > self.policy.headers.max_wait {
-                        let until = self.clock.utc()
-                            + chrono::Duration::from_std(pause).unwrap_or_default();
-                        return Reply {
-                            action: ReplyAction::Deferred { until, reason },
-                            response,
-                        };
+                    // The wait itself happens at the top of the loop, where the
+                    // limiter reports the pause just set. The CRM's pauses add
+                    // up: an endless run of 429s hands the row back once they
+                    // pass `max_rate_limit_wait_secs`.
+                    let lease_left = wait::lease_left(self.clock.now());
+                    if let Err(stop) =
+                        wait::plan_wait(pause, waited, self.policy.headers.max_wait, lease_left)
+                    {
+                        return self.stopped(stop, pause, reason, response);
                     }
                     waited += pause;
                 }
             }
+        }
+    }
+
+    /// Waits `wait` if it fits the bounds on its own (see [`wait::plan_wait`]):
+    /// at most `max_rate_limit_wait_secs`, and within the lease.
+    async fn wait_within(&self, wait: Duration) -> Result<(), Stop> {
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let lease_left = wait::lease_left(self.clock.now());
+        wait::plan_wait(
+            wait,
+            Duration::ZERO,
+            self.policy.headers.max_wait,
+            lease_left,
+        )?;
+        wait::sleep(wait).await
+    }
+
+    /// The reply of a request that stopped waiting: handed back until `wait`
+    /// is over (no retry spent), or at once on shutdown, to be sent again by
+    /// the next run (an upsert: sending twice makes no second record).
+    fn stopped(
+        &self,
+        stop: Stop,
+        wait: Duration,
+        reason: String,
+        response: Option<Response>,
+    ) -> Reply {
+        let now = self.clock.utc();
+        let (until, reason) = match stop {
+            Stop::HandBack => {
+                let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                let until = now
+                    .checked_add_signed(wait)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                (until, format!("{reason}; handed back until {until}"))
+            }
+            Stop::ShutDown => (
+                now,
+                format!("{reason}; handed back: the run is shutting down"),
+            ),
+        };
+        Reply {
+            action: ReplyAction::Deferred { until, reason },
+            response,
         }
     }
 
@@ -333,29 +424,46 @@ impl CrmClient {
     /// is held and the request is built, so the limiter records when the
     /// request really leaves: a slot taken while still queued for the
     /// in-flight cap would be counted from earlier than the CRM counts it.
-    async fn send_once(&self, op: &OpPlan, rendered: &Rendered) -> (Step, Option<Response>) {
-        let _admitted = self.in_flight.admit().await;
+    ///
+    /// Every wait in it is bounded (see [`wait`]): `Err` says why it stopped
+    /// and how long the wait it gave up on was. A request already on the wire
+    /// when the run shuts down gets [`wait::SHUTDOWN_GRACE`] to finish.
+    async fn send_once(
+        &self,
+        op: &OpPlan,
+        rendered: &Rendered,
+    ) -> Result<(Step, Option<Response>), (Stop, Duration)> {
+        let shut_down = |stop| (stop, Duration::ZERO);
+        let _admitted = wait::race_shutdown(self.in_flight.admit(), Duration::ZERO)
+            .await
+            .map_err(shut_down)?;
         let request = match self.build_request(rendered).await {
             Ok(request) => request,
             Err(err) => {
-                return (
+                return Ok((
                     Step::Retry {
                         reason: format!("authentication failed: {err:#}"),
                         after: None,
                         maybe_applied: false,
                     },
                     None,
-                );
+                ));
             }
         };
-        self.limiter.acquire(&op.class).await;
+        self.acquire_slot(&op.class).await?;
         let sent_at = self.clock.now();
-        let (step, response) = self.exchange(op, request, sent_at).await;
-        let signal = load_signal(&step, response.as_ref().map(|r| r.status));
+        let (step, response, room) =
+            wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE)
+                .await
+                .map_err(shut_down)?;
+        if response.is_some() {
+            self.observe_latency(self.clock.now().saturating_duration_since(sent_at));
+        }
+        let signal = load_signal(&step, response.as_ref().map(|r| r.status), room);
         if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
             let max = self.plan.max_in_flight;
             match signal {
-                Signal::Overloaded => tracing::info!(
+                Signal::Overloaded | Signal::Faulty => tracing::info!(
                     op = %op.label, limit, max,
                     "The CRM is pushing back; fewer requests in flight until it answers normally."
                 ),
@@ -364,16 +472,48 @@ impl CrmClient {
                 }
             }
         }
-        (step, response)
+        Ok((step, response))
     }
 
-    /// Sends `request` and classifies what comes back.
+    /// Takes a rate-limit slot, waiting for one within the bounds: tasks that
+    /// passed the check before the window filled must not sit in the limiter
+    /// past their lease (an hourly cap used up mid-run). Each wait is judged
+    /// alone, not added up: waiting in turn behind the batch's other requests
+    /// is pacing, not a rate limit, and a large batch must not hand rows back
+    /// for it while the lease holds.
+    async fn acquire_slot(&self, class: &str) -> Result<(), (Stop, Duration)> {
+        loop {
+            let Err(wait) = self.limiter.try_acquire(class) else {
+                return Ok(());
+            };
+            self.wait_within(wait).await.map_err(|stop| (stop, wait))?;
+        }
+    }
+
+    /// Widens or narrows the limiter's margin with the CRM's latency.
+    fn observe_latency(&self, latency: Duration) {
+        let changed = self
+            .arrival_margin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(latency);
+        if let Some(margin) = changed {
+            tracing::debug!(
+                margin_ms = margin.as_millis() as u64,
+                "Rate-limit margin follows the CRM's latency."
+            );
+            self.limiter.set_margin(margin);
+        }
+    }
+
+    /// Sends `request` and classifies what comes back; also whether the
+    /// CRM's rate-limit headers said its window had room.
     async fn exchange(
         &self,
         op: &OpPlan,
         request: reqwest::RequestBuilder,
         sent_at: std::time::Instant,
-    ) -> (Step, Option<Response>) {
+    ) -> (Step, Option<Response>, bool) {
         let result = request.send().await;
         let response = match result {
             Ok(response) => response,
@@ -386,25 +526,32 @@ impl CrmClient {
                 // A connection that never opened carried nothing.
                 let maybe_applied = !err.is_connect();
                 let step = step_of(outcome::classify_transport_error(&err), maybe_applied);
-                return (step, None);
+                return (step, None, false);
             }
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let raw = response.bytes().await.unwrap_or_default();
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
+        let room = info.remaining.is_some_and(|left| left > 0);
         self.limiter
             .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        let raw = match body::read_capped(response, self.plan.max_response_bytes).await {
+            Ok(raw) => raw,
+            Err(err) => return (body_failure(status, err), None, false),
+        };
         let response = Response::new(status, &raw, &self.plan.message_pointers);
         if status == 401 {
             self.auth.invalidate().await;
         }
         if let Some(step) = apply_rules(op, &response) {
-            return (step, Some(response));
+            return (step, Some(response), room);
+        }
+        if let Some(step) = hostile_answer(&response, &headers) {
+            return (step, Some(response), room);
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
-        (step_of(classified, true), Some(response))
+        (step_of(classified, true), Some(response), room)
     }
 
     async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<reqwest::RequestBuilder> {
@@ -437,6 +584,90 @@ impl CrmClient {
     }
 }
 
+/// A body that could not be read whole. One over the size cap is final (the
+/// same request gets the same answer); one cut off by a timeout or a lost
+/// connection is a transport failure, retried like one: the write may or may
+/// not have been applied, and an empty success must not be assumed.
+fn body_failure(status: u16, err: BodyError) -> Step {
+    match err {
+        BodyError::TooLarge { cap } => Step::Done(ReplyAction::Permanent(format!(
+            "HTTP {status}: the response body is larger than the connector's \
+             max_response_bytes ({cap} bytes), so it was not read; raise the limit \
+             if the CRM's answers are really this large"
+        ))),
+        BodyError::Read(mut err) => {
+            if let Some(url) = err.url_mut() {
+                url.set_query(None);
+            }
+            let reason = match outcome::classify_transport_error(&err) {
+                Outcome::Retry { reason, .. } | Outcome::Permanent { reason } => reason,
+                Outcome::RateLimited { reason, .. } => reason,
+                Outcome::Success => String::new(),
+            };
+            Step::Retry {
+                reason: format!("HTTP {status}, but the body did not arrive whole: {reason}"),
+                after: None,
+                maybe_applied: true,
+            }
+        }
+    }
+}
+
+/// Answers no rule claimed that cannot be what they say: a redirect (never
+/// followed to another origin; see `redirect_policy`) and a success whose
+/// body is not JSON (an HTML page from a proxy, a cut-off answer).
+fn hostile_answer(response: &Response, headers: &reqwest::header::HeaderMap) -> Option<Step> {
+    let status = response.status;
+    if (300..400).contains(&status) {
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map_or_else(
+                || "nowhere (no Location header)".to_string(),
+                url_for_display,
+            );
+        return Some(Step::Done(ReplyAction::Permanent(format!(
+            "{}: redirected to {location}, which is not followed (a connector follows only \
+             same-origin redirects, with `redirects = \"same_origin\"`); check base_url",
+            response.reason()
+        ))));
+    }
+    if (200..300).contains(&status) && response.not_json {
+        return Some(Step::Retry {
+            reason: format!(
+                "HTTP {status}, but the body is not JSON: {}",
+                response.message
+            ),
+            after: None,
+            maybe_applied: true,
+        });
+    }
+    None
+}
+
+/// Follows no redirect, or only those that stay on the origin the request
+/// was sent to: headers such as an `api-key` would otherwise be sent on to
+/// wherever the CRM (or someone in between) points.
+fn redirect_policy(redirects: Redirects) -> reqwest::redirect::Policy {
+    const MOST_HOPS: usize = 5;
+    match redirects {
+        Redirects::None => reqwest::redirect::Policy::none(),
+        Redirects::SameOrigin => reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if !same_origin {
+                attempt.stop()
+            } else if attempt.previous().len() > MOST_HOPS {
+                attempt.error(format!("more than {MOST_HOPS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        }),
+    }
+}
+
 /// A single attempt's meaning, before retry policy.
 enum Step {
     Done(ReplyAction),
@@ -456,14 +687,19 @@ enum Step {
 /// Whether an attempt's outcome tells of a CRM under load (see [`super::concurrency`]):
 /// rate-limited, or a transient failure that is the CRM's (a timeout, a lost
 /// connection, 408, 423, 5xx), not the request's (a 401 before a token refresh).
-fn load_signal(step: &Step, status: Option<u16>) -> Signal {
+/// A server error whose answer says the rate window has `room` is a fault
+/// rather than load ([`Signal::Faulty`]): one alone does not cut concurrency.
+fn load_signal(step: &Step, status: Option<u16>, room: bool) -> Signal {
     match (step, status) {
         (Step::RateLimited { .. }, _) => Signal::Overloaded,
         (Step::Retry { .. }, None) => Signal::Overloaded,
-        (Step::Retry { .. }, Some(status))
-            if status >= 500 || matches!(status, 408 | 423 | 429) =>
-        {
-            Signal::Overloaded
+        (Step::Retry { .. }, Some(429)) => Signal::Overloaded,
+        (Step::Retry { .. }, Some(status)) if status >= 500 || matches!(status, 408 | 423) => {
+            if room {
+                Signal::Faulty
+            } else {
+                Signal::Overloaded
+            }
         }
         _ => Signal::Fine,
     }

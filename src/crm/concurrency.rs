@@ -12,6 +12,11 @@
 //! again: they were in flight together and report the same congestion, so a
 //! burst of 503s from 8 parallel requests halves the limit once, not 8 times.
 //!
+//! A transient server error whose answer carries the CRM's own rate-limit
+//! count with room left is more likely a fault than load: one such error in a
+//! round is ignored, a second in the same round halves the limit. (Halving on
+//! every 5xx cut a CRM answering 10 % 5xx to 4.1 rows/s against its 10/s.)
+//!
 //! Latency alone does not lower the limit. The CRMs' windows are counted in
 //! requests, not in time, and a slow CRM already holds fewer requests per
 //! second at the same limit.
@@ -28,6 +33,10 @@ pub enum Signal {
     Fine,
     /// Pushed back: rate-limited, a transient 5xx, a timeout, a lost connection.
     Overloaded,
+    /// A transient server error while the CRM's own rate-limit headers say
+    /// its window has room: more likely a fault than load. One in a round is
+    /// ignored; a second in the same round counts as [`Signal::Overloaded`].
+    Faulty,
 }
 
 /// The AIMD state: pure, driven by the caller's clock.
@@ -35,8 +44,10 @@ pub enum Signal {
 pub struct Aimd {
     max: usize,
     limit: usize,
-    /// Normal answers since the limit last changed.
+    /// Normal answers in this round (a round is `limit` normal answers).
     fine_answers: usize,
+    /// [`Signal::Faulty`] answers in this round.
+    faults: usize,
     last_decrease: Option<Instant>,
 }
 
@@ -48,6 +59,7 @@ impl Aimd {
             max,
             limit: max,
             fine_answers: 0,
+            faults: 0,
             last_decrease: None,
         }
     }
@@ -62,24 +74,31 @@ impl Aimd {
     pub fn observe(&mut self, signal: Signal, sent_at: Instant, now: Instant) -> Option<usize> {
         let before = self.limit;
         match signal {
-            Signal::Fine if self.limit < self.max => {
+            Signal::Fine => {
                 self.fine_answers += 1;
                 if self.fine_answers >= self.limit {
-                    self.limit += 1;
+                    // A round complete: grow, and forget its faults.
+                    self.limit = (self.limit + 1).min(self.max);
                     self.fine_answers = 0;
+                    self.faults = 0;
                 }
             }
-            Signal::Fine => {}
-            Signal::Overloaded => {
-                if self.last_decrease.is_some_and(|at| sent_at < at) {
-                    return None;
-                }
-                self.limit = (self.limit / 2).max(1);
-                self.fine_answers = 0;
-                self.last_decrease = Some(now);
-            }
+            Signal::Faulty if self.faults == 0 => self.faults = 1,
+            Signal::Faulty | Signal::Overloaded => self.decrease(sent_at, now),
         }
         (self.limit != before).then_some(self.limit)
+    }
+
+    /// Halves the limit, unless the answer is to a request sent before the
+    /// last decrease (see the module docs).
+    fn decrease(&mut self, sent_at: Instant, now: Instant) {
+        if self.last_decrease.is_some_and(|at| sent_at < at) {
+            return;
+        }
+        self.limit = (self.limit / 2).max(1);
+        self.fine_answers = 0;
+        self.faults = 0;
+        self.last_decrease = Some(now);
     }
 }
 
@@ -230,6 +249,37 @@ mod tests {
             aimd.observe(Signal::Fine, ms(t, 2), ms(t, 3));
         }
         assert_eq!(aimd.limit(), 6);
+    }
+
+    #[test]
+    fn one_server_error_in_a_round_with_room_in_the_crms_window_keeps_the_limit() {
+        let t = Instant::now();
+        let mut aimd = Aimd::new(4);
+        // 10 % faults, spread out: one per round of four normal answers.
+        for round in 0..25 {
+            let at = ms(t, 10 * round);
+            assert_eq!(aimd.observe(Signal::Faulty, at, at), None, "round {round}");
+            for _ in 0..4 {
+                aimd.observe(Signal::Fine, at, at);
+            }
+        }
+        assert_eq!(aimd.limit(), 4);
+    }
+
+    #[test]
+    fn a_second_server_error_in_the_same_round_halves_the_limit() {
+        let t = Instant::now();
+        let mut aimd = Aimd::new(8);
+        assert_eq!(aimd.observe(Signal::Faulty, t, ms(t, 1)), None);
+        aimd.observe(Signal::Fine, t, ms(t, 2));
+        assert_eq!(aimd.observe(Signal::Faulty, ms(t, 3), ms(t, 4)), Some(4));
+        // The round starts over after a decrease: one more fault is forgiven.
+        assert_eq!(aimd.observe(Signal::Faulty, ms(t, 5), ms(t, 6)), None);
+        // Without room in the CRM's window, one 5xx is load: halve at once.
+        assert_eq!(
+            aimd.observe(Signal::Overloaded, ms(t, 7), ms(t, 8)),
+            Some(2)
+        );
     }
 
     #[tokio::test]

@@ -117,12 +117,11 @@ async fn resolve(
                 .id_pointer
                 .as_deref()
                 .and_then(|p| response.and_then(|r| r.id_at(p)));
-            match (id, lookup) {
-                (Some(id), _) => RowOutcome::Synced { crm_id: Some(id) },
-                (None, Some(lookup)) if op.id_pointer.is_some() => {
-                    find_id(client, lookup, job).await
-                }
-                (None, _) => RowOutcome::Synced { crm_id: None },
+            match (id, lookup, op.id_pointer.as_deref()) {
+                (Some(id), _, _) => RowOutcome::Synced { crm_id: Some(id) },
+                (None, Some(lookup), Some(_)) => find_id(client, lookup, job).await,
+                (None, None, Some(pointer)) => missing_id(&op.label, pointer, response),
+                (None, _, None) => RowOutcome::Synced { crm_id: None },
             }
         }
         ReplyAction::Lookup => match lookup {
@@ -246,6 +245,17 @@ async fn lookup_then_write(
         job,
     )
     .await
+}
+
+/// A success that lacks the id the connector says it carries: the row is not
+/// `Complete` without its record id. The write may have been applied, so the
+/// message says so; the row's retry upserts again (no duplicate: an upsert).
+fn missing_id(label: &str, pointer: &str, response: Option<&Response>) -> RowOutcome {
+    let status = response.map_or_else(String::new, |r| format!("HTTP {} ", r.status));
+    RowOutcome::Transient(format!(
+        "{label}: {status}success, but the response has no record id at `{pointer}` \
+         (the write may have been applied)"
+    ))
 }
 
 /// The outcome of a reply that is not a success.

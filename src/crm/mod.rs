@@ -4,11 +4,14 @@
 
 mod auth;
 mod batch;
+mod body;
 mod client;
 pub mod concurrency;
 mod flow;
+pub mod margin;
 mod modes;
 mod response;
+pub mod wait;
 
 pub use client::{CrmClient, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};

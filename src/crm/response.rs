@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::store::text::stored_text;
+
 /// A response as the flows see it.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -9,26 +11,33 @@ pub struct Response {
     pub status: u16,
     /// Body as JSON (`Null` when empty or not JSON).
     pub body: Value,
-    /// The error message (from the connector's pointers), or a short excerpt of the body.
+    /// The error message (from the connector's pointers), or a short excerpt
+    /// of the body; at most [`crate::store::text::MAX_STORED_CHARS`] characters, without control
+    /// characters (it ends up in the row's error column).
     pub message: String,
+    /// The body has content that is not JSON (an HTML page, a cut-off answer).
+    pub not_json: bool,
 }
 
 impl Response {
     /// Builds a response from its status and raw body.
     pub fn new(status: u16, raw: &[u8], message_pointers: &[String]) -> Self {
-        let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+        let parsed = serde_json::from_slice::<Value>(raw).ok();
+        let not_json = parsed.is_none() && !raw.trim_ascii().is_empty();
+        let body = parsed.unwrap_or(Value::Null);
         let message = message_pointers
             .iter()
             .find_map(|pointer| {
                 body.pointer(pointer)
                     .and_then(Value::as_str)
-                    .map(String::from)
+                    .map(|text| stored_text(text).into_owned())
             })
-            .unwrap_or_else(|| excerpt(&String::from_utf8_lossy(raw)));
+            .unwrap_or_else(|| stored_text(&excerpt(&String::from_utf8_lossy(raw))).into_owned());
         Self {
             status,
             body,
             message,
+            not_json,
         }
     }
 
@@ -37,9 +46,14 @@ impl Response {
         let canonical = reqwest::StatusCode::from_u16(self.status)
             .ok()
             .and_then(|s| s.canonical_reason());
-        match canonical {
-            Some(text) => format!("HTTP {} {text}: {}", self.status, self.message),
-            None => format!("HTTP {}: {}", self.status, self.message),
+        let head = match canonical {
+            Some(text) => format!("HTTP {} {text}", self.status),
+            None => format!("HTTP {}", self.status),
+        };
+        if self.message.is_empty() {
+            head
+        } else {
+            format!("{head}: {}", self.message)
         }
     }
 
@@ -92,6 +106,7 @@ pub const EXCERPT_CHARS: usize = 300;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::text::MAX_STORED_CHARS;
 
     #[test]
     fn an_excerpt_keeps_a_short_body_whole_on_one_line() {
@@ -124,5 +139,18 @@ mod tests {
         assert_eq!(without.body, Value::Null);
         let invalid = Response::new(500, b"oops \xff", &pointers);
         assert_eq!(invalid.message, "oops \u{fffd}");
+        assert!(without.not_json && invalid.not_json && !with.not_json);
+        assert!(!Response::new(204, b" \n", &pointers).not_json);
+        let binary = Response::new(502, b"bad\0gateway\x1b[2J", &pointers);
+        assert_eq!(binary.message, "bad\u{fffd}gateway\u{fffd}[2J");
+    }
+
+    #[test]
+    fn a_huge_or_binary_message_is_cut_and_cleaned_when_read() {
+        let pointers = vec!["/message".to_string()];
+        let huge = serde_json::json!({"message": format!("bad\u{0}{}", "x".repeat(100_000))});
+        let response = Response::new(400, huge.to_string().as_bytes(), &pointers);
+        assert!(response.message.starts_with("bad\u{fffd}xxx"));
+        assert!(response.message.chars().count() < MAX_STORED_CHARS + 40);
     }
 }

@@ -16,6 +16,7 @@ use crate::crm::RowOutcome;
 use crate::engine::Run;
 use crate::plan::MappingPlan;
 use crate::snapshot::state::time_text;
+use crate::store::text::stored_text;
 use crate::store::{RowUpdate, Store, TableSpec};
 
 /// The processing status that asks for a delete.
@@ -38,11 +39,13 @@ pub(crate) async fn process_batch(
     run: &Run,
     mapping: &MappingPlan,
     store: &Store,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc().trunc_subsecs(3);
-    let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
+    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease_secs).trunc_subsecs(3);
     let spec = &mapping.table;
-    let claimed = claim(store, spec, mapping.schedule.batch_size as i64, now, lease)
+    let due = now.min(due_by);
+    let claimed = claim(store, spec, mapping.schedule.batch_size as i64, due, lease)
         .await
         .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
     if claimed.is_empty() {
@@ -56,7 +59,10 @@ pub(crate) async fn process_batch(
             trace_id: id.clone(),
         })
         .collect();
-    let outcomes = super::send(&run.client, mapping, &targets).await;
+    let sends = super::send(&run.client, mapping, &targets);
+    let outcomes = crate::engine::send_bounded(run, now, lease, sends)
+        .await
+        .unwrap_or_else(|| crate::engine::handed_back(run, targets.len()));
     let mut deleted = 0;
     let mut writes = Vec::with_capacity(claimed.len());
     for ((id, _, key, retry_count), outcome) in claimed.iter().zip(outcomes) {
@@ -69,6 +75,7 @@ pub(crate) async fn process_batch(
             }
             outcome => {
                 let update = super::failure(mapping, *retry_count, outcome, now);
+                run.summary.add_unfinished_delete(&update);
                 tracing::warn!(mapping = %mapping.name, row = %id, %key, update = ?update, "The record was not deleted.");
                 Write::failed(id, update)
             }
@@ -253,7 +260,7 @@ async fn record(
                     .bind(write.status)
                     .bind(write.sync)
                     .bind(write.set_error)
-                    .bind(&write.error)
+                    .bind(write.error.as_deref().map(stored_text))
                     .bind(write.retry_count)
                     .bind(write.next_retry_at.map(|t| time_text(backend, t)))
                     .bind(&lease)

@@ -10,11 +10,12 @@ use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::{Env, is_env_name};
 use crate::config::connector::{
     Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
-    Retry, RuleAction, Upsert, UpsertMode,
+    Redirects, Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::redact::url_for_display;
 use crate::template::{CompiledPath, CompiledTree, Templates};
 
 /// Variables connector templates may use.
@@ -34,6 +35,10 @@ pub struct ConnectorPlan {
     pub auth: Auth,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Largest response body read, in bytes.
+    pub max_response_bytes: u64,
+    /// Which redirects are followed.
+    pub redirects: Redirects,
     /// Requests in flight at once.
     pub max_in_flight: usize,
     /// Whether pushback from the CRM lowers the requests in flight (AIMD).
@@ -235,6 +240,8 @@ pub fn build(
         base_url_env,
         auth: raw.auth.clone(),
         timeout: Duration::from_secs(raw.timeout_secs),
+        max_response_bytes: raw.max_response_bytes,
+        redirects: raw.redirects,
         max_in_flight: raw.max_in_flight as usize,
         adaptive_concurrency: raw.adaptive_concurrency,
         headers: raw
@@ -325,30 +332,71 @@ fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
     })
 }
 
-/// Checks a base URL: absolute http(s) with a host.
+/// Checks a base URL: absolute http(s) with a host. The URL is named only
+/// as [`url_for_display`] shows it, without its credentials.
 pub fn base_url_problem(url: &str) -> Option<String> {
+    let shown = url_for_display(url);
     match url::Url::parse(url) {
-        Err(err) => Some(format!("`{url}` is not a URL ({err})")),
+        Err(err) => Some(format!("`{shown}` is not a URL ({err})")),
         Ok(parsed) if !matches!(parsed.scheme(), "http" | "https") => Some(format!(
-            "`{url}` must use http or https, not `{}`",
+            "`{shown}` must use http or https, not `{}`",
             parsed.scheme()
         )),
-        Ok(parsed) if parsed.host_str().is_none() => Some(format!("`{url}` has no host")),
+        Ok(parsed) if parsed.host_str().is_none() => Some(format!("`{shown}` has no host")),
         Ok(parsed) if parsed.query().is_some() => {
-            Some(format!("`{url}` must not carry a query string"))
+            Some(format!("`{shown}` must not carry a query string"))
         }
         Ok(_) => None,
     }
 }
 
+/// A user name or password written into a URL is a secret in the file (or
+/// in a `<NAME>_BASE_URL` variable that is printed and logged as a URL).
+pub fn base_url_credentials(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let has_credentials = !parsed.username().is_empty() || parsed.password().is_some();
+    has_credentials.then(|| {
+        format!(
+            "`{}` carries a user name or password; credentials never go in a URL",
+            url_for_display(url)
+        )
+    })
+}
+
 fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
     if let Some(problem) = base_url_problem(url) {
-        ctx.error(
-            "base_url",
-            format!("bad base URL: {problem}"),
-            format!("write an absolute URL such as `https://api.example.com/v3`; {env_name} may override it"),
-        );
+        let diagnostic = ctx
+            .source
+            .diagnostic_at_value(Severity::Error, "base_url", format!("bad base URL: {problem}"))
+            .hint(format!("write an absolute URL such as `https://api.example.com/v3`; {env_name} may override it"));
+        ctx.diagnostics
+            .push(redact_url_credentials(diagnostic, url));
+    } else if let Some(problem) = base_url_credentials(url) {
+        let diagnostic = ctx
+            .source
+            .diagnostic_at_value(Severity::Error, "base_url", format!("literal secret in base_url: {problem}"))
+            .hint("remove it from the URL and authenticate with the [auth] table (e.g. `kind = \"basic\"` with `password_env`)");
+        ctx.diagnostics
+            .push(redact_url_credentials(diagnostic, url));
     }
+}
+
+/// Hides every credential of `url` in the diagnostic's code frame.
+fn redact_url_credentials(mut diagnostic: Diagnostic, url: &str) -> Diagnostic {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return diagnostic;
+    };
+    let mut secrets: Vec<String> = vec![parsed.username().to_string()];
+    secrets.extend(parsed.password().map(String::from));
+    for (name, value) in parsed.query_pairs() {
+        if crate::redact::is_secret_param(&name) {
+            secrets.push(value.into_owned());
+        }
+    }
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        diagnostic = diagnostic.redact(secret);
+    }
+    diagnostic
 }
 
 fn env_fields(auth: &Auth) -> Vec<(&'static str, &str)> {
@@ -386,7 +434,7 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
     for (path, name) in env_fields(auth) {
         if !is_env_name(name) {
             let message = format!(
-                "`{path}` must name an environment variable, and `{}` does not look like one",
+                "`{path}` must name an environment variable, and its value ({}) does not look like one",
                 mask(name)
             );
             ctx.diagnostics.push(
@@ -423,12 +471,15 @@ fn check_auth(ctx: &mut Ctx<'_>, auth: &Auth, env: &dyn Env, used: bool) {
         Auth::Oauth2Refresh {
             token_url, scheme, ..
         } => {
-            if let Some(problem) = base_url_problem(token_url) {
-                ctx.error(
-                    "auth.token_url",
-                    format!("bad token URL: {problem}"),
-                    "an absolute https URL",
-                );
+            if let Some(problem) =
+                base_url_problem(token_url).or_else(|| base_url_credentials(token_url))
+            {
+                let diagnostic = ctx
+                    .source
+                    .diagnostic_at_value(Severity::Error, "auth.token_url", format!("bad token URL: {problem}"))
+                    .hint("an absolute https URL, without credentials: they come from the `*_env` variables");
+                ctx.diagnostics
+                    .push(redact_url_credentials(diagnostic, token_url));
             }
             check_scheme(ctx, scheme);
         }
@@ -454,7 +505,7 @@ fn check_scheme(ctx: &mut Ctx<'_>, scheme: &str) {
                 .diagnostic_at_value(
                     Severity::Error,
                     "auth.scheme",
-                    format!("`{}` is not an authentication scheme", mask(scheme)),
+                    format!("`auth.scheme` ({}) is not an authentication scheme", mask(scheme)),
                 )
                 .hint("one word such as `Bearer` or `Zoho-oauthtoken`; the token itself comes from the environment variable in `token_env`")
                 .redact(scheme),
@@ -474,7 +525,7 @@ fn check_prefix(ctx: &mut Ctx<'_>, prefix: &str) {
                     Severity::Error,
                     "auth.prefix",
                     format!(
-                        "`{}` is not a short literal prefix ({LONGEST} characters at most)",
+                        "`auth.prefix` ({}) is not a short literal prefix ({LONGEST} characters at most)",
                         mask(prefix)
                     ),
                 )
@@ -484,10 +535,10 @@ fn check_prefix(ctx: &mut Ctx<'_>, prefix: &str) {
     }
 }
 
-/// Shows only the start of something that may be a secret.
+/// Names something that may be a secret without showing any of it: even its
+/// first characters narrow a guess, and tell a reader which key leaked.
 fn mask(text: &str) -> String {
-    let shown: String = text.chars().take(4).collect();
-    format!("{shown}…")
+    format!("<{} characters, hidden>", text.chars().count())
 }
 
 fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
@@ -506,10 +557,17 @@ fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
             || lowered.contains("token")
             || value.starts_with("Bearer ")
         {
-            ctx.error(
-                &path,
-                format!("literal secret in header `{name}`: config files never hold secrets"),
-                "use the [auth] table with an environment-variable name instead",
+            ctx.diagnostics.push(
+                ctx.source
+                    .diagnostic_at_value(
+                        Severity::Error,
+                        &path,
+                        format!(
+                            "literal secret in header `{name}`: config files never hold secrets"
+                        ),
+                    )
+                    .hint("use the [auth] table with an environment-variable name instead")
+                    .redact(value),
             );
         }
     }

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{
-    BatchPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_problem,
+    BatchPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_credentials,
+    base_url_problem,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,
@@ -113,12 +114,41 @@ pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
             mappings.insert(loaded.name.clone(), Arc::new(plan));
         }
     }
+    link_table_mates(&mut mappings);
     let plan = Plan {
         connectors,
         mappings,
         templates: Arc::new(templates),
     };
     (plan, diagnostics)
+}
+
+/// Tells each mapping about the other mappings of its table: `migrate`
+/// creates their state columns with its own, and a claim must not wait on
+/// the leases of those sharing its `next_retry_at` (the seed's table shares
+/// it between CRMs).
+fn link_table_mates(mappings: &mut BTreeMap<String, Arc<MappingPlan>>) {
+    // A snapshot mapping keeps its state in its own table, not on the rows
+    // it reads: it is nobody's table mate, and has none.
+    let specs: Vec<(String, crate::store::TableSpec)> = mappings
+        .iter()
+        .filter(|(_, m)| m.snapshot.is_none())
+        .map(|(name, m)| (name.clone(), m.table.clone()))
+        .collect();
+    for (name, mapping) in mappings.iter_mut() {
+        if mapping.snapshot.is_some() {
+            continue;
+        }
+        let mates: Vec<crate::store::TableSpec> = specs
+            .iter()
+            .filter(|(other, spec)| other != name && spec.table == mapping.table.table)
+            .map(|(_, spec)| spec.clone())
+            .collect();
+        // Just built: no other handle to the plan exists yet.
+        if let (false, Some(mapping)) = (mates.is_empty(), Arc::get_mut(mapping)) {
+            mapping.table.table_mates = mates;
+        }
+    }
 }
 
 /// `true` when `name` can be used unquoted as an SQL identifier (we still quote it).

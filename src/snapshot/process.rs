@@ -2,13 +2,14 @@
 //! through the connector's flow and the deletes through its `[delete]`
 //! operation, and record every outcome fenced on the claim's lease.
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::SnapshotFeed;
 use super::state::{COMPLETE, Claimed, DELETE, DELETED, ERROR, QUEUED, WriteBack, time_text};
 use crate::crm::RowOutcome;
 use crate::delete::DeleteTarget;
-use crate::engine::{Run, decide, sync_rows};
+use crate::engine::{Run, decide, handed_back, lease_deadline, send_bounded, sync_rows};
 use crate::plan::MappingPlan;
 use crate::store::{ClaimedRow, RowUpdate};
 
@@ -17,11 +18,12 @@ pub(crate) async fn process_batch(
     run: &Run,
     mapping: &MappingPlan,
     feed: &SnapshotFeed,
+    due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = now + chrono::Duration::seconds(mapping.schedule.lease_secs as i64);
+    let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let claimed = feed
-        .claim(mapping.schedule.batch_size as usize, now, lease)
+        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
     if claimed.is_empty() {
         return Ok(0);
@@ -57,7 +59,12 @@ async fn send_upserts(
         .collect();
     let mut rows: Vec<ClaimedRow> = claimed.iter_mut().map(as_claimed_row).collect();
     // A snapshot finds changes by diffing its source, not by fingerprint.
-    let (outcomes, fingerprints) = sync_rows(run, mapping, None, &mut rows).await;
+    let now = run.clock.utc();
+    let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(now);
+    let count = rows.len();
+    let synced = send_bounded(run, now, earliest, sync_rows(run, mapping, None, &mut rows)).await;
+    let (outcomes, fingerprints) =
+        synced.unwrap_or_else(|| (handed_back(run, count), vec![None; count]));
     let results = decide(run, mapping, &rows, outcomes, fingerprints, &known_ids);
     claimed
         .into_iter()
@@ -101,6 +108,8 @@ fn as_claimed_row(claim: &mut Claimed) -> ClaimedRow {
         retry_count: claim.retry_count,
         lease: claim.lease,
         handle: None,
+        // A snapshot's state rows are its own: no other mapping shares them.
+        shares_lease: false,
     }
 }
 
@@ -170,8 +179,12 @@ async fn send_deletes(
             trace_id: c.source_key.clone(),
         })
         .collect();
-    let outcomes = crate::delete::send(&run.client, mapping, &targets).await;
     let now = run.clock.utc();
+    let earliest = claimed.iter().map(|c| c.lease).min().unwrap_or(now);
+    let sends = crate::delete::send(&run.client, mapping, &targets);
+    let outcomes = send_bounded(run, now, earliest, sends)
+        .await
+        .unwrap_or_else(|| handed_back(run, targets.len()));
     let mut deleted = 0;
     let writes = claimed
         .into_iter()
@@ -194,6 +207,7 @@ async fn send_deletes(
                 outcome => {
                     let update = crate::delete::failure(mapping, claim.retry_count, outcome, now);
                     tracing::warn!(mapping = %mapping.name, row = %claim.source_key, %key, update = ?update, "The record of a removed row was not deleted.");
+                    run.summary.add_unfinished_delete(&update);
                     unsuccessful(base, update, backend)
                 }
             }

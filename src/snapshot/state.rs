@@ -18,6 +18,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sqlx::AssertSqlSafe;
 
+use crate::store::text::stored_text;
 use crate::store::{Backend, Store};
 
 pub(crate) const TABLE: &str = "engine_snapshot_state";
@@ -412,6 +413,21 @@ pub(crate) async fn claim(
 }
 
 /// What to write back for one claimed row.
+impl WriteBack {
+    /// A copy whose CRM text (error, id, key) is cleaned and capped as the
+    /// engine stores all such text (see [`stored_text`]): one hostile answer
+    /// must not fail the whole batch's write-back.
+    fn safe_to_store(&self) -> WriteBack {
+        let clean = |text: &Option<String>| text.as_deref().map(|t| stored_text(t).into_owned());
+        WriteBack {
+            crm_id: clean(&self.crm_id),
+            crm_key: clean(&self.crm_key),
+            error: clean(&self.error),
+            ..self.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub(crate) struct WriteBack {
     /// The source key.
@@ -467,6 +483,8 @@ pub(crate) async fn record(store: &Store, scope: &str, rows: &[WriteBack]) -> an
     if rows.is_empty() {
         return Ok(0);
     }
+    let stored: Vec<WriteBack> = rows.iter().map(WriteBack::safe_to_store).collect();
+    let rows = stored.as_slice();
     // The write-back's columns are `w_<field>`, so no name is shared with the table.
     let set = format!(
         "status = w_status, \

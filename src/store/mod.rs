@@ -27,6 +27,7 @@ mod postgres;
 mod schema;
 mod sql;
 mod sqlite;
+pub mod text;
 mod triggers;
 
 use std::fmt;
@@ -90,6 +91,30 @@ pub struct TableSpec {
     /// A hash of the values last confirmed by the CRM (see
     /// [`crate::fingerprint`]); `None` when the mapping keeps none.
     pub fingerprint: Option<String>,
+    /// The other mappings of the same table (their own `table_mates`
+    /// empty): a table `engine migrate` creates gets their state columns
+    /// too, and those that write the same `next_retry_at` (the seed's shared
+    /// retry columns) change how claims stamp it (see `sql::claim_arms`).
+    pub table_mates: Vec<TableSpec>,
+}
+
+impl TableSpec {
+    /// The processing-status columns of the table mates that use the same
+    /// `next_retry_at`; empty when the column is this mapping's own.
+    pub fn shares_due_with(&self) -> Vec<&str> {
+        let mut statuses: Vec<&str> = self
+            .table_mates
+            .iter()
+            .filter(|mate| {
+                mate.next_retry_at == self.next_retry_at
+                    && mate.processing_status != self.processing_status
+            })
+            .map(|mate| mate.processing_status.as_str())
+            .collect();
+        statuses.sort_unstable();
+        statuses.dedup();
+        statuses
+    }
 }
 
 /// One column of a table, as the database describes it.
@@ -130,6 +155,10 @@ pub struct ClaimedRow {
     /// table has one: the record finds the row by it, not through the id's
     /// index.
     pub handle: Option<i64>,
+    /// Whether the lease is, or may become, shared with another mapping
+    /// that uses the same `next_retry_at` (see `sql::written_due`): false
+    /// only when the claim found another mapping's dead claim on the row.
+    pub shares_lease: bool,
 }
 
 /// A claim's RETURNING row: the id as text, the columns as JSON, the retry
@@ -141,7 +170,21 @@ type Returned = (
     Option<i64>,
 );
 
+/// [`Returned`] plus the `next_retry_at` the claim left on the row, and
+/// whether another mapping sharing it has the row `Processing`.
+type ReturnedWithLease = (
+    String,
+    sqlx::types::Json<Map<String, Value>>,
+    i64,
+    Option<i64>,
+    Option<DateTime<Utc>>,
+    bool,
+);
+
 impl ClaimedRow {
+    /// `lease`: the lease the row now holds. It is the claim's own, or, when
+    /// another mapping sharing `next_retry_at` holds the row, that mapping's
+    /// (see `sql::claim_arms`).
     fn from_returned((id, row, retry_count, handle): Returned, lease: DateTime<Utc>) -> Self {
         ClaimedRow {
             id,
@@ -149,6 +192,31 @@ impl ClaimedRow {
             retry_count,
             lease,
             handle,
+            shares_lease: true,
+        }
+    }
+
+    /// As [`ClaimedRow::from_returned`], from what a claim returns with the
+    /// lease the row now holds (`held`, `None` when it could not be read)
+    /// and whether another mapping sharing `next_retry_at` has the row
+    /// `Processing` (`other_processing`). The claim keeps a live lease of
+    /// that mapping (and shares it) and overwrites a dead one: a row that
+    /// got the claim's own `lease` while another mapping has it
+    /// `Processing` is that mapping's dead claim, which must not keep this
+    /// lease on the row once this mapping is done. (Another mapping's live
+    /// lease equal to ours to the millisecond reads as a dead claim: that
+    /// mapping's write-back is then fenced out and its rows, left
+    /// `Processing` with no lease, are claimed and sent again; an upsert, so
+    /// nothing is lost or duplicated.)
+    fn from_claim(
+        (id, row, retry_count, handle, held, other_processing): ReturnedWithLease,
+        lease: DateTime<Utc>,
+    ) -> Self {
+        let held = held.unwrap_or(lease);
+        let dead_claim_of_another = other_processing && held == lease;
+        ClaimedRow {
+            shares_lease: !dead_claim_of_another,
+            ..Self::from_returned((id, row, retry_count, handle), held)
         }
     }
 }
@@ -193,6 +261,8 @@ pub struct RowResult {
     /// [`ClaimedRow::handle`]; `None` finds the row by its id.
     pub handle: Option<i64>,
     pub lease: DateTime<Utc>,
+    /// [`ClaimedRow::shares_lease`].
+    pub shares_lease: bool,
     pub update: RowUpdate,
 }
 
@@ -203,6 +273,7 @@ impl RowResult {
             id: row.id.clone(),
             handle: row.handle,
             lease: row.lease,
+            shares_lease: row.shares_lease,
             update,
         }
     }

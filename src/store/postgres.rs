@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
 use super::sql::{self, WriteBack, pg_time, quote};
-use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
+use super::{ClaimedRow, Column, ReturnedWithLease, RowResult, TableSpec};
 
 /// Rows per INSERT statement in `insert_rows`.
 const INSERT_CHUNK: usize = 1000;
@@ -112,7 +112,7 @@ pub(super) async fn claim(
     now: DateTime<Utc>,
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
-    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(sql))
+    let rows: Vec<ReturnedWithLease> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(now)
         .bind(lease)
         .bind(limit)
@@ -120,7 +120,7 @@ pub(super) async fn claim(
         .await?;
     let claimed = rows
         .into_iter()
-        .map(|row| ClaimedRow::from_returned(row, lease));
+        .map(|row| ClaimedRow::from_claim(row, lease));
     Ok(claimed.collect())
 }
 
@@ -135,12 +135,15 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
         quote(&spec.next_retry_at),
     );
     // FOR UPDATE is not allowed in a UNION, so each arm is a CTE.
-    let arms = sql::claim_arms(spec, "$1").map(|predicate| {
-        format!(
-            "SELECT {id} AS id, {due} AS due FROM {table} WHERE {predicate} \
-             ORDER BY {due} NULLS FIRST, {id} LIMIT $3 FOR UPDATE SKIP LOCKED"
-        )
-    });
+    let arms: Vec<String> = sql::claim_arms(spec, "$1")
+        .into_iter()
+        .map(|predicate| {
+            format!(
+                "SELECT {id} AS id, {due} AS due FROM {table} WHERE {predicate} \
+                 ORDER BY {due} NULLS FIRST, {id} LIMIT $3 FOR UPDATE SKIP LOCKED"
+            )
+        })
+        .collect();
     let ctes: Vec<String> = (0..)
         .zip(&arms)
         .map(|(n, arm)| format!("_claim_{n} AS ({arm})"))
@@ -151,9 +154,12 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     format!(
         "WITH {ctes}, \
               _claim_picked AS (SELECT id FROM ({union}) c ORDER BY due NULLS FIRST, id LIMIT $3) \
-         UPDATE {table} AS _t SET {status} = '{processing}', {due} = $2 \
+         UPDATE {table} AS _t SET {status} = '{processing}', {due} = {stamp} \
          FROM _claim_picked WHERE _t.{id} = _claim_picked.id \
-         RETURNING _t.{id}::text, {row_json}, COALESCE(_t.{retries}, 0)::bigint, NULL::bigint",
+         RETURNING _t.{id}::text, {row_json}, COALESCE(_t.{retries}, 0)::bigint, NULL::bigint, \
+         CAST(_t.{due} AS timestamptz), COALESCE({held}, false)",
+        stamp = sql::claim_stamp(spec, "_t."),
+        held = sql::held_by_another(spec, "_t.").unwrap_or_else(|| "false".into()),
         ctes = ctes.join(", "),
         union = union.join(" UNION ALL "),
         status = quote(&spec.processing_status),

@@ -44,44 +44,52 @@ const SQLITE_UUID_PRIMARY_KEY: &str = "TEXT PRIMARY KEY NOT NULL DEFAULT (lower(
     || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(hex(randomblob(2)), 2) \
     || '-' || hex(randomblob(6))))";
 
-/// The seed's `contacts` table (docs: shared/seed/contacts-schema.md).
-const SEED_COLUMNS: [(&str, Kind); 16] = [
+/// The data columns of the seed's `contacts` table (docs:
+/// shared/seed/contacts-schema.md). The state columns a new table gets are
+/// those the mappings over it declare (see `all_state_columns`): the engine
+/// names no CRM here.
+const SEED_COLUMNS: [(&str, Kind); 6] = [
     ("id", Kind::Id),
     ("email", Kind::RequiredText),
     ("name", Kind::Text),
     ("phone_number", Kind::Text),
     ("domain_id", Kind::Uuid),
     ("page_id", Kind::Uuid),
-    ("hubspot_sync_status", Kind::Text),
-    ("hubspot_processing_status", Kind::Text),
-    ("hubspot_contact_id", Kind::Text),
-    ("hubspot_processing_error", Kind::Text),
-    ("retry_count", Kind::Count),
-    ("next_retry_at", Kind::Time),
-    ("brevo_sync_status", Kind::Text),
-    ("brevo_processing_status", Kind::Text),
-    ("brevo_contact_id", Kind::Text),
-    ("brevo_processing_error", Kind::Text),
 ];
 
 /// The columns the engine writes for one mapping, without repeats.
 fn state_columns(spec: &TableSpec) -> Vec<(&str, Kind)> {
+    let mut columns: Vec<(&str, Kind)> = Vec::new();
+    push_state_columns(&mut columns, spec);
+    columns
+}
+
+/// The state columns of `spec` and then of its table mates, without repeats:
+/// what a table `engine migrate` creates holds besides the data columns.
+fn all_state_columns(spec: &TableSpec) -> Vec<(&str, Kind)> {
+    let mut columns: Vec<(&str, Kind)> = Vec::new();
+    push_state_columns(&mut columns, spec);
+    for mate in &spec.table_mates {
+        push_state_columns(&mut columns, mate);
+    }
+    columns
+}
+
+fn push_state_columns<'a>(columns: &mut Vec<(&'a str, Kind)>, spec: &'a TableSpec) {
     let all = [
-        (spec.processing_status.as_str(), Kind::Text),
         (spec.sync_status.as_str(), Kind::Text),
+        (spec.processing_status.as_str(), Kind::Text),
         (spec.crm_id.as_str(), Kind::Text),
         (spec.error.as_str(), Kind::Text),
         (spec.retry_count.as_str(), Kind::Count),
         (spec.next_retry_at.as_str(), Kind::Time),
     ];
     let fingerprint = spec.fingerprint.as_deref().map(|name| (name, Kind::Text));
-    let mut columns: Vec<(&str, Kind)> = Vec::new();
     for (name, kind) in all.into_iter().chain(fingerprint) {
         if !columns.iter().any(|(seen, _)| *seen == name) {
             columns.push((name, kind));
         }
     }
-    columns
 }
 
 /// The statements that bring the table up to what `spec` needs.
@@ -102,7 +110,7 @@ pub(super) fn migration_sql(
     Ok(statements)
 }
 
-/// The seed's table, plus any state column `spec` names that the seed lacks.
+/// The seed's data columns, then the state columns of `spec` and its table mates.
 fn create_seed_table(backend: Backend, spec: &TableSpec) -> anyhow::Result<String> {
     for (role, name) in [("id", &spec.id_column), ("key", &spec.key_column)] {
         ensure!(
@@ -112,7 +120,7 @@ fn create_seed_table(backend: Backend, spec: &TableSpec) -> anyhow::Result<Strin
             spec.table
         );
     }
-    let extra = state_columns(spec)
+    let extra = all_state_columns(spec)
         .into_iter()
         .filter(|(name, _)| !SEED_COLUMNS.iter().any(|(seed, _)| seed == name));
     let definitions: Vec<String> = SEED_COLUMNS

@@ -13,7 +13,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, ConnectOptions, SqlitePool};
 
 use super::sql::{self, WriteBack, quote, sqlite_time};
-use super::{ClaimedRow, Column, Returned, RowResult, TableSpec};
+use super::{ClaimedRow, Column, RowResult, TableSpec};
 
 /// Writers wait this long for the write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -133,7 +133,15 @@ pub(super) async fn claim(
     now: DateTime<Utc>,
     lease: DateTime<Utc>,
 ) -> anyhow::Result<Vec<ClaimedRow>> {
-    let rows: Vec<Returned> = sqlx::query_as(AssertSqlSafe(sql))
+    type Row = (
+        String,
+        sqlx::types::Json<serde_json::Map<String, Value>>,
+        i64,
+        Option<i64>,
+        Option<String>,
+        bool,
+    );
+    let rows: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql))
         .bind(sqlite_time(now))
         .bind(sqlite_time(lease))
         .bind(limit)
@@ -141,7 +149,15 @@ pub(super) async fn claim(
         .await?;
     let claimed = rows
         .into_iter()
-        .map(|row| ClaimedRow::from_returned(row, lease));
+        .map(|(id, row, retries, handle, held, other)| {
+            // The lease the row holds, in the text `sqlite_time` wrote.
+            let held = held
+                .and_then(|text| {
+                    chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%d %H:%M:%S%.f").ok()
+                })
+                .map(|at| at.and_utc());
+            ClaimedRow::from_claim((id, row, retries, handle, held, other), lease)
+        });
     Ok(claimed.collect())
 }
 
@@ -155,16 +171,22 @@ fn claim_sql(spec: &TableSpec, row_json: &str, order: &str, by_rowid: bool) -> S
         quote(&spec.id_column),
         quote(&spec.next_retry_at),
     );
-    let arms = sql::claim_arms(spec, "$1").map(|predicate| {
-        format!(
-            "SELECT * FROM (SELECT {order} AS k, {due} AS due FROM {table} \
-             WHERE {predicate} ORDER BY {due}, {order} LIMIT $3)"
-        )
-    });
+    let arms: Vec<String> = sql::claim_arms(spec, "$1")
+        .into_iter()
+        .map(|predicate| {
+            format!(
+                "SELECT * FROM (SELECT {order} AS k, {due} AS due FROM {table} \
+                 WHERE {predicate} ORDER BY {due}, {order} LIMIT $3)"
+            )
+        })
+        .collect();
     format!(
-        "UPDATE {table} SET {status} = '{processing}', {due} = $2 \
+        "UPDATE {table} SET {status} = '{processing}', {due} = {stamp} \
          WHERE {order} IN (SELECT k FROM ({arms}) ORDER BY due, k LIMIT $3) \
-         RETURNING CAST({id} AS TEXT), {row_json}, CAST(COALESCE({retries}, 0) AS INTEGER), {handle}",
+         RETURNING CAST({id} AS TEXT), {row_json}, CAST(COALESCE({retries}, 0) AS INTEGER), {handle}, \
+         CAST({due} AS TEXT), COALESCE({held}, 0)",
+        stamp = sql::claim_stamp(spec, ""),
+        held = sql::held_by_another(spec, "").unwrap_or_else(|| "0".into()),
         handle = if by_rowid { "rowid" } else { "NULL" },
         status = quote(&spec.processing_status),
         processing = sql::PROCESSING,

@@ -261,6 +261,7 @@ mod tests {
             retry_count: "retry_count".into(),
             next_retry_at: "next_retry_at".into(),
             fingerprint: Some("crm_fingerprint".into()),
+            table_mates: Vec::new(),
         }
     }
 

@@ -23,6 +23,8 @@ mod crash;
 mod demo;
 mod instances;
 mod seed;
+mod shared_lease;
+mod waits;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
