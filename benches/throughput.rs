@@ -669,7 +669,13 @@ async fn claim_record_loop(
                     .map(|row| {
                         crm_id += 1;
                         let crm_id = Some(crm_id.to_string());
-                        RowResult::of(row, RowUpdate::Complete { crm_id })
+                        RowResult::of(
+                            row,
+                            RowUpdate::Complete {
+                                crm_id,
+                                fingerprint: None,
+                            },
+                        )
                     })
                     .collect();
                 queue.record(&results).await?;

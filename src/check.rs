@@ -70,6 +70,10 @@ pub async fn check_database<'a>(
 ) -> anyhow::Result<Vec<Diagnostic>> {
     let mut out = Vec::new();
     for mapping in mappings {
+        if mapping.snapshot.is_some() {
+            out.extend(crate::snapshot::check_source(store, mapping).await?);
+            continue;
+        }
         let source = &mapping.source;
         let Some(columns) = store.columns(&mapping.table.table).await? else {
             out.push(

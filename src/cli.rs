@@ -38,7 +38,7 @@ const EXAMPLES: &str = "\
 Examples:
   engine demo                                  try it: SQLite + the sandbox, no account
   engine check --database sqlite://engine.db   validate config, tables and columns
-  engine migrate --mapping hubspot --print     SQL for the state columns a mapping needs
+  engine migrate --mapping hubspot --print     SQL for the state columns (and triggers) a mapping needs
   engine run --connector hubspot               sync until nothing is claimable
   engine run --connector brevo --watch         every interval_secs, until SIGINT/SIGTERM
   engine status --connector hubspot            counts per status, latest errors
@@ -100,6 +100,22 @@ pub struct Location {
         value_name = "URL"
     )]
     pub database: String,
+    /// Where snapshot-mode mappings keep their state (default: the --database),
+    /// e.g. when the source is a read-only replica.
+    #[arg(long, env = "STATE_DATABASE_URL", value_name = "URL")]
+    pub state_database: Option<String>,
+}
+
+impl Location {
+    /// The state database of snapshot mappings: `--state-database`, else `source`.
+    async fn state_store(&self, source: &Store) -> anyhow::Result<Store> {
+        match &self.state_database {
+            Some(url) => Store::connect(url)
+                .await
+                .context("opening --state-database"),
+            None => Ok(source.clone()),
+        }
+    }
 }
 
 /// Subcommands.
@@ -140,6 +156,10 @@ pub enum Command {
         /// Claim-and-send loops per mapping.
         #[arg(long, default_value_t = 4, value_name = "N")]
         workers: usize,
+        /// Let a snapshot whose source returned no rows delete the records
+        /// it synced (refused otherwise: a broken view must not wipe the CRM).
+        #[arg(long)]
+        allow_empty_source: bool,
         /// Cycles of run history kept per mapping (0: record none).
         #[arg(long, default_value_t = crate::history::DEFAULT_KEEP, value_name = "N")]
         keep_history: u32,
@@ -204,6 +224,10 @@ pub enum Command {
         /// Print the SQL instead of running it.
         #[arg(long)]
         print: bool,
+        /// With --print: show the change-trigger SQL (`queue_on_change`) for
+        /// this database kind, without connecting to one.
+        #[arg(long, value_enum, requires = "print", value_name = "KIND")]
+        dialect: Option<Dialect>,
         #[command(flatten)]
         location: Location,
     },
@@ -294,6 +318,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             all: _,
             watch,
             workers,
+            allow_empty_source,
             keep_history,
             listen,
             location,
@@ -302,6 +327,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 watch,
                 workers,
                 history_keep: keep_history,
+                allow_empty_source,
                 ..RunOptions::default()
             };
             run(connector.as_deref(), options, listen, &location).await
@@ -330,8 +356,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Migrate {
             mapping,
             print,
+            dialect,
             location,
-        } => migrate(&mapping, print, &location).await,
+        } => match dialect {
+            Some(dialect) => print_change_triggers(&mapping, dialect, &location),
+            None => migrate(&mapping, print, &location).await,
+        },
         Command::Init { dir, force } => init(&dir, force),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -363,9 +393,18 @@ async fn check(
     if let (Some(url), false) = (database, checked.has_errors()) {
         let mappings = crate::check::selected_mappings(&checked.plan, only)?;
         let store = connect_existing(&url).await?;
-        checked
-            .diagnostics
-            .extend(check_database(mappings, &store).await?);
+        let mut found = check_database(mappings.iter().copied(), &store).await?;
+        if !found.iter().any(crate::diagnostic::Diagnostic::is_error) {
+            found.extend(
+                crate::change::check_change_triggers(
+                    &store,
+                    &checked.plan,
+                    mappings.iter().copied(),
+                )
+                .await?,
+            );
+        }
+        checked.diagnostics.extend(found);
     }
     for diagnostic in &checked.diagnostics {
         eprint!("{diagnostic}");
@@ -426,7 +465,7 @@ fn load_plan(config_dir: &std::path::Path) -> Option<Plan> {
 /// `connector`: one connector's mappings; `None`: every mapping (`--all`).
 async fn run(
     connector: Option<&str>,
-    options: RunOptions,
+    mut options: RunOptions,
     listen: Option<std::net::SocketAddr>,
     location: &Location,
 ) -> anyhow::Result<ExitCode> {
@@ -434,6 +473,7 @@ async fn run(
         return Ok(ExitCode::from(2));
     };
     let store = Store::connect(&location.database).await?;
+    options.state_store = Some(location.state_store(&store).await?);
     // The database half of `check`: a missing table or state column is a clear
     // error here, not an SQL error in the middle of a run.
     let mappings = match connector {
@@ -455,6 +495,14 @@ async fn run(
             summary(&problems)
         );
         return Ok(ExitCode::from(2));
+    }
+    // Missing or stale change triggers do not stop a run (queued rows still
+    // sync), but changed rows would go unnoticed: say so.
+    let stale =
+        crate::change::check_change_triggers(&store, &plan, mappings.iter().map(|m| m.as_ref()));
+    for warning in stale.await? {
+        let hint = warning.hint.as_deref().unwrap_or_default();
+        tracing::warn!(file = %warning.file, "{} ({hint})", warning.message);
     }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -640,25 +688,47 @@ async fn status(
     if mappings.is_empty() {
         anyhow::bail!("no mapping matches");
     }
-    for mapping in &mappings {
+    for mapping in mappings.iter().filter(|m| m.snapshot.is_none()) {
         require_table(&store, mapping).await?;
     }
+    let state = location.state_store(&store).await?;
     if json {
         let mut all = Vec::new();
         for mapping in mappings {
-            all.push(status_json(&store, mapping).await?);
+            all.push(match mapping.snapshot {
+                None => status_json(&store, mapping).await?,
+                Some(_) => {
+                    let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
+                    snapshot_status_json(&state, mapping).await?
+                }
+            });
         }
         store.close().await;
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(ExitCode::SUCCESS);
     }
     for mapping in mappings {
+        if mapping.snapshot.is_some() {
+            let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
+            snapshot_status(&state, mapping).await?;
+            continue;
+        }
         println!(
             "mapping {} -> connector {} (table {})",
             mapping.name, mapping.connector, mapping.table.table
         );
         for (status, count) in store.status_counts(&mapping.table).await? {
             println!("  {:<12} {count}", status.as_deref().unwrap_or("(none)"));
+        }
+        if let Some(counts) = store
+            .sync_counts(&mapping.name, &mapping.table.table)
+            .await?
+        {
+            println!("  outcomes     {}", counts.total);
+            println!(
+                "  last cycle   {} (ended {})",
+                counts.last_cycle, counts.last_cycle_at
+            );
         }
         let errors = crate::attempts::latest_failed_rows(&store, mapping, 10).await?;
         if !errors.is_empty() {
@@ -691,13 +761,110 @@ async fn status_json(
         .map(|(status, n)| (status.unwrap_or_else(|| "(none)".into()), n.into()))
         .collect();
     let errors = crate::attempts::latest_failed_rows(store, mapping, 10).await?;
+    let outcomes = store
+        .sync_counts(&mapping.name, &mapping.table.table)
+        .await?;
     Ok(serde_json::json!({
         "mapping": mapping.name,
         "connector": mapping.connector,
         "table": mapping.table.table,
         "counts": counts,
+        "outcomes": outcomes.as_ref().map(|c| c.total),
+        "last_cycle": outcomes.as_ref().map(|c| serde_json::json!({
+            "counts": c.last_cycle,
+            "ended": c.last_cycle_at,
+        })),
         "latest_errors": errors,
     }))
+}
+
+/// `engine status --json` of a snapshot mapping: its state rows by status
+/// (a pending delete apart from a pending upsert).
+async fn snapshot_status_json(
+    state: &Store,
+    mapping: &crate::plan::MappingPlan,
+) -> anyhow::Result<serde_json::Value> {
+    use crate::snapshot::{scope, state as snapshot_state};
+    let scope = scope(mapping);
+    let mut counts = serde_json::Map::new();
+    if state.columns(snapshot_state::TABLE).await?.is_some() {
+        for (status, action, count) in snapshot_state::counts(state, &scope).await? {
+            let label = match (status.as_str(), action.as_str()) {
+                ("Complete" | "Deleted", _) | (_, "upsert") => status,
+                (_, action) => format!("{status} ({action})"),
+            };
+            counts.insert(label, count.into());
+        }
+    }
+    Ok(serde_json::json!({
+        "mapping": mapping.name,
+        "connector": mapping.connector,
+        "snapshot": scope,
+        "counts": counts,
+    }))
+}
+
+/// Which database `migrate --print --dialect` writes SQL for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+fn print_change_triggers(
+    mapping: &str,
+    dialect: Dialect,
+    location: &Location,
+) -> anyhow::Result<ExitCode> {
+    let Some(plan) = load_plan(&location.config_dir) else {
+        return Ok(ExitCode::from(2));
+    };
+    let mapping = plan
+        .mappings
+        .get(mapping)
+        .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
+    let backend = match dialect {
+        Dialect::Sqlite => crate::store::Backend::Sqlite,
+        Dialect::Postgres => crate::store::Backend::Postgres,
+    };
+    println!(
+        "-- change triggers of mapping `{}` on {backend}: queue a row of `{}` when it is inserted, or when a column the mapping reads changes",
+        mapping.name, mapping.table.table
+    );
+    for statement in crate::change::change_trigger_sql_for(&plan, mapping, backend)? {
+        println!("{statement};");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `engine status` of a snapshot mapping: its state rows by status, a
+/// pending delete apart from a pending upsert.
+async fn snapshot_status(state: &Store, mapping: &crate::plan::MappingPlan) -> anyhow::Result<()> {
+    use crate::snapshot::{scope, state as snapshot_state};
+    let scope = scope(mapping);
+    println!(
+        "mapping {} -> connector {} (snapshot, state {scope})",
+        mapping.name, mapping.connector
+    );
+    if state.columns(snapshot_state::TABLE).await?.is_none() {
+        println!("  no state yet: the first `engine run` creates it");
+        return Ok(());
+    }
+    for (status, action, count) in snapshot_state::counts(state, &scope).await? {
+        let label = match (status.as_str(), action.as_str()) {
+            ("Complete" | "Deleted", _) | (_, "upsert") => status,
+            (_, action) => format!("{status} ({action})"),
+        };
+        println!("  {label:<18} {count}");
+    }
+    let errors = snapshot_state::latest_errors(state, &scope, 10).await?;
+    if !errors.is_empty() {
+        println!("  latest errors:");
+        for (key, error, retries) in errors {
+            println!("    id {key} (retries {retries}): {error}");
+        }
+    }
+    Ok(())
 }
 
 async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode> {
@@ -710,11 +877,20 @@ async fn retry(connector: &str, location: &Location) -> anyhow::Result<ExitCode>
         !mappings.is_empty(),
         "no mapping syncs to connector `{connector}`"
     );
-    for mapping in &mappings {
+    for mapping in mappings.iter().filter(|m| m.snapshot.is_none()) {
         require_table(&store, mapping).await?;
     }
+    let state = location.state_store(&store).await?;
     for mapping in mappings {
-        let count = store.requeue_errors(&mapping.table).await?;
+        let count = match mapping.snapshot {
+            Some(_) => {
+                let state = crate::snapshot::state_store(&mapping, &state, &ProcessEnv).await?;
+                let scope = crate::snapshot::scope(&mapping);
+                crate::snapshot::state::ensure_table(&state).await?;
+                crate::snapshot::state::requeue_errors(&state, &scope).await?
+            }
+            None => store.requeue_errors(&mapping.table).await?,
+        };
         println!("mapping {}: {count} rows queued again", mapping.name);
     }
     store.close().await;
@@ -730,11 +906,32 @@ async fn migrate(mapping: &str, print: bool, location: &Location) -> anyhow::Res
         .get(mapping)
         .with_context(|| format!("no mapping `{mapping}` in mappings/"))?;
     let store = Store::connect(&location.database).await?;
-    let statements = if print {
+    if mapping.snapshot.is_some() {
+        // The source is only read: what a snapshot needs is its state table.
+        let state = location.state_store(&store).await?;
+        let state = crate::snapshot::state_store(mapping, &state, &ProcessEnv).await?;
+        let statements = crate::snapshot::state::create_sql(state.backend());
+        if !print {
+            crate::snapshot::state::ensure_table(&state).await?;
+        }
+        for statement in statements {
+            println!("{statement};");
+        }
+        state.close().await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut statements = if print {
         store.migration_sql(&mapping.table).await?
     } else {
         store.migrate(&mapping.table).await?
     };
+    // Triggers are planned on the migrated table: a fresh database shows
+    // them once the table exists.
+    let triggers = crate::change::change_trigger_migration(&store, &plan, mapping).await?;
+    if !print {
+        store.run_statements(&triggers).await?;
+    }
+    statements.extend(triggers);
     if statements.is_empty() {
         println!(
             "-- table `{}` already has every column mapping `{}` needs",

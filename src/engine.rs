@@ -16,14 +16,17 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::change::ChangeCheck;
 use crate::clock::Clock;
+use crate::config::mapping::OnRemoved;
 use crate::crm::probe::ConnectorPaused;
 use crate::crm::wait::{self, WaitBound};
 use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::retry::{RetryDecision, next_row_retry};
-use crate::store::{ClaimedRow, Queue, RowResult, RowUpdate, Store};
+use crate::snapshot::SnapshotFeed;
+use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
 use crate::template::{NOW_KEY, Templates};
 
 /// How a run behaves.
@@ -38,6 +41,11 @@ pub struct RunOptions {
     pub progress_every: Option<Duration>,
     /// Cycles of run history kept per mapping (0: record none).
     pub history_keep: u32,
+    /// Where snapshot mappings keep their state; `None`: the source database.
+    pub state_store: Option<Store>,
+    /// Let a snapshot whose source returned no rows delete the records it
+    /// synced (the empty-source guard stops that otherwise).
+    pub allow_empty_source: bool,
 }
 
 impl Default for RunOptions {
@@ -47,6 +55,8 @@ impl Default for RunOptions {
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
             history_keep: crate::history::DEFAULT_KEEP,
+            state_store: None,
+            allow_empty_source: false,
         }
     }
 }
@@ -66,6 +76,18 @@ pub struct RunSummary {
     cycle: std::sync::Mutex<HashMap<String, CycleStart>>,
     /// Counts per mapping, for run history and metrics.
     pub by_mapping: Tallies,
+    /// Rows recorded `Complete` without a request: their fingerprint
+    /// matched the one the CRM last confirmed.
+    pub unchanged: AtomicU64,
+    /// Rows the mapping's sync mode did not let through (`update_only` and
+    /// a new key, `create_only` and an existing record).
+    pub skipped: AtomicU64,
+    /// Of the `complete` rows, those that had no CRM id before (first sync).
+    pub created: AtomicU64,
+    /// CRM records deleted because their rows left a snapshot's source.
+    pub deleted: AtomicU64,
+    /// Per mapping, the counts not yet added to `engine_sync_counts`.
+    unsaved: std::sync::Mutex<HashMap<String, OutcomeCounts>>,
 }
 
 /// When a mapping's cycle started, the mapping's total then, and the rows due then.
@@ -81,6 +103,32 @@ impl RunSummary {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    fn count_for(&self, mapping: &str, counts: &OutcomeCounts) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved.entry(mapping.to_string()).or_default().add(counts);
+    }
+
+    fn take_unsaved(&self, mapping: &str) -> OutcomeCounts {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved.remove(mapping).unwrap_or_default()
+    }
+
+    pub(crate) fn add_deleted(&self, mapping: &str, n: u64) {
+        self.add(&self.deleted, n);
+        crate::metrics::global().more_rows(mapping, "deleted", n);
+    }
+
+    /// Counts a delete that did not end done, as `decide` counts upserts,
+    /// so the exit code tells of it too.
+    pub(crate) fn add_unfinished_delete(&self, update: &RowUpdate) {
+        match update {
+            RowUpdate::Failed { .. } => self.add(&self.failed, 1),
+            RowUpdate::RetryLater { .. } => self.add(&self.retrying, 1),
+            RowUpdate::Release { .. } => self.add(&self.deferred, 1),
+            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => {}
+        }
+    }
+
     /// Whether every row the run claimed ended `Complete`: none failed, and
     /// none was handed back for later (a retry, a rate limit, a shutdown).
     /// The meaning of exit code 0.
@@ -92,22 +140,38 @@ impl RunSummary {
 
     /// Total rows processed.
     pub fn total(&self) -> u64 {
-        [&self.complete, &self.failed, &self.retrying, &self.deferred]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.complete,
+            &self.failed,
+            &self.retrying,
+            &self.deferred,
+            &self.unchanged,
+            &self.skipped,
+            &self.deleted,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 }
 
 /// Everything a run of one connector shares.
-struct Run {
-    plan: Arc<Plan>,
-    client: Arc<CrmClient>,
-    clock: Arc<dyn Clock>,
-    summary: Arc<RunSummary>,
+pub(crate) struct Run {
+    pub(crate) plan: Arc<Plan>,
+    pub(crate) client: Arc<CrmClient>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) summary: Arc<RunSummary>,
     shutdown: watch::Receiver<bool>,
     /// Where run history goes.
     store: Store,
+}
+
+/// Where a mapping's rows come from: a queue table, or a snapshot source
+/// diffed against the engine's state table at the start of each cycle.
+#[derive(Debug, Clone)]
+enum Feed {
+    Queue(Box<Queue>),
+    Snapshot(SnapshotFeed),
 }
 
 /// Runs every mapping of `connector` (see the module docs). Returns the counts.
@@ -132,8 +196,23 @@ pub async fn run_connector(
     }
     let mut queues = Vec::new();
     for mapping in mappings {
-        let queue = open_queue(&store, &plan, &mapping).await?;
-        queues.push((mapping, queue));
+        let feed = match mapping.snapshot {
+            None => Feed::Queue(Box::new(open_queue(&store, &plan, &mapping).await?)),
+            Some(_) => {
+                let default = options.state_store.clone().unwrap_or_else(|| store.clone());
+                let state = crate::snapshot::state_store(&mapping, &default, env).await?;
+                let columns = plan.row_columns(&mapping);
+                let feed = SnapshotFeed::open(
+                    store.clone(),
+                    state,
+                    &mapping,
+                    &columns,
+                    options.allow_empty_source,
+                );
+                Feed::Snapshot(feed.await?)
+            }
+        };
+        queues.push((mapping, feed));
     }
     let client = Arc::new(CrmClient::new(
         connector_plan,
@@ -142,10 +221,15 @@ pub async fn run_connector(
         clock.clone(),
     )?);
     let mut guards = Vec::new();
-    for (mapping, _) in &queues {
+    for (mapping, feed) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
         let lock_name = format!("mapping:{}:{}", mapping.name, mapping.table.table);
-        let slot = store
+        // A snapshot's source may be read-only: its slots live with its state.
+        let lock_store = match feed {
+            Feed::Queue(_) => &store,
+            Feed::Snapshot(snapshot) => snapshot.state_store(),
+        };
+        let slot = lock_store
             .acquire_instance_slot(&lock_name, mapping.schedule.max_instances)
             .await?;
         match slot {
@@ -233,7 +317,7 @@ fn missing_table(mapping: &MappingPlan) -> anyhow::Error {
 
 async fn cycle_until_done(
     run: &Arc<Run>,
-    queues: &[(Arc<MappingPlan>, Queue)],
+    queues: &[(Arc<MappingPlan>, Feed)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
     let interval = Duration::from_secs(
@@ -310,6 +394,9 @@ async fn cycle_until_done(
                     complete = run.summary.complete.load(Ordering::Relaxed),
                     error = run.summary.failed.load(Ordering::Relaxed),
                     retrying = run.summary.retrying.load(Ordering::Relaxed),
+                    unchanged = run.summary.unchanged.load(Ordering::Relaxed),
+                    skipped = run.summary.skipped.load(Ordering::Relaxed),
+                    deleted = run.summary.deleted.load(Ordering::Relaxed),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "Finished sync cycle."
                 );
@@ -386,23 +473,27 @@ fn paused_backoff(n: u32) -> Duration {
 const FAILED_CYCLE_PAUSE: Duration = Duration::from_secs(10);
 
 /// Claims and processes batches of one mapping with `workers` loops until no row
-/// is claimable now.
+/// is claimable now. A snapshot first finds what changed in its source.
 async fn drain(
     run: Arc<Run>,
     mapping: Arc<MappingPlan>,
-    queue: Queue,
+    queue: Feed,
     workers: usize,
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<()> {
+    if let Feed::Snapshot(snapshot) = &queue {
+        snapshot.find_changes().await?;
+    }
     let loops = (0..workers.max(1)).map(|_| {
         let run = run.clone();
         let mapping = mapping.clone();
         let queue = queue.clone();
         tokio::spawn(async move {
             // A connector whose config failed claims nothing more.
+            let changes = ChangeCheck::new(&run.plan, &mapping);
             let mut empty_claims = 0;
             while !*run.shutdown.borrow() && run.client.config_fault().is_none() {
-                if process_one_batch(&run, &mapping, &queue, due_by).await? > 0 {
+                if process_one_batch(&run, &mapping, changes.as_ref(), &queue, due_by).await? > 0 {
                     empty_claims = 0;
                 } else if !due_rows_were_locked(&run, &queue, empty_claims, due_by).await {
                     break;
@@ -413,7 +504,9 @@ async fn drain(
             anyhow::Ok(())
         })
     });
-    for handle in futures::future::join_all(loops).await {
+    let finished = futures::future::join_all(loops).await;
+    save_counts(&run, &mapping, &queue).await;
+    for handle in finished {
         handle.context("a sync worker panicked")??;
     }
     Ok(())
@@ -425,12 +518,16 @@ async fn drain(
 /// claim again. Bounded (and over at once on shutdown), so a cycle always ends.
 async fn due_rows_were_locked(
     run: &Run,
-    queue: &Queue,
+    feed: &Feed,
     empty_claims: u32,
     due_by: DateTime<Utc>,
 ) -> bool {
     const TRIES: u32 = 20;
     const PAUSE: Duration = Duration::from_millis(50);
+    // A snapshot's rows are its own: no other mapping claims them.
+    let Feed::Queue(queue) = feed else {
+        return false;
+    };
     let due_now = run.clock.utc().min(due_by);
     if empty_claims >= TRIES || !matches!(queue.count_due(due_now).await, Ok(n) if n > 0) {
         return false;
@@ -442,9 +539,31 @@ async fn due_rows_were_locked(
     }
 }
 
+/// Adds the cycle's outcome counts to the engine's table for `engine
+/// status`. A failure only costs the counts: it is logged, not fatal.
+async fn save_counts(run: &Run, mapping: &MappingPlan, feed: &Feed) {
+    let counts = run.summary.take_unsaved(&mapping.name);
+    // A snapshot's `engine status` reads its state table instead.
+    let Feed::Queue(queue) = feed else {
+        return;
+    };
+    let saved = queue
+        .store()
+        .add_sync_counts(
+            &mapping.name,
+            &mapping.table.table,
+            &counts,
+            run.clock.utc(),
+        )
+        .await;
+    if let Err(err) = saved {
+        tracing::warn!(mapping = %mapping.name, error = format!("{err:#}"), "Could not save the outcome counts for `engine status`.");
+    }
+}
+
 /// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
 /// past what a timestamp can hold would still be a lease.
-fn lease_deadline(
+pub(crate) fn lease_deadline(
     now: chrono::DateTime<chrono::Utc>,
     lease_secs: u64,
 ) -> chrono::DateTime<chrono::Utc> {
@@ -455,11 +574,35 @@ fn lease_deadline(
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
 
-/// One cycle: claim, render, send, record. Returns how many rows it claimed.
+/// One batch of either feed. Returns how many rows it claimed.
 /// Claims rows due by `due_by` (the cycle's start; see `cycle_until_done`).
 async fn process_one_batch(
     run: &Run,
     mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
+    feed: &Feed,
+    due_by: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    match feed {
+        Feed::Queue(queue) => {
+            let mut claimed = process_queue_batch(run, mapping, changes, queue, due_by).await?;
+            if mapping.on_removed == OnRemoved::Archive {
+                claimed += crate::delete::queue::process_batch(run, mapping, queue.store(), due_by)
+                    .await?;
+            }
+            Ok(claimed)
+        }
+        Feed::Snapshot(snapshot) => {
+            crate::snapshot::process_batch(run, mapping, snapshot, due_by).await
+        }
+    }
+}
+
+/// One cycle: claim, render, send, record. Returns how many rows it claimed.
+async fn process_queue_batch(
+    run: &Run,
+    mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
     queue: &Queue,
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
@@ -472,30 +615,30 @@ async fn process_one_batch(
         return Ok(0);
     }
     tracing::debug!(mapping = %mapping.name, rows = rows.len(), "Claimed rows.");
+    let known_ids: Vec<bool> = rows
+        .iter()
+        .map(|row| has_crm_id(&row.row, &mapping.table.crm_id))
+        .collect();
     // A row may hold a lease shared with another mapping (the seed's shared
     // retry columns), shorter than ours: waits end by the earliest.
     let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(lease);
-    let lease_left = (earliest - now).to_std().unwrap_or(Duration::ZERO);
-    let bound = WaitBound {
-        deadline: wait_deadline(run.clock.now(), lease_left),
-        shutdown: run.shutdown.clone(),
-    };
-    let outcomes = send_within(run, bound, sync_rows(run, mapping, &mut rows)).await;
-    let outcomes = outcomes.unwrap_or_else(|| {
-        // The sends outlived the shutdown grace: nothing of this batch is
-        // known to be written, so every row goes back as a crash would leave
-        // it, due at once and with no retry spent (every flow is an upsert).
-        let until = run.clock.utc();
-        let reason = "handed back: the run was shutting down".to_string();
-        vec![RowOutcome::Deferred { until, reason }; rows.len()]
-    });
+    let count = rows.len();
+    let synced = send_bounded(
+        run,
+        now,
+        earliest,
+        sync_rows(run, mapping, changes, &mut rows),
+    )
+    .await;
+    let (outcomes, fingerprints) =
+        synced.unwrap_or_else(|| (handed_back(run, count), vec![None; count]));
     // A broken config: the batch goes back untouched (see `hand_back`); rows a
     // shutdown handed back are deferred due at once, equally untouched.
     if let Some(paused) = run.client.config_fault() {
         hand_back(queue, &rows).await?;
         return Err(paused.into());
     }
-    let results = decide(run, mapping, &rows, outcomes);
+    let results = decide(run, mapping, &rows, outcomes, fingerprints, &known_ids);
     queue
         .record(&results)
         .await
@@ -541,6 +684,14 @@ async fn hand_back(queue: &Queue, rows: &[ClaimedRow]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn has_crm_id(row: &Map<String, Value>, column: &str) -> bool {
+    match row.get(column) {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
 /// The latest a batch claimed at `now` with a lease of `lease` may still wait
 /// for the CRM: the lease less the time its write-back needs (a tenth of the
 /// lease, at most 30 s), so rows are recorded while they are still ours.
@@ -553,6 +704,32 @@ fn wait_deadline(now: Instant, lease: Duration) -> Instant {
 /// Waits are never planned further ahead than this (keeps `Instant`
 /// arithmetic from overflowing on an absurd `lease_secs`).
 const MAX_WAIT_HORIZON: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Runs a batch's sends claimed at `now`, their waits bounded by the
+/// earliest lease the batch holds and by shutdown (see [`send_within`]).
+pub(crate) async fn send_bounded<F: std::future::Future>(
+    run: &Run,
+    now: DateTime<Utc>,
+    earliest_lease: DateTime<Utc>,
+    sends: F,
+) -> Option<F::Output> {
+    let lease_left = (earliest_lease - now).to_std().unwrap_or(Duration::ZERO);
+    let bound = WaitBound {
+        deadline: wait_deadline(run.clock.now(), lease_left),
+        shutdown: run.shutdown.clone(),
+    };
+    send_within(run, bound, sends).await
+}
+
+/// The outcomes of `count` rows whose sends outlived the shutdown grace:
+/// nothing of the batch is known to be written, so every row goes back as a
+/// crash would leave it, due at once and with no retry spent (every flow is
+/// an upsert, a delete of a gone record succeeds).
+pub(crate) fn handed_back(run: &Run, count: usize) -> Vec<RowOutcome> {
+    let until = run.clock.utc();
+    let reason = "handed back: the run was shutting down".to_string();
+    vec![RowOutcome::Deferred { until, reason }; count]
+}
 
 /// Runs a batch's sends with `bound` on their waits. Every wait inside ends
 /// on shutdown by itself; this is the backstop for anything that does not
@@ -577,17 +754,33 @@ async fn send_within<F: std::future::Future>(
     }
 }
 
-/// Renders every row and sends one request per distinct key; outcomes in row order.
+/// Renders every row and sends one request per distinct key; outcomes in row order,
+/// with the fingerprint to store for each row the CRM confirms.
 /// Each row's columns move into its job (only the key stays behind, for
-/// `decide`'s log lines).
-async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) -> Vec<RowOutcome> {
+/// `decide`'s log lines). A row whose fingerprint matches the stored one is
+/// not sent.
+pub(crate) async fn sync_rows(
+    run: &Run,
+    mapping: &MappingPlan,
+    changes: Option<&ChangeCheck>,
+    rows: &mut [ClaimedRow],
+) -> (Vec<RowOutcome>, Vec<Option<String>>) {
     // One pinned clock for the whole claim, formatted once.
     let now = Value::String(run.clock.utc().to_rfc3339());
     let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
     let mut jobs: Vec<RowJob> = Vec::with_capacity(rows.len());
     let mut rows_of_job: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
     let mut job_of_key: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+    let mut fingerprints: Vec<Option<String>> = vec![None; rows.len()];
     for (index, row) in rows.iter_mut().enumerate() {
+        if let Some(changes) = changes {
+            let check = changes.check(&mut row.row);
+            if check.unchanged {
+                outcomes[index] = Some(RowOutcome::Unchanged);
+                continue;
+            }
+            fingerprints[index] = Some(check.fingerprint);
+        }
         match render_job(&run.plan.templates, mapping, row, &now) {
             Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
@@ -596,6 +789,13 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
             Ok(job) => match job_of_key.get(&job.key) {
                 Some(&existing) => {
                     jobs[existing] = job;
+                    // The CRM gets this row's values, not the earlier rows':
+                    // their fingerprints must match nothing.
+                    for &earlier in &rows_of_job[existing] {
+                        if fingerprints[earlier].is_some() {
+                            fingerprints[earlier] = Some(String::new());
+                        }
+                    }
                     rows_of_job[existing].push(index);
                 }
                 None => {
@@ -606,16 +806,17 @@ async fn sync_rows(run: &Run, mapping: &MappingPlan, rows: &mut [ClaimedRow]) ->
             },
         }
     }
-    let results = crate::crm::execute(&run.client, &jobs).await;
+    let results = crate::crm::execute_in_mode(&run.client, &jobs, mapping.mode).await;
     for (outcome, indexes) in results.into_iter().zip(rows_of_job) {
         for index in indexes {
             outcomes[index] = Some(outcome.clone());
         }
     }
-    outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.expect("every row has an outcome"))
-        .collect()
+        .collect();
+    (outcomes, fingerprints)
 }
 
 /// Renders one row's fields and builds its job: the key, and the context the
@@ -666,27 +867,43 @@ pub(crate) fn render_job(
 /// Turns outcomes into database updates using the mapping's retry schedule.
 /// Logs every row that did not sync at warn, each synced row at debug, and
 /// one line per batch at info (a million rows make a million debug lines).
-fn decide(
+pub(crate) fn decide(
     run: &Run,
     mapping: &MappingPlan,
     rows: &[ClaimedRow],
     outcomes: Vec<RowOutcome>,
+    mut fingerprints: Vec<Option<String>>,
+    known_ids: &[bool],
 ) -> Vec<RowResult> {
     let now = run.clock.utc();
     let schedule = &mapping.schedule;
     let delay = Duration::from_secs(schedule.retry_delay_secs);
     let summary = &run.summary;
     let mut batch = Counts::default();
+    let mut status_counts = OutcomeCounts::default();
     let mut first_error: Option<String> = None;
     let results = rows.iter()
         .zip(outcomes)
-        .map(|(row, outcome)| {
+        .zip(fingerprints.iter_mut())
+        .zip(known_ids)
+        .map(|(((row, outcome), fingerprint), &known_id)| {
             let key = row.row.get(&mapping.table.key_column).and_then(Value::as_str).unwrap_or_default();
             let update = match outcome {
                 RowOutcome::Synced { crm_id } => {
                     tracing::debug!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
                     batch.complete += 1;
-                    RowUpdate::Complete { crm_id }
+                    if known_id { status_counts.updated += 1 } else { status_counts.created += 1 }
+                    RowUpdate::Complete { crm_id, fingerprint: fingerprint.take() }
+                }
+                RowOutcome::Unchanged => {
+                    tracing::debug!(mapping = %mapping.name, row = %row.id, %key, "Row unchanged since the CRM confirmed it; not sent.");
+                    status_counts.unchanged += 1;
+                    RowUpdate::Complete { crm_id: None, fingerprint: None }
+                }
+                RowOutcome::Skipped { reason, crm_id } => {
+                    tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, "Row skipped by the sync mode.");
+                    status_counts.skipped += 1;
+                    RowUpdate::Skipped { reason, crm_id }
                 }
                 RowOutcome::Permanent(error) => {
                     first_error.get_or_insert_with(|| error.clone());
@@ -724,25 +941,37 @@ fn decide(
         error = batch.failed,
         retrying = batch.retrying,
         deferred = batch.deferred,
+        unchanged = status_counts.unchanged,
+        skipped = status_counts.skipped,
         "Synced a batch."
     );
     summary.add(&summary.complete, batch.complete);
     summary.add(&summary.failed, batch.failed);
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
+    status_counts.failed = batch.failed;
+    summary.add(&summary.unchanged, status_counts.unchanged);
+    summary.add(&summary.skipped, status_counts.skipped);
+    summary.add(&summary.created, status_counts.created);
+    summary.count_for(&mapping.name, &status_counts);
     summary
         .by_mapping
         .add(&mapping.name, &batch, first_error.as_deref());
-    crate::metrics::global().rows(&mapping.name, &batch);
+    let metrics = crate::metrics::global();
+    metrics.rows(&mapping.name, &batch);
+    metrics.more_rows(&mapping.name, "unchanged", status_counts.unchanged);
+    metrics.more_rows(&mapping.name, "skipped", status_counts.skipped);
     results
 }
 
 /// Counts the rows due in each mapping starting a cycle, so that progress
 /// lines can say how far the connector's cycles are and how long they have
 /// left. A failed count only leaves those two out.
-async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Queue)], at: Instant) {
+async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Feed)], at: Instant) {
     let now = run.clock.utc();
-    for (mapping, queue) in queues {
+    for (mapping, feed) in queues {
+        // A snapshot learns what is due only from its diff, which has not run yet.
+        let Feed::Queue(queue) = feed else { continue };
         match queue.count_due(now).await {
             Ok(due) => {
                 let total_before = run.summary.by_mapping.counts(&mapping.name).total();
@@ -801,6 +1030,9 @@ async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Dur
             complete = summary.complete.load(Ordering::Relaxed),
             error = summary.failed.load(Ordering::Relaxed),
             retrying = summary.retrying.load(Ordering::Relaxed),
+            unchanged = summary.unchanged.load(Ordering::Relaxed),
+            skipped = summary.skipped.load(Ordering::Relaxed),
+            deleted = summary.deleted.load(Ordering::Relaxed),
             rows_per_sec = rate.round() as u64,
             cycle_done = done,
             cycle_due = due,

@@ -16,14 +16,17 @@ pub fn install_crypto_provider() {
 }
 
 pub mod attempts;
+pub mod change;
 pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crm;
+pub mod delete;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
+pub mod fingerprint;
 pub mod history;
 pub mod init;
 pub mod live;
@@ -36,5 +39,6 @@ pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 pub mod template;

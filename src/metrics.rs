@@ -179,6 +179,19 @@ impl Metrics {
         }
     }
 
+    /// Rows of `mapping` with an outcome beyond the four of [`Counts`]:
+    /// `unchanged`, `skipped` (by the sync mode), `deleted` (records removed).
+    pub fn more_rows(&self, mapping: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.rows
+                .get_or_create(&MappingOutcome {
+                    mapping: mapping.into(),
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     /// One answer (`None`: no answer, a transport error).
     pub fn request(&self, connector: &str, status: Option<u16>) {
         let status_class = match status {
@@ -350,7 +363,13 @@ async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
 /// last value (the database's health is `/readyz`'s to report).
 async fn count_queues(service: &Service) {
     let metrics = global();
-    for mapping in service.plan.mappings.values() {
+    // A snapshot mapping's source has no status columns: its rows are in its state.
+    for mapping in service
+        .plan
+        .mappings
+        .values()
+        .filter(|m| m.snapshot.is_none())
+    {
         let Ok(counts) = service.store.status_counts(&mapping.table).await else {
             continue;
         };

@@ -71,6 +71,16 @@ pub async fn preview(
     );
     let mut out = String::new();
     for mapping in mappings {
+        // A snapshot's due rows are found by diffing its source against its
+        // state, which writes: a preview, writing nothing, cannot know them.
+        if mapping.snapshot.is_some() {
+            let _ = writeln!(
+                out,
+                "# mapping {} -> connector {connector}: a snapshot mapping; its rows are found only by a run's diff, so none are previewed\n",
+                mapping.name
+            );
+            continue;
+        }
         crate::engine::require_table(store, &mapping).await?;
         let rows = store.peek_due(&mapping.table, clock.utc(), limit).await?;
         let _ = writeln!(

@@ -90,6 +90,10 @@ pub struct ConnectorFile {
     /// Its templates see `params` only.
     #[serde(default)]
     pub live_check: Option<Operation>,
+    /// How a record is deleted or archived by its CRM id, for mappings with
+    /// `on_removed = "archive"`. Optional: without it such mappings are refused.
+    #[serde(default)]
+    pub delete: Option<DeleteOperation>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -366,12 +370,17 @@ pub struct Upsert {
     #[serde(default)]
     pub batch: Option<BatchOperation>,
     /// Finds a record's id by its key (mode `lookup_then_write`, or a rule's `then = "lookup"`).
+    /// Mappings with `mode = "update_only"` (and `create_only` without `create`) use it to
+    /// tell whether a record exists: a 404 or a `not_found` rule means none.
     #[serde(default)]
     pub lookup: Option<Operation>,
-    /// Creates a record (mode `lookup_then_write`).
+    /// Creates a record (mode `lookup_then_write`). Mappings with `mode = "create_only"`
+    /// send it alone: a rule saying `update` or `lookup` then means the record exists,
+    /// and it is left untouched.
     #[serde(default)]
     pub create: Option<Operation>,
     /// Updates the record `{{id}}` (mode `lookup_then_write`, or a rule's `then = "update"`).
+    /// Mappings with `mode = "update_only"` update found records with it.
     #[serde(default)]
     pub update: Option<Operation>,
 }
@@ -438,6 +447,43 @@ pub struct Operation {
 
 fn default_class() -> String {
     "default".into()
+}
+
+/// Deletes (or archives) records by id. Templates see `id` (the CRM id this
+/// mapping recorded), `key` (the record's key as it was synced) and `params`.
+/// With `item`, it is a batch request: `body` holds `{{items}}`, one `item` per
+/// record, at most `max_items` per request. A 2xx or a 404 means the record is
+/// gone; any other answer is classified like an upsert's.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteOperation {
+    /// HTTP method, e.g. `DELETE`, or `POST` for a batch archive.
+    pub method: Method,
+    /// Path appended to the base URL, e.g. `/contacts/{{id}}`.
+    pub path: String,
+    /// Query parameters (templates).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body as TOML; for a batch, a leaf that is exactly `{{items}}`
+    /// inserts the rendered items.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// One item per record for a batch request, e.g. `{ id = "{{id}}" }`.
+    #[serde(default)]
+    pub item: Option<serde_json::Value>,
+    /// Most items one batch request may carry (HubSpot: 100); needs `item`.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_items: Option<u32>,
+    /// Rate-limit class of this endpoint.
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// Special cases checked before the default classification, in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 /// A batch request: `body` holds `{{items}}`, each item rendered from `item`.

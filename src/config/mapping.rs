@@ -20,6 +20,21 @@ pub struct MappingFile {
     /// What a field that renders empty (or from a NULL column) becomes.
     #[serde(default)]
     pub on_empty: OnEmptyChoice,
+    /// What the sync may do to the CRM: create or update (`upsert`), only
+    /// update records that exist (`update_only`), or only create missing ones
+    /// (`create_only`). The last two need the connector's `upsert.lookup`.
+    #[serde(default)]
+    pub mode: SyncMode,
+    /// `engine migrate` installs triggers that set the processing status to
+    /// `Queued` when a row is inserted, or when a column the fields read
+    /// changes (not when only other columns, or the engine's state, change).
+    #[serde(default)]
+    pub queue_on_change: bool,
+    /// What happens in the CRM to a record whose row left the source (snapshot
+    /// mode only): `ignore` leaves it, `archive` deletes or archives it through
+    /// the connector's `[delete]` operation.
+    #[serde(default)]
+    pub on_removed: OnRemoved,
     /// Constants for the connector's templates, e.g. `list_ids = [3]`.
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
@@ -28,18 +43,64 @@ pub struct MappingFile {
     pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The source table.
+/// The source: a table the engine keeps the sync state in (queue mode), or a
+/// table, view or query it only reads (snapshot mode).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
-    /// Table name, e.g. `contacts`.
-    pub table: String,
+    /// `queue`: sync the rows whose processing status is `Queued`, writing the
+    /// state back to the table's own columns. `snapshot`: read the whole table,
+    /// view or query each cycle and send the rows that are new, changed or gone;
+    /// the engine never writes to the source and keeps the state in its own
+    /// table (`engine_snapshot_state`).
+    #[serde(default)]
+    pub mode: SourceMode,
+    /// Table (or, in snapshot mode, view) name, e.g. `contacts`. Snapshot mode
+    /// takes either `table` or `query`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Snapshot mode: a `SELECT` whose rows are the source, e.g.
+    /// `SELECT id, email, name FROM contacts WHERE active`. It must return the
+    /// `id` and `key` columns and every column the fields read.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub query: Option<String>,
+    /// Snapshot mode: the NAME of an environment variable holding the URL of
+    /// the database that keeps this mapping's state (e.g. when the source is a
+    /// read-only replica). Unset: `--state-database`, else the source database.
+    #[serde(default)]
+    pub state_database_env: Option<String>,
     /// Column the CRM matches records on (trimmed and lower-cased), e.g. `email`.
     #[serde(default = "default_key")]
     pub key: String,
     /// Primary-key column.
     #[serde(default = "default_id")]
     pub id: String,
+}
+
+/// How the engine learns which rows to send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceMode {
+    /// Rows set to `Queued` by the application (or triggers) are synced; the
+    /// state lives in the table's own columns.
+    #[default]
+    Queue,
+    /// Each cycle compares the whole source with the engine's own state table
+    /// and sends new and changed rows (and removed ones, with `on_removed`).
+    Snapshot,
+}
+
+/// What happens to the CRM record of a row that left the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRemoved {
+    /// Leave the CRM record as it is.
+    #[default]
+    Ignore,
+    /// Delete (or archive) the CRM record through the connector's `[delete]`
+    /// operation, if this mapping created or updated it.
+    Archive,
 }
 
 fn default_key() -> String {
@@ -73,6 +134,12 @@ pub struct State {
     /// When a failed row may be tried again; while `Processing`, the lease deadline.
     #[serde(default)]
     pub next_retry_at: Option<String>,
+    /// Optional: a hash of the values the mapping last sent, written only once
+    /// the CRM confirmed them. A queued row whose values hash the same is
+    /// recorded `Complete` without a request (`unchanged`). No default: unset,
+    /// every queued row is sent.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 /// The seed's scheduler settings, with its defaults.
@@ -155,4 +222,30 @@ pub enum OnEmptyChoice {
     EmptyString,
     /// Send JSON `null`.
     Null,
+}
+
+/// What a sync may do to the CRM's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Create the record when the key is new, else update it.
+    #[default]
+    Upsert,
+    /// Update records that exist; a key the CRM does not know is skipped
+    /// (sync status `Skipped`, with the reason), never created.
+    UpdateOnly,
+    /// Create records for new keys; a record that exists is left untouched
+    /// (sync status `Skipped`, its id recorded).
+    CreateOnly,
+}
+
+impl SyncMode {
+    /// The name used in mapping files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Upsert => "upsert",
+            SyncMode::UpdateOnly => "update_only",
+            SyncMode::CreateOnly => "create_only",
+        }
+    }
 }

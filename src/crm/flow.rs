@@ -41,6 +41,15 @@ pub enum RowOutcome {
         /// Why.
         reason: String,
     },
+    /// Not written: the mapping's sync mode forbids it (see `modes.rs`).
+    Skipped {
+        /// Why, for the row's error column.
+        reason: String,
+        /// The existing record's id, when one exists.
+        crm_id: Option<String>,
+    },
+    /// Not sent: the CRM already confirmed these values (same fingerprint).
+    Unchanged,
 }
 
 /// Runs the connector's flow for every job; outcomes are in job order.
@@ -148,7 +157,7 @@ async fn resolve(
 
 /// The job without `names` in its fields; `None` when it has none of them (so a
 /// rule that fires again cannot loop).
-fn without_fields(job: &RowJob, names: &[String]) -> Option<RowJob> {
+pub(super) fn without_fields(job: &RowJob, names: &[String]) -> Option<RowJob> {
     let fields = job.ctx.get("fields")?.as_object()?;
     if !names.iter().any(|name| fields.contains_key(name)) {
         return None;

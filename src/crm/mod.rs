@@ -9,9 +9,11 @@ mod client;
 pub mod concurrency;
 mod flow;
 pub mod margin;
+mod modes;
 pub mod probe;
 mod response;
 pub mod wait;
 
 pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
 pub use flow::{RowJob, RowOutcome, execute};
+pub use modes::execute_in_mode;

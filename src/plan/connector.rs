@@ -10,8 +10,8 @@ use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Operation, RateLimit, RateLimitHeaders, Redirects, Retry,
-    RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
+    Redirects, Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -64,9 +64,26 @@ pub struct ConnectorPlan {
     pub flow: Flow,
     /// The harmless read of `engine check --live`, if the file declares one.
     pub live_check: Option<OpPlan>,
+    /// `upsert.lookup`, `upsert.create` and `upsert.update` whatever the
+    /// flow, for the sync modes that forbid some writes.
+    pub keyed: KeyedOps,
+    /// Deletes records by id (`[delete]`), when the file declares it.
+    pub delete: Option<DeletePlan>,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
+}
+
+/// The one-record operations a connector declares, kept apart from its flow
+/// for the mapping sync modes `update_only` and `create_only`.
+#[derive(Debug, Default)]
+pub struct KeyedOps {
+    /// Finds a record's id by key; a 404 (or a `not_found` rule) means none.
+    pub lookup: Option<OpPlan>,
+    /// Creates a record; a rule saying `update` or `lookup` means it exists.
+    pub create: Option<OpPlan>,
+    /// Updates the record `{{id}}`.
+    pub update: Option<OpPlan>,
 }
 
 /// How a record is upserted.
@@ -98,7 +115,7 @@ pub enum Flow {
 }
 
 /// A compiled request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OpPlan {
     /// `upsert.single`, `upsert.lookup`, ...
     pub label: String,
@@ -144,6 +161,15 @@ pub struct RulePlan {
     pub wait: Option<Duration>,
     /// Fields to leave out on the resend.
     pub drop_fields: Vec<String>,
+}
+
+/// A compiled `[delete]` operation.
+#[derive(Debug)]
+pub struct DeletePlan {
+    /// The request; a 404 answer counts as done.
+    pub op: OpPlan,
+    /// For a batch request: one item per record, and the most per request.
+    pub batch: Option<(CompiledTree, usize)>,
 }
 
 /// A compiled batch request.
@@ -222,11 +248,12 @@ pub fn build(
         "errors.message_pointers",
         &raw.errors.message_pointers,
     );
-    let flow = build_flow(&mut ctx, &raw.upsert);
+    let (flow, keyed) = build_flow(&mut ctx, &raw.upsert);
     let live_check = raw
         .live_check
         .as_ref()
         .and_then(|op| build_op(&mut ctx, "live_check", op));
+    let delete = raw.delete.as_ref().map(|op| build_delete(&mut ctx, op));
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -259,7 +286,82 @@ pub fn build(
         params: raw.params.clone(),
         flow,
         live_check,
+        keyed,
+        delete: delete.flatten(),
         reads_row,
+    })
+}
+
+fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
+    let label = "delete";
+    let batch = match (&op.item, op.max_items) {
+        (Some(item), Some(max_items)) => {
+            let uses = check_tree(
+                ctx.source,
+                "delete.item",
+                item,
+                Some(OPERATION_VARIABLES),
+                ctx.diagnostics,
+            );
+            ctx.uses.extend(uses);
+            if !op
+                .body
+                .as_ref()
+                .is_some_and(|b| contains_exact(b, "{{items}}"))
+            {
+                ctx.error(
+                    "delete.body",
+                    "a batch delete's body must contain a leaf that is exactly \"{{items}}\"",
+                    "e.g. body = { inputs = \"{{items}}\" }",
+                );
+            }
+            Some(compile(ctx, "delete.item", item).map(|item| (item, max_items as usize)))
+        }
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            ctx.error(
+                "delete",
+                "a batch delete needs both `item` and `max_items`",
+                "set both for a batch request, or neither for one request per record",
+            );
+            None
+        }
+    };
+    let body_variables = if batch.is_some() {
+        BATCH_BODY_VARIABLES
+    } else {
+        OPERATION_VARIABLES
+    };
+    let mut request = build_request(
+        ctx,
+        label,
+        op.method,
+        &op.path,
+        &op.query,
+        &op.headers,
+        op.body.as_ref(),
+        body_variables,
+        &op.endpoint_class,
+        None,
+        &op.rules,
+    )?;
+    // A record that is already gone is what a delete wants: done, not an error.
+    request.rules.push(RulePlan {
+        status: 404,
+        regex: None,
+        id_pointer: None,
+        body_has: None,
+        body_value: None,
+        then: RuleAction::Success,
+        wait: None,
+        drop_fields: Vec::new(),
+    });
+    Some(DeletePlan {
+        op: request,
+        batch: match batch {
+            Some(compiled) => Some(compiled?),
+            None => None,
+        },
     })
 }
 
@@ -618,13 +720,26 @@ fn pointer_for(written: &str) -> String {
     format!("/{}", keys.join("/"))
 }
 
-fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
+/// The flow, and the one-record operations (when declared and valid) for
+/// sync modes.
+fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> (Option<Flow>, KeyedOps) {
     // `None`: not configured; `Some(None)`: configured, with errors reported.
     let mut build =
         |label: &str, op: &Option<Operation>| op.as_ref().map(|op| build_op(ctx, label, op));
     let lookup = build("upsert.lookup", &upsert.lookup);
     let update = build("upsert.update", &upsert.update);
-    let create = build("upsert.create", &upsert.create);
+    let mut create = build("upsert.create", &upsert.create);
+    if let Some(Some(create)) = &mut create {
+        create.repeatable = create
+            .rules
+            .iter()
+            .any(|rule| matches!(rule.then, RuleAction::Update | RuleAction::Lookup));
+    }
+    let keyed = KeyedOps {
+        lookup: lookup.clone().flatten(),
+        create: create.clone().flatten(),
+        update: update.clone().flatten(),
+    };
     let single = build("upsert.single", &upsert.single);
     let batch = upsert.batch.as_ref().map(|op| build_batch(ctx, op));
     let all_ops = [&single, &lookup, &create, &update];
@@ -641,7 +756,7 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
             format!("add an [upsert.{what}] table, or choose another mode"),
         );
     };
-    match upsert.mode {
+    let flow = (|| match upsert.mode {
         UpsertMode::Single => match single {
             Some(upsert_op) => Some(Flow::Single {
                 upsert: upsert_op?,
@@ -670,18 +785,14 @@ fn build_flow(ctx: &mut Ctx<'_>, upsert: &Upsert) -> Option<Flow> {
                     missing(ctx, what);
                 }
             }
-            let mut create = create??;
-            create.repeatable = create
-                .rules
-                .iter()
-                .any(|rule| matches!(rule.then, RuleAction::Update | RuleAction::Lookup));
             Some(Flow::LookupThenWrite {
                 lookup: lookup??,
-                create,
+                create: create??,
                 update: update??,
             })
         }
-    }
+    })();
+    (flow, keyed)
 }
 
 fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_update: bool) {

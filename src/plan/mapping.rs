@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::is_identifier;
 use super::templates::{VariableUse, check_tree};
-use crate::config::mapping::{OnEmptyChoice, Schedule};
+use crate::config::mapping::{OnEmptyChoice, OnRemoved, Schedule, SourceMode, SyncMode};
 use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::store::TableSpec;
@@ -34,6 +34,33 @@ pub struct MappingPlan {
     pub variables: Vec<VariableUse>,
     /// The file, for diagnostics found later (database checks).
     pub source: SourceFile,
+    /// What the sync may do to the CRM's records.
+    pub mode: SyncMode,
+    /// Whether `engine migrate` installs the change triggers.
+    pub queue_on_change: bool,
+    /// Set in snapshot mode: what to read; the state lives in the engine's table.
+    pub snapshot: Option<SnapshotPlan>,
+    /// What happens to the CRM record of a removed row (snapshot mode) or of
+    /// a row set to `Delete` (queue mode).
+    pub on_removed: OnRemoved,
+}
+
+/// A snapshot-mode source.
+#[derive(Debug, Clone)]
+pub struct SnapshotPlan {
+    /// The table, view or query read each cycle.
+    pub source: SnapshotSource,
+    /// The variable naming the state database's URL, when the mapping sets one.
+    pub state_database_env: Option<String>,
+}
+
+/// What a snapshot reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// A table or view, by name.
+    Table(String),
+    /// A `SELECT` (no trailing semicolon).
+    Query(String),
 }
 
 /// Validates one mapping; `None` when it has errors.
@@ -54,8 +81,12 @@ pub fn build(
     {
         diagnostics.push(missing_connector(source, &raw.connector, set));
     }
+    if let Some(connector) = connector {
+        check_mode(source, raw.mode, connector, diagnostics);
+    }
     let table = table_spec(raw);
     check_identifiers(source, raw, &table, diagnostics);
+    let snapshot = check_source_mode(source, raw, connector, diagnostics);
     if raw.fields.is_empty() {
         diagnostics.push(
             source
@@ -69,6 +100,7 @@ pub fn build(
     }
     let fields_tree = Value::Object(raw.fields.clone());
     let variables = check_tree(source, "fields", &fields_tree, None, diagnostics);
+    check_fingerprint_column(source, &table, &variables, diagnostics);
     check_case_duplicates(source, &raw.fields, diagnostics);
     let fields = templates
         .compile_tree(&format!("{}:fields", source.display), &fields_tree)
@@ -93,6 +125,120 @@ pub fn build(
         fields: fields?,
         variables,
         source: source.clone(),
+        mode: raw.mode,
+        queue_on_change: raw.queue_on_change,
+        snapshot,
+        on_removed: raw.on_removed,
+    })
+}
+
+/// Checks the keys that depend on `source.mode`; the snapshot plan in snapshot mode.
+fn check_source_mode(
+    source: &SourceFile,
+    raw: &MappingFile,
+    connector: Option<&Loaded<ConnectorFile>>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<SnapshotPlan> {
+    let mut error = |path: &str, message: String, hint: &str| {
+        diagnostics.push(
+            source
+                .diagnostic_at_value(Severity::Error, path, message)
+                .hint(hint),
+        );
+    };
+    let can_delete = connector.is_none_or(|c| c.raw.delete.is_some());
+    if raw.on_removed == OnRemoved::Archive && !can_delete {
+        error(
+            "on_removed",
+            format!(
+                "`on_removed = \"archive\"` needs a `[delete]` operation in connectors/{}.toml",
+                raw.connector
+            ),
+            "declare how the CRM deletes a record by id, or set on_removed = \"ignore\"",
+        );
+    }
+    let src = &raw.source;
+    if src.mode == SourceMode::Queue {
+        if src.table.is_none() {
+            error(
+                "source",
+                "`source.table` is missing".into(),
+                "name the table holding the rows, e.g. table = \"contacts\"",
+            );
+        }
+        if src.query.is_some() {
+            error(
+                "source.query",
+                "`source.query` needs `mode = \"snapshot\"`".into(),
+                "a queue is a table the engine writes its state to; a query is read-only",
+            );
+        }
+        if src.state_database_env.is_some() {
+            error(
+                "source.state_database_env",
+                "`source.state_database_env` needs `mode = \"snapshot\"`".into(),
+                "a queue keeps its state in its own table's columns",
+            );
+        }
+        return None;
+    }
+    if raw.queue_on_change {
+        error(
+            "queue_on_change",
+            "`queue_on_change` needs queue mode".into(),
+            "a snapshot finds changes by reading its source; remove queue_on_change",
+        );
+    }
+    if source.json.get("state").is_some() {
+        error(
+            "state",
+            "a snapshot-mode mapping has no `[state]` columns".into(),
+            "its state lives in the engine's own table (engine_snapshot_state); remove [state]",
+        );
+    }
+    let read = match (&src.table, &src.query) {
+        (Some(table), None) => SnapshotSource::Table(table.clone()),
+        (None, Some(query)) => {
+            let query = query.trim().trim_end_matches(';').trim_end().to_string();
+            let first = query.split_whitespace().next().unwrap_or("");
+            if !first.eq_ignore_ascii_case("select") && !first.eq_ignore_ascii_case("with") {
+                error(
+                    "source.query",
+                    "`source.query` must be one SELECT statement".into(),
+                    "e.g. query = \"SELECT id, email, name FROM contacts WHERE active\"",
+                );
+            }
+            SnapshotSource::Query(query)
+        }
+        (Some(_), Some(_)) => {
+            error(
+                "source.query",
+                "`source.table` and `source.query` are both set".into(),
+                "a snapshot reads one of them: keep the table (or view), or the query",
+            );
+            return None;
+        }
+        (None, None) => {
+            error(
+                "source",
+                "a snapshot-mode mapping needs `source.table` or `source.query`".into(),
+                "e.g. table = \"contacts\" (a table or a view), or query = \"SELECT ...\"",
+            );
+            return None;
+        }
+    };
+    if let Some(name) = &src.state_database_env
+        && !super::is_env_name(name)
+    {
+        error(
+            "source.state_database_env",
+            format!("`{name}` is not an environment variable name"),
+            "name the variable that holds the URL (e.g. STATE_DATABASE_URL), never the URL itself",
+        );
+    }
+    Some(SnapshotPlan {
+        source: read,
+        state_database_env: src.state_database_env.clone(),
     })
 }
 
@@ -102,7 +248,7 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
     let state = &raw.state;
     let or = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
     TableSpec {
-        table: raw.source.table.clone(),
+        table: raw.source.table.clone().unwrap_or_default(),
         id_column: raw.source.id.clone(),
         key_column: raw.source.key.clone(),
         processing_status: or(
@@ -114,13 +260,14 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         error: or(&state.error, format!("{prefix}_processing_error")),
         retry_count: or(&state.retry_count, "retry_count".into()),
         next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+        fingerprint: state.fingerprint.clone(),
         table_mates: Vec::new(),
     }
 }
 
 /// Every column name of a spec with the key path that sets it.
 pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
-    vec![
+    [
         ("source.id", spec.id_column.as_str()),
         ("source.key", spec.key_column.as_str()),
         ("state.processing_status", spec.processing_status.as_str()),
@@ -130,6 +277,13 @@ pub fn spec_columns(spec: &TableSpec) -> Vec<(&'static str, &str)> {
         ("state.retry_count", spec.retry_count.as_str()),
         ("state.next_retry_at", spec.next_retry_at.as_str()),
     ]
+    .into_iter()
+    .chain(
+        spec.fingerprint
+            .as_deref()
+            .map(|name| ("state.fingerprint", name)),
+    )
+    .collect()
 }
 
 fn check_identifiers(
@@ -138,7 +292,13 @@ fn check_identifiers(
     spec: &TableSpec,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
-    let mut names = vec![("source.table", raw.source.table.as_str())];
+    let mut names: Vec<(&str, &str)> = raw
+        .source
+        .table
+        .as_deref()
+        .map(|table| ("source.table", table))
+        .into_iter()
+        .collect();
     names.extend(spec_columns(spec));
     for (path, name) in names {
         if !is_identifier(name) {
@@ -166,6 +326,64 @@ fn check_identifiers(
                     .hint("each state needs its own column"),
             );
         }
+    }
+}
+
+/// The fingerprint column is the engine's to write: it must not be a column
+/// the fields read, nor the key or id.
+fn check_fingerprint_column(
+    source: &SourceFile,
+    table: &TableSpec,
+    variables: &[VariableUse],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(column) = &table.fingerprint else {
+        return;
+    };
+    let read = variables.iter().any(|v| &v.name == column);
+    if read || column == &table.key_column || column == &table.id_column {
+        diagnostics.push(
+            source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "state.fingerprint",
+                    format!("`state.fingerprint` names `{column}`, a column the mapping reads: the engine would overwrite it"),
+                )
+                .hint("name a column of its own, e.g. `<connector>_fingerprint` (engine migrate adds it)"),
+        );
+    }
+}
+
+/// `update_only` looks each key up with the connector's `upsert.lookup`;
+/// `create_only` uses its `upsert.create` (a conflict means the record
+/// exists), else the lookup.
+fn check_mode(
+    source: &SourceFile,
+    mode: SyncMode,
+    connector: &Loaded<ConnectorFile>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let upsert = &connector.raw.upsert;
+    let can_tell = match mode {
+        SyncMode::Upsert => true,
+        SyncMode::UpdateOnly => upsert.lookup.is_some(),
+        SyncMode::CreateOnly => upsert.lookup.is_some() || upsert.create.is_some(),
+    };
+    if !can_tell {
+        diagnostics.push(
+            source
+                .diagnostic_at_value(
+                    Severity::Error,
+                    "mode",
+                    format!(
+                        "mode `{}` needs to know whether a record exists, but connector `{}` has no [upsert.lookup]{}",
+                        mode.as_str(),
+                        connector.name,
+                        if mode == SyncMode::CreateOnly { " nor [upsert.create]" } else { "" }
+                    ),
+                )
+                .hint("add an [upsert.lookup] operation (find a record by {{key}}; 404 means none) to the connector, or use mode = \"upsert\""),
+        );
     }
 }
 

@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{
-    BatchPlan, ConnectorPlan, Flow, OpPlan, RulePlan, base_url_credentials, base_url_problem,
-    secret_env_names,
+    BatchPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_credentials,
+    base_url_problem, secret_env_names,
 };
 pub use mapping::{
-    MAPPING_EXTRA_VARIABLES, MappingPlan, spec_columns as mapping_columns, table_spec,
+    MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,
+    spec_columns as mapping_columns, table_spec,
 };
 pub use templates::WHOLE_CONTEXT;
 pub use tiers::{LimitsInForce, tier_env, window_env};
@@ -129,11 +130,17 @@ pub fn build(set: &ConfigSet, env: &dyn Env) -> (Plan, Vec<Diagnostic>) {
 /// the leases of those sharing its `next_retry_at` (the seed's table shares
 /// it between CRMs).
 fn link_table_mates(mappings: &mut BTreeMap<String, Arc<MappingPlan>>) {
+    // A snapshot mapping keeps its state in its own table, not on the rows
+    // it reads: it is nobody's table mate, and has none.
     let specs: Vec<(String, crate::store::TableSpec)> = mappings
         .iter()
+        .filter(|(_, m)| m.snapshot.is_none())
         .map(|(name, m)| (name.clone(), m.table.clone()))
         .collect();
     for (name, mapping) in mappings.iter_mut() {
+        if mapping.snapshot.is_some() {
+            continue;
+        }
         let mates: Vec<crate::store::TableSpec> = specs
             .iter()
             .filter(|(other, spec)| other != name && spec.table == mapping.table.table)

@@ -21,6 +21,7 @@
 //! so comparing the text orders the instants. Both backends keep them to the
 //! millisecond, so a lease read back compares equal to the one written.
 
+mod counts;
 mod lock;
 mod peek;
 mod postgres;
@@ -28,6 +29,7 @@ mod schema;
 mod sql;
 mod sqlite;
 pub mod text;
+mod triggers;
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,7 +39,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use sqlx::{PgPool, SqlitePool};
 
+pub use counts::{OutcomeCounts, SyncCounts};
 pub use lock::InstanceGuard;
+pub use triggers::{ChangeTriggers, TriggerState};
 
 /// A database the engine reads rows from and writes their status to.
 #[derive(Debug, Clone)]
@@ -85,6 +89,9 @@ pub struct TableSpec {
     /// When a `Queued` row may be tried again; the lease deadline while
     /// `Processing`.
     pub next_retry_at: String,
+    /// A hash of the values last confirmed by the CRM (see
+    /// [`crate::fingerprint`]); `None` when the mapping keeps none.
+    pub fingerprint: Option<String>,
     /// The other mappings of the same table (their own `table_mates`
     /// empty): a table `engine migrate` creates gets their state columns
     /// too, and those that write the same `next_retry_at` (the seed's shared
@@ -127,8 +134,8 @@ pub enum RowColumns {
     /// Every column of the table.
     #[default]
     All,
-    /// Only these (the columns a mapping's templates read) and the key
-    /// column. Names the table lacks are left out, so a template reading one
+    /// Only these (the columns a mapping's templates read), the key
+    /// column, the CRM id and the fingerprint column, when the spec has one. Names the table lacks are left out, so a template reading one
     /// fails for that row with "not a column of the row". Fewer columns make
     /// the claim, its JSON and the memory of a batch smaller.
     Only(Vec<String>),
@@ -219,8 +226,20 @@ impl ClaimedRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowUpdate {
     /// Processing and sync status `Complete`, the CRM id (kept as it was
-    /// when `None`), error NULL, retry count 0, next_retry_at NULL.
-    Complete { crm_id: Option<String> },
+    /// when `None`), error NULL, retry count 0, next_retry_at NULL, and the
+    /// fingerprint of what the CRM confirmed (kept as it was when `None`; an
+    /// empty string clears it so that it matches nothing).
+    Complete {
+        crm_id: Option<String>,
+        fingerprint: Option<String>,
+    },
+    /// Processing status `Complete` and sync status `Skipped`: the sync mode
+    /// forbade the write. The reason goes in the error column; the fingerprint
+    /// is cleared, so queueing the row again checks the CRM again.
+    Skipped {
+        reason: String,
+        crm_id: Option<String>,
+    },
     /// Back to `Queued` with the error text, to be tried at `next_retry_at`.
     RetryLater {
         error: String,
@@ -279,6 +298,7 @@ pub struct Queue {
 struct Statements {
     claim: String,
     record: String,
+    release_requeued: String,
     count_due: String,
 }
 
@@ -345,14 +365,19 @@ impl Queue {
     /// Fenced: a row is only written while it is still `Processing` under
     /// the result's lease, so a row that was reclaimed after its lease
     /// expired keeps its new owner's state.
+    ///
+    /// A row queued again while it was in flight (its values changed) is
+    /// not written either: it stays `Queued` and is made due now, so its
+    /// newer version is sent after this one (no lost update). That takes a
+    /// second statement only when some row was not written.
     pub async fn record(&self, results: &[RowResult]) -> anyhow::Result<u64> {
         if results.is_empty() {
             return Ok(0);
         }
-        let sql = &self.statements.record;
+        let (sql, release) = (&self.statements.record, &self.statements.release_requeued);
         let written = match &self.store {
-            Store::Sqlite(pool) => sqlite::record(pool, sql, results).await,
-            Store::Postgres(pool) => postgres::record(pool, sql, results).await,
+            Store::Sqlite(pool) => sqlite::record(pool, sql, release, results).await,
+            Store::Postgres(pool) => postgres::record(pool, sql, release, results).await,
         };
         written.with_context(|| format!("recording results in {}", self.spec.table))
     }
@@ -399,7 +424,7 @@ impl Store {
             return Ok(None);
         };
         let selected = select_columns(spec, &table_columns, columns);
-        let (claim, record) = match self {
+        let (claim, record, release_requeued) = match self {
             Store::Sqlite(pool) => sqlite::statements(pool, spec, &table_columns, &selected).await,
             Store::Postgres(_) => postgres::statements(spec, &table_columns, &selected),
         }
@@ -410,6 +435,7 @@ impl Store {
             statements: Arc::new(Statements {
                 claim,
                 record,
+                release_requeued,
                 count_due: sql::count_due_sql(spec),
             }),
         }))
@@ -533,6 +559,38 @@ impl Store {
         Ok(statements)
     }
 
+    /// The names of the triggers on `table` (none when it does not exist).
+    pub async fn trigger_names(&self, table: &str) -> anyhow::Result<Vec<String>> {
+        let names = match self {
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = $1 ORDER BY name",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT tgname::text FROM pg_trigger \
+                     WHERE tgrelid = to_regclass(quote_ident($1)) AND NOT tgisinternal ORDER BY 1",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+            }
+        };
+        names.with_context(|| format!("listing the triggers of {table}"))
+    }
+
+    /// Runs `statements` in one transaction (`engine migrate`).
+    pub async fn run_statements(&self, statements: &[String]) -> anyhow::Result<()> {
+        match self {
+            Store::Sqlite(pool) => run_in_transaction(pool, statements).await,
+            Store::Postgres(pool) => run_in_transaction(pool, statements).await,
+        }
+    }
+
     /// Takes one of `max_instances` slots named `lock_name` (e.g.
     /// `mapping:hubspot`), shared by every process using this database.
     /// `None` when all slots are taken; the slot is freed when the guard
@@ -631,7 +689,13 @@ fn select_columns<'c>(
         RowColumns::All => table.iter().collect(),
         RowColumns::Only(names) => table
             .iter()
-            .filter(|c| c.name == spec.key_column || names.contains(&c.name))
+            .filter(|c| {
+                // The CRM id tells a first sync (created) from an update.
+                c.name == spec.key_column
+                    || c.name == spec.crm_id
+                    || names.contains(&c.name)
+                    || spec.fingerprint.as_ref() == Some(&c.name)
+            })
             .collect(),
     }
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 
-use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, pg_time, quote};
+use super::sql::{self, WriteBack, pg_time, quote};
 use super::{ClaimedRow, Column, ReturnedWithLease, RowResult, TableSpec};
 
 /// Rows per INSERT statement in `insert_rows`.
@@ -84,11 +84,25 @@ pub(super) fn statements(
     spec: &TableSpec,
     table: &[Column],
     returned: &[&Column],
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, String, String)> {
+    let id_type = id_type(spec, table)?;
     Ok((
         claim_sql(spec, &row_json(table, returned)),
-        record_sql(spec, id_type(spec, table)?),
+        record_sql(spec, id_type),
+        release_requeued_sql(spec, id_type),
     ))
+}
+
+/// Makes rows that were queued again while in flight (see
+/// [`super::Queue::record`]) due now. $1 = the write-backs.
+fn release_requeued_sql(spec: &TableSpec, id_type: &str) -> String {
+    format!(
+        "UPDATE {table} AS _t SET {due} = NULL          FROM jsonb_to_recordset($1::jsonb) AS v(id text, lease timestamptz)          WHERE _t.{id} = v.id::{id_type} AND {requeued}",
+        table = quote(&spec.table),
+        due = quote(&spec.next_retry_at),
+        id = quote(&spec.id_column),
+        requeued = sql::requeued_in_flight(spec),
+    )
 }
 
 pub(super) async fn claim(
@@ -154,19 +168,30 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
     )
 }
 
-pub(super) async fn record(pool: &PgPool, sql: &str, results: &[RowResult]) -> anyhow::Result<u64> {
+pub(super) async fn record(
+    pool: &PgPool,
+    sql: &str,
+    release_requeued: &str,
+    results: &[RowResult],
+) -> anyhow::Result<u64> {
     let rows: Vec<WriteBack> = results.iter().map(|r| WriteBack::new(r, pg_time)).collect();
     let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(Json(rows))
+        .bind(Json(&rows))
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    let written = done.rows_affected();
+    if written < rows.len() as u64 {
+        sqlx::query(AssertSqlSafe(release_requeued))
+            .bind(Json(&rows))
+            .execute(pool)
+            .await?;
+    }
+    Ok(written)
 }
 
 /// One UPDATE … FROM over the JSON array of write-backs ($1).
 fn record_sql(spec: &TableSpec, id_type: &str) -> String {
-    let fields: Vec<String> = WRITE_BACK_FIELDS
-        .iter()
+    let fields: Vec<String> = sql::write_back_fields(spec)
         .map(|(name, pg_type)| format!("{name} {pg_type}"))
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec, "");

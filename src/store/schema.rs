@@ -84,7 +84,8 @@ fn push_state_columns<'a>(columns: &mut Vec<(&'a str, Kind)>, spec: &'a TableSpe
         (spec.retry_count.as_str(), Kind::Count),
         (spec.next_retry_at.as_str(), Kind::Time),
     ];
-    for (name, kind) in all {
+    let fingerprint = spec.fingerprint.as_deref().map(|name| (name, Kind::Text));
+    for (name, kind) in all.into_iter().chain(fingerprint) {
         if !columns.iter().any(|(seen, _)| *seen == name) {
             columns.push((name, kind));
         }

@@ -16,6 +16,7 @@ pub(super) const QUEUED: &str = "Queued";
 pub(super) const PROCESSING: &str = "Processing";
 pub(super) const COMPLETE: &str = "Complete";
 pub(super) const ERROR: &str = "Error";
+pub(super) const SKIPPED: &str = "Skipped";
 
 /// Quotes an identifier. Names are validated upstream; doubling quotes keeps
 /// even an unvalidated name from escaping its quotes.
@@ -141,12 +142,15 @@ pub(super) struct WriteBack<'a> {
     error: Option<Cow<'a, str>>,
     retry_count: Option<i64>,
     next_retry_at: Option<String>,
+    /// Left out of the JSON when unset: most write-backs carry none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<&'a str>,
     shares_lease: bool,
 }
 
 /// The fields of [`WriteBack`] in order, with the types PostgreSQL reads
-/// them as; SQLite reads the same names with `->>`.
-pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
+/// them as; SQLite reads the same names with `->>`. See [`write_back_fields`].
+pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 12] = [
     ("id", "text"),
     ("handle", "bigint"),
     ("lease", "timestamptz"),
@@ -157,8 +161,19 @@ pub(super) const WRITE_BACK_FIELDS: [(&str, &str); 11] = [
     ("error", "text"),
     ("retry_count", "bigint"),
     ("next_retry_at", "timestamptz"),
+    ("fingerprint", "text"),
     ("shares_lease", "boolean"),
 ];
+
+/// The fields a record statement reads for `spec`: the fingerprint only
+/// when the mapping keeps one (each field read costs time on every row).
+pub(super) fn write_back_fields(
+    spec: &TableSpec,
+) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    WRITE_BACK_FIELDS
+        .iter()
+        .filter(|(name, _)| spec.fingerprint.is_some() || *name != "fingerprint")
+}
 
 impl<'a> WriteBack<'a> {
     /// `time` renders instants for the backend at hand.
@@ -175,15 +190,30 @@ impl<'a> WriteBack<'a> {
             error: None,
             retry_count: None,
             next_retry_at: None,
+            fingerprint: None,
             shares_lease: result.shares_lease,
         };
         match &result.update {
-            RowUpdate::Complete { crm_id } => WriteBack {
+            RowUpdate::Complete {
+                crm_id,
+                fingerprint,
+            } => WriteBack {
                 status: COMPLETE,
                 sync: Some(COMPLETE),
                 crm_id: crm_id.as_deref().map(stored_text),
                 set_error: true,
                 retry_count: Some(0),
+                fingerprint: fingerprint.as_deref(),
+                ..base
+            },
+            RowUpdate::Skipped { reason, crm_id } => WriteBack {
+                status: COMPLETE,
+                sync: Some(SKIPPED),
+                crm_id: crm_id.as_deref().map(stored_text),
+                set_error: true,
+                error: Some(stored_text(reason)),
+                retry_count: Some(0),
+                fingerprint: Some(""),
                 ..base
             },
             RowUpdate::RetryLater {
@@ -254,12 +284,37 @@ pub(super) fn record_assignments_and_fence(
         due = quote(&spec.next_retry_at),
         next = written_due(spec),
     );
+    // Written only by a result that carries one: a `Complete` the CRM
+    // confirmed (or a `Skipped`, which clears it). Every other outcome keeps
+    // the last confirmed value.
+    let set = match &spec.fingerprint {
+        Some(column) => format!(
+            "{set}, {fp} = COALESCE(v.fingerprint, {t_fp})",
+            fp = quote(column),
+            t_fp = t(column)
+        ),
+        None => set,
+    };
     let fence = format!(
         "{fence_prefix}{} = '{PROCESSING}' AND {fence_prefix}{} = v.lease",
         t(&spec.processing_status),
         t(&spec.next_retry_at)
     );
     (set, fence)
+}
+
+/// A row set back to `Queued` while this result's claim had it in flight:
+/// the application (or a change trigger) queued a newer version, and left
+/// the lease in `next_retry_at` (`_t` is the row, `v` the write-back). The
+/// fenced record does not touch it, so the newer version is not marked
+/// `Complete` with the older one's fingerprint; clearing the lease makes it
+/// due now, after the older version's request has ended, never alongside it.
+pub(super) fn requeued_in_flight(spec: &TableSpec) -> String {
+    format!(
+        "_t.{status} = '{QUEUED}' AND _t.{due} = v.lease",
+        status = quote(&spec.processing_status),
+        due = quote(&spec.next_retry_at),
+    )
 }
 
 /// What a write-back puts in `next_retry_at`: the row's new due time, except
@@ -401,6 +456,7 @@ mod tests {
             error: "e".into(),
             retry_count: "r".into(),
             next_retry_at: "n".into(),
+            fingerprint: None,
             table_mates: Vec::new(),
         };
         let a = claim_index_name(&spec("a_very_long_processing_status_one"));

@@ -12,7 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, ConnectOptions, SqlitePool};
 
-use super::sql::{self, WRITE_BACK_FIELDS, WriteBack, quote, sqlite_time};
+use super::sql::{self, WriteBack, quote, sqlite_time};
 use super::{ClaimedRow, Column, RowResult, TableSpec};
 
 /// Writers wait this long for the write lock before giving up.
@@ -87,7 +87,7 @@ pub(super) async fn statements(
     spec: &TableSpec,
     table: &[Column],
     returned: &[&Column],
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(String, String, String)> {
     let by_rowid = has_rowid(pool, spec, table).await?;
     let order = if by_rowid {
         "rowid".to_string()
@@ -97,7 +97,20 @@ pub(super) async fn statements(
     Ok((
         claim_sql(spec, &row_json(returned), &order, by_rowid),
         record_sql(spec, by_rowid),
+        release_requeued_sql(spec),
     ))
+}
+
+/// Makes rows that were queued again while in flight (see
+/// [`super::Queue::record`]) due now. $1 = the write-backs.
+fn release_requeued_sql(spec: &TableSpec) -> String {
+    format!(
+        "WITH v AS MATERIALIZED (SELECT value ->> '$.id' AS id, value ->> '$.lease' AS lease          FROM json_each($1))          UPDATE {table} AS _t SET {due} = NULL FROM v          WHERE _t.{id} = v.id AND {requeued}",
+        table = quote(&spec.table),
+        due = quote(&spec.next_retry_at),
+        id = quote(&spec.id_column),
+        requeued = sql::requeued_in_flight(spec),
+    )
 }
 
 /// Whether the table has a rowid to take rows in (a `WITHOUT ROWID` table
@@ -185,6 +198,7 @@ fn claim_sql(spec: &TableSpec, row_json: &str, order: &str, by_rowid: bool) -> S
 pub(super) async fn record(
     pool: &SqlitePool,
     sql: &str,
+    release_requeued: &str,
     results: &[RowResult],
 ) -> anyhow::Result<u64> {
     let rows: Vec<WriteBack> = results
@@ -192,10 +206,17 @@ pub(super) async fn record(
         .map(|r| WriteBack::new(r, sqlite_time))
         .collect();
     let done = sqlx::query(AssertSqlSafe(sql))
-        .bind(Json(rows))
+        .bind(Json(&rows))
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    let written = done.rows_affected();
+    if written < rows.len() as u64 {
+        sqlx::query(AssertSqlSafe(release_requeued))
+            .bind(Json(&rows))
+            .execute(pool)
+            .await?;
+    }
+    Ok(written)
 }
 
 /// One UPDATE … FROM over the JSON array of write-backs ($1).
@@ -215,8 +236,7 @@ pub(super) async fn record(
 /// not through the id's index: random uuids spread those lookups over the
 /// whole index, more pages than SQLite's cache holds.
 fn record_sql(spec: &TableSpec, by_rowid: bool) -> String {
-    let fields: Vec<String> = WRITE_BACK_FIELDS
-        .iter()
+    let fields: Vec<String> = sql::write_back_fields(spec)
         .map(|(name, _)| format!("value ->> '$.{name}' AS {name}"))
         .collect();
     let (set, fence) = sql::record_assignments_and_fence(spec, "+");

@@ -3,6 +3,7 @@
 mod absurd;
 mod auth;
 mod batch;
+mod changes;
 mod check;
 mod config_props;
 mod connectors;
@@ -19,6 +20,7 @@ mod plan;
 mod run;
 mod sandbox;
 mod scripted;
+mod snapshot;
 mod store;
 mod support;
 mod template;

@@ -41,7 +41,7 @@ on_both_backends!(
     migrate_adds_only_missing_state_columns_and_migration_sql_shows_the_sql,
     columns_of_a_missing_table_are_none,
     claim_marks_rows_processing_with_the_lease_and_returns_all_columns,
-    a_queue_opened_for_some_columns_returns_those_and_the_key,
+    a_queue_opened_for_some_columns_returns_those_the_key_and_the_crm_id,
     a_table_of_our_own_shape_with_integer_ids_is_claimed_and_recorded,
     migrate_adds_the_claim_index_and_a_table_without_it_is_reported,
     rows_due_in_the_future_are_not_claimed,
@@ -180,6 +180,7 @@ fn seed_spec(table: &str) -> TableSpec {
         error: "hubspot_processing_error".into(),
         retry_count: "retry_count".into(),
         next_retry_at: "next_retry_at".into(),
+        fingerprint: None,
         table_mates: vec![],
     }
 }
@@ -262,7 +263,13 @@ fn ids(claimed: &[ClaimedRow]) -> HashSet<String> {
 
 fn complete(claimed: &ClaimedRow) -> RowResult {
     let crm_id = Some(format!("crm-{}", claimed.id));
-    RowResult::of(claimed, RowUpdate::Complete { crm_id })
+    RowResult::of(
+        claimed,
+        RowUpdate::Complete {
+            crm_id,
+            fingerprint: None,
+        },
+    )
 }
 
 async fn migrate_creates_the_seed_table_which_accepts_the_seed_rows(db: TestDb) {
@@ -409,7 +416,7 @@ async fn claim_marks_rows_processing_with_the_lease_and_returns_all_columns(db: 
     );
 }
 
-async fn a_queue_opened_for_some_columns_returns_those_and_the_key(db: TestDb) {
+async fn a_queue_opened_for_some_columns_returns_those_the_key_and_the_crm_id(db: TestDb) {
     let db = db.with_rows(&seed_rows()).await;
     let wanted = RowColumns::Only(vec!["name".into(), "phone_number".into(), "nope".into()]);
     let queue = db
@@ -425,7 +432,11 @@ async fn a_queue_opened_for_some_columns_returns_those_and_the_key(db: TestDb) {
     assert_eq!(claimed.len(), 3);
     for row in &claimed {
         let keys: Vec<&str> = row.row.keys().map(String::as_str).collect();
-        assert_eq!(keys, ["email", "name", "phone_number"], "in table order");
+        assert_eq!(
+            keys,
+            ["email", "name", "phone_number", "hubspot_contact_id"],
+            "in table order, with the CRM id (created or updated)"
+        );
     }
     let results: Vec<RowResult> = claimed.iter().map(complete).collect();
     assert_eq!(queue.record(&results).await.unwrap(), 3);
@@ -673,8 +684,12 @@ async fn record_writes_a_mixed_slice_in_one_call(db: TestDb) {
     let updates = [
         RowUpdate::Complete {
             crm_id: Some("176559342616".into()),
+            fingerprint: None,
         },
-        RowUpdate::Complete { crm_id: None },
+        RowUpdate::Complete {
+            crm_id: None,
+            fingerprint: None,
+        },
         RowUpdate::RetryLater {
             error: "HTTP 500".into(),
             retry_count: 2,

@@ -1,4 +1,4 @@
-//! `/v3/contacts` endpoints: create (or upsert), get, update, batch update.
+//! `/v3/contacts` endpoints: create (or upsert), get, update, delete, batch update.
 
 use std::sync::Arc;
 
@@ -135,6 +135,20 @@ pub(crate) async fn update(
     let id = store.find(&ident).ok_or_else(BvError::not_found)?;
     store.check_unique(&changes, Some(id), "update")?;
     store.update(id, changes, now);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v3/contacts/{identifier}`: 204 with no body; 404
+/// `document_not_found` when no contact has that identifier.
+pub(crate) async fn delete(
+    State(app): State<Arc<App>>,
+    Path(identifier): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<StatusCode, BvError> {
+    let ident = path_ident(&identifier, query.as_deref())?;
+    let mut store = lock(&app.brevo);
+    let id = store.find(&ident).ok_or_else(BvError::not_found)?;
+    store.delete(id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -24,7 +24,9 @@ pub(crate) fn routes(app: Arc<App>) -> Router {
         .route("/v3/contacts/batch", post(handlers::batch))
         .route(
             "/v3/contacts/{identifier}",
-            get(handlers::read).put(handlers::update),
+            get(handlers::read)
+                .put(handlers::update)
+                .delete(handlers::delete),
         )
         .route_layer(from_fn_with_state(app.clone(), gate::<Brevo>))
         .with_state(app)

@@ -193,6 +193,17 @@ impl Store {
         }
     }
 
+    /// Deletes contact `id`; `false` when there is none.
+    pub(crate) fn delete(&mut self, id: u64) -> bool {
+        let Some(contact) = self.contacts.remove(&id) else {
+            return false;
+        };
+        if let Some(email) = &contact.email {
+            self.by_email.remove(email);
+        }
+        true
+    }
+
     /// Every contact as GET shows it, sorted by id.
     pub(crate) fn dump(&self) -> Vec<Value> {
         self.contacts.values().map(Contact::json).collect()

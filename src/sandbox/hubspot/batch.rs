@@ -88,6 +88,29 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<R
     ))
 }
 
+#[derive(Deserialize)]
+struct ArchiveInput {
+    id: String,
+}
+
+/// `POST .../batch/archive`: 204 with no body. Ids that name no contact (or
+/// one already archived) are passed over, as HubSpot does; more than 100
+/// inputs, or a malformed body, is a 400.
+pub(crate) async fn archive(
+    State(app): State<Arc<App>>,
+    body: Bytes,
+) -> Result<StatusCode, HsError> {
+    let Inputs { inputs } = parse::<Inputs<ArchiveInput>>(&body)?;
+    check_count(inputs.len())?;
+    let mut store = lock(&app.hubspot);
+    for input in inputs {
+        if let Some(id) = store.find(&input.id, false) {
+            store.archive(id);
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The whole request fails on the first email that exists or repeats.
 fn check_create_conflicts<T>(store: &Store, valid: &[(T, Props)]) -> Result<(), HsError> {
     let mut seen = HashSet::new();

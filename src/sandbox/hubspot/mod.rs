@@ -32,9 +32,12 @@ pub(crate) fn routes(app: Arc<App>) -> Router {
         .route(&format!("{BASE}/batch/update"), post(batch::update))
         .route(&format!("{BASE}/batch/upsert"), post(upsert::upsert))
         .route(&format!("{BASE}/batch/read"), post(batch::read))
+        .route(&format!("{BASE}/batch/archive"), post(batch::archive))
         .route(
             &format!("{BASE}/{{id}}"),
-            get(single::read).patch(single::update),
+            get(single::read)
+                .patch(single::update)
+                .delete(single::archive),
         )
         .route_layer(from_fn_with_state(app.clone(), gate::<HubSpot>))
         .with_state(app)

@@ -1,4 +1,4 @@
-//! Single-record endpoints: create, read and update one contact.
+//! Single-record endpoints: create, read, update and archive one contact.
 
 use std::sync::Arc;
 
@@ -80,6 +80,17 @@ pub(crate) async fn update(
         .update(id, props, &now)
         .ok_or_else(HsError::not_found)?;
     Ok(Json(contact.json(&Projection::All)))
+}
+
+/// `DELETE /crm/v3/objects/contacts/{id}`: 204; 404 for an unknown id.
+pub(crate) async fn archive(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HsError> {
+    let mut store = lock(&app.hubspot);
+    let id = store.find(&id, false).ok_or_else(HsError::not_found)?;
+    store.archive(id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// 409 when `props` would give contact `id` an email another contact has.

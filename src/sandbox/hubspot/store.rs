@@ -213,6 +213,17 @@ impl Store {
         self.contacts.get(&id)
     }
 
+    /// Archives (removes) contact `id`; `false` when there is none.
+    pub(crate) fn archive(&mut self, id: u64) -> bool {
+        let Some(contact) = self.contacts.remove(&id) else {
+            return false;
+        };
+        if let Some(email) = contact.current.props.get("email") {
+            self.by_email.remove(&email.to_lowercase());
+        }
+        true
+    }
+
     /// Every contact with all its values, sorted by id.
     pub(crate) fn dump(&self) -> Vec<Value> {
         self.contacts

@@ -169,6 +169,8 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
     let transcript = format!("{status}\n{retry}").replace(&f.db.table, "[TABLE]");
     let tried = regex::Regex::new(r"last tried \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC").unwrap();
     let transcript = tried.replace_all(&transcript, "last tried [TIME]");
+    let ended = regex::Regex::new(r"\(ended [^)]+\)").unwrap();
+    let transcript = ended.replace_all(&transcript, "(ended [TIME])");
     assert_snapshot!("status_and_retry_after_a_row_failed", transcript);
     assert_eq!(
         text(&f.row(BAD_ID).await, "hubspot_processing_status"),

@@ -39,7 +39,13 @@ async fn complete(f: &Fixture, mapping: &str, claimed: &[ClaimedRow]) -> u64 {
         .iter()
         .map(|row| {
             let crm_id = Some(format!("{mapping}-{}", row.id));
-            RowResult::of(row, RowUpdate::Complete { crm_id })
+            RowResult::of(
+                row,
+                RowUpdate::Complete {
+                    crm_id,
+                    fingerprint: None,
+                },
+            )
         })
         .collect();
     f.db.store.record(f.spec(mapping), &results).await.unwrap()

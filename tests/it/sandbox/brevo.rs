@@ -268,3 +268,44 @@ async fn brevo_rate_limit_answers_429_with_sib_ratelimit_headers() {
         404
     );
 }
+
+#[tokio::test]
+async fn brevo_delete_answers_204_with_no_body_then_404_document_not_found() {
+    let env = start(options()).await;
+    let id = env
+        .brevo_contact(json!({"email": "jane@example.com"}))
+        .await;
+    let deleted = env
+        .brevo(
+            Method::DELETE,
+            &format!("/contacts/{id}?identifierType=contact_id"),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(deleted.body, serde_json::Value::Null);
+    assert!(env.sandbox.brevo_contacts().is_empty());
+    let again = env
+        .brevo(
+            Method::DELETE,
+            &format!("/contacts/{id}?identifierType=contact_id"),
+            None,
+        )
+        .await;
+    assert_error(&again, 404, "document_not_found", "Contact does not exist");
+    // The email is free again: a create makes a new contact.
+    env.brevo_contact(json!({"email": "jane@example.com"}))
+        .await;
+}
+
+#[tokio::test]
+async fn brevo_delete_by_email_finds_the_contact_case_insensitively() {
+    let env = start(options()).await;
+    env.brevo_contact(json!({"email": "jane@example.com"}))
+        .await;
+    let deleted = env
+        .brevo(Method::DELETE, "/contacts/Jane%40Example.com", None)
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+    assert!(env.sandbox.brevo_contacts().is_empty());
+}

@@ -243,3 +243,74 @@ async fn hubspot_batch_read_answers_207_with_errors_for_missing_ids() {
     assert_eq!(all_found.status, 200);
     assert!(all_found.body.get("errors").is_none());
 }
+
+#[tokio::test]
+async fn hubspot_batch_archive_answers_204_and_passes_over_unknown_ids() {
+    let env = start(options()).await;
+    let kept = env
+        .hubspot_contact(json!({"email": "kept@example.com"}))
+        .await;
+    let gone = env
+        .hubspot_contact(json!({"email": "gone@example.com"}))
+        .await;
+    let body = json!({"inputs": [{"id": gone}, {"id": "999999"}]});
+    let answer = env
+        .hubspot(
+            Method::POST,
+            "/crm/v3/objects/contacts/batch/archive",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(answer.status, 204);
+    assert_eq!(answer.body, Value::Null);
+    let ids: Vec<Value> = env
+        .sandbox
+        .hubspot_contacts()
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(kept)]);
+    // Archiving again is harmless, and the email can be created anew.
+    let again = env
+        .hubspot(
+            Method::POST,
+            "/crm/v3/objects/contacts/batch/archive",
+            Some(body),
+        )
+        .await;
+    assert_eq!(again.status, 204);
+    env.hubspot_contact(json!({"email": "gone@example.com"}))
+        .await;
+}
+
+#[tokio::test]
+async fn hubspot_batch_archive_of_more_than_100_inputs_is_a_400() {
+    let env = start(options()).await;
+    let inputs: Vec<Value> = (0..101).map(|n| json!({"id": n.to_string()})).collect();
+    let answer = env
+        .hubspot(
+            Method::POST,
+            "/crm/v3/objects/contacts/batch/archive",
+            Some(json!({"inputs": inputs})),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert_eq!(answer.body["category"], "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn hubspot_archive_of_one_contact_answers_204_then_404() {
+    let env = start(options()).await;
+    let id = env
+        .hubspot_contact(json!({"email": "jane@example.com"}))
+        .await;
+    let path = format!("/crm/v3/objects/contacts/{id}");
+    let answer = env.hubspot(Method::DELETE, &path, None).await;
+    assert_eq!(answer.status, 204);
+    assert!(env.sandbox.hubspot_contacts().is_empty());
+    let again = env.hubspot(Method::DELETE, &path, None).await;
+    assert_eq!(again.status, 404, "{}", again.body);
+    assert_eq!(again.body["category"], "OBJECT_NOT_FOUND");
+    let read = env.hubspot(Method::GET, &path, None).await;
+    assert_eq!(read.status, 404);
+}
