@@ -1,10 +1,26 @@
 //! `engine`: a config-driven sync engine that pushes contact rows from a SQL
 //! database (SQLite or PostgreSQL) into CRMs described by TOML files.
 //!
-//! # Layout
-//! The pipeline has one module per stage (see `docs/DESIGN.md`):
-//! `config` (raw TOML) → `plan` (validated, pure) → `store::claim` →
-//! `template` (render) → `crm` (send, classify) → `store::record`.
+//! # Map of the stages
+//! config → plan → claim → render → send → record, one home each:
+//! - **config** (`config`): raw TOML → typed structs, the JSON Schema gate,
+//!   spans for file:line:column; `diagnostic` prints located errors, `redact`
+//!   keeps secrets out of everything printed.
+//! - **plan** (`plan`, `fingerprint`, `change`): the validated, pure plan that `check`
+//!   builds and `run` executes; fingerprints of a mapping and of a row, and
+//!   whether a claimed row changed since the CRM confirmed it.
+//! - **claim / record** (`store`): SQLite and PostgreSQL queues, leases,
+//!   fenced write-backs, migrations and change triggers; `snapshot` diffs a
+//!   source the engine may not alter against its own state table.
+//! - **render** (`template`): strict handlebars, typed insertion, helpers.
+//! - **send** (`crm`, `outcome`, `ratelimit`, `retry`, `delete`): auth, pacing,
+//!   adaptive concurrency, bounded waits, flows, response classification, row
+//!   retry timing, deletes.
+//! - **orchestration** (`engine`, `service`): one straight loop per mapping;
+//!   every mapping in one process with one limiter per connector.
+//! - **around it**: `cli` (one function per subcommand), `check`, `live`,
+//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `init`,
+//!   `demo`, `sandbox` (the local CRM imitation), `clock`.
 
 /// Installs the process-wide rustls crypto provider (ring).
 ///
