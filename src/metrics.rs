@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tokio::sync::watch;
 
 use crate::history::Counts;
@@ -81,68 +81,75 @@ fn cycle_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 3.0, 10))
 }
 
+/// Registers `metric` under `name` and hands it back for recording (the
+/// registry keeps a clone that shares its values).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::default();
-        let rows = Family::default();
-        registry.register(
+        let rows = registered(
+            &mut registry,
             "engine_rows",
-            "Rows processed, by mapping and outcome (complete, failed, retrying, deferred)",
-            Clone::clone(&rows),
+            "Rows processed, by mapping and outcome (complete, failed, retrying, deferred, unchanged, skipped, deleted)",
+            Family::default(),
         );
-        let requests = Family::default();
-        registry.register(
+        let requests = registered(
+            &mut registry,
             "engine_requests",
             "HTTP requests sent to a CRM, by connector and status class (2xx, 4xx, 5xx, error)",
-            Clone::clone(&requests),
+            Family::default(),
         );
-        let rate_limited = Family::default();
-        registry.register(
+        let rate_limited = registered(
+            &mut registry,
             "engine_rate_limited",
             "Answers 429 Too Many Requests from a CRM",
-            Clone::clone(&rate_limited),
+            Family::default(),
         );
-        let rate_limit_wait = Family::default();
-        registry.register(
+        let rate_limit_wait = registered(
+            &mut registry,
             "engine_rate_limit_wait_seconds",
             "Time requests spent waiting for the connector's rate limiter",
-            Clone::clone(&rate_limit_wait),
+            Family::default(),
         );
-        let in_flight = Family::default();
-        registry.register(
+        let in_flight = registered(
+            &mut registry,
             "engine_requests_in_flight",
             "Requests sent and not yet answered",
-            Clone::clone(&in_flight),
+            Family::default(),
         );
-        let in_flight_limit = Family::default();
-        registry.register(
+        let in_flight_limit = registered(
+            &mut registry,
             "engine_in_flight_limit",
             "The adaptive cap on requests in flight (max_in_flight, halved while the CRM pushes back)",
-            Clone::clone(&in_flight_limit),
+            Family::default(),
         );
-        let queue = Family::default();
-        registry.register(
+        let queue = registered(
+            &mut registry,
             "engine_queue_rows",
             "Rows of a mapping's table by processing status, counted at scrape time",
-            Clone::clone(&queue),
+            Family::default(),
         );
-        let cycle_duration: Histograms = Family::new_with_constructor(cycle_histogram);
-        registry.register(
+        let cycle_duration: Histograms = registered(
+            &mut registry,
             "engine_cycle_duration_seconds",
             "How long a mapping's sync cycle took",
-            Clone::clone(&cycle_duration),
+            Family::new_with_constructor(cycle_histogram),
         );
-        let last_success = Family::default();
-        registry.register(
+        let last_success = registered(
+            &mut registry,
             "engine_last_success_timestamp_seconds",
             "When a mapping's last cycle without a failure ended (Unix time)",
-            Clone::clone(&last_success),
+            Family::default(),
         );
-        let paused_gauge = Family::default();
-        registry.register(
+        let paused_gauge = registered(
+            &mut registry,
             "engine_connector_paused",
             "1 while a connector is paused because its config looks broken",
-            Clone::clone(&paused_gauge),
+            Family::default(),
         );
         Self {
             registry,
