@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
-use crate::config::mapping::OnRemoved;
+use crate::config::mapping::{OnRemoved, SyncMode};
 use crate::crm::probe::ConnectorPaused;
 use crate::crm::wait::{self, WaitBound};
 use crate::crm::{CrmClient, RowJob, RowOutcome};
@@ -609,7 +609,7 @@ async fn process_queue_batch(
     let now = run.clock.utc();
     let lease = lease_deadline(now, mapping.schedule.lease_secs);
     let mut rows = queue
-        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
+        .claim(claim_size(run, mapping), now.min(due_by), lease)
         .await?;
     if rows.is_empty() {
         return Ok(0);
@@ -645,6 +645,17 @@ async fn process_queue_batch(
         .context("failed to record results")?;
     note_failures(run, mapping, &results).await;
     Ok(rows.len())
+}
+
+/// Rows per claim: the mapping's `batch_size`, or, for an upsert through a
+/// connector with a bulk flow, up to a whole bulk job (the flow is chosen
+/// by how many rows the claim holds, see [`crate::crm::execute`]).
+fn claim_size(run: &Run, mapping: &MappingPlan) -> usize {
+    let batch = mapping.schedule.batch_size as usize;
+    match &run.client.plan.bulk {
+        Some(bulk) if mapping.mode == SyncMode::Upsert => batch.max(bulk.max_rows),
+        _ => batch,
+    }
 }
 
 /// Notes when the rows that did not sync were tried, for `engine status`

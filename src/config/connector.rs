@@ -94,6 +94,11 @@ pub struct ConnectorFile {
     /// `on_removed = "archive"`. Optional: without it such mappings are refused.
     #[serde(default)]
     pub delete: Option<DeleteOperation>,
+    /// An asynchronous bulk flow for large claims: submit many rows in one
+    /// job, poll it until done, then confirm each row's record id. Rows the
+    /// job does not confirm go through the per-row flow of `[upsert]`.
+    #[serde(default)]
+    pub bulk: Option<Bulk>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -627,4 +632,188 @@ pub enum RuleAction {
     Permanent,
     /// Send once more without the fields in `drop_fields`.
     DropFields,
+}
+
+/// An asynchronous bulk flow (e.g. Brevo's contact import): one `submit`
+/// request carries many rows and answers a job id; `poll` reads the job until
+/// it is done; `confirm` reads (page by page) what the job wrote and matches
+/// it to the rows by key. Used only for mappings in `upsert` mode, and only
+/// when a claim holds at least `min_rows` rows.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bulk {
+    /// Fewest rows in one claim for the bulk flow to be used; a smaller claim
+    /// takes the per-row flow (a job costs a submit, polls and listing pages,
+    /// which pays only for many rows).
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub min_rows: u32,
+    /// Most rows in one job. A mapping whose claims are smaller than this
+    /// claims up to this many rows at once while at least `min_rows` are due.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_rows: u32,
+    /// Connector params that environment variables may set for bulk requests,
+    /// by param name, e.g. `{ list_ids = "BREVO_LIST_IDS" }`. The variable's
+    /// value is read as JSON (`[7]`), or else as text; unset, the mapping's
+    /// (or the connector's) param is used.
+    #[serde(default)]
+    pub params_env: BTreeMap<String, String>,
+    /// The request that starts a job.
+    pub submit: BulkSubmit,
+    /// The request that reads a job's status.
+    pub poll: BulkPoll,
+    /// The request that reads back what a job wrote.
+    pub confirm: BulkConfirm,
+}
+
+/// The request that starts a bulk job: `body` holds `{{items}}`, one `item`
+/// per row. Its templates see `items` and `params`; `item` sees what a
+/// one-record operation sees (`key`, `fields`, `params`, `row`, `trace_id`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSubmit {
+    /// HTTP method.
+    pub method: Method,
+    /// Path appended to the base URL, e.g. `/contacts/import`.
+    pub path: String,
+    /// Query parameters (templates).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body as TOML; a leaf that is exactly `{{items}}` inserts the items.
+    pub body: serde_json::Value,
+    /// One item per row, as TOML.
+    pub item: serde_json::Value,
+    /// Where the job id is in the answer, e.g. `/processId`.
+    pub job_id_pointer: String,
+    /// Rate-limit class of this endpoint.
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// Special cases checked before the default classification, in order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// Reads a job's status until it is done. Templates see `job` (the job id),
+/// `params`. The first read is `first_after_ms` after the submit, then every
+/// `interval_ms`, multiplied by `backoff` after each read up to
+/// `max_interval_ms`: a status endpoint with a small budget (Brevo's 100
+/// requests per hour) is read a few times per job, not every second.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkPoll {
+    /// HTTP method.
+    pub method: Method,
+    /// Path appended to the base URL, e.g. `/processes/{{job}}`.
+    pub path: String,
+    /// Query parameters (templates).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Rate-limit class of this endpoint, e.g. `other` for Brevo's
+    /// "all other endpoints" budget.
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// Where the job's status is in the answer, e.g. `/status`.
+    pub status_pointer: String,
+    /// Statuses that mean the job is over and its results can be read.
+    pub done_values: Vec<String>,
+    /// Statuses that mean the job failed: every row takes the per-row flow.
+    #[serde(default)]
+    pub failed_values: Vec<String>,
+    /// Wait before the first read, in milliseconds.
+    #[serde(default = "default_first_poll_ms")]
+    #[schemars(range(max = 3_600_000))]
+    pub first_after_ms: u64,
+    /// Wait between reads, in milliseconds.
+    #[serde(default = "default_poll_interval_ms")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub interval_ms: u64,
+    /// Factor the wait grows by after each read (1 = a fixed interval).
+    #[serde(default = "default_poll_backoff")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub backoff: f64,
+    /// Longest wait between reads, in milliseconds.
+    #[serde(default = "default_max_poll_interval_ms")]
+    #[schemars(range(min = 100, max = 3_600_000))]
+    pub max_interval_ms: u64,
+    /// Most reads of one job; a job still running after them is left to
+    /// the rows' next claim, which submits them again (an upsert).
+    #[serde(default = "default_max_polls")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_polls: u32,
+}
+
+fn default_first_poll_ms() -> u64 {
+    2_000
+}
+fn default_poll_interval_ms() -> u64 {
+    2_000
+}
+fn default_poll_backoff() -> f64 {
+    2.0
+}
+fn default_max_poll_interval_ms() -> u64 {
+    60_000
+}
+fn default_max_polls() -> u32 {
+    10
+}
+
+/// Reads back what a job wrote and matches it to the rows on their key: a
+/// results document the CRM offers for the job (Salesforce Bulk 2.0, HubSpot
+/// imports), or a listing of the records changed since the job started
+/// (Brevo). Templates see `job` (the job id), `since` (when the job was
+/// submitted, less `since_margin_secs`, RFC 3339 with milliseconds, UTC),
+/// `offset` and `limit` (for paging) and `params`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkConfirm {
+    /// HTTP method.
+    pub method: Method,
+    /// Path appended to the base URL, e.g. `/contacts` or `/jobs/{{job}}/results`.
+    pub path: String,
+    /// Query parameters (templates), e.g. `{ modifiedSince = "{{since}}",
+    /// limit = "{{limit}}", offset = "{{offset}}" }`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers (templates, never secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Rate-limit class of this endpoint.
+    #[serde(default = "default_class")]
+    pub endpoint_class: String,
+    /// Where the records are in the answer, e.g. `/contacts`.
+    pub records_pointer: String,
+    /// Where a record's key is inside one record, e.g. `/email` (compared
+    /// trimmed and case-insensitively).
+    pub key_pointer: String,
+    /// Where a record's id is inside one record, e.g. `/id`.
+    pub id_pointer: String,
+    /// Records per page (`{{limit}}`); pages are read, `{{offset}}` growing by
+    /// this, until a page has fewer records or every row is matched. Unset:
+    /// one request reads the whole document.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub page_size: Option<u32>,
+    /// Most pages read for one job.
+    #[serde(default = "default_max_pages")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max_pages: u32,
+    /// How far before the submit `{{since}}` lies, in seconds: room for the
+    /// CRM's clock being behind ours. Records changed in between by others
+    /// only make the listing longer.
+    #[serde(default = "default_since_margin_secs")]
+    #[schemars(range(max = 86_400))]
+    pub since_margin_secs: u64,
+}
+
+fn default_max_pages() -> u32 {
+    100
+}
+fn default_since_margin_secs() -> u64 {
+    60
 }

@@ -261,6 +261,11 @@ impl CrmClient {
         &self.templates
     }
 
+    /// The run's clock (the bulk flow times its polls and its `since` by it).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// The base URL requests go to.
     pub fn base_url(&self) -> &str {
         &self.base_url

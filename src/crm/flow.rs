@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::Value;
 
-use super::batch;
 use super::client::{CrmClient, ReplyAction};
 use super::response::Response;
+use super::{batch, bulk};
 use crate::plan::{Flow, OpPlan};
 
 /// One record to upsert: its match key, its row id (sent as `trace_id`), and the
@@ -53,7 +53,43 @@ pub enum RowOutcome {
 }
 
 /// Runs the connector's flow for every job; outcomes are in job order.
+///
+/// With a `[bulk]` flow and at least its `min_rows` jobs, they go as bulk
+/// jobs first; the rows those do not confirm take the per-row flow.
 pub async fn execute(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
+    let Some(plan) = client
+        .plan
+        .bulk
+        .as_ref()
+        .filter(|bulk| jobs.len() >= bulk.min_rows)
+    else {
+        return per_row(client, jobs).await;
+    };
+    let confirmed = bulk::run(client, plan, jobs).await;
+    let left: Vec<usize> = (0..jobs.len())
+        .filter(|&i| confirmed[i].is_none())
+        .collect();
+    if !left.is_empty() {
+        tracing::info!(
+            rows = left.len(),
+            "Rows the bulk job did not confirm go one by one."
+        );
+    }
+    let left_jobs: Vec<RowJob> = left.iter().map(|&i| jobs[i].clone()).collect();
+    let mut rest = per_row(client, &left_jobs).await.into_iter();
+    confirmed
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                rest.next()
+                    .unwrap_or_else(|| RowOutcome::Transient("no outcome".into()))
+            })
+        })
+        .collect()
+}
+
+/// The connector's `[upsert]` flow for every job; outcomes in job order.
+async fn per_row(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
     match &client.plan.flow {
         Flow::Batch { batch } => batch::run(client, batch, jobs).await,
         Flow::Single {

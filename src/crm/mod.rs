@@ -5,6 +5,7 @@
 mod auth;
 mod batch;
 mod body;
+mod bulk;
 mod client;
 pub mod concurrency;
 mod flow;

@@ -10,8 +10,8 @@ use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
-    Redirects, Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit,
+    RateLimitHeaders, Redirects, Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -22,6 +22,8 @@ use crate::template::{CompiledPath, CompiledTree, Templates};
 /// Variables connector templates may use.
 pub const OPERATION_VARIABLES: &[&str] = &["key", "fields", "params", "row", "trace_id", "id"];
 const BATCH_BODY_VARIABLES: &[&str] = &["items", "params"];
+/// Variables the templates of a bulk job's `poll` and `confirm` may use.
+pub const BULK_JOB_VARIABLES: &[&str] = &["job", "since", "offset", "limit", "params"];
 
 /// A validated connector.
 #[derive(Debug)]
@@ -69,6 +71,8 @@ pub struct ConnectorPlan {
     pub keyed: KeyedOps,
     /// Deletes records by id (`[delete]`), when the file declares it.
     pub delete: Option<DeletePlan>,
+    /// The asynchronous bulk flow, when the connector has `[bulk]`.
+    pub bulk: Option<BulkPlan>,
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
@@ -172,6 +176,87 @@ pub struct DeletePlan {
     pub batch: Option<(CompiledTree, usize)>,
 }
 
+/// A compiled `[bulk]` flow (see [`crate::config::connector::Bulk`]).
+#[derive(Debug)]
+pub struct BulkPlan {
+    /// Fewest rows in a claim for the bulk flow.
+    pub min_rows: usize,
+    /// Most rows in one job.
+    pub max_rows: usize,
+    /// Params set by environment variables, over the mapping's.
+    pub params_from_env: Map<String, Value>,
+    /// Starts a job (its body holds `{{items}}`).
+    pub submit: OpPlan,
+    /// One item per row.
+    pub item: CompiledTree,
+    /// Where the job id is in the submit's answer.
+    pub job_id_pointer: String,
+    /// Reads the job's status.
+    pub poll: OpPlan,
+    /// Where the status is in the poll's answer.
+    pub status_pointer: String,
+    /// Statuses that mean done.
+    pub done_values: Vec<String>,
+    /// Statuses that mean failed.
+    pub failed_values: Vec<String>,
+    /// When to read the status.
+    pub schedule: PollSchedule,
+    /// Reads back what the job wrote.
+    pub confirm: OpPlan,
+    /// Where the records are in a confirm answer.
+    pub records_pointer: String,
+    /// A record's key.
+    pub key_pointer: String,
+    /// A record's id.
+    pub id_pointer: String,
+    /// Records per page, when the confirm pages.
+    pub page_size: Option<usize>,
+    /// Most pages per job.
+    pub max_pages: usize,
+    /// How far before the submit `{{since}}` lies.
+    pub since_margin: Duration,
+}
+
+/// When a job's status is read: a pure function of the read's number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PollSchedule {
+    /// Before the first read.
+    pub first_after: Duration,
+    /// Between the first and the second read.
+    pub interval: Duration,
+    /// Growth of the interval after each read.
+    pub backoff: f64,
+    /// Longest interval.
+    pub max_interval: Duration,
+    /// Most reads.
+    pub max_polls: u32,
+}
+
+impl PollSchedule {
+    /// The wait before read number `poll` (0 = the first), `None` once
+    /// `max_polls` reads were spent.
+    pub fn delay(&self, poll: u32) -> Option<Duration> {
+        if poll >= self.max_polls {
+            return None;
+        }
+        if poll == 0 {
+            return Some(self.first_after);
+        }
+        let exponent = i32::try_from(poll - 1).unwrap_or(i32::MAX);
+        let factor = self.backoff.max(1.0).powi(exponent);
+        let ms =
+            (self.interval.as_millis() as f64 * factor).min(self.max_interval.as_millis() as f64);
+        Some(Duration::from_millis(ms as u64).max(self.interval.min(self.max_interval)))
+    }
+
+    /// The longest a job may be waited for: every read's delay added up.
+    pub fn total(&self) -> Duration {
+        (0..self.max_polls)
+            .filter_map(|poll| self.delay(poll))
+            .sum()
+    }
+}
+
 /// A compiled batch request.
 #[derive(Debug)]
 pub struct BatchPlan {
@@ -230,7 +315,7 @@ pub fn build(
     check_base_url(&mut ctx, &raw.base_url, &base_url_env);
     check_auth(&mut ctx, &raw.auth, env, used);
     check_headers(&mut ctx, &raw.headers);
-    check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert);
+    check_rate_limits(&mut ctx, &raw.rate_limits, &raw.upsert, raw.bulk.as_ref());
     let limits = super::tiers::resolve(
         &super::tiers::TierInput {
             connector: &loaded.name,
@@ -254,6 +339,10 @@ pub fn build(
         .as_ref()
         .and_then(|op| build_op(&mut ctx, "live_check", op));
     let delete = raw.delete.as_ref().map(|op| build_delete(&mut ctx, op));
+    let bulk = raw
+        .bulk
+        .as_ref()
+        .map(|bulk| build_bulk(&mut ctx, bulk, env));
     let after = ctx.diagnostics.iter().filter(|d| d.is_error()).count();
     let flow = flow.filter(|_| after == before)?;
     let reads_row = ctx
@@ -288,6 +377,7 @@ pub fn build(
         live_check,
         keyed,
         delete: delete.flatten(),
+        bulk: bulk.flatten(),
         reads_row,
     })
 }
@@ -614,7 +704,7 @@ fn check_headers(ctx: &mut Ctx<'_>, headers: &BTreeMap<String, String>) {
     }
 }
 
-fn operation_classes(upsert: &Upsert) -> Vec<&str> {
+fn operation_classes<'a>(upsert: &'a Upsert, bulk: Option<&'a Bulk>) -> Vec<&'a str> {
     let single = [
         &upsert.single,
         &upsert.lookup,
@@ -629,13 +719,23 @@ fn operation_classes(upsert: &Upsert) -> Vec<&str> {
     if let Some(batch) = &upsert.batch {
         classes.push(&batch.endpoint_class);
     }
+    if let Some(bulk) = bulk {
+        classes.push(&bulk.submit.endpoint_class);
+        classes.push(&bulk.poll.endpoint_class);
+        classes.push(&bulk.confirm.endpoint_class);
+    }
     classes.sort_unstable();
     classes.dedup();
     classes
 }
 
-fn check_rate_limits(ctx: &mut Ctx<'_>, limits: &[RateLimit], upsert: &Upsert) {
-    let classes = operation_classes(upsert);
+fn check_rate_limits(
+    ctx: &mut Ctx<'_>,
+    limits: &[RateLimit],
+    upsert: &Upsert,
+    bulk: Option<&Bulk>,
+) {
+    let classes = operation_classes(upsert, bulk);
     let mut names = Vec::new();
     for (index, limit) in limits.iter().enumerate() {
         let path = join_index("rate_limits", index);
@@ -935,6 +1035,157 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     })
 }
 
+fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan> {
+    let label = "bulk";
+    if bulk.min_rows > bulk.max_rows {
+        ctx.error(
+            "bulk.min_rows",
+            format!(
+                "`bulk.min_rows` ({}) is above `bulk.max_rows` ({}), so the bulk flow never runs",
+                bulk.min_rows, bulk.max_rows
+            ),
+            "a job must be able to hold `min_rows` rows",
+        );
+    }
+    let mut params_from_env = Map::new();
+    for (param, name) in &bulk.params_env {
+        if !is_env_name(name) {
+            ctx.error(
+                &join_key("bulk.params_env", param),
+                format!("`{name}` is not an environment variable name"),
+                "upper-case letters, digits and `_`, e.g. BREVO_LIST_IDS",
+            );
+            continue;
+        }
+        if let Some(value) = env.var(name) {
+            let value = serde_json::from_str(value.trim()).unwrap_or(Value::String(value));
+            params_from_env.insert(param.clone(), value);
+        }
+    }
+    // The submit: a batch-like envelope around one item per row.
+    let submit = &bulk.submit;
+    let uses = check_tree(
+        ctx.source,
+        "bulk.submit.item",
+        &submit.item,
+        Some(OPERATION_VARIABLES),
+        ctx.diagnostics,
+    );
+    ctx.uses.extend(uses);
+    if !contains_exact(&submit.body, "{{items}}") {
+        ctx.error(
+            "bulk.submit.body",
+            "the bulk submit body must contain a leaf that is exactly \"{{items}}\"",
+            "e.g. body = { jsonBody = \"{{items}}\" }",
+        );
+    }
+    check_pointer(ctx, "bulk.submit.job_id_pointer", &submit.job_id_pointer);
+    let item = compile(ctx, "bulk.submit.item", &submit.item);
+    let submit_op = build_request(
+        ctx,
+        &join_key(label, "submit"),
+        submit.method,
+        &submit.path,
+        &submit.query,
+        &submit.headers,
+        Some(&submit.body),
+        BATCH_BODY_VARIABLES,
+        &submit.endpoint_class,
+        None,
+        &submit.rules,
+    );
+    // The poll.
+    let poll = &bulk.poll;
+    check_pointer(ctx, "bulk.poll.status_pointer", &poll.status_pointer);
+    if poll.done_values.is_empty() {
+        ctx.error(
+            "bulk.poll.done_values",
+            "`bulk.poll.done_values` is empty, so no job would ever be done",
+            "e.g. done_values = [\"completed\"]",
+        );
+    }
+    if poll.interval_ms > poll.max_interval_ms {
+        ctx.error(
+            "bulk.poll.interval_ms",
+            "`bulk.poll.interval_ms` is above `bulk.poll.max_interval_ms`",
+            "the cap must be at least the first interval",
+        );
+    }
+    if !poll.backoff.is_finite() || !(1.0..=10.0).contains(&poll.backoff) {
+        ctx.error(
+            "bulk.poll.backoff",
+            format!(
+                "`bulk.poll.backoff` is {}; it must be 1 to 10",
+                poll.backoff
+            ),
+            "1 keeps the interval fixed, 2 doubles it after each read",
+        );
+    }
+    let poll_op = build_request_seeing(
+        ctx,
+        &join_key(label, "poll"),
+        BULK_JOB_VARIABLES,
+        poll.method,
+        &poll.path,
+        &poll.query,
+        &poll.headers,
+        None,
+        BULK_JOB_VARIABLES,
+        &poll.endpoint_class,
+        None,
+        &[],
+    );
+    // The confirm.
+    let confirm = &bulk.confirm;
+    for (key, pointer) in [
+        ("records_pointer", &confirm.records_pointer),
+        ("key_pointer", &confirm.key_pointer),
+        ("id_pointer", &confirm.id_pointer),
+    ] {
+        check_pointer(ctx, &join_key("bulk.confirm", key), pointer);
+    }
+    let confirm_op = build_request_seeing(
+        ctx,
+        &join_key(label, "confirm"),
+        BULK_JOB_VARIABLES,
+        confirm.method,
+        &confirm.path,
+        &confirm.query,
+        &confirm.headers,
+        None,
+        BULK_JOB_VARIABLES,
+        &confirm.endpoint_class,
+        None,
+        &[],
+    );
+    Some(BulkPlan {
+        min_rows: bulk.min_rows as usize,
+        max_rows: bulk.max_rows as usize,
+        params_from_env,
+        submit: submit_op?,
+        item: item?,
+        job_id_pointer: submit.job_id_pointer.clone(),
+        poll: poll_op?,
+        status_pointer: poll.status_pointer.clone(),
+        done_values: poll.done_values.clone(),
+        failed_values: poll.failed_values.clone(),
+        schedule: PollSchedule {
+            first_after: Duration::from_millis(poll.first_after_ms),
+            interval: Duration::from_millis(poll.interval_ms),
+            backoff: poll.backoff,
+            max_interval: Duration::from_millis(poll.max_interval_ms),
+            max_polls: poll.max_polls,
+        },
+        confirm: confirm_op?,
+        records_pointer: confirm.records_pointer.clone(),
+        key_pointer: confirm.key_pointer.clone(),
+        id_pointer: confirm.id_pointer.clone(),
+        page_size: confirm.page_size.map(|n| n as usize),
+        max_pages: confirm.max_pages as usize,
+        since_margin: Duration::from_secs(confirm.since_margin_secs),
+    })
+}
+
 fn contains_exact(tree: &Value, text: &str) -> bool {
     match tree {
         Value::String(s) => s.trim() == text,
@@ -958,12 +1209,45 @@ fn build_request(
     id_pointer: Option<String>,
     rules: &[crate::config::connector::Rule],
 ) -> Option<OpPlan> {
+    build_request_seeing(
+        ctx,
+        label,
+        OPERATION_VARIABLES,
+        m,
+        path,
+        query,
+        headers,
+        body,
+        body_variables,
+        class,
+        id_pointer,
+        rules,
+    )
+}
+
+/// [`build_request`] for a request whose path, query and headers see
+/// `variables` (a bulk job's poll and confirm see the job, not a row).
+#[allow(clippy::too_many_arguments)]
+fn build_request_seeing(
+    ctx: &mut Ctx<'_>,
+    label: &str,
+    variables: &[&str],
+    m: crate::config::connector::Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    headers: &BTreeMap<String, String>,
+    body: Option<&Value>,
+    body_variables: &[&str],
+    class: &str,
+    id_pointer: Option<String>,
+    rules: &[crate::config::connector::Rule],
+) -> Option<OpPlan> {
     let path_key = join_key(label, "path");
     let uses = check_tree(
         ctx.source,
         &path_key,
         &Value::String(path.to_string()),
-        Some(OPERATION_VARIABLES),
+        Some(variables),
         ctx.diagnostics,
     );
     ctx.uses.extend(uses);
@@ -981,8 +1265,8 @@ fn build_request(
         .templates
         .compile_path(&format!("{}:{path_key}", ctx.name), path)
         .ok();
-    let query = compile_pairs(ctx, &join_key(label, "query"), query);
-    let headers = compile_pairs(ctx, &join_key(label, "headers"), headers);
+    let query = compile_pairs(ctx, &join_key(label, "query"), query, variables);
+    let headers = compile_pairs(ctx, &join_key(label, "headers"), headers, variables);
     let body = match body {
         Some(tree) => {
             let key = join_key(label, "body");
@@ -1030,18 +1314,13 @@ fn compile_pairs(
     ctx: &mut Ctx<'_>,
     base: &str,
     pairs: &BTreeMap<String, String>,
+    variables: &[&str],
 ) -> Option<Vec<(String, CompiledTree)>> {
     let mut out = Vec::new();
     for (name, value) in pairs {
         let key = join_key(base, name);
         let tree = Value::String(value.clone());
-        let uses = check_tree(
-            ctx.source,
-            &key,
-            &tree,
-            Some(OPERATION_VARIABLES),
-            ctx.diagnostics,
-        );
+        let uses = check_tree(ctx.source, &key, &tree, Some(variables), ctx.diagnostics);
         ctx.uses.extend(uses);
         out.push((name.clone(), compile(ctx, &key, &tree)?));
     }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use connector::{
-    BatchPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan, RulePlan, base_url_credentials,
-    base_url_problem, secret_env_names,
+    BULK_JOB_VARIABLES, BatchPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan,
+    PollSchedule, RulePlan, base_url_credentials, base_url_problem, secret_env_names,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,

@@ -103,6 +103,8 @@ pub(crate) struct Limits {
     daily: Option<Daily>,
     search: Option<Window>,
     brevo: Option<Window>,
+    /// Brevo's budget for "all other endpoints" (`/v3/processes`, ...).
+    brevo_other: Option<Window>,
 }
 
 impl Limits {
@@ -117,6 +119,7 @@ impl Limits {
             }),
             search: window(opts.hubspot_search_per_s, 1_000),
             brevo: window(opts.brevo_per_s, 1_000),
+            brevo_other: window(opts.brevo_other_per_hour, 3_600_000),
         }
     }
 
@@ -159,10 +162,16 @@ impl Limits {
         }
     }
 
-    /// Brevo `/v3/contacts*`: one rolling one-second window.
-    pub(crate) fn admit_brevo(&mut self, now: Instant) -> Admission {
+    /// Brevo: `/v3/contacts*` in one rolling one-second window, every other
+    /// endpoint (`/v3/processes`) in one rolling hour.
+    pub(crate) fn admit_brevo(&mut self, now: Instant, contacts: bool) -> Admission {
         let mut admission = Admission::default();
-        let Some(window) = self.brevo.as_mut() else {
+        let window = if contacts {
+            self.brevo.as_mut()
+        } else {
+            self.brevo_other.as_mut()
+        };
+        let Some(window) = window else {
             return admission;
         };
         if window.is_full(now) {

@@ -60,6 +60,17 @@ pub struct SandboxOptions {
     /// Brevo `/v3/contacts*` requests per rolling second (real: 10); unset = unlimited.
     #[arg(long)]
     pub brevo_per_s: Option<u32>,
+    /// Brevo requests per rolling hour to endpoints outside `/v3/contacts`
+    /// (`/v3/processes`; real: 100 on the general tier); unset = unlimited.
+    #[arg(long)]
+    pub brevo_other_per_hour: Option<u32>,
+    /// Milliseconds before a Brevo import is applied and its process
+    /// `completed` (Brevo publishes no figure; an assumption).
+    #[arg(long, default_value_t = 1_000)]
+    pub brevo_import_delay_ms: u64,
+    /// Microseconds per imported contact added to that delay.
+    #[arg(long, default_value_t = 100)]
+    pub brevo_import_us_per_row: u64,
     /// HubSpot search index lag: milliseconds before a write shows in search.
     #[arg(long, default_value_t = 0)]
     pub search_lag_ms: u64,
@@ -87,6 +98,9 @@ impl Default for SandboxOptions {
             hubspot_daily: None,
             hubspot_search_per_s: None,
             brevo_per_s: None,
+            brevo_other_per_hour: None,
+            brevo_import_delay_ms: 1_000,
+            brevo_import_us_per_row: 100,
             search_lag_ms: 0,
             hubspot_token: None,
             brevo_api_key: None,

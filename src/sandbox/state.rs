@@ -72,7 +72,14 @@ impl App {
     }
 
     pub(crate) fn brevo_contacts(&self) -> Vec<Value> {
-        lock(&self.brevo).dump()
+        self.brevo_settled().dump()
+    }
+
+    /// Brevo's store, with every import whose processing delay is over applied.
+    pub(crate) fn brevo_settled(&self) -> std::sync::MutexGuard<'_, BrevoStore> {
+        let mut store = lock(&self.brevo);
+        super::brevo::import::settle(&mut store, self.clock.instant(), self.clock.wall());
+        store
     }
 
     pub(crate) fn stats_json(&self) -> Value {

@@ -18,6 +18,7 @@ macro_rules! assert_snapshot {
     };
 }
 
+mod bulk;
 mod cli;
 mod crash;
 mod demo;

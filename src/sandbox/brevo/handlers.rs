@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::super::common::lock;
 use super::super::state::App;
 use super::errors::{BvError, parse};
 use super::store::Changes;
@@ -71,7 +70,7 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<R
         ));
     }
     let now = app.clock.wall();
-    let mut store = lock(&app.brevo);
+    let mut store = app.brevo_settled();
     let target = store.existing(&changes);
     if let Some((_, what)) = target.filter(|_| !body.update_enabled) {
         return Err(BvError::duplicate("create", what));
@@ -94,17 +93,6 @@ pub(crate) async fn create(State(app): State<Arc<App>>, body: Bytes) -> Result<R
     })
 }
 
-/// `GET /v3/contacts?limit=N`: the first N contacts (50 by default) and the
-/// count; a harmless read for `engine check --live`.
-pub(crate) async fn list(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Json<Value> {
-    let limit = super::super::common::limit_of(query.as_deref()).unwrap_or(50);
-    let store = lock(&app.brevo);
-    let all = store.dump();
-    let count = all.len();
-    let contacts: Vec<Value> = all.into_iter().take(limit).collect();
-    Json(serde_json::json!({ "contacts": contacts, "count": count }))
-}
-
 /// `GET /v3/contacts/{identifier}`: the contact, or 404 `document_not_found`.
 pub(crate) async fn read(
     State(app): State<Arc<App>>,
@@ -112,7 +100,7 @@ pub(crate) async fn read(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, BvError> {
     let ident = path_ident(&identifier, query.as_deref())?;
-    let store = lock(&app.brevo);
+    let store = app.brevo_settled();
     let contact = store
         .find(&ident)
         .and_then(|id| store.get(id))
@@ -131,7 +119,7 @@ pub(crate) async fn update(
     let fields: Fields = parse(&body)?;
     let changes = fields.changes()?;
     let now = app.clock.wall();
-    let mut store = lock(&app.brevo);
+    let mut store = app.brevo_settled();
     let id = store.find(&ident).ok_or_else(BvError::not_found)?;
     store.check_unique(&changes, Some(id), "update")?;
     store.update(id, changes, now);
@@ -146,7 +134,7 @@ pub(crate) async fn delete(
     RawQuery(query): RawQuery,
 ) -> Result<StatusCode, BvError> {
     let ident = path_ident(&identifier, query.as_deref())?;
-    let mut store = lock(&app.brevo);
+    let mut store = app.brevo_settled();
     let id = store.find(&ident).ok_or_else(BvError::not_found)?;
     store.delete(id);
     Ok(StatusCode::NO_CONTENT)
@@ -186,7 +174,7 @@ impl BatchContact {
 pub(crate) async fn batch(State(app): State<Arc<App>>, body: Bytes) -> Result<StatusCode, BvError> {
     let BatchBody { contacts } = parse(&body)?;
     let now = app.clock.wall();
-    let mut store = lock(&app.brevo);
+    let mut store = app.brevo_settled();
     let mut writes = Vec::with_capacity(contacts.len());
     for contact in contacts {
         let ident = contact.ident()?;

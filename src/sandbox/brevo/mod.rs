@@ -2,12 +2,14 @@
 
 mod errors;
 mod handlers;
+pub(crate) mod import;
 pub(crate) mod store;
 mod validate;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::Response;
@@ -20,8 +22,13 @@ use super::state::App;
 
 pub(crate) fn routes(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v3/contacts", post(handlers::create).get(handlers::list))
+        .route("/v3/contacts", post(handlers::create).get(import::list))
         .route("/v3/contacts/batch", post(handlers::batch))
+        .route(
+            "/v3/contacts/import",
+            post(import::import).layer(DefaultBodyLimit::max(2 * import::MAX_IMPORT_BYTES)),
+        )
+        .route("/v3/processes/{processId}", get(import::process))
         .route(
             "/v3/contacts/{identifier}",
             get(handlers::read)
@@ -52,9 +59,9 @@ impl Vendor for Brevo {
         errors::unauthorized()
     }
 
-    fn admit(app: &App, _route: &str) -> Admission {
+    fn admit(app: &App, route: &str) -> Admission {
         let now = app.clock.instant();
-        lock(&app.limits).admit_brevo(now)
+        lock(&app.limits).admit_brevo(now, route.contains(" /v3/contacts"))
     }
 
     fn rate_limited(_policy: Policy) -> Response {

@@ -96,9 +96,31 @@ impl Contact {
 pub(crate) struct Store {
     contacts: BTreeMap<u64, Contact>,
     by_email: HashMap<String, u64>,
+    /// Imports, applied once their processing delay is over.
+    pub(crate) processes: Vec<super::import::Process>,
 }
 
 impl Store {
+    /// The id of the next import's process.
+    pub(crate) fn next_process_id(&self) -> u64 {
+        self.processes.len() as u64 + 1
+    }
+
+    /// Contacts modified (and created) strictly after the given instants,
+    /// oldest first, as the listing shows them.
+    pub(crate) fn changed_since(
+        &self,
+        modified: Option<DateTime<Utc>>,
+        created: Option<DateTime<Utc>>,
+    ) -> Vec<Value> {
+        self.contacts
+            .values()
+            .filter(|c| modified.is_none_or(|t| c.modified_at > t))
+            .filter(|c| created.is_none_or(|t| c.created_at > t))
+            .map(Contact::json)
+            .collect()
+    }
+
     pub(crate) fn get(&self, id: u64) -> Option<&Contact> {
         self.contacts.get(&id)
     }
