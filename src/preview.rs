@@ -141,6 +141,40 @@ fn render_rows(
 /// The first request of each row's flow (one per chunk in batch mode), titled.
 fn requests(client: &CrmClient, jobs: &[RowJob]) -> anyhow::Result<Vec<(String, PreviewRequest)>> {
     let mut requests = Vec::new();
+    // As many rows as a bulk job needs: the run submits them as one (see
+    // `crm::execute`); the poll and the confirm depend on the CRM's answer.
+    if let Some(bulk) = client
+        .plan
+        .bulk
+        .as_ref()
+        .filter(|b| jobs.len() >= b.min_rows)
+    {
+        for chunk in jobs.chunks(bulk.max_rows.max(1)) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for job in chunk {
+                items.push(
+                    client
+                        .templates()
+                        .render_tree(&bulk.item, &job.ctx, OnEmpty::Omit)?,
+                );
+            }
+            let mut params = chunk[0]
+                .ctx
+                .get("params")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            params.extend(bulk.params_from_env.clone());
+            let ctx = serde_json::json!({ "items": items, "params": params });
+            let title = format!(
+                "{} ({} rows as one bulk job; then polled and confirmed)",
+                bulk.submit.label,
+                chunk.len()
+            );
+            requests.push((title, client.preview(&bulk.submit, &ctx)?));
+        }
+        return Ok(requests);
+    }
     match &client.plan.flow {
         Flow::Batch { batch } => {
             for chunk in jobs.chunks(batch.max_items.max(1)) {

@@ -29,6 +29,38 @@ pub fn shipped_plan(env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>>
 /// The sandbox's limits are off too; without this the engine's own limiter
 /// would still pace the run at 100 requests per 10 s (1,000 contacts/s).
 pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
+    let dir = copied_config()?;
+    let hubspot = dir.path().join("connectors/hubspot.toml");
+    let text = std::fs::read_to_string(&hubspot)?;
+    let window = "name = \"ten_secondly\"\nrequests = 100\n";
+    ensure!(
+        text.contains(window),
+        "connectors/hubspot.toml no longer has {window:?}; update the bench"
+    );
+    std::fs::write(
+        &hubspot,
+        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
+    )?;
+    Ok(dir)
+}
+
+/// For the per-contact Brevo scenario: a copy of the shipped config whose one
+/// change is that `connectors/brevo.toml` has no `[bulk]` flow, so every
+/// contact goes in its own request however many are due.
+pub fn per_contact_brevo_config() -> anyhow::Result<tempfile::TempDir> {
+    let dir = copied_config()?;
+    let brevo = dir.path().join("connectors/brevo.toml");
+    let text = std::fs::read_to_string(&brevo)?;
+    let start = text
+        .find("\n[bulk]")
+        .context("connectors/brevo.toml no longer has [bulk]; update the bench")?;
+    // [bulk] and its sub-tables are the file's last tables.
+    std::fs::write(&brevo, &text[..start])?;
+    Ok(dir)
+}
+
+/// A copy of the shipped `connectors/` and `mappings/` in a temp dir.
+fn copied_config() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("engine-bench-config-")
         .tempdir()?;
@@ -46,17 +78,6 @@ pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
             }
         }
     }
-    let hubspot = dir.path().join("connectors/hubspot.toml");
-    let text = std::fs::read_to_string(&hubspot)?;
-    let window = "name = \"ten_secondly\"\nrequests = 100\n";
-    ensure!(
-        text.contains(window),
-        "connectors/hubspot.toml no longer has {window:?}; update the bench"
-    );
-    std::fs::write(
-        &hubspot,
-        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
-    )?;
     Ok(dir)
 }
 

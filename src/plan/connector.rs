@@ -1401,7 +1401,50 @@ fn build_rules(
 
 #[cfg(test)]
 mod tests {
-    use super::pointer_for;
+    use super::{PollSchedule, pointer_for};
+    use std::time::Duration;
+
+    #[test]
+    fn a_job_is_read_after_the_first_wait_then_at_growing_intervals_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let schedule = PollSchedule {
+            first_after: ms(2_000),
+            interval: ms(3_000),
+            backoff: 2.0,
+            max_interval: ms(10_000),
+            max_polls: 5,
+        };
+        let delays: Vec<_> = (0..6).map(|poll| schedule.delay(poll)).collect();
+        assert_eq!(
+            delays,
+            [
+                Some(ms(2_000)),
+                Some(ms(3_000)),
+                Some(ms(6_000)),
+                Some(ms(10_000)),
+                Some(ms(10_000)),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fixed_interval_stays_fixed_and_a_huge_poll_number_does_not_overflow() {
+        let ms = Duration::from_millis;
+        let schedule = PollSchedule {
+            first_after: ms(0),
+            interval: ms(500),
+            backoff: 1.0,
+            max_interval: ms(60_000),
+            max_polls: u32::MAX,
+        };
+        assert_eq!(schedule.delay(7), Some(ms(500)));
+        let growing = PollSchedule {
+            backoff: 10.0,
+            ..schedule
+        };
+        assert_eq!(growing.delay(u32::MAX - 1), Some(ms(60_000)));
+    }
 
     #[test]
     fn a_jsonpath_or_dotted_path_is_suggested_as_the_json_pointer_it_means() {

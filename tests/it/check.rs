@@ -263,3 +263,37 @@ fn the_example_connectors_of_six_other_crms_pass_check() {
         "{output}"
     );
 }
+
+#[test]
+fn a_bulk_flow_that_could_never_run_or_reads_an_unknown_variable_is_reported_at_its_keys() {
+    let config = ConfigDir::shipped();
+    config.edit(
+        "connectors/brevo.toml",
+        "min_rows = 100",
+        "min_rows = 20000",
+    );
+    config.edit(
+        "connectors/brevo.toml",
+        "path = \"/processes/{{job}}\"",
+        "path = \"/processes/{{process_id}}\"",
+    );
+    insta::assert_snapshot!(check(&config));
+}
+
+#[test]
+fn a_bulk_poll_backoff_below_one_is_reported_at_its_value() {
+    let config = ConfigDir::shipped();
+    config.edit("connectors/brevo.toml", "backoff = 2.0", "backoff = 0.5");
+    insta::assert_snapshot!(check(&config));
+}
+
+#[test]
+fn an_unknown_key_in_the_bulk_flow_is_reported_with_a_suggestion() {
+    let config = ConfigDir::shipped();
+    config.edit(
+        "connectors/brevo.toml",
+        "page_size = 1000",
+        "page_sise = 1000",
+    );
+    insta::assert_snapshot!(check(&config));
+}

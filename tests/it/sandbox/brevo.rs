@@ -309,3 +309,157 @@ async fn brevo_delete_by_email_finds_the_contact_case_insensitively() {
     assert_eq!(deleted.status, 204, "{}", deleted.body);
     assert!(env.sandbox.brevo_contacts().is_empty());
 }
+
+#[tokio::test]
+async fn brevo_import_answers_202_and_applies_its_valid_rows_once_the_process_completes() {
+    let env = start(SandboxOptions {
+        brevo_import_delay_ms: 60_000,
+        ..options()
+    })
+    .await;
+    let body = json!({
+        "jsonBody": [
+            {"email": "Ada@Example.com", "attributes": {"FIRSTNAME": "Ada", "NOT_IN_ACCOUNT": 1}},
+            {"email": "not-an-email", "attributes": {"FIRSTNAME": "Skipped"}},
+            {"email": "bob@example.com", "attributes": {"SMS": "12"}},
+        ],
+        "listIds": [7],
+    });
+    let answer = env
+        .brevo(Method::POST, "/contacts/import", Some(body))
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body, json!({"processId": 1}));
+    let process = env.brevo(Method::GET, "/processes/1", None).await;
+    assert_eq!(process.body["status"], "in_process");
+    assert!(env.sandbox.brevo_contacts().is_empty(), "not applied yet");
+
+    env.sandbox.advance_clock(Duration::from_secs(60));
+
+    let process = env.brevo(Method::GET, "/processes/1", None).await;
+    assert_eq!(process.body["status"], "completed");
+    // The invalid email and the invalid SMS were skipped without a word; the
+    // unknown attribute was ignored.
+    let contacts = env.sandbox.brevo_contacts();
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0]["email"], "ada@example.com");
+    assert_eq!(contacts[0]["listIds"], json!([7]));
+    assert_eq!(contacts[0]["attributes"], json!({"FIRSTNAME": "Ada"}));
+}
+
+#[tokio::test]
+async fn brevo_import_updates_existing_contacts_instead_of_duplicating_them() {
+    let env = start(SandboxOptions {
+        brevo_import_delay_ms: 0,
+        brevo_import_us_per_row: 0,
+        ..options()
+    })
+    .await;
+    let id = env
+        .brevo_contact(json!({"email": "ada@example.com", "attributes": {"FIRSTNAME": "A"}}))
+        .await;
+    let body = json!({
+        "jsonBody": [{"email": "ADA@example.com", "attributes": {"FIRSTNAME": "Ada"}}],
+        "listIds": [7],
+    });
+    for _ in 0..2 {
+        let answer = env
+            .brevo(Method::POST, "/contacts/import", Some(body.clone()))
+            .await;
+        assert_eq!(answer.status, 202);
+    }
+    let contacts = env.sandbox.brevo_contacts();
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0]["id"], id);
+    assert_eq!(contacts[0]["attributes"]["FIRSTNAME"], "Ada");
+}
+
+#[tokio::test]
+async fn brevo_import_without_a_list_or_contacts_answers_400() {
+    let env = start(options()).await;
+    let no_list = json!({"jsonBody": [{"email": "ada@example.com"}]});
+    let answer = env
+        .brevo(Method::POST, "/contacts/import", Some(no_list))
+        .await;
+    assert_error(
+        &answer,
+        400,
+        "missing_parameter",
+        "listIds or newList is mandatory",
+    );
+    let no_contacts = json!({"listIds": [7]});
+    let answer = env
+        .brevo(Method::POST, "/contacts/import", Some(no_contacts))
+        .await;
+    assert_eq!(answer.status, 400);
+    let unknown = env.brevo(Method::GET, "/processes/99", None).await;
+    assert_eq!(unknown.status, 404);
+}
+
+#[tokio::test]
+async fn brevo_listing_pages_at_most_1000_contacts_modified_after_the_given_instant() {
+    let env = start(options()).await;
+    for i in 0..3 {
+        env.brevo_contact(json!({"email": format!("old{i}@example.com")}))
+            .await;
+    }
+    env.sandbox.advance_clock(Duration::from_secs(10));
+    let since = chrono::Utc::now() + chrono::Duration::seconds(5);
+    env.sandbox.advance_clock(Duration::from_secs(10));
+    for i in 0..3 {
+        env.brevo_contact(json!({"email": format!("new{i}@example.com")}))
+            .await;
+    }
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let page =
+        |offset: usize| format!("/contacts?modifiedSince={since}&limit=2&offset={offset}&sort=asc");
+    let first = env.brevo(Method::GET, &page(0), None).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["count"], 3);
+    let emails = |answer: &Answer| -> Vec<String> {
+        answer.body["contacts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["email"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(emails(&first), ["new0@example.com", "new1@example.com"]);
+    let second = env.brevo(Method::GET, &page(2), None).await;
+    assert_eq!(emails(&second), ["new2@example.com"]);
+    let too_many = env.brevo(Method::GET, "/contacts?limit=1001", None).await;
+    assert_eq!(too_many.status, 400);
+}
+
+#[tokio::test]
+async fn brevo_processes_draw_on_the_hourly_budget_of_other_endpoints_not_on_contacts() {
+    let env = start(SandboxOptions {
+        brevo_per_s: Some(1),
+        brevo_other_per_hour: Some(2),
+        ..options()
+    })
+    .await;
+    // The contacts window is spent; the processes budget is not.
+    assert_eq!(
+        env.brevo(Method::GET, "/contacts/1", None).await.status,
+        404
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            env.brevo(Method::GET, "/processes/1", None).await.status,
+            404
+        );
+    }
+    let limited = env.brevo(Method::GET, "/processes/1", None).await;
+    assert_eq!(limited.status, 429);
+    env.sandbox.advance_clock(Duration::from_secs(3_599));
+    assert_eq!(
+        env.brevo(Method::GET, "/processes/1", None).await.status,
+        429
+    );
+    env.sandbox.advance_clock(Duration::from_secs(1));
+    assert_eq!(
+        env.brevo(Method::GET, "/processes/1", None).await.status,
+        404
+    );
+}
