@@ -653,7 +653,9 @@ async fn process_queue_batch(
 fn claim_size(run: &Run, mapping: &MappingPlan) -> usize {
     let batch = mapping.schedule.batch_size as usize;
     match &run.client.plan.bulk {
-        Some(bulk) if mapping.mode == SyncMode::Upsert => batch.max(bulk.max_rows),
+        Some(bulk) if mapping.mode == SyncMode::Upsert && bulk.usable_with(&mapping.params) => {
+            batch.max(bulk.max_rows)
+        }
         _ => batch,
     }
 }

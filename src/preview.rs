@@ -158,13 +158,13 @@ fn requests(client: &CrmClient, jobs: &[RowJob]) -> anyhow::Result<Vec<(String, 
                         .render_tree(&bulk.item, &job.ctx, OnEmpty::Omit)?,
                 );
             }
-            let mut params = chunk[0]
+            let mapping_params = chunk[0]
                 .ctx
                 .get("params")
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default();
-            params.extend(bulk.params_from_env.clone());
+            let params = bulk.params(&mapping_params);
             let ctx = serde_json::json!({ "items": items, "params": params });
             let title = format!(
                 "{} ({} rows as one bulk job; then polled and confirmed)",

@@ -657,6 +657,11 @@ pub struct Bulk {
     /// (or the connector's) param is used.
     #[serde(default)]
     pub params_env: BTreeMap<String, String>,
+    /// Params the job cannot do without, e.g. `["list_ids"]` (a Brevo import
+    /// needs a list): while one is empty (unset, `""`, `[]`), the mapping
+    /// takes the per-row flow only.
+    #[serde(default)]
+    pub requires_params: Vec<String>,
     /// The request that starts a job.
     pub submit: BulkSubmit,
     /// The request that reads a job's status.

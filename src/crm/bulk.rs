@@ -98,14 +98,16 @@ fn chunk(
 /// The params bulk requests see: the mapping's, then those environment
 /// variables set (`bulk.params_env`).
 fn params_of(plan: &BulkPlan, jobs: &[RowJob]) -> Value {
-    let mut params = jobs
-        .first()
+    Value::Object(plan.params(&mapping_params(jobs)))
+}
+
+/// The mapping's params, as every job of a claim carries them.
+pub(super) fn mapping_params(jobs: &[RowJob]) -> Map<String, Value> {
+    jobs.first()
         .and_then(|job| job.ctx.get("params"))
         .and_then(Value::as_object)
         .cloned()
-        .unwrap_or_default();
-    params.extend(plan.params_from_env.clone());
-    Value::Object(params)
+        .unwrap_or_default()
 }
 
 type Outcomes = Vec<(usize, Option<RowOutcome>)>;

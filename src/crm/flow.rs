@@ -62,6 +62,7 @@ pub async fn execute(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
         .bulk
         .as_ref()
         .filter(|bulk| jobs.len() >= bulk.min_rows)
+        .filter(|bulk| bulk.usable_with(&bulk::mapping_params(jobs)))
     else {
         return per_row(client, jobs).await;
     };

@@ -185,6 +185,8 @@ pub struct BulkPlan {
     pub max_rows: usize,
     /// Params set by environment variables, over the mapping's.
     pub params_from_env: Map<String, Value>,
+    /// Params that must not be empty for the flow to be used.
+    pub requires_params: Vec<String>,
     /// Starts a job (its body holds `{{items}}`).
     pub submit: OpPlan,
     /// One item per row.
@@ -215,6 +217,31 @@ pub struct BulkPlan {
     pub max_pages: usize,
     /// How far before the submit `{{since}}` lies.
     pub since_margin: Duration,
+}
+
+impl BulkPlan {
+    /// The params bulk requests see for a mapping whose params are
+    /// `mapping`: those, then those environment variables set.
+    pub fn params(&self, mapping: &Map<String, Value>) -> Map<String, Value> {
+        let mut params = mapping.clone();
+        params.extend(self.params_from_env.clone());
+        params
+    }
+
+    /// Whether a mapping with these params may use the flow: every
+    /// `requires_params` entry holds something.
+    pub fn usable_with(&self, mapping: &Map<String, Value>) -> bool {
+        let params = self.params(mapping);
+        self.requires_params
+            .iter()
+            .all(|name| match params.get(name) {
+                None | Some(Value::Null) => false,
+                Some(Value::String(s)) => !s.trim().is_empty(),
+                Some(Value::Array(items)) => !items.is_empty(),
+                Some(Value::Object(map)) => !map.is_empty(),
+                Some(_) => true,
+            })
+    }
 }
 
 /// When a job's status is read: a pure function of the read's number.
@@ -1162,6 +1189,7 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
         min_rows: bulk.min_rows as usize,
         max_rows: bulk.max_rows as usize,
         params_from_env,
+        requires_params: bulk.requires_params.clone(),
         submit: submit_op?,
         item: item?,
         job_id_pointer: submit.job_id_pointer.clone(),
