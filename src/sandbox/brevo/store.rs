@@ -96,6 +96,9 @@ impl Contact {
 pub(crate) struct Store {
     contacts: BTreeMap<u64, Contact>,
     by_email: HashMap<String, u64>,
+    /// SMS number -> contact, so that an import of thousands does not scan
+    /// every contact per row.
+    by_sms: HashMap<String, u64>,
     /// Imports, applied once their processing delay is over.
     pub(crate) processes: Vec<super::import::Process>,
 }
@@ -112,12 +115,11 @@ impl Store {
         &self,
         modified: Option<DateTime<Utc>>,
         created: Option<DateTime<Utc>>,
-    ) -> Vec<Value> {
+    ) -> Vec<&Contact> {
         self.contacts
             .values()
             .filter(|c| modified.is_none_or(|t| c.modified_at > t))
             .filter(|c| created.is_none_or(|t| c.created_at > t))
-            .map(Contact::json)
             .collect()
     }
 
@@ -133,7 +135,7 @@ impl Store {
         match ident {
             Ident::Email(email) => self.by_email.get(email).copied(),
             Ident::Id(id) => self.contacts.get(id).map(|c| c.id),
-            Ident::Sms(sms) => self.find_by(|c| c.attribute("SMS") == Some(sms)),
+            Ident::Sms(sms) => self.by_sms.get(sms).copied(),
             Ident::ExtId(ext) => self.find_by(|c| c.ext_id.as_deref() == Some(ext)),
             Ident::IdOrSms(digits) => digits
                 .parse()
@@ -195,6 +197,9 @@ impl Store {
         if let Some(email) = &contact.email {
             self.by_email.insert(email.clone(), id);
         }
+        if let Some(sms) = contact.attribute("SMS") {
+            self.by_sms.insert(sms.to_owned(), id);
+        }
         self.contacts.insert(id, contact);
         id
     }
@@ -204,7 +209,17 @@ impl Store {
             return;
         };
         let old_email = contact.email.clone();
+        let old_sms = contact.attribute("SMS").map(str::to_owned);
         contact.apply(changes, now);
+        let new_sms = contact.attribute("SMS").map(str::to_owned);
+        if new_sms != old_sms {
+            if let Some(old) = old_sms {
+                self.by_sms.remove(&old);
+            }
+            if let Some(new) = new_sms {
+                self.by_sms.insert(new, id);
+            }
+        }
         if contact.email != old_email {
             if let Some(old) = old_email {
                 self.by_email.remove(&old);
@@ -222,6 +237,9 @@ impl Store {
         };
         if let Some(email) = &contact.email {
             self.by_email.remove(email);
+        }
+        if let Some(sms) = contact.attribute("SMS") {
+            self.by_sms.remove(sms);
         }
         true
     }
