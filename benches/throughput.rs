@@ -19,8 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +30,12 @@ use engine::demo::sandbox_env;
 use engine::engine::{RunOptions, run_connector};
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, Queue, RowResult, RowUpdate, Store, TableSpec};
+use support::child::{EngineRun, run_hubspot};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
 use support::{
-    CpuTicks, completion, load_average, max_in_flight, median, memory_kb, plan_at, rate_limited,
-    shipped_plan, total_requests, unlimited_config,
+    CpuTicks, completion, load_average, max_in_flight, median, plan_at, rate_limited, shipped_plan,
+    total_requests, unlimited_config,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -750,72 +750,13 @@ async fn rss(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
     ])
 }
 
-struct Child {
-    status: std::process::ExitStatus,
-    elapsed: Duration,
-    peak_kb: u64,
-    last_kb: u64,
-    log_lines: u64,
-    tail: Vec<String>,
-}
-
+/// `engine run --connector hubspot` at its default log level (every row at
+/// info: the log lines are counted).
 async fn run_engine_child(
     env: &BTreeMap<String, String>,
     config_dir: &std::path::Path,
     database: &str,
     dir: &std::path::Path,
-) -> anyhow::Result<Child> {
-    let bin = env!("CARGO_BIN_EXE_engine");
-    let start = Instant::now();
-    let mut child = std::process::Command::new(bin)
-        .args(["run", "--connector", "hubspot", "--config-dir"])
-        .arg(config_dir)
-        .args(["--database", database])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let pid = child.id();
-    // The engine logs every row at info (its default): count the lines, keep the last few.
-    let stderr = child.stderr.take().context("piped stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut count = 0u64;
-        let mut tail = std::collections::VecDeque::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            count += 1;
-            tail.push_back(line);
-            if tail.len() > 20 {
-                tail.pop_front();
-            }
-        }
-        (count, Vec::from(tail))
-    });
-    let (mut peak_kb, mut last_kb) = (0, 0);
-    let status = loop {
-        if let Some((hwm, rss)) = memory_kb(pid) {
-            peak_kb = peak_kb.max(hwm);
-            last_kb = rss;
-        }
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let elapsed = start.elapsed();
-    let (log_lines, tail) = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the log reader panicked"))?;
-    Ok(Child {
-        status,
-        elapsed,
-        peak_kb,
-        last_kb,
-        log_lines,
-        tail,
-    })
+) -> anyhow::Result<EngineRun> {
+    run_hubspot(&[], env, config_dir, database, dir, "").await
 }

@@ -1,6 +1,7 @@
 //! Pieces the scenarios share: the shipped config, fresh databases filled with
 //! queued seed-shaped rows, the sandbox and its request timeline, and statistics.
 
+pub mod child;
 pub mod db;
 pub mod timeline;
 

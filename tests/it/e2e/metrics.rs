@@ -223,7 +223,8 @@ async fn a_connector_paused_by_a_broken_config_makes_readyz_fail_and_shows_in_th
         return;
     };
     // Brevo without its /v3 prefix: every endpoint answers 404.
-    f.env.insert("BREVO_BASE_URL".into(), f.sandbox.base_url());
+    let base_url = f.sandbox.base_url();
+    f.env.insert("BREVO_BASE_URL".into(), base_url);
     f.insert(&generated_rows(3)).await;
     let mut engine = f.spawn(&[
         "run",
