@@ -218,7 +218,7 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "?".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!(
         "machine: {cores} cores, {cpu}, kernel {}, load {}, {}",
         kernel.trim(),
@@ -396,8 +396,8 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
             target: Target::EveryRunAtMost(0.0),
         },
     ];
-    match results.iter().all(|r| r.sustained.is_some()) {
-        true => lines.insert(
+    if results.iter().all(|r| r.sustained.is_some()) {
+        lines.insert(
             0,
             Line {
                 scenario: s.name,
@@ -406,9 +406,10 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
                 decimals: 3,
                 target: Target::AtLeast(0.95),
             },
-        ),
+        );
+    } else {
         // Too few requests for a second window: the whole run is all there is.
-        false => lines[0].target = Target::AtLeast(0.95),
+        lines[0].target = Target::AtLeast(0.95);
     }
     Ok(lines)
 }
@@ -449,16 +450,17 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
     db.store.close().await;
     if let Ok(path) = std::env::var("BENCH_TIMELINE") {
         // A diagnostic: "seconds requests-arrived" per change, for plotting.
-        let text: String = points
-            .iter()
-            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
-            .collect();
+        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
+            // Writing to a String cannot fail.
+            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
+            text
+        });
         std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
     }
     let n = s.window_requests;
     let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
         (Some(first), Some(last)) if ceiling.requests > n && last > first => {
-            let rate = (ceiling.requests - n) as f64 / (last - first).as_secs_f64();
+            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
             Some(rate / (n as f64 / s.window.as_secs_f64()))
         }
         _ => None,

@@ -408,7 +408,7 @@ async fn cycle_until_done(
         }
         let mut shutdown = run.shutdown.clone();
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }

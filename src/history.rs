@@ -4,6 +4,7 @@
 //! tables keep separate histories, and each keeps only its latest `keep`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -332,8 +333,10 @@ pub fn render(cycles: &[Cycle]) -> String {
     );
     for cycle in cycles {
         let secs = (cycle.finished_at - cycle.started_at).num_milliseconds() as f64 / 1000.0;
-        out.push_str(&format!(
-            "{:<20} {:<16} {:>7.1} {:<7} {:>8} {:>6} {:>8} {:>8}  {}\n",
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:>7.1} {:<7} {:>8} {:>6} {:>8} {:>8}  {}",
             cycle.started_at.format("%Y-%m-%d %H:%M:%S"),
             cycle.mapping,
             secs,
@@ -343,7 +346,7 @@ pub fn render(cycles: &[Cycle]) -> String {
             cycle.counts.retrying,
             cycle.counts.deferred,
             cycle.first_error.as_deref().unwrap_or("-"),
-        ));
+        );
     }
     out
 }

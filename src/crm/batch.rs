@@ -51,7 +51,7 @@ fn send_chunk<'a>(
                     }
                 },
                 Err(err) => {
-                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")))
+                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")));
                 }
             }
         }

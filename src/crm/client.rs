@@ -570,7 +570,7 @@ impl CrmClient {
                     "The CRM is pushing back; fewer requests in flight until it answers normally."
                 ),
                 Signal::Fine => {
-                    tracing::debug!(op = %op.label, limit, max, "Requests in flight raised.")
+                    tracing::debug!(op = %op.label, limit, max, "Requests in flight raised.");
                 }
             }
         }

@@ -63,7 +63,7 @@ async fn after_lookup(
             (_, Err(outcome)) => outcomes[index] = Some(outcome),
             (SyncMode::UpdateOnly, Ok(None)) => outcomes[index] = Some(no_record(job)),
             (SyncMode::UpdateOnly, Ok(Some(Some(id)))) if client.plan.keyed.update.is_some() => {
-                by_id.push((index, id))
+                by_id.push((index, id));
             }
             (SyncMode::CreateOnly, Ok(Some(crm_id))) => outcomes[index] = Some(exists(job, crm_id)),
             _ => through_flow.push(index),

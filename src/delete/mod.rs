@@ -141,7 +141,7 @@ async fn delete_records(
     .await;
     for (chunk, reply) in chunks.iter().zip(replies) {
         let outcome = outcome_of(reply.action);
-        for (index, _) in chunk.iter() {
+        for (index, _) in *chunk {
             outcomes[*index] = Some(outcome.clone());
         }
     }

@@ -45,9 +45,15 @@ pub(crate) async fn process_batch(
     let lease = crate::engine::lease_deadline(now, mapping.schedule.lease_secs).trunc_subsecs(3);
     let spec = &mapping.table;
     let due = now.min(due_by);
-    let claimed = claim(store, spec, mapping.schedule.batch_size as i64, due, lease)
-        .await
-        .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
+    let claimed = claim(
+        store,
+        spec,
+        i64::from(mapping.schedule.batch_size),
+        due,
+        lease,
+    )
+    .await
+    .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
     if claimed.is_empty() {
         return Ok(0);
     }

@@ -198,10 +198,7 @@ id_pointer = "/id"
 
 fn md5_hex(text: &str) -> String {
     use md5::Digest;
-    md5::Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::support::hex(&md5::Md5::digest(text.as_bytes()))
 }
 
 fn base64(text: &str) -> String {

@@ -26,7 +26,7 @@ fn blocks() -> Vec<Block> {
                 open = Some(Block {
                     info: info.trim().to_string(),
                     text: String::new(),
-                })
+                });
             }
             (Some(_), Some(block)) => out.push(block),
             (None, Some(mut block)) => {

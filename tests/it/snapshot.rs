@@ -132,10 +132,11 @@ impl World {
         let rows: Vec<_> = rows
             .iter()
             .map(|(id, email, name)| {
-                let id = match self.uuid_ids {
+                let id = if self.uuid_ids {
                     // Not in insertion order: the id's last digits lead.
-                    true => json!(format!("{:08x}-0000-4000-8000-{id:012}", id * 7919 % 1000)),
-                    false => json!(id),
+                    json!(format!("{:08x}-0000-4000-8000-{id:012}", id * 7919 % 1000))
+                } else {
+                    json!(id)
                 };
                 json!({"id": id, "email": email, "name": name})
                     .as_object()

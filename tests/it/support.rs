@@ -2,6 +2,7 @@
 //! `engine` binary, and normalising its output for snapshots.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -551,4 +552,13 @@ pub fn replacing(pairs: &[(&str, &str)]) -> insta::Settings {
         settings.add_filter(&regex::escape(text), *placeholder);
     }
     settings
+}
+
+/// Bytes as lower-case hex (an MD5 digest as the CRMs spell it).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }

@@ -124,7 +124,7 @@ impl Org {
                     };
                 }
                 let id = self.seed(key, "");
-                self.contacts.last_mut().unwrap().fields = record.clone();
+                self.contacts.last_mut().unwrap().fields.clone_from(record);
                 Upserted::Done { id, created: true }
             }
             [one] => {
