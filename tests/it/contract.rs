@@ -23,7 +23,7 @@ use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, Harness, point_at, quiet};
+use crate::support::{ConfigDir, Harness, quiet};
 use openapi::OpenApi;
 use recorder::{Recorded, Recorder};
 
@@ -83,17 +83,7 @@ impl Recording {
         let recorder = Recorder::start(&sandbox.base_url()).await;
         let env = engine::demo::sandbox_env(&recorder.base_url);
         let mappings = ["brevo", "hubspot"];
-        let harness = Harness::start(
-            backend,
-            ConfigDir::shipped(),
-            env,
-            &mappings,
-            |config, db| {
-                point_at(config, db, &mappings);
-                edit(config);
-            },
-        )
-        .await?;
+        let harness = Harness::shipped(backend, env, &mappings, edit).await?;
         Some(Recording {
             harness,
             sandbox,

@@ -46,7 +46,7 @@ use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
-use crate::support::{ConfigDir, Harness, engine_bin, point_at, quiet};
+use crate::support::{ConfigDir, Harness, engine_bin, quiet};
 
 /// A sandbox on a free port, with `latency_ms` added to every CRM answer.
 pub fn sandbox_options(latency_ms: u64) -> SandboxOptions {
@@ -91,17 +91,7 @@ impl Fixture {
         let sandbox = Sandbox::start(sandbox).await.expect("the sandbox starts");
         let env = engine::demo::sandbox_env(&sandbox.base_url());
         let mappings = ["hubspot", "brevo"];
-        let harness = Harness::start(
-            backend,
-            ConfigDir::shipped(),
-            env,
-            &mappings,
-            |config, db| {
-                point_at(config, db, &mappings);
-                edit(config);
-            },
-        )
-        .await?;
+        let harness = Harness::shipped(backend, env, &mappings, edit).await?;
         Some(Fixture { harness, sandbox })
     }
 

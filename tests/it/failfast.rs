@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, Harness, point_at, run_engine};
+use crate::support::{Harness, run_engine};
 
 /// The shipped `connector` mapping over a fresh table holding `rows` queued rows.
 async fn setup(
@@ -20,16 +20,7 @@ async fn setup(
     env: BTreeMap<String, String>,
     rows: usize,
 ) -> Option<Harness> {
-    let harness = Harness::start(
-        backend,
-        ConfigDir::shipped(),
-        env,
-        &[connector],
-        |config, db| {
-            point_at(config, db, &[connector]);
-        },
-    )
-    .await?;
+    let harness = Harness::shipped(backend, env, &[connector], |_| {}).await?;
     let rows = (0..rows).map(|i| {
         json!({"id": row_id(i), "email": format!("person{i}@example.com"), "name": "Ada Lovelace"})
     });

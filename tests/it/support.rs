@@ -393,6 +393,27 @@ impl Harness {
         })
     }
 
+    /// The shipped config with `mappings` pointed at a fresh table and
+    /// migrated, after `edit` has changed it.
+    pub async fn shipped(
+        backend: Backend,
+        env: BTreeMap<String, String>,
+        mappings: &[&str],
+        edit: impl FnOnce(&ConfigDir),
+    ) -> Option<Harness> {
+        Harness::start(
+            backend,
+            ConfigDir::shipped(),
+            env,
+            mappings,
+            |config, db| {
+                point_at(config, db, mappings);
+                edit(config);
+            },
+        )
+        .await
+    }
+
     /// Re-reads the config (after an edit) and migrates again.
     pub async fn replan(&mut self) {
         let mappings: Vec<&str> = self.mappings.iter().map(String::as_str).collect();
@@ -502,15 +523,9 @@ impl SandboxHarness {
                 .await
                 .unwrap();
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let harness = Harness::start(
-            Backend::Sqlite,
-            ConfigDir::shipped(),
-            env,
-            &[connector],
-            |config, db| point_at(config, db, &[connector]),
-        )
-        .await
-        .expect("SQLite is always there");
+        let harness = Harness::shipped(Backend::Sqlite, env, &[connector], |_| {})
+            .await
+            .expect("SQLite is always there");
         SandboxHarness { harness, sandbox }
     }
 
