@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use crate::outcome::ResetUnit;
+pub use crate::send::outcome::ResetUnit;
 
 /// One CRM's API: where it is, how to authenticate, how fast it may be called,
 /// and how to upsert one record or a batch of them.

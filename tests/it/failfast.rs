@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use engine::clock::SystemClock;
-use engine::crm::probe::ConnectorPaused;
 use engine::engine::run_connector;
 use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::send::probe::ConnectorPaused;
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 

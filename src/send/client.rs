@@ -20,12 +20,12 @@ use super::response::Response;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
 use crate::config::connector::{Redirects, RuleAction};
-use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
 use crate::plan::{ConnectorPlan, Env, OpPlan};
 use crate::plan::{base_url_credentials, base_url_problem};
-use crate::ratelimit::{RateLimiter, Window};
 use crate::redact::url_for_display;
-use crate::retry::{Backoff, Jitter};
+use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
+use crate::send::ratelimit::{RateLimiter, Window};
+use crate::send::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
 /// The most the rate limiter adds to every window (see `CrmClient::new`).

@@ -6,6 +6,8 @@
 //! the next claim after it expires takes them again, and since every flow is an
 //! upsert keyed on the record's key, sending a row twice cannot create a duplicate.
 
+mod deletes;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,12 +21,12 @@ use tokio::sync::watch;
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
 use crate::config::mapping::OnRemoved;
-use crate::crm::probe::ConnectorPaused;
-use crate::crm::wait::{self, WaitBound};
-use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
-use crate::retry::{RetryDecision, next_row_retry};
+use crate::send::probe::ConnectorPaused;
+use crate::send::retry::{RetryDecision, next_row_retry};
+use crate::send::wait::{self, WaitBound};
+use crate::send::{CrmClient, RowJob, RowOutcome};
 use crate::snapshot::SnapshotFeed;
 use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
 use crate::template::{NOW_KEY, Templates};
@@ -587,8 +589,7 @@ async fn process_one_batch(
         Feed::Queue(queue) => {
             let mut claimed = process_queue_batch(run, mapping, changes, queue, due_by).await?;
             if mapping.on_removed == OnRemoved::Archive {
-                claimed += crate::delete::queue::process_batch(run, mapping, queue.store(), due_by)
-                    .await?;
+                claimed += deletes::process_batch(run, mapping, queue.store(), due_by).await?;
             }
             Ok(claimed)
         }
@@ -806,7 +807,7 @@ pub(crate) async fn sync_rows(
             },
         }
     }
-    let results = crate::crm::execute_in_mode(&run.client, &jobs, mapping.mode).await;
+    let results = crate::send::execute_in_mode(&run.client, &jobs, mapping.mode).await;
     for (outcome, indexes) in results.into_iter().zip(rows_of_job) {
         for index in indexes {
             outcomes[index] = Some(outcome.clone());

@@ -4,7 +4,7 @@
 //!
 //! Everything here is pure: the current time is a parameter.
 //!
-//! [`RateLimiter`]: crate::ratelimit::RateLimiter
+//! [`RateLimiter`]: crate::send::ratelimit::RateLimiter
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -125,7 +125,7 @@ impl Default for HeaderPolicy {
 }
 
 /// What one response says about the server's rate-limit count; feeds
-/// [`RateLimiter::observe`](crate::ratelimit::RateLimiter::observe).
+/// [`RateLimiter::observe`](crate::send::ratelimit::RateLimiter::observe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateInfo {
     /// Requests left in the server's window.

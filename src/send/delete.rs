@@ -1,10 +1,8 @@
 //! Deleting CRM records through the connector's `[delete]` operation: for
 //! snapshot rows that left their source, and for queue rows whose processing
-//! status asks for it (`Delete`, see [`queue`]). A 404 counts as done, so a
+//! status asks for it (`Delete`, see [`crate::engine::deletes`]). A 404 counts as done, so a
 //! delete repeated after a crash, or of a record someone else removed, is
 //! harmless.
-
-pub mod queue;
 
 use std::time::Duration;
 
@@ -12,9 +10,9 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{Map, Value};
 
-use crate::crm::{CrmClient, ReplyAction, RowOutcome};
 use crate::plan::{DeletePlan, MappingPlan};
-use crate::retry::{RetryDecision, next_row_retry};
+use crate::send::retry::{RetryDecision, next_row_retry};
+use crate::send::{CrmClient, ReplyAction, RowOutcome};
 use crate::store::RowUpdate;
 use crate::template::OnEmpty;
 

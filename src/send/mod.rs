@@ -7,11 +7,15 @@ mod batch;
 mod body;
 mod client;
 pub mod concurrency;
+pub mod delete;
 mod flow;
 pub mod margin;
 mod modes;
+pub mod outcome;
 pub mod probe;
+pub mod ratelimit;
 mod response;
+pub mod retry;
 pub mod wait;
 
 pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
