@@ -1,6 +1,6 @@
 //! Deleting CRM records through the connector's `[delete]` operation: for
 //! snapshot rows that left their source, and for queue rows whose processing
-//! status asks for it (`Delete`, see [`crate::engine::deletes`]). A 404 counts as done, so a
+//! status asks for it (`Delete`, see `engine::deletes`). A 404 counts as done, so a
 //! delete repeated after a crash, or of a record someone else removed, is
 //! harmless.
 

@@ -16,8 +16,10 @@ pub mod probe;
 pub mod ratelimit;
 mod response;
 pub mod retry;
+mod row;
 pub mod wait;
 
 pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
-pub use flow::{RowJob, RowOutcome, execute};
+pub use flow::execute;
 pub use modes::execute_in_mode;
+pub use row::{RowJob, RowOutcome};

@@ -19,7 +19,8 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use super::client::{CrmClient, ReplyAction};
-use super::flow::{RowJob, RowOutcome, execute, failure, without_fields};
+use super::flow::{execute, without_fields};
+use super::row::{RowJob, RowOutcome, failure};
 use crate::config::mapping::SyncMode;
 use crate::plan::OpPlan;
 
