@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
-use crate::config::mapping::OnRemoved;
 use crate::history::{Counts, Cycle, Tallies};
+use crate::plan::OnRemoved;
 use crate::plan::{Env, MappingPlan, Plan};
 use crate::send::probe::ConnectorPaused;
 use crate::send::retry::{RetryDecision, next_row_retry};

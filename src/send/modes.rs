@@ -21,8 +21,8 @@ use serde_json::Value;
 use super::client::{CrmClient, ReplyAction};
 use super::flow::{execute, without_fields};
 use super::row::{RowJob, RowOutcome, failure};
-use crate::config::mapping::SyncMode;
 use crate::plan::OpPlan;
+use crate::plan::SyncMode;
 
 /// Runs `jobs` as `mode` allows; outcomes are in job order.
 pub async fn execute_in_mode(

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use schemars::JsonSchema;
-use serde::Deserialize;
+
+use crate::plan::ResetUnit;
 
 /// What the engine does with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,19 +66,6 @@ pub struct ClassifyPolicy {
     pub rate_limited_statuses: Vec<u16>,
     /// Rate-limit and Retry-After headers.
     pub headers: HeaderPolicy,
-}
-
-/// How the reset header's number is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ResetUnit {
-    /// Seconds from now (Brevo's documented reading, Pipedrive).
-    #[default]
-    Seconds,
-    /// Milliseconds from now.
-    Milliseconds,
-    /// A Unix timestamp in seconds (Intercom's `X-RateLimit-Reset`).
-    EpochSeconds,
 }
 
 /// A rate-limited answer's wait is read up to this (a day: the longest
@@ -781,23 +768,6 @@ mod tests {
         let outcome = classify(477, &HeaderMap::new(), "", &policy, now());
         assert_eq!(outcome.reason(), Some("HTTP 477"));
         assert_eq!(Outcome::Success.reason(), None);
-    }
-
-    #[test]
-    fn reset_unit_is_read_from_snake_case_config() {
-        #[derive(Deserialize)]
-        struct Cfg {
-            unit: ResetUnit,
-        }
-        for (text, expected) in [
-            ("unit = \"seconds\"", ResetUnit::Seconds),
-            ("unit = \"milliseconds\"", ResetUnit::Milliseconds),
-            ("unit = \"epoch_seconds\"", ResetUnit::EpochSeconds),
-        ] {
-            assert_eq!(toml::from_str::<Cfg>(text).unwrap().unit, expected);
-        }
-        let schema = serde_json::to_string(&schemars::schema_for!(ResetUnit)).unwrap();
-        assert!(schema.contains("\"epoch_seconds\""), "{schema}");
     }
 
     fn client(timeout: Duration) -> reqwest::Client {
