@@ -6,12 +6,13 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, RateLimitHeaders,
-    Redirects, Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, DeleteOperation, Operation, RateLimit, Redirects, Retry,
+    RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -47,15 +48,15 @@ pub struct ConnectorPlan {
     /// Static headers.
     pub headers: Vec<(String, String)>,
     /// Rate-limit windows in force (the chosen tier's counts, with overrides).
-    pub rate_limits: Vec<RateLimit>,
+    pub rate_limits: Vec<WindowPlan>,
     /// The limits in force and where they came from, for `engine check`.
     pub limits: LimitsInForce,
     /// Largest request body sent, in bytes.
     pub max_request_bytes: Option<usize>,
     /// Rate-limit headers.
-    pub rate_limit_headers: RateLimitHeaders,
+    pub rate_limit_headers: RateHeadersPlan,
     /// In-cycle retry policy.
-    pub retry: Retry,
+    pub retry: RetryPlan,
     /// Where error messages are.
     pub message_pointers: Vec<String>,
     /// Default params.
@@ -275,13 +276,13 @@ pub fn build(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: limits.windows.clone(),
+        rate_limits: limits.windows.iter().map(WindowPlan::from_config).collect(),
         limits,
         max_request_bytes: raw
             .max_request_bytes
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        rate_limit_headers: raw.rate_limit_headers.clone(),
-        retry: raw.retry.clone(),
+        rate_limit_headers: RateHeadersPlan::from_config(&raw.rate_limit_headers),
+        retry: RetryPlan::from_config(&raw.retry),
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,

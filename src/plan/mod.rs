@@ -4,6 +4,7 @@
 
 mod connector;
 mod mapping;
+mod pacing;
 mod templates;
 mod tiers;
 
@@ -22,6 +23,7 @@ pub use mapping::{
 // takes them from the plan, so no code past the plan step imports `config`.
 pub use crate::config::connector::{Redirects, ResetUnit, RuleAction};
 pub use crate::config::mapping::{OnRemoved, SyncMode};
+pub use pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 pub use templates::WHOLE_CONTEXT;
 pub use tiers::{LimitsInForce, tier_env, window_env};
 
