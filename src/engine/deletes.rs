@@ -42,7 +42,7 @@ pub(crate) async fn process_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc().trunc_subsecs(3);
-    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease_secs).trunc_subsecs(3);
+    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease).trunc_subsecs(3);
     let spec = &mapping.table;
     let due = now.min(due_by);
     let claimed = claim(store, spec, mapping.schedule.batch_size as i64, due, lease)

@@ -322,13 +322,11 @@ async fn cycle_until_done(
     queues: &[(Arc<MappingPlan>, Feed)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
-    let interval = Duration::from_secs(
-        queues
-            .iter()
-            .map(|(m, _)| m.schedule.interval_secs)
-            .min()
-            .unwrap_or(300),
-    );
+    let interval = queues
+        .iter()
+        .map(|(m, _)| m.schedule.interval)
+        .min()
+        .unwrap_or(Duration::from_secs(300));
     let mut pauses = 0;
     loop {
         let started = Instant::now();
@@ -563,15 +561,14 @@ async fn save_counts(run: &Run, mapping: &MappingPlan, feed: &Feed) {
     }
 }
 
-/// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
+/// `now + lease`, saturating: `check` bounds `lease_secs`, and a lease
 /// past what a timestamp can hold would still be a lease.
 pub(crate) fn lease_deadline(
     now: chrono::DateTime<chrono::Utc>,
-    lease_secs: u64,
+    lease: Duration,
 ) -> chrono::DateTime<chrono::Utc> {
-    i64::try_from(lease_secs)
+    chrono::Duration::from_std(lease)
         .ok()
-        .and_then(chrono::Duration::try_seconds)
         .and_then(|lease| now.checked_add_signed(lease))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
@@ -608,7 +605,7 @@ async fn process_queue_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = lease_deadline(now, mapping.schedule.lease_secs);
+    let lease = lease_deadline(now, mapping.schedule.lease);
     let mut rows = queue
         .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
@@ -878,7 +875,7 @@ pub(crate) fn decide(
 ) -> Vec<RowResult> {
     let now = run.clock.utc();
     let schedule = &mapping.schedule;
-    let delay = Duration::from_secs(schedule.retry_delay_secs);
+    let delay = schedule.retry_delay;
     let summary = &run.summary;
     let mut batch = Counts::default();
     let mut status_counts = OutcomeCounts::default();
@@ -1108,11 +1105,14 @@ mod tests {
     fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {
         let now = crate::clock::ManualClock::default_start_utc();
         assert_eq!(
-            lease_deadline(now, 600),
+            lease_deadline(now, Duration::from_secs(600)),
             now + chrono::Duration::seconds(600)
         );
         let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
-        assert_eq!(lease_deadline(now, 1_000_000_000_000_000), far);
-        assert_eq!(lease_deadline(now, u64::MAX), far);
+        assert_eq!(
+            lease_deadline(now, Duration::from_secs(1_000_000_000_000_000)),
+            far
+        );
+        assert_eq!(lease_deadline(now, Duration::from_secs(u64::MAX)), far);
     }
 }

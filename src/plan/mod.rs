@@ -16,7 +16,7 @@ pub use connector::{
     base_url_problem, secret_env_names,
 };
 pub use mapping::{
-    MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,
+    MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
     spec_columns as mapping_columns, table_spec,
 };
 // Value enums whose file spelling already is the runtime value: the runtime

@@ -4,8 +4,6 @@
 //! delete repeated after a crash, or of a record someone else removed, is
 //! harmless.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{Map, Value};
@@ -54,7 +52,7 @@ pub(crate) fn failure(
     now: DateTime<Utc>,
 ) -> RowUpdate {
     let schedule = &mapping.schedule;
-    let delay = Duration::from_secs(schedule.retry_delay_secs);
+    let delay = schedule.retry_delay;
     match outcome {
         RowOutcome::Synced { .. } => RowUpdate::Complete {
             crm_id: None,

@@ -21,7 +21,7 @@ pub(crate) async fn process_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = lease_deadline(now, mapping.schedule.lease_secs);
+    let lease = lease_deadline(now, mapping.schedule.lease);
     let claimed = feed
         .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
