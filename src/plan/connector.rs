@@ -45,7 +45,6 @@ pub struct ConnectorPlan {
     pub max_in_flight: usize,
     /// Whether pushback from the CRM lowers the requests in flight (AIMD).
     pub adaptive_concurrency: bool,
-    /// Static headers.
     pub headers: Vec<(String, String)>,
     /// Rate-limit windows in force (the chosen tier's counts, with overrides).
     pub rate_limits: Vec<WindowPlan>,
@@ -53,15 +52,12 @@ pub struct ConnectorPlan {
     pub limits: LimitsInForce,
     /// Largest request body sent, in bytes.
     pub max_request_bytes: Option<usize>,
-    /// Rate-limit headers.
     pub rate_limit_headers: RateHeadersPlan,
     /// In-cycle retry policy.
     pub retry: RetryPlan,
     /// Where error messages are.
     pub message_pointers: Vec<String>,
-    /// Default params.
     pub params: Map<String, Value>,
-    /// The upsert flow.
     pub flow: Flow,
     /// The harmless read of `engine check --live`, if the file declares one.
     pub live_check: Option<OpPlan>,
@@ -92,7 +88,6 @@ pub struct KeyedOps {
 pub enum Flow {
     /// One upsert request per record.
     Single {
-        /// The upsert.
         upsert: OpPlan,
         /// For rules that say `lookup`.
         lookup: Option<OpPlan>,
@@ -100,15 +95,10 @@ pub enum Flow {
         update: Option<OpPlan>,
     },
     /// One request for many records.
-    Batch {
-        /// The batch request.
-        batch: BatchPlan,
-    },
+    Batch { batch: BatchPlan },
     /// Find, then update or create.
     LookupThenWrite {
-        /// Finds the id.
         lookup: OpPlan,
-        /// Creates.
         create: OpPlan,
         /// Updates `{{id}}`.
         update: OpPlan,
@@ -120,21 +110,17 @@ pub enum Flow {
 pub struct OpPlan {
     /// `upsert.single`, `upsert.lookup`, ...
     pub label: String,
-    /// HTTP method.
     pub method: reqwest::Method,
     /// Path template (values percent-encoded).
     pub path: CompiledPath,
-    /// Query parameters.
     pub query: Vec<(String, CompiledTree)>,
-    /// Headers.
     pub headers: Vec<(String, CompiledTree)>,
-    /// Body.
     pub body: Option<CompiledTree>,
     /// Rate-limit class.
     pub class: String,
     /// Where the id is in a success body.
     pub id_pointer: Option<String>,
-    /// Special cases.
+    /// Answers that mean something other than their status class.
     pub rules: Vec<RulePlan>,
     /// Whether sending it twice has the effect of sending it once. False
     /// only for a lookup_then_write create with no rule that turns a conflict
@@ -156,7 +142,7 @@ pub struct RulePlan {
     pub body_has: Option<String>,
     /// The value `body_has` must hold, if any.
     pub body_value: Option<Value>,
-    /// Meaning.
+    /// What the answer means.
     pub then: RuleAction,
     /// Wait before the retry.
     pub wait: Option<Duration>,

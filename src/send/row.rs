@@ -16,7 +16,6 @@ pub struct RowJob {
     pub key: String,
     /// The row's id.
     pub trace_id: String,
-    /// Template context.
     pub ctx: Value,
 }
 
@@ -24,19 +23,14 @@ pub struct RowJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowOutcome {
     /// Created or updated; the CRM's id when known.
-    Synced {
-        /// Record id.
-        crm_id: Option<String>,
-    },
+    Synced { crm_id: Option<String> },
     /// Will not work as sent.
     Permanent(String),
     /// Failed transiently after in-cycle retries.
     Transient(String),
     /// Rate-limited: try again after `until`, without spending a retry.
     Deferred {
-        /// When.
         until: DateTime<Utc>,
-        /// Why.
         reason: String,
     },
     /// Not written: the mapping's sync mode forbids it (see `modes.rs`).
