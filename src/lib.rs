@@ -20,8 +20,10 @@
 //!   `batch`, `modes`, sharing the row types of `row`), `delete`s, and row
 //!   retry timing (`retry`).
 //! - **orchestration** (`engine`, `service`): one straight loop per mapping
-//!   (`engine`, with the delete queue in `engine::deletes`); every mapping in
-//!   one process with one limiter per connector.
+//!   (`engine`; rendering a claim into jobs in `engine::render`, a row's next
+//!   state in `engine::decide`, progress lines in `engine::progress`, the
+//!   delete queue in `engine::deletes`); every mapping in one process with one
+//!   limiter per connector.
 //! - **around it**: `cli` (one function per subcommand), `check`, `live`,
 //!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `init`,
 //!   `demo`, `sandbox` (the local CRM imitation), `clock`.
