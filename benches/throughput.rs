@@ -533,7 +533,7 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         let db_elapsed = claim_record_loop(
             &queue,
             mapping.schedule.batch_size as usize,
-            mapping.schedule.lease_secs,
+            mapping.schedule.lease.as_secs(),
             workers,
         )
         .await?;

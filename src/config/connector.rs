@@ -9,7 +9,18 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use crate::outcome::ResetUnit;
+/// How the reset header's number is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetUnit {
+    /// Seconds from now (Brevo's documented reading, Pipedrive).
+    #[default]
+    Seconds,
+    /// Milliseconds from now.
+    Milliseconds,
+    /// A Unix timestamp in seconds (Intercom's `X-RateLimit-Reset`).
+    EpochSeconds,
+}
 
 /// One CRM's API: where it is, how to authenticate, how fast it may be called,
 /// and how to upsert one record or a batch of them.
@@ -627,4 +638,26 @@ pub enum RuleAction {
     Permanent,
     /// Send once more without the fields in `drop_fields`.
     DropFields,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_unit_is_read_from_snake_case_config() {
+        #[derive(Deserialize)]
+        struct Cfg {
+            unit: ResetUnit,
+        }
+        for (text, expected) in [
+            ("unit = \"seconds\"", ResetUnit::Seconds),
+            ("unit = \"milliseconds\"", ResetUnit::Milliseconds),
+            ("unit = \"epoch_seconds\"", ResetUnit::EpochSeconds),
+        ] {
+            assert_eq!(toml::from_str::<Cfg>(text).unwrap().unit, expected);
+        }
+        let schema = serde_json::to_string(&schemars::schema_for!(ResetUnit)).unwrap();
+        assert!(schema.contains("\"epoch_seconds\""), "{schema}");
+    }
 }

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use engine::crm::probe::ConnectorPaused;
 use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::send::probe::ConnectorPaused;
 use engine::store::Backend;
 use serde_json::{Value, json};
 

@@ -83,7 +83,7 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use crate::ratelimit::{RateLimiter, Window};
+    use crate::send::ratelimit::{RateLimiter, Window};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -11,10 +11,10 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::DeleteTarget;
-use crate::crm::RowOutcome;
 use crate::engine::Run;
 use crate::plan::MappingPlan;
+use crate::send::RowOutcome;
+use crate::send::delete::DeleteTarget;
 use crate::snapshot::state::time_text;
 use crate::store::text::stored_text;
 use crate::store::{RowUpdate, Store, TableSpec};
@@ -42,7 +42,7 @@ pub(crate) async fn process_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc().trunc_subsecs(3);
-    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease_secs).trunc_subsecs(3);
+    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease).trunc_subsecs(3);
     let spec = &mapping.table;
     let due = now.min(due_by);
     let claimed = claim(
@@ -65,7 +65,7 @@ pub(crate) async fn process_batch(
             trace_id: id.clone(),
         })
         .collect();
-    let sends = super::send(&run.client, mapping, &targets);
+    let sends = crate::send::delete::send(&run.client, mapping, &targets);
     let outcomes = crate::engine::send_bounded(run, now, lease, sends)
         .await
         .unwrap_or_else(|| crate::engine::handed_back(run, targets.len()));
@@ -80,7 +80,7 @@ pub(crate) async fn process_batch(
                 Write::deleted(id)
             }
             outcome => {
-                let update = super::failure(mapping, *retry_count, outcome, now);
+                let update = crate::send::delete::failure(mapping, *retry_count, outcome, now);
                 run.summary.add_unfinished_delete(&update);
                 tracing::warn!(mapping = %mapping.name, row = %id, %key, update = ?update, "The record was not deleted.");
                 Write::failed(id, update)

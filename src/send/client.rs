@@ -19,13 +19,13 @@ use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
-use crate::config::connector::{Redirects, RuleAction};
-use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
 use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::plan::{Redirects, RuleAction};
 use crate::plan::{base_url_credentials, base_url_problem};
-use crate::ratelimit::{RateLimiter, Window};
 use crate::redact::url_for_display;
-use crate::retry::{Backoff, Jitter};
+use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
+use crate::send::ratelimit::{RateLimiter, Window};
+use crate::send::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
 /// The most the rate limiter adds to every window (see `CrmClient::new`).
@@ -146,8 +146,8 @@ impl CrmClient {
             .map(|limit| Window {
                 name: limit.name.clone(),
                 requests: limit.requests,
-                per: Duration::from_secs(limit.per_secs),
-                classes: limit.endpoint_classes.clone(),
+                per: limit.per,
+                classes: limit.classes.clone(),
             })
             .collect::<Vec<_>>();
         // Requests are counted from when they leave; the CRM counts from when they
@@ -163,8 +163,8 @@ impl CrmClient {
             ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
         let retry = &plan.retry;
         let backoff = Backoff {
-            base: Duration::from_millis(retry.base_delay_ms),
-            max: Duration::from_millis(retry.max_delay_ms),
+            base: retry.base_delay,
+            max: retry.max_delay,
             exponential: retry.exponential,
             jitter: if retry.jitter {
                 Jitter::Full
@@ -177,17 +177,12 @@ impl CrmClient {
             retryable_statuses: retry.retryable_statuses.clone(),
             rate_limited_statuses: retry.rate_limited_statuses.clone(),
             headers: HeaderPolicy {
-                retry_after: Some(
-                    headers
-                        .retry_after
-                        .clone()
-                        .unwrap_or_else(|| "Retry-After".into()),
-                ),
+                retry_after: Some(headers.retry_after.clone()),
                 remaining: headers.remaining.clone(),
                 reset: headers.reset.clone(),
                 reset_unit: headers.reset_unit,
                 window_ms: headers.window_ms.clone(),
-                max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
+                max_wait: retry.max_rate_limit_wait,
             },
         };
         let client = Self {
@@ -470,8 +465,8 @@ impl CrmClient {
         self.plan
             .rate_limits
             .iter()
-            .filter(|l| l.endpoint_classes.iter().any(|c| c == "*" || c == class))
-            .map(|l| Duration::from_secs(l.per_secs))
+            .filter(|l| l.classes.iter().any(|c| c == "*" || c == class))
+            .map(|l| l.per)
             .filter(|d| *d <= Duration::from_secs(60))
             .max()
             .unwrap_or(Duration::from_secs(1))

@@ -19,9 +19,10 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use super::client::{CrmClient, ReplyAction};
-use super::flow::{RowJob, RowOutcome, execute, failure, without_fields};
-use crate::config::mapping::SyncMode;
+use super::flow::{execute, without_fields};
+use super::row::{RowJob, RowOutcome, failure};
 use crate::plan::OpPlan;
+use crate::plan::SyncMode;
 
 /// Runs `jobs` as `mode` allows; outcomes are in job order.
 pub async fn execute_in_mode(
