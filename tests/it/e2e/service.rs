@@ -8,13 +8,14 @@ use engine::clock::SystemClock;
 use engine::sandbox::SandboxOptions;
 use engine::store::Backend;
 
-use super::{Fixture, generated_rows, sandbox_options};
+use super::{Fixture, generated_rows, sandbox_options, wait_for};
 use crate::on_both_backends;
 use crate::support::{execute, quiet};
 
 on_both_backends!(
     two_mappings_on_one_connector_in_one_process_share_its_rate_limit_and_get_no_429,
     run_all_watch_syncs_every_connector_and_stops_cleanly_on_sigterm,
+    sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_complete_or_queued,
 );
 
 /// A second Brevo mapping over the same table, with state columns of its own.
@@ -137,4 +138,30 @@ async fn run_all_watch_syncs_every_connector_and_stops_cleanly_on_sigterm(backen
         "{}",
         engine.stderr()
     );
+}
+
+async fn sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_complete_or_queued(
+    backend: Backend,
+) {
+    // The shipped mappings, on the seed's shared `retry_count` and
+    // `next_retry_at`: both start at once, claim the same rows, and share
+    // leases. Brevo sends one contact per request at 10/s: 60 rows take ~6 s.
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |_| {}).await else {
+        return;
+    };
+    f.insert(&generated_rows(60)).await;
+    let mut engine = f.spawn(&["run", "--all"]);
+    wait_for("some Brevo rows synced", Duration::from_secs(30), || async {
+        f.count("brevo", "Complete").await >= 5
+    })
+    .await;
+    engine.terminate();
+    let code = engine.exit_code(Duration::from_secs(10)).await;
+    assert!(code <= 1, "exit {code}: {}", engine.stderr());
+    for mapping in ["hubspot", "brevo"] {
+        let counts = f.counts(mapping).await;
+        assert_eq!(counts.get("Processing"), None, "{mapping}: {counts:?}");
+        let settled = counts.get("Complete").unwrap_or(&0) + counts.get("Queued").unwrap_or(&0);
+        assert_eq!(settled, 60, "{mapping}: {counts:?}");
+    }
 }
