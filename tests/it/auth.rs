@@ -24,7 +24,7 @@ async fn sync_one_row(connector: &str, env: &BTreeMap<String, String>) {
         .write("mappings/crm.toml", &mapping);
     let plan = plan_and_migrate(&config, env, &db, &["crm"]).await;
     let spec = plan.mappings["crm"].table.clone();
-    let row = json!({"id": "r1", "email": "Jane@Example.com", "name": "Jane Doe", "crm_processing_status": "Queued", "retry_count": 0});
+    let row = json!({"id": "r1", "email": "Jane@Example.com", "name": "Jane Doe", "crm_processing_status": "Queued"});
     db.store
         .insert_rows(&db.table, &[row.as_object().unwrap().clone()])
         .await

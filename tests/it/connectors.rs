@@ -243,6 +243,8 @@ processing_status = "crm_processing_status"
 sync_status = "crm_sync_status"
 crm_id = "crm_contact_id"
 error = "crm_processing_error"
+retry_count = "crm_retry_count"
+next_retry_at = "crm_next_retry_at"
 "#;
 
 /// How one row ended: status, CRM id, error.
@@ -316,7 +318,7 @@ impl ExampleSync {
         let rows: Vec<Map<String, Value>> = rows
             .iter()
             .map(|(id, email, name)| {
-                json!({"id": id, "email": email, "name": name, "retry_count": 0,
+                json!({"id": id, "email": email, "name": name,
                        "crm_processing_status": "Queued"})
                 .as_object()
                 .unwrap()

@@ -173,7 +173,7 @@ impl Harness {
             .enumerate()
             .map(|(i, email)| {
                 json!({"id": id(i), "email": email, "name": "Hostile Test",
-                       "crm_processing_status": "Queued", "retry_count": 0})
+                       "crm_processing_status": "Queued"})
                 .as_object()
                 .unwrap()
                 .clone()

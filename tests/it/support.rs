@@ -283,7 +283,7 @@ impl SandboxHarness {
         let rows: Vec<serde_json::Map<String, serde_json::Value>> = rows
             .iter()
             .map(|(id, email)| {
-                let mut row = serde_json::json!({"id": id, "email": email, "name": "Batch Test", "retry_count": 0});
+                let mut row = serde_json::json!({"id": id, "email": email, "name": "Batch Test"});
                 row[status.as_str()] = "Queued".into();
                 let mut row = row.as_object().unwrap().clone();
                 row.extend(extra.as_object().cloned().unwrap_or_default());

@@ -18,6 +18,9 @@ on_both_backends!(
     sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_complete_or_queued,
 );
 
+/// How the shipped mappings name the seed's shared retry columns.
+const SHARED_RETRY_COLUMNS: &str = "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n";
+
 /// A second Brevo mapping over the same table, with state columns of its own.
 const SECOND_STATE: &str = r#"
 [state]
@@ -36,9 +39,12 @@ next_retry_at = "brevo2_next_retry_at"
 async fn three_mappings(backend: Backend, sandbox: SandboxOptions, rows: usize) -> Option<Fixture> {
     let f = Fixture::new(backend, sandbox, |config| {
         let brevo = std::fs::read_to_string(config.path().join("mappings/brevo.toml")).unwrap();
-        config.write("mappings/brevo2.toml", &format!("{brevo}{SECOND_STATE}"));
-        let own = "[state]\nretry_count = \"brevo_retry_count\"\nnext_retry_at = \"brevo_next_retry_at\"\n";
-        config.write("mappings/brevo.toml", &format!("{brevo}{own}"));
+        assert!(brevo.contains(SHARED_RETRY_COLUMNS));
+        let brevo2 = brevo.replace(SHARED_RETRY_COLUMNS, "");
+        config.write("mappings/brevo2.toml", &format!("{brevo2}{SECOND_STATE}"));
+        // Without the seed's shared names, Brevo gets its own defaults.
+        let own = brevo.replace(SHARED_RETRY_COLUMNS, "");
+        config.write("mappings/brevo.toml", &own);
         // Half the sandbox's 10/s: on a loaded test machine a request can
         // leave late and land in the next second with the following ones.
         config.edit("connectors/brevo.toml", "requests = 10\n", "requests = 5\n");
