@@ -115,18 +115,34 @@ impl RunSummary {
 
     pub(crate) fn add_deleted(&self, mapping: &str, n: u64) {
         self.add(&self.deleted, n);
+        let deleted = Counts {
+            deleted: n,
+            ..Counts::default()
+        };
+        self.by_mapping.add(mapping, &deleted, None);
         crate::metrics::global().more_rows(mapping, "deleted", n);
     }
 
     /// Counts a delete that did not end done, as `decide` counts upserts,
     /// so the exit code tells of it too.
-    pub(crate) fn add_unfinished_delete(&self, update: &RowUpdate) {
-        match update {
-            RowUpdate::Failed { .. } => self.add(&self.failed, 1),
-            RowUpdate::RetryLater { .. } => self.add(&self.retrying, 1),
-            RowUpdate::Release { .. } => self.add(&self.deferred, 1),
-            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => {}
-        }
+    pub(crate) fn add_unfinished_delete(&self, mapping: &str, update: &RowUpdate) {
+        let mut counts = Counts::default();
+        let (counter, slot) = match update {
+            RowUpdate::Failed { .. } => (&self.failed, &mut counts.failed),
+            RowUpdate::RetryLater { .. } => (&self.retrying, &mut counts.retrying),
+            RowUpdate::Release { .. } => (&self.deferred, &mut counts.deferred),
+            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => return,
+        };
+        self.add(counter, 1);
+        *slot = 1;
+        // The cycle's history (and its first error) tells of it too.
+        let error = match update {
+            RowUpdate::Failed { error, .. } | RowUpdate::RetryLater { error, .. } => {
+                Some(error.as_str())
+            }
+            _ => None,
+        };
+        self.by_mapping.add(mapping, &counts, error);
     }
 
     /// Whether every row the run claimed ended `Complete`: none failed, and
@@ -950,6 +966,8 @@ pub(crate) fn decide(
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
     status_counts.failed = batch.failed;
+    batch.unchanged = status_counts.unchanged;
+    batch.skipped = status_counts.skipped;
     summary.add(&summary.unchanged, status_counts.unchanged);
     summary.add(&summary.skipped, status_counts.skipped);
     summary.add(&summary.created, status_counts.created);

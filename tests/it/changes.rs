@@ -102,7 +102,7 @@ impl Harness {
                     "id": id,
                     "email": format!("person{n}@example.com"),
                     "name": format!("Ann Person{n}"),
-                    
+
                 });
                 row[self.status_column()] = "Queued".into();
                 row.as_object().unwrap().clone()

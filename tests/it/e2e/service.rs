@@ -19,7 +19,8 @@ on_both_backends!(
 );
 
 /// How the shipped mappings name the seed's shared retry columns.
-const SHARED_RETRY_COLUMNS: &str = "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n";
+const SHARED_RETRY_COLUMNS: &str =
+    "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n";
 
 /// A second Brevo mapping over the same table, with state columns of its own.
 const SECOND_STATE: &str = r#"
@@ -157,9 +158,11 @@ async fn sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_com
     };
     f.insert(&generated_rows(60)).await;
     let mut engine = f.spawn(&["run", "--all"]);
-    wait_for("some Brevo rows synced", Duration::from_secs(30), || async {
-        f.count("brevo", "Complete").await >= 5
-    })
+    wait_for(
+        "some Brevo rows synced",
+        Duration::from_secs(30),
+        || async { f.count("brevo", "Complete").await >= 5 },
+    )
     .await;
     engine.terminate();
     let code = engine.exit_code(Duration::from_secs(10)).await;
