@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print a progress line this often (None: never).
     pub progress_every: Option<Duration>,
+    /// Draw a progress bar instead of the lines, when bars are on (see
+    /// [`crate::progress`]): the CLI on an interactive terminal.
+    pub progress_bar: bool,
     /// Cycles of run history kept per mapping (0: record none).
     pub history_keep: u32,
     /// Where snapshot mappings keep their state; `None`: the source database.
@@ -54,6 +57,7 @@ impl Default for RunOptions {
             watch: false,
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
+            progress_bar: false,
             history_keep: crate::history::DEFAULT_KEEP,
             state_store: None,
             allow_empty_source: false,
@@ -266,13 +270,20 @@ pub async fn run_connector(
         shutdown,
         store: store.clone(),
     });
-    let progress = options.progress_every.map(|every| {
-        tokio::spawn(report_progress(
-            run.summary.clone(),
-            connector.to_string(),
-            every,
-        ))
-    });
+    let bar = options
+        .progress_bar
+        .then(|| crate::progress::Bar::new(connector))
+        .flatten();
+    let progress = match bar {
+        Some(bar) => Some(tokio::spawn(draw_progress(run.summary.clone(), bar))),
+        None => options.progress_every.map(|every| {
+            tokio::spawn(report_progress(
+                run.summary.clone(),
+                connector.to_string(),
+                every,
+            ))
+        }),
+    };
     // Each mapping cycles on its own interval_secs; all share the client,
     // so one rate limiter and one in-flight cap pace every mapping of the CRM.
     let cycles = queues
@@ -1028,6 +1039,17 @@ fn cycles_so_far(summary: &RunSummary) -> Option<(Instant, u64, u64)> {
         .sum();
     let due = cycles.values().map(|c| c.due).sum();
     Some((at, done, due))
+}
+
+/// Keeps a connector's bar on the current cycles: rows done of those due, the
+/// rate, the time left. The bar goes when the task is aborted.
+async fn draw_progress(summary: Arc<RunSummary>, bar: crate::progress::Bar) {
+    loop {
+        if let Some((at, done, due)) = cycles_so_far(&summary) {
+            bar.show(done, due, at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {

@@ -19,7 +19,7 @@
 //! - **orchestration** (`engine`, `service`): one straight loop per mapping;
 //!   every mapping in one process with one limiter per connector.
 //! - **around it**: `cli` (one function per subcommand), `check`, `live`,
-//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `init`,
+//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `progress`, `init`,
 //!   `demo`, `sandbox` (the local CRM imitation), `clock`.
 
 /// Installs the process-wide rustls crypto provider (ring).
@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod preview;
+pub mod progress;
 pub mod ratelimit;
 pub mod redact;
 pub mod retry;
