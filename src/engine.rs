@@ -1104,6 +1104,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_delete_that_did_not_finish_fails_the_exit_code_and_counts_in_its_cycle() {
+        let summary = RunSummary::default();
+        let mark = summary.by_mapping.start_cycle("m");
+        summary.add_deleted("m", 2);
+        assert!(summary.all_complete(), "deleted records are done");
+        let update = RowUpdate::Failed {
+            error: "HTTP 400: no such list".into(),
+            retry_count: 1,
+        };
+        summary.add_unfinished_delete("m", &update);
+        assert!(!summary.all_complete(), "exit code 1, not 0");
+        let (counts, first_error) = summary.by_mapping.cycle_since("m", &mark);
+        assert_eq!((counts.deleted, counts.failed), (2, 1));
+        assert_eq!(first_error.as_deref(), Some("HTTP 400: no such list"));
+    }
+
+    #[test]
     fn progress_adds_up_the_cycles_of_every_mapping_of_the_connector() {
         let summary = RunSummary::default();
         let one = |n| Counts {

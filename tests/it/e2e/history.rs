@@ -18,6 +18,7 @@ on_both_backends!(
     status_lists_errors_by_when_they_were_last_tried_not_by_id,
     a_cycle_of_unchanged_rows_is_recorded_with_its_unchanged_count_and_shown,
     a_history_table_of_an_older_engine_gains_the_new_counts_and_keeps_its_cycles,
+    status_json_gives_the_outcomes_so_far_and_those_of_the_last_cycle,
 );
 
 /// Three good rows and one whose email the CRM rejects.
@@ -338,4 +339,60 @@ async fn a_history_table_of_an_older_engine_gains_the_new_counts_and_keeps_its_c
     if backend == Backend::Postgres {
         execute(&db.store, format!("DROP SCHEMA h_{} CASCADE", db.table)).await;
     }
+}
+
+async fn status_json_gives_the_outcomes_so_far_and_those_of_the_last_cycle(backend: Backend) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "mappings/brevo.toml",
+            "[state]\n",
+            "[state]\nfingerprint = \"brevo_fingerprint\"\n",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut rows = generated_rows(4);
+    rows[3].insert("email".into(), json!("not-an-email"));
+    f.insert(&rows).await;
+    f.run_now("brevo").await;
+    execute(
+        &f.db.store,
+        format!(
+            "UPDATE {} SET brevo_processing_status = 'Queued' WHERE brevo_processing_status = 'Complete'",
+            f.db.table
+        ),
+    )
+    .await;
+    f.run_now("brevo").await;
+
+    let mut args = vec![
+        "status".to_string(),
+        "--connector".into(),
+        "brevo".into(),
+        "--json".into(),
+    ];
+    args.extend(["--database".to_string(), f.db.url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let transcript = run_engine(f.config.path(), &args, &[]);
+    let stdout = transcript
+        .split("----- stdout -----\n")
+        .nth(1)
+        .and_then(|rest| rest.split("----- stderr -----").next())
+        .unwrap();
+    let shown: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {transcript}"));
+    let brevo = &shown[0];
+    assert_eq!(brevo["mapping"], "brevo", "{shown}");
+    assert_eq!(
+        brevo["outcomes"],
+        json!({"created": 3, "updated": 0, "unchanged": 3, "skipped": 0, "failed": 1}),
+        "{shown}"
+    );
+    assert_eq!(
+        brevo["last_cycle"]["counts"],
+        json!({"created": 0, "updated": 0, "unchanged": 3, "skipped": 0, "failed": 0}),
+        "{shown}"
+    );
+    assert!(brevo["last_cycle"]["ended"].is_string(), "{shown}");
 }
