@@ -25,7 +25,7 @@
 //!   delete queue in `engine::deletes`); every mapping in one process with one
 //!   limiter per connector.
 //! - **around it**: `cli` (one function per subcommand), `check`, `live`,
-//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `init`,
+//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `progress`, `init`,
 //!   `demo`, `sandbox` (the local CRM imitation), `clock`.
 
 /// Installs the process-wide rustls crypto provider (ring).
@@ -53,6 +53,7 @@ pub mod live;
 pub mod metrics;
 pub mod plan;
 pub mod preview;
+pub mod progress;
 pub mod redact;
 pub mod sandbox;
 pub mod send;

@@ -96,6 +96,8 @@ pub(crate) fn decide(
     summary.add(&summary.retrying, batch.retrying);
     summary.add(&summary.deferred, batch.deferred);
     status_counts.failed = batch.failed;
+    batch.unchanged = status_counts.unchanged;
+    batch.skipped = status_counts.skipped;
     summary.add(&summary.unchanged, status_counts.unchanged);
     summary.add(&summary.skipped, status_counts.skipped);
     summary.add(&summary.created, status_counts.created);

@@ -81,7 +81,7 @@ pub(crate) async fn process_batch(
             }
             outcome => {
                 let update = crate::send::delete::failure(mapping, *retry_count, outcome, now);
-                run.summary.add_unfinished_delete(&update);
+                run.summary.add_unfinished_delete(&mapping.name, &update);
                 tracing::warn!(mapping = %mapping.name, row = %id, %key, update = ?update, "The record was not deleted.");
                 Write::failed(id, update)
             }

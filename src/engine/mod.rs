@@ -12,7 +12,7 @@ mod progress;
 mod render;
 
 pub(crate) use decide::decide;
-use progress::{note_cycle_start, report_progress};
+use progress::{draw_progress, note_cycle_start, report_progress};
 pub(crate) use render::{render_job, sync_rows};
 
 use std::collections::HashMap;
@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print a progress line this often (None: never).
     pub progress_every: Option<Duration>,
+    /// Draw a progress bar instead of the lines, when bars are on (see
+    /// [`crate::progress`]): the CLI on an interactive terminal.
+    pub progress_bar: bool,
     /// Cycles of run history kept per mapping (0: record none).
     pub history_keep: u32,
     /// Where snapshot mappings keep their state; `None`: the source database.
@@ -61,6 +64,7 @@ impl Default for RunOptions {
             watch: false,
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
+            progress_bar: false,
             history_keep: crate::history::DEFAULT_KEEP,
             state_store: None,
             allow_empty_source: false,
@@ -122,18 +126,34 @@ impl RunSummary {
 
     pub(crate) fn add_deleted(&self, mapping: &str, n: u64) {
         self.add(&self.deleted, n);
+        let deleted = Counts {
+            deleted: n,
+            ..Counts::default()
+        };
+        self.by_mapping.add(mapping, &deleted, None);
         crate::metrics::global().more_rows(mapping, "deleted", n);
     }
 
     /// Counts a delete that did not end done, as `decide` counts upserts,
     /// so the exit code tells of it too.
-    pub(crate) fn add_unfinished_delete(&self, update: &RowUpdate) {
-        match update {
-            RowUpdate::Failed { .. } => self.add(&self.failed, 1),
-            RowUpdate::RetryLater { .. } => self.add(&self.retrying, 1),
-            RowUpdate::Release { .. } => self.add(&self.deferred, 1),
-            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => {}
-        }
+    pub(crate) fn add_unfinished_delete(&self, mapping: &str, update: &RowUpdate) {
+        let mut counts = Counts::default();
+        let (counter, slot) = match update {
+            RowUpdate::Failed { .. } => (&self.failed, &mut counts.failed),
+            RowUpdate::RetryLater { .. } => (&self.retrying, &mut counts.retrying),
+            RowUpdate::Release { .. } => (&self.deferred, &mut counts.deferred),
+            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => return,
+        };
+        self.add(counter, 1);
+        *slot = 1;
+        // The cycle's history (and its first error) tells of it too.
+        let error = match update {
+            RowUpdate::Failed { error, .. } | RowUpdate::RetryLater { error, .. } => {
+                Some(error.as_str())
+            }
+            _ => None,
+        };
+        self.by_mapping.add(mapping, &counts, error);
     }
 
     /// Whether every row the run claimed ended `Complete`: none failed, and
@@ -257,13 +277,20 @@ pub async fn run_connector(
         shutdown,
         store: store.clone(),
     });
-    let progress = options.progress_every.map(|every| {
-        tokio::spawn(report_progress(
-            run.summary.clone(),
-            connector.to_string(),
-            every,
-        ))
-    });
+    let bar = options
+        .progress_bar
+        .then(|| crate::progress::Bar::new(connector))
+        .flatten();
+    let progress = match bar {
+        Some(bar) => Some(tokio::spawn(draw_progress(run.summary.clone(), bar))),
+        None => options.progress_every.map(|every| {
+            tokio::spawn(report_progress(
+                run.summary.clone(),
+                connector.to_string(),
+                every,
+            ))
+        }),
+    };
     // Each mapping cycles on its own interval_secs; all share the client,
     // so one rate limiter and one in-flight cap pace every mapping of the CRM.
     let cycles = queues
@@ -760,6 +787,23 @@ async fn send_within<F: std::future::Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delete_that_did_not_finish_fails_the_exit_code_and_counts_in_its_cycle() {
+        let summary = RunSummary::default();
+        let mark = summary.by_mapping.start_cycle("m");
+        summary.add_deleted("m", 2);
+        assert!(summary.all_complete(), "deleted records are done");
+        let update = RowUpdate::Failed {
+            error: "HTTP 400: no such list".into(),
+            retry_count: 1,
+        };
+        summary.add_unfinished_delete("m", &update);
+        assert!(!summary.all_complete(), "exit code 1, not 0");
+        let (counts, first_error) = summary.by_mapping.cycle_since("m", &mark);
+        assert_eq!((counts.deleted, counts.failed), (2, 1));
+        assert_eq!(first_error.as_deref(), Some("HTTP 400: no such list"));
+    }
 
     #[test]
     fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {

@@ -57,6 +57,17 @@ pub(super) fn cycles_so_far(summary: &RunSummary) -> Option<(Instant, u64, u64)>
     Some((at, done, due))
 }
 
+/// Keeps a connector's bar on the current cycles: rows done of those due, the
+/// rate, the time left. The bar goes when the task is aborted.
+pub(super) async fn draw_progress(summary: Arc<RunSummary>, bar: crate::progress::Bar) {
+    loop {
+        if let Some((at, done, due)) = cycles_so_far(&summary) {
+            bar.show(done, due, at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub(super) async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {
     let started = Instant::now();
     loop {

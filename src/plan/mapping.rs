@@ -244,7 +244,8 @@ fn check_source_mode(
     })
 }
 
-/// The table spec with the seed's default column names.
+/// The table spec with the default column names: the seed's per-CRM names,
+/// and `<connector>_retry_count` / `<connector>_next_retry_at`.
 pub fn table_spec(raw: &MappingFile) -> TableSpec {
     let prefix = raw.connector.replace('-', "_");
     let state = &raw.state;
@@ -260,8 +261,11 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         sync_status: or(&state.sync_status, format!("{prefix}_sync_status")),
         crm_id: or(&state.crm_id, format!("{prefix}_contact_id")),
         error: or(&state.error, format!("{prefix}_processing_error")),
-        retry_count: or(&state.retry_count, "retry_count".into()),
-        next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+        // Per-mapping by default: shared retry columns couple the mappings
+        // of a table (see README "Shared retry columns"). The seed's table
+        // names its shared ones explicitly (the shipped mappings do).
+        retry_count: or(&state.retry_count, format!("{prefix}_retry_count")),
+        next_retry_at: or(&state.next_retry_at, format!("{prefix}_next_retry_at")),
         fingerprint: state.fingerprint.clone(),
         table_mates: Vec::new(),
     }

@@ -207,7 +207,7 @@ async fn send_deletes(
                 outcome => {
                     let update = crate::send::delete::failure(mapping, claim.retry_count, outcome, now);
                     tracing::warn!(mapping = %mapping.name, row = %claim.source_key, %key, update = ?update, "The record of a removed row was not deleted.");
-                    run.summary.add_unfinished_delete(&update);
+                    run.summary.add_unfinished_delete(&mapping.name, &update);
                     unsuccessful(base, update, backend)
                 }
             }

@@ -354,7 +354,7 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
     assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Queued");
     assert_eq!(text(&row, "hubspot_fingerprint"), None);
     assert_eq!(
-        row["next_retry_at"],
+        row["hubspot_next_retry_at"],
         Value::Null,
         "due now, not at the lease"
     );
@@ -393,7 +393,7 @@ impl Fingerprinted {
     }
 
     async fn insert_unqueued(&self, id: &str, email: &str) {
-        let row = json!({"id": id, "email": email, "name": "Cy Unqueued", "retry_count": 0});
+        let row = json!({"id": id, "email": email, "name": "Cy Unqueued"});
         self.db
             .store
             .insert_rows(&self.db.table, &[row.as_object().unwrap().clone()])
@@ -761,8 +761,8 @@ fn engine_check_refuses_a_fingerprint_column_the_mapping_reads() {
     let config = ConfigDir::shipped();
     config.edit(
         "mappings/hubspot.toml",
-        "[schedule]",
-        "[state]\nfingerprint = \"name\"\n\n[schedule]",
+        "[state]\n",
+        "[state]\nfingerprint = \"name\"\n",
     );
     let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
     let errors: Vec<String> = checked

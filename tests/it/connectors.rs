@@ -239,6 +239,8 @@ processing_status = "crm_processing_status"
 sync_status = "crm_sync_status"
 crm_id = "crm_contact_id"
 error = "crm_processing_error"
+retry_count = "crm_retry_count"
+next_retry_at = "crm_next_retry_at"
 "#;
 
 /// How one row ended: status, CRM id, error.

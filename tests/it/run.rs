@@ -111,12 +111,12 @@ fn text(row: &Map<String, Value>, column: &str) -> String {
 }
 
 fn count(row: &Map<String, Value>) -> i64 {
-    row["retry_count"].as_i64().unwrap()
+    row["crm_retry_count"].as_i64().unwrap()
 }
 
 /// The row's next_retry_at as seconds after `base` (SQLite text or PostgreSQL timestamptz JSON).
 fn due_after(row: &Map<String, Value>, base: chrono::DateTime<chrono::Utc>) -> i64 {
-    let raw = text(row, "next_retry_at");
+    let raw = text(row, "crm_next_retry_at");
     let parsed = chrono::DateTime::parse_from_rfc3339(&raw)
         .map(|d| d.with_timezone(&chrono::Utc))
         .or_else(|_| {

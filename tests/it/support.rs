@@ -439,7 +439,8 @@ impl Harness {
     /// Inserts `rows` (JSON objects) queued for the harness's mapping, with
     /// no retry spent.
     pub async fn queue(&self, rows: impl IntoIterator<Item = Value>) {
-        let status = self.spec(&self.connector).processing_status.clone();
+        let spec = self.spec(&self.connector);
+        let (status, retry_count) = (spec.processing_status.clone(), spec.retry_count.clone());
         let rows: Vec<Map<String, Value>> = rows
             .into_iter()
             .map(|row| {
@@ -447,7 +448,7 @@ impl Harness {
                     panic!("not an object: {row}")
                 };
                 row.entry(status.clone()).or_insert("Queued".into());
-                row.entry("retry_count").or_insert(0.into());
+                row.entry(retry_count.clone()).or_insert(0.into());
                 row
             })
             .collect();

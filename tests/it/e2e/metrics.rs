@@ -80,10 +80,11 @@ async fn get(url: &str) -> (u16, String) {
 async fn a_scrape_of_a_running_engine_has_every_series_with_the_rows_it_synced(backend: Backend) {
     let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
         // Brevo with state columns of its own, so both run at once on one table.
+        // (Without the seed's shared names it gets the per-mapping defaults.)
         config.edit(
             "mappings/brevo.toml",
-            "[fields]",
-            "[state]\nretry_count = \"brevo_retry_count\"\nnext_retry_at = \"brevo_next_retry_at\"\n\n[fields]",
+            "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n",
+            "",
         );
     })
     .await
