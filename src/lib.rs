@@ -32,6 +32,7 @@ pub fn install_crypto_provider() {
 }
 
 pub mod attempts;
+pub mod budget;
 pub mod change;
 pub mod check;
 pub mod cli;
