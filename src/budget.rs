@@ -67,10 +67,19 @@ pub fn min_slice(limit: u32) -> u32 {
     (limit / 1000).max(1)
 }
 
-/// How many permits to ask for: one for each request waiting, at least
-/// [`min_slice`], at most the whole window.
-pub fn slice_want(waiting: u32, limit: u32) -> u32 {
-    waiting.max(min_slice(limit)).min(limit.max(1))
+/// How many permits to ask for: one for each request waiting, and more as
+/// demand shows: twice the last slice when it was spent to the end, as many
+/// as it spent when it was not (up to a tenth of the window), at least
+/// [`min_slice`], at most the whole window. `last` is the last slice's
+/// `(spent, left)`.
+pub fn slice_want(waiting: u32, last: Option<(u32, u32)>, limit: u32) -> u32 {
+    let shown = match last {
+        Some((spent, 0)) => spent.saturating_mul(2),
+        Some((spent, _)) => spent,
+        None => 1,
+    };
+    let grown = shown.min((limit / 10).max(1));
+    waiting.max(grown).max(min_slice(limit)).min(limit.max(1))
 }
 
 /// Whether the database cannot be reached: waits this long before the rows
@@ -269,7 +278,11 @@ impl SharedBudget {
                 key: &self.key,
                 window: &window.name,
                 limit: window.requests,
-                want: slice_want(self.waiting.load(Ordering::Relaxed), window.requests),
+                want: slice_want(
+                    self.waiting.load(Ordering::Relaxed),
+                    slices[i].map(|s| (s.used, s.left)),
+                    window.requests,
+                ),
                 hold: ttl + window.per + margin,
                 trim: slices[i].map(|s| s.trim(window.per, margin)),
             };
@@ -368,12 +381,25 @@ mod tests {
 
     #[test]
     fn a_slice_asks_for_one_permit_per_waiting_request_within_the_window() {
-        assert_eq!(slice_want(0, 100), 1);
-        assert_eq!(slice_want(8, 100), 8);
-        assert_eq!(slice_want(500, 100), 100);
+        assert_eq!(slice_want(0, None, 100), 1);
+        assert_eq!(slice_want(8, None, 100), 8);
+        assert_eq!(slice_want(500, None, 100), 100);
         // A daily window is not asked for every request.
-        assert_eq!(slice_want(3, 250_000), 250);
-        assert_eq!(slice_want(3, 0), 1);
+        assert_eq!(slice_want(3, None, 250_000), 250);
+        assert_eq!(slice_want(3, None, 0), 1);
+    }
+
+    #[test]
+    fn a_slice_grows_while_demand_spends_it_and_shrinks_to_what_was_spent() {
+        // Spent to the end: twice as many, up to a tenth of the window.
+        assert_eq!(slice_want(1, Some((4, 0)), 100), 8);
+        assert_eq!(slice_want(1, Some((8, 0)), 100), 10);
+        // Not spent to the end (its TTL ran out): as many as were spent.
+        assert_eq!(slice_want(1, Some((3, 5)), 100), 3);
+        // Waiting requests always get a permit each.
+        assert_eq!(slice_want(12, Some((3, 5)), 100), 12);
+        // A window of ten grows by one at a time only through waiting requests.
+        assert_eq!(slice_want(1, Some((1, 0)), 10), 1);
     }
 
     #[test]

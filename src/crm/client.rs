@@ -679,8 +679,13 @@ impl CrmClient {
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
         let room = info.remaining.is_some_and(|left| left > 0);
-        self.limiter
-            .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        // With a shared budget the other engine processes' requests are
+        // accounted for already; learning them again from the CRM's count
+        // would hold them a second time, for a whole window from now.
+        if self.budget.is_none() {
+            self.limiter
+                .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        }
         let raw = match body::read_capped(response, self.plan.max_response_bytes).await {
             Ok(raw) => raw,
             Err(err) => return (body_failure(status, err), None, false),

@@ -28,6 +28,49 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS engine_rate_budget (\
 const INDEX: &str = "CREATE INDEX IF NOT EXISTS engine_rate_budget_alive \
      ON engine_rate_budget (budget_key, window_name, expires_at)";
 
+/// One grant in one round trip: the advisory lock is held only while the
+/// server runs it, not across several client round trips, so a busy budget
+/// is not serialised on network and client latency.
+const TAKE_FUNCTION: &str = r#"CREATE OR REPLACE FUNCTION engine_rate_budget_take(
+    p_key TEXT, p_window TEXT, p_lock BIGINT, p_limit INTEGER, p_want INTEGER, p_hold_us BIGINT,
+    p_trim_id BIGINT, p_trim_used INTEGER, p_trim_held_us BIGINT,
+    OUT o_id BIGINT, OUT o_permits INTEGER, OUT o_retry_us BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_used BIGINT;
+    v_first TIMESTAMPTZ;
+    v_now TIMESTAMPTZ;
+    v_grant INTEGER;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    IF p_trim_id IS NOT NULL THEN
+        IF p_trim_used = 0 THEN
+            DELETE FROM engine_rate_budget WHERE id = p_trim_id;
+        ELSE
+            UPDATE engine_rate_budget
+               SET permits = LEAST(permits, p_trim_used),
+                   expires_at = LEAST(expires_at, granted_at + p_trim_held_us * INTERVAL '1 microsecond')
+             WHERE id = p_trim_id;
+        END IF;
+    END IF;
+    DELETE FROM engine_rate_budget b
+     WHERE b.budget_key = p_key AND b.window_name = p_window AND b.expires_at <= clock_timestamp();
+    SELECT COALESCE(SUM(b.permits), 0), MIN(b.expires_at) INTO v_used, v_first
+      FROM engine_rate_budget b WHERE b.budget_key = p_key AND b.window_name = p_window;
+    v_grant := LEAST(GREATEST(p_limit - v_used, 0), p_want);
+    v_now := clock_timestamp();
+    IF v_grant > 0 THEN
+        INSERT INTO engine_rate_budget (budget_key, window_name, permits, granted_at, expires_at)
+        VALUES (p_key, p_window, v_grant, v_now, v_now + p_hold_us * INTERVAL '1 microsecond')
+        RETURNING id INTO o_id;
+        o_permits := v_grant;
+    ELSE
+        o_permits := 0;
+        o_retry_us := (EXTRACT(EPOCH FROM (v_first - v_now)) * 1000000)::BIGINT;
+    END IF;
+END
+$$"#;
+
 /// The advisory lock (first key) that serialises creating the table; the
 /// second key is free for the grants' own locks (see [`lock_key`]).
 const CREATE_LOCK: i64 = 0x656e_6769_6e65_5242; // "engineRB"
@@ -42,6 +85,7 @@ pub async fn ensure_table(pool: &PgPool) -> anyhow::Result<()> {
         .await?;
     sqlx::query(CREATE).execute(&mut *tx).await?;
     sqlx::query(INDEX).execute(&mut *tx).await?;
+    sqlx::query(TAKE_FUNCTION).execute(&mut *tx).await?;
     tx.commit()
         .await
         .with_context(|| format!("creating the table {TABLE}"))
@@ -97,64 +141,27 @@ pub struct Granted {
 /// slices alive at once exceed its limit. See [`crate::budget`] for why
 /// that bounds every window at the CRM.
 pub async fn take_slice(pool: &PgPool, request: &SliceRequest<'_>) -> anyhow::Result<Granted> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(lock_key(request.key, request.window))
-        .execute(&mut *tx)
-        .await?;
-    if let Some(trim) = request.trim {
-        give_back(&mut tx, trim).await?;
-    }
-    // Slices that expired leave for good; the table stays as small as the
-    // slices alive (about a window's worth).
-    sqlx::query(
-        "DELETE FROM engine_rate_budget \
-         WHERE budget_key = $1 AND window_name = $2 AND expires_at <= clock_timestamp()",
+    let trim = request.trim;
+    let (id, permits, retry_us): (Option<i64>, i32, Option<i64>) = sqlx::query_as(
+        "SELECT o_id, o_permits, o_retry_us \
+         FROM engine_rate_budget_take($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(request.key)
     .bind(request.window)
-    .execute(&mut *tx)
+    .bind(lock_key(request.key, request.window))
+    .bind(i32::try_from(request.limit).unwrap_or(i32::MAX))
+    .bind(i32::try_from(request.want).unwrap_or(i32::MAX))
+    .bind(micros(request.hold))
+    .bind(trim.map(|t| t.id))
+    .bind(trim.map(|t| i32::try_from(t.used).unwrap_or(i32::MAX)))
+    .bind(trim.map(|t| micros(t.held)))
+    .fetch_one(pool)
     .await?;
-    let (used, first_expiry_us): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COALESCE(SUM(permits), 0)::INT8, \
-         (EXTRACT(EPOCH FROM (MIN(expires_at) - clock_timestamp())) * 1000000)::INT8 \
-         FROM engine_rate_budget WHERE budget_key = $1 AND window_name = $2",
-    )
-    .bind(request.key)
-    .bind(request.window)
-    .fetch_one(&mut *tx)
-    .await?;
-    let room = i64::from(request.limit).saturating_sub(used).max(0);
-    let permits = u32::try_from(room.min(i64::from(request.want))).unwrap_or(0);
-    let granted = if permits == 0 {
-        let retry_after = first_expiry_us.map(|us| Duration::from_micros(us.max(0) as u64));
-        Granted {
-            id: None,
-            permits: 0,
-            retry_after,
-        }
-    } else {
-        // Granted after the check above: the slice is alive from later than
-        // the room was counted, which only makes the count safer.
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO engine_rate_budget (budget_key, window_name, permits, granted_at, expires_at) \
-             VALUES ($1, $2, $3, clock_timestamp(), clock_timestamp() + $4::INT8 * INTERVAL '1 microsecond') \
-             RETURNING id",
-        )
-        .bind(request.key)
-        .bind(request.window)
-        .bind(i32::try_from(permits).unwrap_or(i32::MAX))
-        .bind(micros(request.hold))
-        .fetch_one(&mut *tx)
-        .await?;
-        Granted {
-            id: Some(id),
-            permits,
-            retry_after: None,
-        }
-    };
-    tx.commit().await?;
-    Ok(granted)
+    Ok(Granted {
+        id,
+        permits: u32::try_from(permits).unwrap_or(0),
+        retry_after: retry_us.map(|us| Duration::from_micros(us.max(0) as u64)),
+    })
 }
 
 /// Gives a slice back outside a grant (a run ending).
