@@ -265,7 +265,9 @@ impl SharedBudget {
         let mut slices = self.slices.lock().await;
         let mut pause = Duration::ZERO;
         for (i, window) in self.windows.iter().enumerate() {
-            if !window.applies_to(class) {
+            // Once one window must wait, asking the others for slices now
+            // would only hold their permits while this request waits.
+            if !window.applies_to(class) || !pause.is_zero() {
                 continue;
             }
             let ttl = slice_ttl(window.per);

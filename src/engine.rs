@@ -216,7 +216,13 @@ pub async fn run_connector(
         queues.push((mapping, feed));
     }
     let client = CrmClient::new(connector_plan, plan.templates.clone(), env, clock.clone())?;
-    let client = Arc::new(share_budget(client, &store, env, clock.clone()).await?);
+    // The budget lives where this process writes anyway: the queue's
+    // database, or a snapshot's state store (its source may be read-only).
+    let budget_store = match queues.first().map(|(_, feed)| feed) {
+        Some(Feed::Snapshot(snapshot)) => snapshot.state_store(),
+        _ => &store,
+    };
+    let client = Arc::new(share_budget(client, budget_store, env, clock.clone()).await?);
     let mut guards = Vec::new();
     for (mapping, feed) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
