@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench throughput -- all
-//! cargo bench --bench throughput -- hubspot|brevo|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
+//! cargo bench --bench throughput -- hubspot|brevo|multi-process|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
 //! ```
 //!
 //! Prints one line per run and a result table at the end; BENCHMARKS.md is
@@ -34,23 +34,25 @@ use support::child::{EngineRun, run_hubspot};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
 use support::{
-    CpuTicks, completion, load_average, max_in_flight, median, plan_at, rate_limited, shipped_plan,
-    total_requests, unlimited_config,
+    CpuTicks, completion, instances_config, load_average, max_in_flight, median, plan_at,
+    rate_limited, shipped_plan, total_requests, unlimited_config,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     Hubspot,
     Brevo,
+    MultiProcess,
     OverheadSqlite,
     OverheadPostgres,
     Rss,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Hubspot,
         Scenario::Brevo,
+        Scenario::MultiProcess,
         Scenario::OverheadSqlite,
         Scenario::OverheadPostgres,
         Scenario::Rss,
@@ -60,6 +62,7 @@ impl Scenario {
         match self {
             Scenario::Hubspot => "hubspot",
             Scenario::Brevo => "brevo",
+            Scenario::MultiProcess => "multi-process",
             Scenario::OverheadSqlite => "overhead-sqlite",
             Scenario::OverheadPostgres => "overhead-postgres",
             Scenario::Rss => "rss",
@@ -70,6 +73,7 @@ impl Scenario {
         match self {
             Scenario::Hubspot => 20_000,
             Scenario::Brevo => 2_000,
+            Scenario::MultiProcess => 30_000,
             Scenario::OverheadSqlite | Scenario::OverheadPostgres => 100_000,
             Scenario::Rss => 1_000_000,
         }
@@ -77,7 +81,7 @@ impl Scenario {
 
     fn default_runs(self) -> usize {
         match self {
-            Scenario::Rss => 1,
+            Scenario::Rss | Scenario::MultiProcess => 1,
             _ => 3,
         }
     }
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             match scenario {
                 Scenario::Hubspot => limited(&HUBSPOT, rows, runs).await,
                 Scenario::Brevo => limited(&BREVO, rows, runs).await,
+                Scenario::MultiProcess => multi_process(rows, runs).await,
                 Scenario::OverheadSqlite => overhead(Backend::Sqlite, rows, runs).await,
                 Scenario::OverheadPostgres => overhead(Backend::Postgres, rows, runs).await,
                 Scenario::Rss => rss(rows, runs).await,
@@ -688,6 +693,179 @@ async fn claim_record_loop(
         handle??;
     }
     Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------- multi-process
+
+/// 2 and 4 `engine run --connector hubspot` processes (the release binary)
+/// on one PostgreSQL queue, against one sandbox served here that counts
+/// HubSpot's rolling 100 requests per 10 s across all of them (250 ms
+/// latency). The processes share one rate budget in PostgreSQL; alone, each
+/// would pace to the whole limit and together they would be answered 429.
+async fn multi_process(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
+    let s = &HUBSPOT;
+    let ceiling = s.ceiling(rows);
+    println!(
+        "ceiling: {} requests of {} at {} per {:?} rolling across all processes, {:?} latency: best possible {:.2} s",
+        ceiling.requests,
+        s.per_request,
+        s.window_requests,
+        s.window,
+        s.latency,
+        ceiling.best.as_secs_f64()
+    );
+    let mut lines = Vec::new();
+    for (processes, scenario) in [(2, "multi-process x2"), (4, "multi-process x4")] {
+        let mut results = Vec::new();
+        for run in 1..=runs {
+            let r = multi_process_run(processes, rows, &ceiling)
+                .await
+                .with_context(|| format!("{scenario} run {run}"))?;
+            println!(
+                "{scenario} run {run}: {:.2} s, {:.0} contacts/s, {:.3} of the run's ceiling, sustained {}, {} requests, \
+                 {} answered 429, {} records for {rows} rows, peak {} in flight, load {}",
+                r.elapsed.as_secs_f64(),
+                r.contacts_per_s,
+                r.fraction,
+                r.sustained.map_or("-".into(), |v| format!("{v:.3}")),
+                r.requests,
+                r.rejected,
+                r.records,
+                r.peak_in_flight,
+                load_average()
+            );
+            results.push(r);
+        }
+        let values = |f: fn(&MultiRun) -> f64| results.iter().map(f).collect::<Vec<_>>();
+        lines.extend([
+            Line {
+                scenario,
+                figure: "sustained fraction of the limit, all processes (first window left out)",
+                values: values(|r| r.sustained.unwrap_or(0.0)),
+                decimals: 3,
+                target: Target::AtLeast(0.90),
+            },
+            Line {
+                scenario,
+                figure: "fraction of the run's best possible time (burst included)",
+                values: values(|r| r.fraction),
+                decimals: 3,
+                target: Target::Info,
+            },
+            Line {
+                scenario,
+                figure: "sandbox 429 answers",
+                values: values(|r| r.rejected as f64),
+                decimals: 0,
+                target: Target::EveryRunAtMost(0.0),
+            },
+            Line {
+                scenario,
+                figure: "sandbox records minus rows (a row sent twice shows here)",
+                values: results
+                    .iter()
+                    .map(|r| r.records as f64 - rows as f64)
+                    .collect(),
+                decimals: 0,
+                target: Target::EveryRunAtMost(0.0),
+            },
+        ]);
+    }
+    Ok(lines)
+}
+
+struct MultiRun {
+    elapsed: Duration,
+    contacts_per_s: f64,
+    fraction: f64,
+    sustained: Option<f64>,
+    rejected: u64,
+    requests: u64,
+    records: u64,
+    peak_in_flight: u64,
+}
+
+async fn multi_process_run(
+    processes: u32,
+    rows: u64,
+    ceiling: &Ceiling,
+) -> anyhow::Result<MultiRun> {
+    let s = &HUBSPOT;
+    let sandbox = Arc::new(Sandbox::start((s.options)()).await?);
+    let env = sandbox_env(&sandbox.base_url());
+    let config = instances_config(processes)?;
+    let plan = plan_at(config.path(), &env)?;
+    let spec = spec_of(&plan, "hubspot")?;
+    let db = Db::fresh(Backend::Postgres, &plan).await?;
+    db.fill(rows).await?;
+    let start = Instant::now();
+    let timeline = Timeline::start(sandbox.clone(), start);
+    let bin = env!("CARGO_BIN_EXE_engine");
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let child = tokio::process::Command::new(bin)
+            .args(["run", "--connector", "hubspot", "--config-dir"])
+            .arg(config.path())
+            .args(["--database", &db.url])
+            .env_remove("DATABASE_URL")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(&env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        children.push(child);
+    }
+    for child in children {
+        let output = child.wait_with_output().await?;
+        ensure!(
+            output.status.success(),
+            "an engine process exited {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let elapsed = start.elapsed();
+    let points = timeline.finish();
+    let points = points.lock().unwrap().clone();
+    let stats = sandbox.stats();
+    let (complete, total) = completion(&db.store, &spec).await?;
+    db.store.close().await;
+    ensure!(
+        complete == total && total as u64 == rows,
+        "only {complete} of {total} rows are Complete; sandbox stats {stats}"
+    );
+    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+        let text: String = points
+            .iter()
+            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
+            .collect();
+        let path = format!("{path}.x{processes}");
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
+    let n = s.window_requests;
+    let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
+        (Some(first), Some(last)) if ceiling.requests > n && last > first => {
+            let rate = (ceiling.requests - n) as f64 / (last - first).as_secs_f64();
+            Some(rate / (n as f64 / s.window.as_secs_f64()))
+        }
+        _ => None,
+    };
+    Ok(MultiRun {
+        elapsed,
+        contacts_per_s: rows as f64 / elapsed.as_secs_f64(),
+        fraction: ceiling.best.as_secs_f64() / elapsed.as_secs_f64(),
+        sustained,
+        rejected: rate_limited(&stats),
+        requests: total_requests(&stats),
+        records: sandbox.hubspot_contacts().len() as u64,
+        peak_in_flight: max_in_flight(&stats),
+    })
 }
 
 // ---------------------------------------------------------------- rss

@@ -14,7 +14,7 @@
 //!   source the engine may not alter against its own state table.
 //! - **render** (`template`): strict handlebars, typed insertion, helpers.
 //! - **send** (`send`): everything between a rendered job and a row's
-//!   outcome, in one folder: `auth`, pacing (`ratelimit`, `margin`), adaptive
+//!   outcome, in one folder: `auth`, pacing (`ratelimit`, `margin`, the cross-process `budget`), adaptive
 //!   `concurrency`, bounded `wait`s, one request with in-cycle retries
 //!   (`client`), response classification (`outcome`), the flows (`flow`,
 //!   `batch`, `modes`, sharing the row types of `row`), `delete`s, and row

@@ -30,6 +30,42 @@ pub fn shipped_plan(env: &BTreeMap<String, String>) -> anyhow::Result<Arc<Plan>>
 /// The sandbox's limits are off too; without this the engine's own limiter
 /// would still pace the run at 100 requests per 10 s (1,000 contacts/s).
 pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
+    let dir = copied_config()?;
+    let hubspot = dir.path().join("connectors/hubspot.toml");
+    let text = std::fs::read_to_string(&hubspot)?;
+    let window = "name = \"ten_secondly\"\nrequests = 100\n";
+    ensure!(
+        text.contains(window),
+        "connectors/hubspot.toml no longer has {window:?}; update the bench"
+    );
+    std::fs::write(
+        &hubspot,
+        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
+    )?;
+    Ok(dir)
+}
+
+/// For the multi-process scenario: a copy of the shipped config where the
+/// one change is that HubSpot's mapping allows `instances` processes at
+/// once (`schedule.max_instances`, shipped as 1).
+pub fn instances_config(instances: u32) -> anyhow::Result<tempfile::TempDir> {
+    let dir = copied_config()?;
+    let mapping = dir.path().join("mappings/hubspot.toml");
+    let text = std::fs::read_to_string(&mapping)?;
+    let line = "max_instances = 1\n";
+    ensure!(
+        text.contains(line),
+        "mappings/hubspot.toml no longer has {line:?}; update the bench"
+    );
+    std::fs::write(
+        &mapping,
+        text.replace(line, &format!("max_instances = {instances}\n")),
+    )?;
+    Ok(dir)
+}
+
+/// A copy of the shipped `connectors/` and `mappings/` in a temp dir.
+fn copied_config() -> anyhow::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("engine-bench-config-")
         .tempdir()?;
@@ -47,17 +83,6 @@ pub fn unlimited_config() -> anyhow::Result<tempfile::TempDir> {
             }
         }
     }
-    let hubspot = dir.path().join("connectors/hubspot.toml");
-    let text = std::fs::read_to_string(&hubspot)?;
-    let window = "name = \"ten_secondly\"\nrequests = 100\n";
-    ensure!(
-        text.contains(window),
-        "connectors/hubspot.toml no longer has {window:?}; update the bench"
-    );
-    std::fs::write(
-        &hubspot,
-        text.replace(window, "name = \"ten_secondly\"\nrequests = 1000000\n"),
-    )?;
     Ok(dir)
 }
 

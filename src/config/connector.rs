@@ -66,6 +66,13 @@ pub struct ConnectorFile {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_request_bytes: Option<u64>,
+    /// Whether every engine process syncing through this connector with the
+    /// same base URL and credentials takes its requests from one rate budget
+    /// held in PostgreSQL (the table `engine_rate_budget`), so that together
+    /// they never exceed `rate_limits`. Only on PostgreSQL (a SQLite queue has
+    /// one host); `false` lets each process pace to the whole limit alone.
+    #[serde(default = "default_true")]
+    pub share_rate_budget: bool,
     /// Every rate-limit window the CRM enforces; all are respected at once.
     /// `requests` is the count on the plan named by `default_tier`.
     #[serde(default)]

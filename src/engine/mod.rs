@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::send::budget::SharedBudget;
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
 use crate::history::{Counts, Cycle, Tallies};
@@ -241,12 +242,14 @@ pub async fn run_connector(
         };
         queues.push((mapping, feed));
     }
-    let client = Arc::new(CrmClient::new(
-        connector_plan,
-        plan.templates.clone(),
-        env,
-        clock.clone(),
-    )?);
+    let client = CrmClient::new(connector_plan, plan.templates.clone(), env, clock.clone())?;
+    // The budget lives where this process writes anyway: the queue's
+    // database, or a snapshot's state store (its source may be read-only).
+    let budget_store = match queues.first().map(|(_, feed)| feed) {
+        Some(Feed::Snapshot(snapshot)) => snapshot.state_store(),
+        _ => &store,
+    };
+    let client = Arc::new(share_budget(client, budget_store, env, clock.clone()).await?);
     let mut guards = Vec::new();
     for (mapping, feed) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
@@ -304,11 +307,46 @@ pub async fn run_connector(
     if let Some(progress) = progress {
         progress.abort();
     }
+    if let Some(budget) = run.client.shared_budget() {
+        budget.release().await;
+    }
     for guard in guards {
         guard.release().await?;
     }
     result?;
     Ok(summary)
+}
+
+/// On PostgreSQL, `client` takes its requests from the rate budget every
+/// process syncing through the same connector and credentials shares (see
+/// [`crate::send::budget`]), unless the connector sets `share_rate_budget = false`.
+/// SQLite has one host: nothing to share.
+async fn share_budget(
+    client: CrmClient,
+    store: &Store,
+    env: &dyn Env,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<CrmClient> {
+    let Store::Postgres(pool) = store else {
+        return Ok(client);
+    };
+    let budget = SharedBudget::open(pool, &client.plan, client.base_url(), env, clock, Duration::ZERO)
+        .await
+        .with_context(|| {
+            format!(
+                "connector `{}` shares its rate budget in the table engine_rate_budget, which cannot be created \
+                 in this database; grant CREATE, or set `share_rate_budget = false` in connectors/{}.toml \
+                 (then each process paces to the whole limit alone)",
+                client.plan.name, client.plan.name
+            )
+        })?;
+    Ok(match budget {
+        Some(budget) => {
+            tracing::debug!(connector = %client.plan.name, budget = %budget.key(), "Sharing the rate budget across processes.");
+            client.with_shared_budget(budget)
+        }
+        None => client,
+    })
 }
 
 /// Opens the queue of `mapping`'s table, claiming only the columns its

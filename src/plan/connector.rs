@@ -45,6 +45,8 @@ pub struct ConnectorPlan {
     pub max_in_flight: usize,
     /// Whether pushback from the CRM lowers the requests in flight (AIMD).
     pub adaptive_concurrency: bool,
+    /// Share one rate budget across processes on PostgreSQL (see `crate::send::budget`).
+    pub share_rate_budget: bool,
     pub headers: Vec<(String, String)>,
     /// Rate-limit windows in force (the chosen tier's counts, with overrides).
     pub rate_limits: Vec<WindowPlan>,
@@ -257,6 +259,7 @@ pub fn build(
         redirects: raw.redirects,
         max_in_flight: raw.max_in_flight as usize,
         adaptive_concurrency: raw.adaptive_concurrency,
+        share_rate_budget: raw.share_rate_budget,
         headers: raw
             .headers
             .iter()

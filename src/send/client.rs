@@ -18,6 +18,7 @@ use super::margin::ArrivalMargin;
 use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
 use super::wait::{self, Stop};
+use crate::send::budget::SharedBudget;
 use crate::clock::Clock;
 use crate::plan::{ConnectorPlan, Env, OpPlan};
 use crate::plan::{Redirects, RuleAction};
@@ -108,6 +109,8 @@ pub struct CrmClient {
     clock: Arc<dyn Clock>,
     /// Whether the answers so far blame the config (see [`super::probe`]).
     probe: ConfigProbe,
+    /// The rate budget shared with other processes, on PostgreSQL.
+    budget: Option<SharedBudget>,
 }
 
 impl CrmClient {
@@ -198,9 +201,31 @@ impl CrmClient {
             policy,
             clock,
             probe: ConfigProbe::default(),
+            budget: None,
         };
         crate::metrics::global().connector_started(&client.plan.name, client.in_flight.limit());
         Ok(client)
+    }
+
+    /// Takes every request's permit from `budget` too (after the limiter's
+    /// own slot), so this process and the others sharing it stay within the
+    /// CRM's windows together.
+    pub fn with_shared_budget(mut self, budget: SharedBudget) -> Self {
+        budget.set_margin(self.limiter_margin());
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The shared rate budget, if this client takes from one.
+    pub fn shared_budget(&self) -> Option<&SharedBudget> {
+        self.budget.as_ref()
+    }
+
+    fn limiter_margin(&self) -> Duration {
+        self.arrival_margin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .margin()
     }
 
     /// The connector's config looks broken: every answer so far blamed it
@@ -578,12 +603,16 @@ impl CrmClient {
     /// alone, not added up: waiting in turn behind the batch's other requests
     /// is pacing, not a rate limit, and a large batch must not hand rows back
     /// for it while the lease holds.
+    ///
+    /// The shared budget's permit comes last: it is counted from the moment
+    /// it is taken, so the request must leave right after.
     async fn acquire_slot(&self, class: &str) -> Result<(), (Stop, Duration)> {
-        loop {
-            let Err(wait) = self.limiter.try_acquire(class) else {
-                return Ok(());
-            };
+        while let Err(wait) = self.limiter.try_acquire(class) {
             self.wait_within(wait).await.map_err(|stop| (stop, wait))?;
+        }
+        match &self.budget {
+            Some(budget) => budget.take(class).await.map(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -600,6 +629,9 @@ impl CrmClient {
                 "Rate-limit margin follows the CRM's latency."
             );
             self.limiter.set_margin(margin);
+            if let Some(budget) = &self.budget {
+                budget.set_margin(margin);
+            }
         }
     }
 
@@ -642,8 +674,13 @@ impl CrmClient {
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
         let room = info.remaining.is_some_and(|left| left > 0);
-        self.limiter
-            .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        // With a shared budget the other engine processes' requests are
+        // accounted for already; learning them again from the CRM's count
+        // would hold them a second time, for a whole window from now.
+        if self.budget.is_none() {
+            self.limiter
+                .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        }
         let raw = match body::read_capped(response, self.plan.max_response_bytes).await {
             Ok(raw) => raw,
             Err(err) => return (body_failure(status, err), None, false),

@@ -5,6 +5,7 @@
 mod auth;
 mod batch;
 mod body;
+pub mod budget;
 mod client;
 pub mod concurrency;
 pub mod delete;

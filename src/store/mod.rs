@@ -21,6 +21,7 @@
 //! so comparing the text orders the instants. Both backends keep them to the
 //! millisecond, so a lease read back compares equal to the one written.
 
+pub mod budget;
 mod counts;
 mod lock;
 mod peek;
