@@ -349,9 +349,12 @@ pub async fn recent(
     let missing = missing_outcomes(store).await?;
     let later: Vec<String> = LATER_OUTCOMES
         .iter()
-        .map(|name| match missing.contains(name) {
-            true => format!("CAST(0 AS BIGINT) AS {name}"),
-            false => format!("CAST({name} AS BIGINT)"),
+        .map(|name| {
+            if missing.contains(name) {
+                format!("CAST(0 AS BIGINT) AS {name}")
+            } else {
+                format!("CAST({name} AS BIGINT)")
+            }
         })
         .collect();
     let columns = format!(
