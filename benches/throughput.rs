@@ -813,9 +813,9 @@ async fn multi_process_run(
                 std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .envs(&env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {bin}"))?;
@@ -841,17 +841,17 @@ async fn multi_process_run(
         "only {complete} of {total} rows are Complete; sandbox stats {stats}"
     );
     if let Ok(path) = std::env::var("BENCH_TIMELINE") {
-        let text: String = points
-            .iter()
-            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
-            .collect();
+        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
+            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
+            text
+        });
         let path = format!("{path}.x{processes}");
         std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
     }
     let n = s.window_requests;
     let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
         (Some(first), Some(last)) if ceiling.requests > n && last > first => {
-            let rate = (ceiling.requests - n) as f64 / (last - first).as_secs_f64();
+            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
             Some(rate / (n as f64 / s.window.as_secs_f64()))
         }
         _ => None,

@@ -25,12 +25,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::send::budget::SharedBudget;
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
 use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::OnRemoved;
 use crate::plan::{Env, MappingPlan, Plan};
+use crate::send::budget::SharedBudget;
 use crate::send::probe::ConnectorPaused;
 use crate::send::wait::{self, WaitBound};
 use crate::send::{CrmClient, RowOutcome};

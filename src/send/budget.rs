@@ -50,9 +50,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::clock::Clock;
-use crate::send::wait::{self, Stop};
 use crate::plan::{ConnectorPlan, Env};
 use crate::send::ratelimit::Window;
+use crate::send::wait::{self, Stop};
 use crate::store::budget::{self as table, SliceRequest, Trim};
 
 /// How long a slice may be spent: a twentieth of the window, between 50 ms
@@ -101,8 +101,7 @@ pub fn budget_key(plan: &ConnectorPlan, base_url: &str, env: &dyn Env) -> String
         hash.update([0]);
         hash.update(env.var(&name).unwrap_or_default().as_bytes());
     }
-    let digest = hash.finalize();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::fingerprint::hex(&hash.finalize());
     format!("{}:{hex}", plan.name)
 }
 
@@ -113,8 +112,8 @@ pub fn windows_of(plan: &ConnectorPlan) -> Vec<Window> {
         .map(|limit| Window {
             name: limit.name.clone(),
             requests: limit.requests,
-            per: Duration::from_secs(limit.per_secs),
-            classes: limit.endpoint_classes.clone(),
+            per: limit.per,
+            classes: limit.classes.clone(),
         })
         .collect()
 }
@@ -188,7 +187,7 @@ impl SharedBudget {
             windows_of(plan),
             clock,
             margin,
-            Duration::from_secs(plan.retry.max_rate_limit_wait_secs),
+            plan.retry.max_rate_limit_wait,
         )))
     }
 

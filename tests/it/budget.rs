@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engine::send::budget::{SharedBudget, budget_key, slice_ttl};
 use engine::clock::{Clock, SystemClock};
-use engine::send::ratelimit::Window;
 use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::send::budget::{SharedBudget, budget_key, slice_ttl};
+use engine::send::ratelimit::Window;
 use engine::store::budget::{self as table, SliceRequest, Trim};
 use engine::store::{Backend, Store};
 use serde_json::{Map, Value, json};
