@@ -17,17 +17,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use engine::demo::sandbox_env;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, Store};
 use sqlx::AssertSqlSafe;
+use support::child::run_hubspot;
 use support::db::Db;
-use support::{memory_kb, plan_at, total_requests, unlimited_config};
+use support::{plan_at, total_requests, unlimited_config};
 
 const MAPPING: &str = "snapshot_bench";
 
@@ -192,70 +192,27 @@ impl Child {
     }
 }
 
-/// `engine run --connector hubspot` as a child, sampling its memory.
+/// `engine run --connector hubspot` as a child, sampling its memory and
+/// keeping the snapshot diff's log line.
 async fn run_child(
     env: &BTreeMap<String, String>,
     config_dir: &std::path::Path,
     database: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Child> {
-    let bin = env!("CARGO_BIN_EXE_engine");
-    let start = Instant::now();
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "run",
-            "--connector",
-            "hubspot",
-            "--log-level",
-            "warn,engine::snapshot=info",
-            "--config-dir",
-        ])
-        .arg(config_dir)
-        .args(["--database", database])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("STATE_DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let pid = child.id();
-    let stderr = child.stderr.take().context("piped stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut diff = None;
-        let mut tail = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Compared the snapshot source") {
-                diff = Some(line.clone());
-            }
-            tail.push(line);
-            if tail.len() > 20 {
-                tail.remove(0);
-            }
-        }
-        (diff, tail)
-    });
-    let mut peak_kb = 0;
-    let status = loop {
-        if let Some((hwm, _)) = memory_kb(pid) {
-            peak_kb = peak_kb.max(hwm);
-        }
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let elapsed = start.elapsed();
-    let (diff_line, tail) = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the log reader panicked"))?;
-    if !status.success() {
-        bail!("engine run exited {status}:\n{}", tail.join("\n"));
+    let run = run_hubspot(
+        &["--log-level", "warn,engine::snapshot=info"],
+        env,
+        config_dir,
+        database,
+        dir,
+        "Compared the snapshot source",
+    )
+    .await?;
+    if !run.status.success() {
+        bail!("engine run exited {}:\n{}", run.status, run.tail.join("\n"));
     }
-    let diff_ms = diff_line.as_deref().and_then(|line| {
+    let diff_ms = run.marked.as_deref().and_then(|line| {
         let rest = line.split("elapsed_ms=").nth(1)?;
         rest.split(|c: char| !c.is_ascii_digit())
             .next()?
@@ -263,9 +220,9 @@ async fn run_child(
             .ok()
     });
     Ok(Child {
-        elapsed,
-        peak_kb,
+        elapsed: run.elapsed,
+        peak_kb: run.peak_kb,
         diff_ms,
-        diff_line,
+        diff_line: run.marked,
     })
 }

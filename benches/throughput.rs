@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench throughput -- all
-//! cargo bench --bench throughput -- hubspot|brevo|brevo-bulk|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
+//! cargo bench --bench throughput -- hubspot|brevo|brevo-bulk|multi-process|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
 //! ```
 //!
 //! Prints one line per run and a result table at the end; BENCHMARKS.md is
@@ -19,8 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,11 +30,13 @@ use engine::demo::sandbox_env;
 use engine::engine::{RunOptions, run_connector};
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, Queue, RowResult, RowUpdate, Store, TableSpec};
+use support::child::{EngineRun, run_hubspot};
 use support::db::Db;
 use support::timeline::{Timeline, time_of};
 use support::{
-    CpuTicks, completion, load_average, max_in_flight, median, memory_kb, per_contact_brevo_config,
-    plan_at, rate_limited, shipped_plan, total_requests, unlimited_config,
+    CpuTicks, completion, instances_config, load_average, max_in_flight, median,
+    per_contact_brevo_config, plan_at, rate_limited, shipped_plan, total_requests,
+    unlimited_config,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,16 +44,18 @@ enum Scenario {
     Hubspot,
     Brevo,
     BrevoBulk,
+    MultiProcess,
     OverheadSqlite,
     OverheadPostgres,
     Rss,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Hubspot,
         Scenario::Brevo,
         Scenario::BrevoBulk,
+        Scenario::MultiProcess,
         Scenario::OverheadSqlite,
         Scenario::OverheadPostgres,
         Scenario::Rss,
@@ -63,6 +66,7 @@ impl Scenario {
             Scenario::Hubspot => "hubspot",
             Scenario::Brevo => "brevo",
             Scenario::BrevoBulk => "brevo-bulk",
+            Scenario::MultiProcess => "multi-process",
             Scenario::OverheadSqlite => "overhead-sqlite",
             Scenario::OverheadPostgres => "overhead-postgres",
             Scenario::Rss => "rss",
@@ -74,6 +78,7 @@ impl Scenario {
             Scenario::Hubspot => 20_000,
             Scenario::Brevo => 2_000,
             Scenario::BrevoBulk => 20_000,
+            Scenario::MultiProcess => 30_000,
             Scenario::OverheadSqlite | Scenario::OverheadPostgres => 100_000,
             Scenario::Rss => 1_000_000,
         }
@@ -81,7 +86,7 @@ impl Scenario {
 
     fn default_runs(self) -> usize {
         match self {
-            Scenario::Rss => 1,
+            Scenario::Rss | Scenario::MultiProcess => 1,
             _ => 3,
         }
     }
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
                 Scenario::Hubspot => limited(&HUBSPOT, rows, runs).await,
                 Scenario::Brevo => limited(&BREVO, rows, runs).await,
                 Scenario::BrevoBulk => brevo_bulk(rows, runs).await,
+                Scenario::MultiProcess => multi_process(rows, runs).await,
                 Scenario::OverheadSqlite => overhead(Backend::Sqlite, rows, runs).await,
                 Scenario::OverheadPostgres => overhead(Backend::Postgres, rows, runs).await,
                 Scenario::Rss => rss(rows, runs).await,
@@ -223,7 +229,7 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "?".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!(
         "machine: {cores} cores, {cpu}, kernel {}, load {}, {}",
         kernel.trim(),
@@ -405,8 +411,8 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
             target: Target::EveryRunAtMost(0.0),
         },
     ];
-    match results.iter().all(|r| r.sustained.is_some()) {
-        true => lines.insert(
+    if results.iter().all(|r| r.sustained.is_some()) {
+        lines.insert(
             0,
             Line {
                 scenario: s.name,
@@ -415,9 +421,10 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
                 decimals: 3,
                 target: Target::AtLeast(0.95),
             },
-        ),
+        );
+    } else {
         // Too few requests for a second window: the whole run is all there is.
-        false => lines[0].target = Target::AtLeast(0.95),
+        lines[0].target = Target::AtLeast(0.95);
     }
     Ok(lines)
 }
@@ -462,16 +469,17 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
     db.store.close().await;
     if let Ok(path) = std::env::var("BENCH_TIMELINE") {
         // A diagnostic: "seconds requests-arrived" per change, for plotting.
-        let text: String = points
-            .iter()
-            .map(|(t, n)| format!("{:.3} {n}\n", t.as_secs_f64()))
-            .collect();
+        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
+            // Writing to a String cannot fail.
+            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
+            text
+        });
         std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
     }
     let n = s.window_requests;
     let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
         (Some(first), Some(last)) if ceiling.requests > n && last > first => {
-            let rate = (ceiling.requests - n) as f64 / (last - first).as_secs_f64();
+            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
             Some(rate / (n as f64 / s.window.as_secs_f64()))
         }
         _ => None,
@@ -666,7 +674,7 @@ async fn overhead(backend: Backend, rows: u64, runs: usize) -> anyhow::Result<Ve
         let db_elapsed = claim_record_loop(
             &queue,
             mapping.schedule.batch_size as usize,
-            mapping.schedule.lease_secs,
+            mapping.schedule.lease.as_secs(),
             workers,
         )
         .await?;
@@ -823,6 +831,179 @@ async fn claim_record_loop(
     Ok(start.elapsed())
 }
 
+// ---------------------------------------------------------------- multi-process
+
+/// 2 and 4 `engine run --connector hubspot` processes (the release binary)
+/// on one PostgreSQL queue, against one sandbox served here that counts
+/// HubSpot's rolling 100 requests per 10 s across all of them (250 ms
+/// latency). The processes share one rate budget in PostgreSQL; alone, each
+/// would pace to the whole limit and together they would be answered 429.
+async fn multi_process(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
+    let s = &HUBSPOT;
+    let ceiling = s.ceiling(rows);
+    println!(
+        "ceiling: {} requests of {} at {} per {:?} rolling across all processes, {:?} latency: best possible {:.2} s",
+        ceiling.requests,
+        s.per_request,
+        s.window_requests,
+        s.window,
+        s.latency,
+        ceiling.best.as_secs_f64()
+    );
+    let mut lines = Vec::new();
+    for (processes, scenario) in [(2, "multi-process x2"), (4, "multi-process x4")] {
+        let mut results = Vec::new();
+        for run in 1..=runs {
+            let r = multi_process_run(processes, rows, &ceiling)
+                .await
+                .with_context(|| format!("{scenario} run {run}"))?;
+            println!(
+                "{scenario} run {run}: {:.2} s, {:.0} contacts/s, {:.3} of the run's ceiling, sustained {}, {} requests, \
+                 {} answered 429, {} records for {rows} rows, peak {} in flight, load {}",
+                r.elapsed.as_secs_f64(),
+                r.contacts_per_s,
+                r.fraction,
+                r.sustained.map_or("-".into(), |v| format!("{v:.3}")),
+                r.requests,
+                r.rejected,
+                r.records,
+                r.peak_in_flight,
+                load_average()
+            );
+            results.push(r);
+        }
+        let values = |f: fn(&MultiRun) -> f64| results.iter().map(f).collect::<Vec<_>>();
+        lines.extend([
+            Line {
+                scenario,
+                figure: "sustained fraction of the limit, all processes (first window left out)",
+                values: values(|r| r.sustained.unwrap_or(0.0)),
+                decimals: 3,
+                target: Target::AtLeast(0.90),
+            },
+            Line {
+                scenario,
+                figure: "fraction of the run's best possible time (burst included)",
+                values: values(|r| r.fraction),
+                decimals: 3,
+                target: Target::Info,
+            },
+            Line {
+                scenario,
+                figure: "sandbox 429 answers",
+                values: values(|r| r.rejected as f64),
+                decimals: 0,
+                target: Target::EveryRunAtMost(0.0),
+            },
+            Line {
+                scenario,
+                figure: "sandbox records minus rows (a row sent twice shows here)",
+                values: results
+                    .iter()
+                    .map(|r| r.records as f64 - rows as f64)
+                    .collect(),
+                decimals: 0,
+                target: Target::EveryRunAtMost(0.0),
+            },
+        ]);
+    }
+    Ok(lines)
+}
+
+struct MultiRun {
+    elapsed: Duration,
+    contacts_per_s: f64,
+    fraction: f64,
+    sustained: Option<f64>,
+    rejected: u64,
+    requests: u64,
+    records: u64,
+    peak_in_flight: u64,
+}
+
+async fn multi_process_run(
+    processes: u32,
+    rows: u64,
+    ceiling: &Ceiling,
+) -> anyhow::Result<MultiRun> {
+    let s = &HUBSPOT;
+    let sandbox = Arc::new(Sandbox::start((s.options)()).await?);
+    let env = sandbox_env(&sandbox.base_url());
+    let config = instances_config(processes)?;
+    let plan = plan_at(config.path(), &env)?;
+    let spec = spec_of(&plan, "hubspot")?;
+    let db = Db::fresh(Backend::Postgres, &plan).await?;
+    db.fill(rows).await?;
+    let start = Instant::now();
+    let timeline = Timeline::start(sandbox.clone(), start);
+    let bin = env!("CARGO_BIN_EXE_engine");
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let child = tokio::process::Command::new(bin)
+            .args(["run", "--connector", "hubspot", "--config-dir"])
+            .arg(config.path())
+            .args(["--database", &db.url])
+            .env_remove("DATABASE_URL")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(&env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        children.push(child);
+    }
+    for child in children {
+        let output = child.wait_with_output().await?;
+        ensure!(
+            output.status.success(),
+            "an engine process exited {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let elapsed = start.elapsed();
+    let points = timeline.finish();
+    let points = points.lock().unwrap().clone();
+    let stats = sandbox.stats();
+    let (complete, total) = completion(&db.store, &spec).await?;
+    db.store.close().await;
+    ensure!(
+        complete == total && total as u64 == rows,
+        "only {complete} of {total} rows are Complete; sandbox stats {stats}"
+    );
+    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
+            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
+            text
+        });
+        let path = format!("{path}.x{processes}");
+        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+    }
+    let n = s.window_requests;
+    let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
+        (Some(first), Some(last)) if ceiling.requests > n && last > first => {
+            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
+            Some(rate / (n as f64 / s.window.as_secs_f64()))
+        }
+        _ => None,
+    };
+    Ok(MultiRun {
+        elapsed,
+        contacts_per_s: rows as f64 / elapsed.as_secs_f64(),
+        fraction: ceiling.best.as_secs_f64() / elapsed.as_secs_f64(),
+        sustained,
+        rejected: rate_limited(&stats),
+        requests: total_requests(&stats),
+        records: sandbox.hubspot_contacts().len() as u64,
+        peak_in_flight: max_in_flight(&stats),
+    })
+}
+
 // ---------------------------------------------------------------- rss
 
 /// Fills a SQLite file with `rows` queued rows, then runs `engine run
@@ -885,72 +1066,13 @@ async fn rss(rows: u64, runs: usize) -> anyhow::Result<Vec<Line>> {
     ])
 }
 
-struct Child {
-    status: std::process::ExitStatus,
-    elapsed: Duration,
-    peak_kb: u64,
-    last_kb: u64,
-    log_lines: u64,
-    tail: Vec<String>,
-}
-
+/// `engine run --connector hubspot` at its default log level (every row at
+/// info: the log lines are counted).
 async fn run_engine_child(
     env: &BTreeMap<String, String>,
     config_dir: &std::path::Path,
     database: &str,
     dir: &std::path::Path,
-) -> anyhow::Result<Child> {
-    let bin = env!("CARGO_BIN_EXE_engine");
-    let start = Instant::now();
-    let mut child = std::process::Command::new(bin)
-        .args(["run", "--connector", "hubspot", "--config-dir"])
-        .arg(config_dir)
-        .args(["--database", database])
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {bin}"))?;
-    let pid = child.id();
-    // The engine logs every row at info (its default): count the lines, keep the last few.
-    let stderr = child.stderr.take().context("piped stderr")?;
-    let reader = std::thread::spawn(move || {
-        let mut count = 0u64;
-        let mut tail = std::collections::VecDeque::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            count += 1;
-            tail.push_back(line);
-            if tail.len() > 20 {
-                tail.pop_front();
-            }
-        }
-        (count, Vec::from(tail))
-    });
-    let (mut peak_kb, mut last_kb) = (0, 0);
-    let status = loop {
-        if let Some((hwm, rss)) = memory_kb(pid) {
-            peak_kb = peak_kb.max(hwm);
-            last_kb = rss;
-        }
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let elapsed = start.elapsed();
-    let (log_lines, tail) = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the log reader panicked"))?;
-    Ok(Child {
-        status,
-        elapsed,
-        peak_kb,
-        last_kb,
-        log_lines,
-        tail,
-    })
+) -> anyhow::Result<EngineRun> {
+    run_hubspot(&[], env, config_dir, database, dir, "").await
 }

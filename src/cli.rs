@@ -163,6 +163,9 @@ pub enum Command {
         /// Cycles of run history kept per mapping (0: record none).
         #[arg(long, default_value_t = crate::history::DEFAULT_KEEP, value_name = "N")]
         keep_history: u32,
+        /// No progress bar on a terminal: progress log lines, as when output is redirected.
+        #[arg(long)]
+        quiet: bool,
         /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
@@ -283,9 +286,16 @@ fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(asked));
     // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Bars only for `run`, on a terminal, unless asked for plain or JSON
+    // lines; log lines then pause the bars while they are written.
+    if let Command::Run { quiet, .. } = &cli.command
+        && crate::progress::wanted(ansi, *quiet, matches!(cli.log_format, LogFormat::Json))
+    {
+        crate::progress::enable();
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::LogWriter)
         .with_ansi(ansi);
     match cli.log_format {
         LogFormat::Text => builder.with_target(false).init(),
@@ -320,6 +330,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             workers,
             allow_empty_source,
             keep_history,
+            quiet: _,
             listen,
             location,
         } => {
@@ -327,6 +338,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 watch,
                 workers,
                 history_keep: keep_history,
+                progress_bar: crate::progress::enabled(),
                 allow_empty_source,
                 ..RunOptions::default()
             };

@@ -123,8 +123,8 @@ fn finish(hasher: Sha256) -> String {
     hex(&digest.as_slice()[..FINGERPRINT_BYTES])
 }
 
-/// Lowercase hex (sha2 0.11 digests have no `LowerHex`).
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of a digest (md-5/sha2 0.11 digests have no `LowerHex`).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for &b in bytes {

@@ -4,6 +4,7 @@
 //! tables keep separate histories, and each keeps only its latest `keep`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,28 +31,69 @@ pub struct Counts {
     pub retrying: u64,
     /// Handed back because of a long rate limit.
     pub deferred: u64,
+    /// Recorded `Complete` without a request: the values the CRM last
+    /// confirmed (the fingerprint) had not changed.
+    pub unchanged: u64,
+    /// Not let through by the mapping's sync mode (`update_only`,
+    /// `create_only`).
+    pub skipped: u64,
+    /// CRM records deleted (`on_removed = "archive"`).
+    pub deleted: u64,
 }
 
+/// The outcomes added after the table first shipped: `ensure_table` adds them
+/// to an older table, and `recent` reads 0 where an older table lacks them.
+const LATER_OUTCOMES: [&str; 3] = ["unchanged", "skipped", "deleted"];
+
 impl Counts {
+    /// The counts in field order (as the INSERT binds them).
+    fn values(&self) -> [u64; 7] {
+        [
+            self.complete,
+            self.failed,
+            self.retrying,
+            self.deferred,
+            self.unchanged,
+            self.skipped,
+            self.deleted,
+        ]
+    }
+
+    fn from_values(
+        [
+            complete,
+            failed,
+            retrying,
+            deferred,
+            unchanged,
+            skipped,
+            deleted,
+        ]: [u64; 7],
+    ) -> Counts {
+        Counts {
+            complete,
+            failed,
+            retrying,
+            deferred,
+            unchanged,
+            skipped,
+            deleted,
+        }
+    }
+
     fn add(&mut self, other: &Counts) {
-        self.complete += other.complete;
-        self.failed += other.failed;
-        self.retrying += other.retrying;
-        self.deferred += other.deferred;
+        let (mine, theirs) = (self.values(), other.values());
+        *self = Counts::from_values(std::array::from_fn(|i| mine[i] + theirs[i]));
     }
 
     fn since(&self, earlier: &Counts) -> Counts {
-        Counts {
-            complete: self.complete - earlier.complete,
-            failed: self.failed - earlier.failed,
-            retrying: self.retrying - earlier.retrying,
-            deferred: self.deferred - earlier.deferred,
-        }
+        let (now, then) = (self.values(), earlier.values());
+        Counts::from_values(std::array::from_fn(|i| now[i].saturating_sub(then[i])))
     }
 
     /// Rows in all outcomes.
     pub fn total(&self) -> u64 {
-        self.complete + self.failed + self.retrying + self.deferred
+        self.values().iter().sum()
     }
 }
 
@@ -139,7 +181,8 @@ const SQLITE_DDL: [&str; 2] = [
      id INTEGER PRIMARY KEY AUTOINCREMENT, mapping TEXT NOT NULL, source_table TEXT NOT NULL, \
      started_at TEXT NOT NULL, finished_at TEXT NOT NULL, outcome TEXT NOT NULL, \
      complete INTEGER NOT NULL, failed INTEGER NOT NULL, retrying INTEGER NOT NULL, \
-     deferred INTEGER NOT NULL, first_error TEXT)",
+     deferred INTEGER NOT NULL, first_error TEXT, unchanged INTEGER NOT NULL DEFAULT 0, \
+     skipped INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS engine_cycles_by_mapping ON engine_cycles (mapping, source_table, id)",
 ];
 
@@ -148,7 +191,8 @@ const POSTGRES_DDL: [&str; 2] = [
      id BIGSERIAL PRIMARY KEY, mapping TEXT NOT NULL, source_table TEXT NOT NULL, \
      started_at TIMESTAMPTZ NOT NULL, finished_at TIMESTAMPTZ NOT NULL, outcome TEXT NOT NULL, \
      complete BIGINT NOT NULL, failed BIGINT NOT NULL, retrying BIGINT NOT NULL, \
-     deferred BIGINT NOT NULL, first_error TEXT)",
+     deferred BIGINT NOT NULL, first_error TEXT, unchanged BIGINT NOT NULL DEFAULT 0, \
+     skipped BIGINT NOT NULL DEFAULT 0, deleted BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX IF NOT EXISTS engine_cycles_by_mapping ON engine_cycles (mapping, source_table, id)",
 ];
 
@@ -182,21 +226,39 @@ async fn create(store: &Store) -> anyhow::Result<()> {
             }
         }
     }
+    // A table an older engine created lacks the later outcomes. (Two
+    // processes adding one at once: the loser fails, and `ensure_table`'s
+    // next try finds it there.)
+    let missing = missing_outcomes(store).await?;
+    let int_type = match store {
+        Store::Sqlite(_) => "INTEGER",
+        Store::Postgres(_) => "BIGINT",
+    };
+    for column in missing {
+        let sql = format!("ALTER TABLE {TABLE} ADD COLUMN {column} {int_type} NOT NULL DEFAULT 0");
+        store.run_statements(&[sql]).await?;
+    }
     Ok(())
+}
+
+/// The later outcomes the table lacks (all of them when it does not exist).
+async fn missing_outcomes(store: &Store) -> anyhow::Result<Vec<&'static str>> {
+    let columns = store.columns(TABLE).await?.unwrap_or_default();
+    Ok(LATER_OUTCOMES
+        .into_iter()
+        .filter(|name| !columns.iter().any(|c| c.name == *name))
+        .collect())
 }
 
 /// Records `cycle` and drops the mapping's cycles beyond the latest `keep`.
 pub async fn record(store: &Store, cycle: &Cycle, keep: u32) -> anyhow::Result<()> {
     ensure_table(store).await?;
-    let counts = [
-        cycle.counts.complete,
-        cycle.counts.failed,
-        cycle.counts.retrying,
-        cycle.counts.deferred,
-    ]
-    .map(|n| n as i64);
-    const INSERT_SQLITE: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    const INSERT_PG: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    let counts = cycle
+        .counts
+        .values()
+        .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    const INSERT_SQLITE: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, unchanged, skipped, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    const INSERT_PG: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, unchanged, skipped, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
     const PRUNE_SQLITE: &str = "DELETE FROM engine_cycles WHERE mapping = ? AND source_table = ? AND id NOT IN (SELECT id FROM engine_cycles WHERE mapping = ? AND source_table = ? ORDER BY id DESC LIMIT ?)";
     const PRUNE_PG: &str = "DELETE FROM engine_cycles WHERE mapping = $1 AND source_table = $2 AND id NOT IN (SELECT id FROM engine_cycles WHERE mapping = $1 AND source_table = $2 ORDER BY id DESC LIMIT $3)";
     match store {
@@ -212,6 +274,9 @@ pub async fn record(store: &Store, cycle: &Cycle, keep: u32) -> anyhow::Result<(
                 .bind(counts[2])
                 .bind(counts[3])
                 .bind(&cycle.first_error)
+                .bind(counts[4])
+                .bind(counts[5])
+                .bind(counts[6])
                 .execute(pool)
                 .await?;
             sqlx::query(PRUNE_SQLITE)
@@ -235,6 +300,9 @@ pub async fn record(store: &Store, cycle: &Cycle, keep: u32) -> anyhow::Result<(
                 .bind(counts[2])
                 .bind(counts[3])
                 .bind(&cycle.first_error)
+                .bind(counts[4])
+                .bind(counts[5])
+                .bind(counts[6])
                 .execute(pool)
                 .await?;
             sqlx::query(PRUNE_PG)
@@ -259,6 +327,9 @@ type CycleRow = (
     i64,
     i64,
     Option<String>,
+    i64,
+    i64,
+    i64,
 );
 
 /// The latest `limit` cycles, newest first: of one mapping (and, when given,
@@ -273,11 +344,28 @@ pub async fn recent(
     if store.columns(TABLE).await?.is_none() {
         return Ok(Vec::new());
     }
-    const COLUMNS: &str = "mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error";
+    // Read-only: a table an older engine wrote (not yet migrated by a run)
+    // reads 0 for the outcomes it lacks.
+    let missing = missing_outcomes(store).await?;
+    let later: Vec<String> = LATER_OUTCOMES
+        .iter()
+        .map(|name| {
+            if missing.contains(name) {
+                format!("CAST(0 AS BIGINT) AS {name}")
+            } else {
+                format!("CAST({name} AS BIGINT)")
+            }
+        })
+        .collect();
+    let columns = format!(
+        "mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, {}",
+        later.join(", ")
+    );
+    let columns = columns.as_str();
     let rows: Vec<CycleRow> = match store {
         Store::Sqlite(pool) => {
             let sql = format!(
-                "SELECT {COLUMNS} FROM engine_cycles WHERE (?1 IS NULL OR mapping = ?1) \
+                "SELECT {columns} FROM engine_cycles WHERE (?1 IS NULL OR mapping = ?1) \
                  AND (?2 IS NULL OR source_table = ?2) ORDER BY id DESC LIMIT ?3"
             );
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -289,7 +377,7 @@ pub async fn recent(
         }
         Store::Postgres(pool) => {
             let sql = format!(
-                "SELECT {COLUMNS} FROM engine_cycles WHERE ($1::text IS NULL OR mapping = $1) \
+                "SELECT {columns} FROM engine_cycles WHERE ($1::text IS NULL OR mapping = $1) \
                  AND ($2::text IS NULL OR source_table = $2) ORDER BY id DESC LIMIT $3"
             );
             sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -303,19 +391,31 @@ pub async fn recent(
     Ok(rows
         .into_iter()
         .map(
-            |(mapping, table, started_at, finished_at, outcome, c, f, r, d, first_error)| Cycle {
+            |(
                 mapping,
                 table,
                 started_at,
                 finished_at,
                 outcome,
-                counts: Counts {
-                    complete: c as u64,
-                    failed: f as u64,
-                    retrying: r as u64,
-                    deferred: d as u64,
-                },
+                c,
+                f,
+                r,
+                d,
                 first_error,
+                u,
+                s,
+                x,
+            )| {
+                let counts = [c, f, r, d, u, s, x].map(|n| u64::try_from(n).unwrap_or(0));
+                Cycle {
+                    mapping,
+                    table,
+                    started_at,
+                    finished_at,
+                    outcome,
+                    counts: Counts::from_values(counts),
+                    first_error,
+                }
             },
         )
         .collect())
@@ -327,13 +427,25 @@ pub fn render(cycles: &[Cycle]) -> String {
         return "no cycles recorded yet\n".into();
     }
     let mut out = format!(
-        "{:<20} {:<16} {:>7} {:<7} {:>8} {:>6} {:>8} {:>8}  first error\n",
-        "started (UTC)", "mapping", "secs", "outcome", "complete", "error", "retrying", "deferred"
+        "{:<20} {:<16} {:>7} {:<7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>7} {:>7}  first error\n",
+        "started (UTC)",
+        "mapping",
+        "secs",
+        "outcome",
+        "complete",
+        "error",
+        "retrying",
+        "deferred",
+        "unchanged",
+        "skipped",
+        "deleted"
     );
     for cycle in cycles {
         let secs = (cycle.finished_at - cycle.started_at).num_milliseconds() as f64 / 1000.0;
-        out.push_str(&format!(
-            "{:<20} {:<16} {:>7.1} {:<7} {:>8} {:>6} {:>8} {:>8}  {}\n",
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:>7.1} {:<7} {:>8} {:>6} {:>8} {:>8} {:>9} {:>7} {:>7}  {}",
             cycle.started_at.format("%Y-%m-%d %H:%M:%S"),
             cycle.mapping,
             secs,
@@ -342,8 +454,11 @@ pub fn render(cycles: &[Cycle]) -> String {
             cycle.counts.failed,
             cycle.counts.retrying,
             cycle.counts.deferred,
+            cycle.counts.unchanged,
+            cycle.counts.skipped,
+            cycle.counts.deleted,
             cycle.first_error.as_deref().unwrap_or("-"),
-        ));
+        );
     }
     out
 }

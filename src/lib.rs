@@ -13,13 +13,19 @@
 //!   fenced write-backs, migrations and change triggers; `snapshot` diffs a
 //!   source the engine may not alter against its own state table.
 //! - **render** (`template`): strict handlebars, typed insertion, helpers.
-//! - **send** (`crm`, `outcome`, `ratelimit`, `retry`, `delete`): auth, pacing,
-//!   adaptive concurrency, bounded waits, flows, response classification, row
-//!   retry timing, deletes.
-//! - **orchestration** (`engine`, `service`): one straight loop per mapping;
-//!   every mapping in one process with one limiter per connector.
+//! - **send** (`send`): everything between a rendered job and a row's
+//!   outcome, in one folder: `auth`, pacing (`ratelimit`, `margin`, the cross-process `budget`), adaptive
+//!   `concurrency`, bounded `wait`s, one request with in-cycle retries
+//!   (`client`), response classification (`outcome`), the flows (`flow`,
+//!   `batch`, `modes`, sharing the row types of `row`), `delete`s, and row
+//!   retry timing (`retry`).
+//! - **orchestration** (`engine`, `service`): one straight loop per mapping
+//!   (`engine`; rendering a claim into jobs in `engine::render`, a row's next
+//!   state in `engine::decide`, progress lines in `engine::progress`, the
+//!   delete queue in `engine::deletes`); every mapping in one process with one
+//!   limiter per connector.
 //! - **around it**: `cli` (one function per subcommand), `check`, `live`,
-//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `init`,
+//!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `progress`, `init`,
 //!   `demo`, `sandbox` (the local CRM imitation), `clock`.
 
 /// Installs the process-wide rustls crypto provider (ring).
@@ -37,8 +43,6 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod crm;
-pub mod delete;
 pub mod demo;
 pub mod diagnostic;
 pub mod engine;
@@ -47,13 +51,12 @@ pub mod history;
 pub mod init;
 pub mod live;
 pub mod metrics;
-pub mod outcome;
 pub mod plan;
 pub mod preview;
-pub mod ratelimit;
+pub mod progress;
 pub mod redact;
-pub mod retry;
 pub mod sandbox;
+pub mod send;
 pub mod service;
 pub mod snapshot;
 pub mod store;

@@ -1,15 +1,15 @@
 //! `engine check --live`: one harmless read per connector in use (its
 //! `live_check`), to learn before a run whether the base URL answers and the
 //! credentials are accepted. A failure is reported as a run would stop on it
-//! (see [`crate::crm::probe`]): method, URL without secrets, likely cause.
+//! (see [`crate::send::probe`]): method, URL without secrets, likely cause.
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::clock::Clock;
-use crate::crm::{CrmClient, ReplyAction};
 use crate::plan::{Env, Plan};
+use crate::send::{CrmClient, ReplyAction};
 
 /// What the live check of one connector found.
 #[derive(Debug, Clone)]

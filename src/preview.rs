@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 
 use crate::clock::Clock;
 use crate::config::connector::Auth;
-use crate::crm::{CrmClient, PreviewRequest, RowJob};
 use crate::engine::render_job;
 use crate::plan::{Env, Flow, MappingPlan, Plan, secret_env_names};
+use crate::send::{CrmClient, PreviewRequest, RowJob};
 use crate::store::{ClaimedRow, Store};
 use crate::template::{OnEmpty, Templates};
 

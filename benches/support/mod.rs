@@ -1,6 +1,7 @@
 //! Pieces the scenarios share: the shipped config, fresh databases filled with
 //! queued seed-shaped rows, the sandbox and its request timeline, and statistics.
 
+pub mod child;
 pub mod db;
 pub mod timeline;
 
@@ -56,6 +57,25 @@ pub fn per_contact_brevo_config() -> anyhow::Result<tempfile::TempDir> {
         .context("connectors/brevo.toml no longer has [bulk]; update the bench")?;
     // [bulk] and its sub-tables are the file's last tables.
     std::fs::write(&brevo, &text[..start])?;
+    Ok(dir)
+}
+
+/// For the multi-process scenario: a copy of the shipped config where the
+/// one change is that HubSpot's mapping allows `instances` processes at
+/// once (`schedule.max_instances`, shipped as 1).
+pub fn instances_config(instances: u32) -> anyhow::Result<tempfile::TempDir> {
+    let dir = copied_config()?;
+    let mapping = dir.path().join("mappings/hubspot.toml");
+    let text = std::fs::read_to_string(&mapping)?;
+    let line = "max_instances = 1\n";
+    ensure!(
+        text.contains(line),
+        "mappings/hubspot.toml no longer has {line:?}; update the bench"
+    );
+    std::fs::write(
+        &mapping,
+        text.replace(line, &format!("max_instances = {instances}\n")),
+    )?;
     Ok(dir)
 }
 

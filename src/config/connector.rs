@@ -9,7 +9,18 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use crate::outcome::ResetUnit;
+/// How the reset header's number is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetUnit {
+    /// Seconds from now (Brevo's documented reading, Pipedrive).
+    #[default]
+    Seconds,
+    /// Milliseconds from now.
+    Milliseconds,
+    /// A Unix timestamp in seconds (Intercom's `X-RateLimit-Reset`).
+    EpochSeconds,
+}
 
 /// One CRM's API: where it is, how to authenticate, how fast it may be called,
 /// and how to upsert one record or a batch of them.
@@ -55,6 +66,13 @@ pub struct ConnectorFile {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_request_bytes: Option<u64>,
+    /// Whether every engine process syncing through this connector with the
+    /// same base URL and credentials takes its requests from one rate budget
+    /// held in PostgreSQL (the table `engine_rate_budget`), so that together
+    /// they never exceed `rate_limits`. Only on PostgreSQL (a SQLite queue has
+    /// one host); `false` lets each process pace to the whole limit alone.
+    #[serde(default = "default_true")]
+    pub share_rate_budget: bool,
     /// Every rate-limit window the CRM enforces; all are respected at once.
     /// `requests` is the count on the plan named by `default_tier`.
     #[serde(default)]
@@ -821,4 +839,26 @@ fn default_max_pages() -> u32 {
 }
 fn default_since_margin_secs() -> u64 {
     60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_unit_is_read_from_snake_case_config() {
+        #[derive(Deserialize)]
+        struct Cfg {
+            unit: ResetUnit,
+        }
+        for (text, expected) in [
+            ("unit = \"seconds\"", ResetUnit::Seconds),
+            ("unit = \"milliseconds\"", ResetUnit::Milliseconds),
+            ("unit = \"epoch_seconds\"", ResetUnit::EpochSeconds),
+        ] {
+            assert_eq!(toml::from_str::<Cfg>(text).unwrap().unit, expected);
+        }
+        let schema = serde_json::to_string(&schemars::schema_for!(ResetUnit)).unwrap();
+        assert!(schema.contains("\"epoch_seconds\""), "{schema}");
+    }
 }

@@ -112,7 +112,8 @@ fn default_id() -> String {
 
 /// State columns. Unset names default to `<connector>_processing_status`,
 /// `<connector>_sync_status`, `<connector>_contact_id`, `<connector>_processing_error`,
-/// and the seed's shared `retry_count` / `next_retry_at`.
+/// `<connector>_retry_count` and `<connector>_next_retry_at` (the seed's table
+/// shares `retry_count` / `next_retry_at` between CRMs: name them explicitly there).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct State {
@@ -128,10 +129,13 @@ pub struct State {
     /// The CRM's error message; NULL on success.
     #[serde(default)]
     pub error: Option<String>,
-    /// Failed attempts so far.
+    /// Failed attempts so far. Default `<connector>_retry_count`; the seed's
+    /// table has a shared `retry_count`.
     #[serde(default)]
     pub retry_count: Option<String>,
-    /// When a failed row may be tried again; while `Processing`, the lease deadline.
+    /// When a failed row may be tried again; while `Processing`, the lease
+    /// deadline. Default `<connector>_next_retry_at`; the seed's table has a
+    /// shared `next_retry_at`.
     #[serde(default)]
     pub next_retry_at: Option<String>,
     /// Optional: a hash of the values the mapping last sent, written only once

@@ -212,9 +212,11 @@ fn unknown_key(
 
 /// The JSON pointer of a simple dotted key path (`auth.token` -> `/auth/token`).
 fn pointer_of(path: &str) -> String {
-    path.split('.')
-        .map(|segment| format!("/{}", segment.trim_matches('"')))
-        .collect()
+    path.split('.').fold(String::new(), |mut pointer, segment| {
+        pointer.push('/');
+        pointer.push_str(segment.trim_matches('"'));
+        pointer
+    })
 }
 
 /// A tagged union (`kind = "..."`) or other `oneOf`: report the errors of the
@@ -466,16 +468,16 @@ fn describe(value: &Value) -> String {
 }
 
 fn list(options: &Value) -> String {
-    options
-        .as_array()
-        .map(|items| {
+    options.as_array().map_or_else(
+        || options.to_string(),
+        |items| {
             items
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
-        })
-        .unwrap_or_else(|| options.to_string())
+        },
+    )
 }
 
 #[cfg(test)]

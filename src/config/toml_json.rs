@@ -101,7 +101,7 @@ pub fn convert(table: &DeTable<'_>, spans: &mut SpanIndex) -> Value {
 
 fn convert_table(table: &DeTable<'_>, path: &str, spans: &mut SpanIndex) -> Value {
     let mut map = Map::new();
-    for (key, value) in table.iter() {
+    for (key, value) in table {
         let child = join_key(path, key.get_ref());
         spans.keys.insert(child.clone(), key.span());
         spans.values.insert(child.clone(), value.span());

@@ -6,12 +6,13 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit,
-    RateLimitHeaders, Redirects, Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Redirects,
+    Retry, RuleAction, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -46,23 +47,21 @@ pub struct ConnectorPlan {
     pub max_in_flight: usize,
     /// Whether pushback from the CRM lowers the requests in flight (AIMD).
     pub adaptive_concurrency: bool,
-    /// Static headers.
+    /// Share one rate budget across processes on PostgreSQL (see `crate::send::budget`).
+    pub share_rate_budget: bool,
     pub headers: Vec<(String, String)>,
     /// Rate-limit windows in force (the chosen tier's counts, with overrides).
-    pub rate_limits: Vec<RateLimit>,
+    pub rate_limits: Vec<WindowPlan>,
     /// The limits in force and where they came from, for `engine check`.
     pub limits: LimitsInForce,
     /// Largest request body sent, in bytes.
     pub max_request_bytes: Option<usize>,
-    /// Rate-limit headers.
-    pub rate_limit_headers: RateLimitHeaders,
+    pub rate_limit_headers: RateHeadersPlan,
     /// In-cycle retry policy.
-    pub retry: Retry,
+    pub retry: RetryPlan,
     /// Where error messages are.
     pub message_pointers: Vec<String>,
-    /// Default params.
     pub params: Map<String, Value>,
-    /// The upsert flow.
     pub flow: Flow,
     /// The harmless read of `engine check --live`, if the file declares one.
     pub live_check: Option<OpPlan>,
@@ -95,7 +94,6 @@ pub struct KeyedOps {
 pub enum Flow {
     /// One upsert request per record.
     Single {
-        /// The upsert.
         upsert: OpPlan,
         /// For rules that say `lookup`.
         lookup: Option<OpPlan>,
@@ -103,15 +101,10 @@ pub enum Flow {
         update: Option<OpPlan>,
     },
     /// One request for many records.
-    Batch {
-        /// The batch request.
-        batch: BatchPlan,
-    },
+    Batch { batch: BatchPlan },
     /// Find, then update or create.
     LookupThenWrite {
-        /// Finds the id.
         lookup: OpPlan,
-        /// Creates.
         create: OpPlan,
         /// Updates `{{id}}`.
         update: OpPlan,
@@ -123,21 +116,17 @@ pub enum Flow {
 pub struct OpPlan {
     /// `upsert.single`, `upsert.lookup`, ...
     pub label: String,
-    /// HTTP method.
     pub method: reqwest::Method,
     /// Path template (values percent-encoded).
     pub path: CompiledPath,
-    /// Query parameters.
     pub query: Vec<(String, CompiledTree)>,
-    /// Headers.
     pub headers: Vec<(String, CompiledTree)>,
-    /// Body.
     pub body: Option<CompiledTree>,
     /// Rate-limit class.
     pub class: String,
     /// Where the id is in a success body.
     pub id_pointer: Option<String>,
-    /// Special cases.
+    /// Answers that mean something other than their status class.
     pub rules: Vec<RulePlan>,
     /// Whether sending it twice has the effect of sending it once. False
     /// only for a lookup_then_write create with no rule that turns a conflict
@@ -159,7 +148,7 @@ pub struct RulePlan {
     pub body_has: Option<String>,
     /// The value `body_has` must hold, if any.
     pub body_value: Option<Value>,
-    /// Meaning.
+    /// What the answer means.
     pub then: RuleAction,
     /// Wait before the retry.
     pub wait: Option<Duration>,
@@ -386,18 +375,19 @@ pub fn build(
         redirects: raw.redirects,
         max_in_flight: raw.max_in_flight as usize,
         adaptive_concurrency: raw.adaptive_concurrency,
+        share_rate_budget: raw.share_rate_budget,
         headers: raw
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: limits.windows.clone(),
+        rate_limits: limits.windows.iter().map(WindowPlan::from_config).collect(),
         limits,
         max_request_bytes: raw
             .max_request_bytes
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        rate_limit_headers: raw.rate_limit_headers.clone(),
-        retry: raw.retry.clone(),
+        rate_limit_headers: RateHeadersPlan::from_config(&raw.rate_limit_headers),
+        retry: RetryPlan::from_config(&raw.retry),
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,

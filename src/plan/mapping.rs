@@ -1,5 +1,7 @@
 //! Validating one mapping file into a [`MappingPlan`].
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use super::is_identifier;
@@ -23,7 +25,7 @@ pub struct MappingPlan {
     /// Table and state columns.
     pub table: TableSpec,
     /// Schedule and retry settings.
-    pub schedule: Schedule,
+    pub schedule: SchedulePlan,
     /// What empty fields become.
     pub on_empty: OnEmpty,
     /// Connector params overridden by the mapping's.
@@ -115,7 +117,7 @@ pub fn build(
         name: loaded.name.clone(),
         connector: raw.connector.clone(),
         table,
-        schedule: raw.schedule.clone(),
+        schedule: SchedulePlan::from_config(&raw.schedule),
         on_empty: match raw.on_empty {
             OnEmptyChoice::Omit => OnEmpty::Omit,
             OnEmptyChoice::EmptyString => OnEmpty::EmptyString,
@@ -242,7 +244,8 @@ fn check_source_mode(
     })
 }
 
-/// The table spec with the seed's default column names.
+/// The table spec with the default column names: the seed's per-CRM names,
+/// and `<connector>_retry_count` / `<connector>_next_retry_at`.
 pub fn table_spec(raw: &MappingFile) -> TableSpec {
     let prefix = raw.connector.replace('-', "_");
     let state = &raw.state;
@@ -258,8 +261,11 @@ pub fn table_spec(raw: &MappingFile) -> TableSpec {
         sync_status: or(&state.sync_status, format!("{prefix}_sync_status")),
         crm_id: or(&state.crm_id, format!("{prefix}_contact_id")),
         error: or(&state.error, format!("{prefix}_processing_error")),
-        retry_count: or(&state.retry_count, "retry_count".into()),
-        next_retry_at: or(&state.next_retry_at, "next_retry_at".into()),
+        // Per-mapping by default: shared retry columns couple the mappings
+        // of a table (see README "Shared retry columns"). The seed's table
+        // names its shared ones explicitly (the shipped mappings do).
+        retry_count: or(&state.retry_count, format!("{prefix}_retry_count")),
+        next_retry_at: or(&state.next_retry_at, format!("{prefix}_next_retry_at")),
         fingerprint: state.fingerprint.clone(),
         table_mates: Vec::new(),
     }
@@ -435,5 +441,39 @@ fn missing_connector(source: &SourceFile, name: &str, set: &ConfigSet) -> Diagno
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
+    }
+}
+
+/// When and how a mapping's rows are claimed and retried, durations as
+/// `Duration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulePlan {
+    /// Between cycles with `run --watch`.
+    pub interval: Duration,
+    /// Rows claimed per claim statement.
+    pub batch_size: u32,
+    /// Processes allowed to run this mapping at once.
+    pub max_instances: u32,
+    /// Retries after the first failure before a row ends in `Error`.
+    pub max_retries: u32,
+    /// Before the first retry.
+    pub retry_delay: Duration,
+    /// Whether the delay doubles at each retry.
+    pub retry_exponential: bool,
+    /// How long a claimed row may stay `Processing` before another run may reclaim it.
+    pub lease: Duration,
+}
+
+impl SchedulePlan {
+    fn from_config(raw: &Schedule) -> Self {
+        Self {
+            interval: Duration::from_secs(raw.interval_secs),
+            batch_size: raw.batch_size,
+            max_instances: raw.max_instances,
+            max_retries: raw.max_retries,
+            retry_delay: Duration::from_secs(raw.retry_delay_secs),
+            retry_exponential: raw.retry_exponential,
+            lease: Duration::from_secs(raw.lease_secs),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 mod connector;
 mod mapping;
+mod pacing;
 mod templates;
 mod tiers;
 
@@ -15,9 +16,14 @@ pub use connector::{
     PollSchedule, RulePlan, base_url_credentials, base_url_problem, secret_env_names,
 };
 pub use mapping::{
-    MAPPING_EXTRA_VARIABLES, MappingPlan, SnapshotPlan, SnapshotSource,
+    MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
     spec_columns as mapping_columns, table_spec,
 };
+// Value enums whose file spelling already is the runtime value: the runtime
+// takes them from the plan, so no code past the plan step imports `config`.
+pub use crate::config::connector::{Redirects, ResetUnit, RuleAction};
+pub use crate::config::mapping::{OnRemoved, SyncMode};
+pub use pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 pub use templates::WHOLE_CONTEXT;
 pub use tiers::{LimitsInForce, tier_env, window_env};
 

@@ -235,7 +235,9 @@ impl fmt::Display for LimitsInForce {
             .map(|w| {
                 let mut text = format!("{} {} per {} s", w.name, w.requests, w.per_secs);
                 if let Some((_, variable)) = self.overridden.iter().find(|(n, _)| *n == w.name) {
-                    text.push_str(&format!(" ({variable})"));
+                    text.push_str(" (");
+                    text.push_str(variable);
+                    text.push(')');
                 }
                 text
             })

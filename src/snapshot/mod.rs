@@ -400,7 +400,7 @@ impl<'a> StatePages<'a> {
         Self {
             store,
             scope,
-            page: Default::default(),
+            page: std::collections::VecDeque::new(),
             after: None,
             done: false,
         }

@@ -7,10 +7,10 @@ use serde_json::Value;
 
 use super::SnapshotFeed;
 use super::state::{COMPLETE, Claimed, DELETE, DELETED, ERROR, QUEUED, WriteBack, time_text};
-use crate::crm::RowOutcome;
-use crate::delete::DeleteTarget;
 use crate::engine::{Run, decide, handed_back, lease_deadline, send_bounded, sync_rows};
 use crate::plan::MappingPlan;
+use crate::send::RowOutcome;
+use crate::send::delete::DeleteTarget;
 use crate::store::{ClaimedRow, RowUpdate};
 
 /// Claims, sends and records one batch; returns how many rows it claimed.
@@ -21,7 +21,7 @@ pub(crate) async fn process_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = lease_deadline(now, mapping.schedule.lease_secs);
+    let lease = lease_deadline(now, mapping.schedule.lease);
     let claimed = feed
         .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
         .await?;
@@ -181,7 +181,7 @@ async fn send_deletes(
         .collect();
     let now = run.clock.utc();
     let earliest = claimed.iter().map(|c| c.lease).min().unwrap_or(now);
-    let sends = crate::delete::send(&run.client, mapping, &targets);
+    let sends = crate::send::delete::send(&run.client, mapping, &targets);
     let outcomes = send_bounded(run, now, earliest, sends)
         .await
         .unwrap_or_else(|| handed_back(run, targets.len()));
@@ -205,9 +205,9 @@ async fn send_deletes(
                     }
                 }
                 outcome => {
-                    let update = crate::delete::failure(mapping, claim.retry_count, outcome, now);
+                    let update = crate::send::delete::failure(mapping, claim.retry_count, outcome, now);
                     tracing::warn!(mapping = %mapping.name, row = %claim.source_key, %key, update = ?update, "The record of a removed row was not deleted.");
-                    run.summary.add_unfinished_delete(&update);
+                    run.summary.add_unfinished_delete(&mapping.name, &update);
                     unsuccessful(base, update, backend)
                 }
             }

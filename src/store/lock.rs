@@ -82,7 +82,7 @@ pub(super) async fn acquire_file_slot(
                     held: Held::File(file),
                 }));
             }
-            Err(TryLockError::WouldBlock) => continue,
+            Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }

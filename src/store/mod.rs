@@ -21,6 +21,7 @@
 //! so comparing the text orders the instants. Both backends keep them to the
 //! millisecond, so a lease read back compares equal to the one written.
 
+pub mod budget;
 mod counts;
 mod lock;
 mod peek;
@@ -204,11 +205,11 @@ impl ClaimedRow {
     /// that mapping (and shares it) and overwrites a dead one: a row that
     /// got the claim's own `lease` while another mapping has it
     /// `Processing` is that mapping's dead claim, which must not keep this
-    /// lease on the row once this mapping is done. (Another mapping's live
-    /// lease equal to ours to the millisecond reads as a dead claim: that
-    /// mapping's write-back is then fenced out and its rows, left
-    /// `Processing` with no lease, are claimed and sent again; an upsert, so
-    /// nothing is lost or duplicated.)
+    /// lease on the row once this mapping is done. This is exact because the
+    /// claim never adopts a live lease equal to its own to the millisecond
+    /// (it skips that row until its next claim, see `sql::claim_arms`): a
+    /// row holding our lease was taken through one of the arms for due rows,
+    /// so the other mapping's lease on it had expired.
     fn from_claim(
         (id, row, retry_count, handle, held, other_processing): ReturnedWithLease,
         lease: DateTime<Utc>,

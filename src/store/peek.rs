@@ -21,7 +21,7 @@ impl Store {
     ) -> anyhow::Result<Vec<Map<String, Value>>> {
         let now = stored_time(now);
         let table = quote(&spec.table);
-        let predicate = claim_arms(spec, "$1")
+        let predicate = claim_arms(spec, "$1", None)
             .iter()
             .map(|arm| format!("({arm})"))
             .collect::<Vec<_>>()

@@ -135,7 +135,7 @@ fn claim_sql(spec: &TableSpec, row_json: &str) -> String {
         quote(&spec.next_retry_at),
     );
     // FOR UPDATE is not allowed in a UNION, so each arm is a CTE.
-    let arms: Vec<String> = sql::claim_arms(spec, "$1")
+    let arms: Vec<String> = sql::claim_arms(spec, "$1", Some("$2"))
         .into_iter()
         .map(|predicate| {
             format!(

@@ -70,7 +70,16 @@ pub(super) fn pg_time(t: DateTime<Utc>) -> String {
 /// (its lease). Without it, one CRM's sync waited on every batch of the
 /// other's (95 s beside it instead of 4.8 s alone). The lease is then shared:
 /// see [`claim_stamp`] and [`record_assignments_and_fence`].
-pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> Vec<String> {
+///
+/// `lease` is the claim's own lease (`None` where only due rows are
+/// counted): the fifth arm skips a row whose live lease equals it to the
+/// millisecond (two mappings of `run --all` claiming in the same
+/// millisecond). Once claimed it would hold this claim's own lease, which
+/// `ClaimedRow::from_claim` reads as another mapping's dead claim: this
+/// mapping's write-back would then clear the lease and fence the other
+/// mapping's write-back out, leaving its rows `Processing` (after a SIGTERM,
+/// for good). The next claim, a millisecond later, shares the lease.
+pub(super) fn claim_arms(spec: &TableSpec, now: &str, lease: Option<&str>) -> Vec<String> {
     let (status, due) = (quote(&spec.processing_status), quote(&spec.next_retry_at));
     let mut arms = vec![
         format!("{status} = '{QUEUED}' AND {due} IS NULL"),
@@ -83,8 +92,9 @@ pub(super) fn claim_arms(spec: &TableSpec, now: &str) -> Vec<String> {
         format!("{status} = '{PROCESSING}' AND {due} IS NULL"),
     ];
     if let Some(held) = held_by_another(spec, "") {
+        let not_ours = lease.map_or(String::new(), |lease| format!(" AND {due} <> {lease}"));
         arms.push(format!(
-            "{status} = '{QUEUED}' AND {error} IS NULL AND {due} > {now} AND {held}",
+            "{status} = '{QUEUED}' AND {error} IS NULL AND {due} > {now}{not_ours} AND {held}",
             error = quote(&spec.error)
         ));
     }
@@ -120,7 +130,7 @@ pub(super) fn claim_stamp(spec: &TableSpec, prefix: &str) -> String {
 /// counted one by one (both dialects).
 pub(super) fn count_due_sql(spec: &TableSpec) -> String {
     let table = quote(&spec.table);
-    let counts: Vec<String> = claim_arms(spec, "$1")
+    let counts: Vec<String> = claim_arms(spec, "$1", None)
         .iter()
         .map(|predicate| format!("(SELECT count(*) FROM {table} WHERE {predicate})"))
         .collect();

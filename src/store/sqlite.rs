@@ -171,7 +171,7 @@ fn claim_sql(spec: &TableSpec, row_json: &str, order: &str, by_rowid: bool) -> S
         quote(&spec.id_column),
         quote(&spec.next_retry_at),
     );
-    let arms: Vec<String> = sql::claim_arms(spec, "$1")
+    let arms: Vec<String> = sql::claim_arms(spec, "$1", Some("$2"))
         .into_iter()
         .map(|predicate| {
             format!(

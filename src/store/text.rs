@@ -28,7 +28,9 @@ pub fn stored_text(text: &str) -> Cow<'_, str> {
         .map(|c| if is_rejected(c) { '\u{FFFD}' } else { c })
         .collect();
     if let Some(at) = cut_at {
-        clean.push_str(&format!("… [cut: {} more bytes]", text.len() - at));
+        clean.push_str("… [cut: ");
+        clean.push_str(&(text.len() - at).to_string());
+        clean.push_str(" more bytes]");
     }
     Cow::Owned(clean)
 }

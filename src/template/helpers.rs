@@ -19,6 +19,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::fingerprint::hex;
+
 /// Reserved root key of the render context: when present, an RFC 3339
 /// timestamp used as "now" by `today` and `today_epoch_ms` (tests pin it).
 pub const NOW_KEY: &str = "__now";
@@ -318,18 +320,6 @@ pub(crate) fn split_name(name: &str) -> (&str, &str) {
         Some((first, rest)) => (first, rest.trim_start()),
         None => (name, ""),
     }
-}
-
-/// Lowercase hex of a digest. (md-5/sha2 0.11 return `hybrid_array::Array`,
-/// which has no `LowerHex`.)
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
 }
 
 /// Country codes whose national numbers keep their leading `0`, so it is not

@@ -1,36 +1,37 @@
 //! Authentication kinds on the wire, against scripted CRMs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use engine::clock::SystemClock;
 use engine::store::Backend;
 use serde_json::json;
 
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness, TestDb};
 
 /// Syncs one queued row through `connector` (named `crm`) and asserts it completed.
 async fn sync_one_row(connector: &str, env: &BTreeMap<String, String>) {
-    engine::install_crypto_provider();
-    let db = TestDb::open(Backend::Sqlite).await.unwrap();
-    let config = ConfigDir::shipped();
-    let mapping = format!(
-        "connector = \"crm\"\n[source]\ntable = \"{}\"\n[fields]\nLastName = \"{{{{last_name name}}}}\"\n",
-        db.table
-    );
-    config
-        .write("connectors/crm.toml", connector)
-        .write("mappings/crm.toml", &mapping);
-    let plan = plan_and_migrate(&config, env, &db, &["crm"]).await;
-    let spec = plan.mappings["crm"].table.clone();
-    let row = json!({"id": "r1", "email": "Jane@Example.com", "name": "Jane Doe", "crm_processing_status": "Queued", "retry_count": 0});
-    db.store
-        .insert_rows(&db.table, &[row.as_object().unwrap().clone()])
-        .await
-        .unwrap();
-    run_to_end(&plan, "crm", &db, env, Arc::new(SystemClock), quiet()).await;
-    let row = db.store.fetch_row(&spec, "r1").await.unwrap().unwrap();
+    let write = |config: &ConfigDir, db: &TestDb| {
+        let mapping = format!(
+            "connector = \"crm\"\n[source]\ntable = \"{}\"\n[fields]\nLastName = \"{{{{last_name name}}}}\"\n",
+            db.table
+        );
+        config
+            .write("connectors/crm.toml", connector)
+            .write("mappings/crm.toml", &mapping);
+    };
+    let h = Harness::start(
+        Backend::Sqlite,
+        ConfigDir::shipped(),
+        env.clone(),
+        &["crm"],
+        write,
+    )
+    .await
+    .expect("SQLite is always there");
+    h.queue([json!({"id": "r1", "email": "Jane@Example.com", "name": "Jane Doe"})])
+        .await;
+    h.run_now().await;
+    let row = h.row("r1").await;
     assert_eq!(row["crm_processing_status"], "Complete", "{row:?}");
 }
 
@@ -198,10 +199,7 @@ id_pointer = "/id"
 
 fn md5_hex(text: &str) -> String {
     use md5::Digest;
-    md5::Md5::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::support::hex(&md5::Md5::digest(text.as_bytes()))
 }
 
 fn base64(text: &str) -> String {

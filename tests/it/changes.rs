@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use engine::clock::{Clock, ManualClock};
 use engine::engine::RunSummary;
-use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, RowResult, RowUpdate};
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, TestDb, execute, plan_and_migrate, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness, execute};
 
 const IDS: [&str; 3] = [
     "4b4be366-da73-4926-83a2-2fddb9a77d95",
@@ -39,80 +38,79 @@ fn mapping(connector: &str, table: &str, extra: &str) -> String {
     )
 }
 
-/// The sandbox, a database, and one mapping of a shipped connector.
-struct Harness {
-    db: TestDb,
-    plan: Arc<Plan>,
-    env: BTreeMap<String, String>,
+/// The sandbox, a database, and one mapping of a shipped connector, run on a
+/// manual clock.
+struct Fingerprinted {
+    harness: Harness,
     sandbox: Sandbox,
     clock: ManualClock,
     connector: &'static str,
-    config: ConfigDir,
 }
 
-impl Harness {
-    async fn new(backend: Backend, connector: &'static str, extra: &str) -> Option<Harness> {
-        engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
+impl std::ops::Deref for Fingerprinted {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+impl std::ops::DerefMut for Fingerprinted {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.harness
+    }
+}
+
+impl Fingerprinted {
+    async fn new(backend: Backend, connector: &'static str, extra: &str) -> Option<Fingerprinted> {
         let sandbox = Sandbox::start(SandboxOptions {
             port: 0,
             ..SandboxOptions::default()
         })
         .await
         .unwrap();
-        let config = ConfigDir::shipped();
-        config.write(
-            &format!("mappings/{connector}.toml"),
-            &mapping(connector, &db.table, extra),
-        );
-        let other = if connector == "hubspot" {
-            "brevo"
-        } else {
-            "hubspot"
-        };
-        std::fs::remove_file(config.path().join(format!("mappings/{other}.toml"))).unwrap();
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
-        Some(Harness {
-            db,
-            plan,
+        let harness = Harness::start(
+            backend,
+            ConfigDir::shipped(),
             env,
+            &[connector],
+            |config, db| {
+                config.write(
+                    &format!("mappings/{connector}.toml"),
+                    &mapping(connector, &db.table, extra),
+                );
+                let other = if connector == "hubspot" {
+                    "brevo"
+                } else {
+                    "hubspot"
+                };
+                std::fs::remove_file(config.path().join(format!("mappings/{other}.toml"))).unwrap();
+            },
+        )
+        .await?;
+        Some(Fingerprinted {
+            harness,
             sandbox,
             clock: ManualClock::new(chrono::Utc::now()),
             connector,
-            config,
         })
-    }
-
-    /// Re-reads the config (after an edit) and migrates again.
-    async fn replan(&mut self) {
-        self.plan = plan_and_migrate(&self.config, &self.env, &self.db, &[self.connector]).await;
     }
 
     fn status_column(&self) -> String {
         format!("{}_processing_status", self.connector)
     }
 
-    async fn insert(&self, ids: &[&str]) {
-        let rows: Vec<Map<String, Value>> = ids
-            .iter()
-            .enumerate()
-            .map(|(n, id)| {
-                let mut row = json!({
-                    "id": id,
-                    "email": format!("person{n}@example.com"),
-                    "name": format!("Ann Person{n}"),
-                    "retry_count": 0,
-                });
-                row[self.status_column()] = "Queued".into();
-                row.as_object().unwrap().clone()
+    /// Queues rows with these ids, emails `person<n>@example.com`.
+    async fn queue_ids(&self, ids: &[&str]) {
+        let rows = ids.iter().enumerate().map(|(n, id)| {
+            json!({
+                "id": id,
+                "email": format!("person{n}@example.com"),
+                "name": format!("Ann Person{n}"),
             })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
+        });
+        self.queue(rows).await;
     }
 
     async fn queue_all(&self) {
@@ -124,22 +122,9 @@ impl Harness {
         execute(&self.db.store, sql).await;
     }
 
+    /// Runs on the harness's manual clock.
     async fn run(&self) -> Arc<RunSummary> {
-        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
-        run_to_end(
-            &self.plan,
-            self.connector,
-            &self.db,
-            &self.env,
-            clock,
-            quiet(),
-        )
-        .await
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        let spec = &self.plan.mappings[self.connector].table;
-        self.db.store.fetch_row(spec, id).await.unwrap().unwrap()
+        self.harness.run(Arc::new(self.clock.clone())).await
     }
 
     fn requests(&self) -> u64 {
@@ -174,10 +159,10 @@ on_both_backends!(
 );
 
 async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Backend) {
-    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+    let Some(h) = Fingerprinted::new(backend, "hubspot", "").await else {
         return;
     };
-    h.insert(&IDS).await;
+    h.queue_ids(&IDS).await;
     let first = h.run().await;
     assert_eq!(count(&first.complete), 3);
     let sent = h.requests();
@@ -249,10 +234,10 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
 }
 
 async fn editing_the_mapping_sends_every_row_once_more(backend: Backend) {
-    let Some(mut h) = Harness::new(backend, "hubspot", "").await else {
+    let Some(mut h) = Fingerprinted::new(backend, "hubspot", "").await else {
         return;
     };
-    h.insert(&IDS).await;
+    h.queue_ids(&IDS).await;
     h.run().await;
     let before = text(&h.row(IDS[1]).await, "hubspot_fingerprint").unwrap();
 
@@ -283,10 +268,10 @@ async fn editing_the_mapping_sends_every_row_once_more(backend: Backend) {
 async fn a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerprint(
     backend: Backend,
 ) {
-    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+    let Some(h) = Fingerprinted::new(backend, "hubspot", "").await else {
         return;
     };
-    h.insert(&IDS[..1]).await;
+    h.queue_ids(&IDS[..1]).await;
     // A run claims the row and sends it, then dies before recording.
     let spec = h.plan.mappings["hubspot"].table.clone();
     let now = h.clock.utc();
@@ -330,10 +315,10 @@ async fn a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerpri
 }
 
 async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend) {
-    let Some(h) = Harness::new(backend, "hubspot", "").await else {
+    let Some(h) = Fingerprinted::new(backend, "hubspot", "").await else {
         return;
     };
-    h.insert(&IDS[..1]).await;
+    h.queue_ids(&IDS[..1]).await;
     let spec = h.plan.mappings["hubspot"].table.clone();
     let now = h.clock.utc();
     let claimed =
@@ -369,7 +354,7 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
     assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Queued");
     assert_eq!(text(&row, "hubspot_fingerprint"), None);
     assert_eq!(
-        row["next_retry_at"],
+        row["hubspot_next_retry_at"],
         Value::Null,
         "due now, not at the lease"
     );
@@ -382,7 +367,7 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
     );
 }
 
-impl Harness {
+impl Fingerprinted {
     /// What `engine migrate` adds for the change triggers, run.
     async fn install_triggers(&self) -> Vec<String> {
         let mapping = &self.plan.mappings[self.connector];
@@ -408,7 +393,7 @@ impl Harness {
     }
 
     async fn insert_unqueued(&self, id: &str, email: &str) {
-        let row = json!({"id": id, "email": email, "name": "Cy Unqueued", "retry_count": 0});
+        let row = json!({"id": id, "email": email, "name": "Cy Unqueued"});
         self.db
             .store
             .insert_rows(&self.db.table, &[row.as_object().unwrap().clone()])
@@ -426,7 +411,7 @@ on_both_backends!(
 async fn change_triggers_queue_a_row_when_a_column_the_mapping_reads_changes_and_only_then(
     backend: Backend,
 ) {
-    let Some(h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+    let Some(h) = Fingerprinted::new(backend, "hubspot", "queue_on_change = true").await else {
         return;
     };
     assert_eq!(
@@ -477,7 +462,7 @@ async fn change_triggers_queue_a_row_when_a_column_the_mapping_reads_changes_and
 async fn engine_check_says_when_change_triggers_are_missing_or_stale_and_migrate_replaces_them(
     backend: Backend,
 ) {
-    let Some(mut h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+    let Some(mut h) = Fingerprinted::new(backend, "hubspot", "queue_on_change = true").await else {
         return;
     };
     let missing = h.trigger_warnings().await;
@@ -517,7 +502,7 @@ async fn engine_check_says_when_change_triggers_are_missing_or_stale_and_migrate
 }
 
 async fn a_row_the_trigger_queues_while_in_flight_is_sent_again_afterwards(backend: Backend) {
-    let Some(h) = Harness::new(backend, "hubspot", "queue_on_change = true").await else {
+    let Some(h) = Fingerprinted::new(backend, "hubspot", "queue_on_change = true").await else {
         return;
     };
     h.install_triggers().await;
@@ -582,7 +567,7 @@ fn migrate_print_shows_the_change_triggers_for_either_database_kind() {
 }
 
 /// The first names the CRM holds, by email.
-fn crm_first_names(h: &Harness) -> BTreeMap<String, String> {
+fn crm_first_names(h: &Fingerprinted) -> BTreeMap<String, String> {
     let (contacts, email, first) = match h.connector {
         "hubspot" => (
             h.sandbox.hubspot_contacts(),
@@ -610,7 +595,7 @@ fn crm_first_names(h: &Harness) -> BTreeMap<String, String> {
 }
 
 /// Creates `person0@example.com` named "Old" in the CRM, as someone else did.
-async fn seed_crm_contact(h: &Harness) {
+async fn seed_crm_contact(h: &Fingerprinted) {
     let client = reqwest::Client::new();
     let base = h.sandbox.base_url();
     let sent = match h.connector {
@@ -629,10 +614,14 @@ async fn seed_crm_contact(h: &Harness) {
     assert!(sent.status().is_success(), "{:?}", sent.text().await);
 }
 
-async fn run_in_mode(backend: Backend, connector: &'static str, mode: &str) -> Option<Harness> {
-    let h = Harness::new(backend, connector, &format!("mode = \"{mode}\"")).await?;
+async fn run_in_mode(
+    backend: Backend,
+    connector: &'static str,
+    mode: &str,
+) -> Option<Fingerprinted> {
+    let h = Fingerprinted::new(backend, connector, &format!("mode = \"{mode}\"")).await?;
     seed_crm_contact(&h).await;
-    h.insert(&IDS).await;
+    h.queue_ids(&IDS).await;
     let summary = h.run().await;
     let expected = match mode {
         "update_only" => (1, 2),
@@ -646,7 +635,7 @@ async fn run_in_mode(backend: Backend, connector: &'static str, mode: &str) -> O
     Some(h)
 }
 
-fn sync_status(h: &Harness, row: &Map<String, Value>) -> String {
+fn sync_status(h: &Fingerprinted, row: &Map<String, Value>) -> String {
     text(row, &format!("{}_sync_status", h.connector)).unwrap_or_default()
 }
 
@@ -772,8 +761,8 @@ fn engine_check_refuses_a_fingerprint_column_the_mapping_reads() {
     let config = ConfigDir::shipped();
     config.edit(
         "mappings/hubspot.toml",
-        "[schedule]",
-        "[state]\nfingerprint = \"name\"\n\n[schedule]",
+        "[state]\n",
+        "[state]\nfingerprint = \"name\"\n",
     );
     let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
     let errors: Vec<String> = checked

@@ -23,10 +23,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::IntoResponse;
-use engine::plan::Plan;
+use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness};
 
 /// A request as an imitation sees it.
 #[derive(Debug, Clone)]
@@ -229,11 +229,7 @@ impl ThrottleOnce {
 /// One shipped example connector, unchanged but for `edit`, synced by a test
 /// mapping from a fresh SQLite table.
 pub struct ExampleSync {
-    db: TestDb,
-    plan: Arc<Plan>,
-    env: BTreeMap<String, String>,
-    connector: String,
-    _config: ConfigDir,
+    harness: Harness,
 }
 
 /// Row state columns of the test mapping (the connector's name may hold a dash).
@@ -243,6 +239,8 @@ processing_status = "crm_processing_status"
 sync_status = "crm_sync_status"
 crm_id = "crm_contact_id"
 error = "crm_processing_error"
+retry_count = "crm_retry_count"
+next_retry_at = "crm_next_retry_at"
 "#;
 
 /// How one row ended: status, CRM id, error.
@@ -278,21 +276,9 @@ impl ExampleSync {
         mapping: &str,
         env: &[(&str, &str)],
     ) -> ExampleSync {
-        engine::install_crypto_provider();
-        let db = TestDb::open(engine::store::Backend::Sqlite)
-            .await
-            .expect("SQLite is always there");
         let config = ConfigDir {
             dir: tempfile::tempdir().unwrap(),
         };
-        config.write(&format!("connectors/{connector}.toml"), text);
-        config.write(
-            &format!("mappings/{connector}.toml"),
-            &format!(
-                "connector = \"{connector}\"\n\n[source]\ntable = \"{}\"\n\n[schedule]\nbatch_size = 20\nmax_retries = 2\nretry_delay_secs = 1\nretry_exponential = false\n{STATE}\n{mapping}",
-                db.table
-            ),
-        );
         let mut vars: BTreeMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -301,47 +287,32 @@ impl ExampleSync {
             format!("{}_BASE_URL", connector.to_uppercase().replace('-', "_")),
             base_url.to_string(),
         );
-        let plan = plan_and_migrate(&config, &vars, &db, &[connector]).await;
-        ExampleSync {
-            db,
-            plan,
-            env: vars,
-            connector: connector.to_string(),
-            _config: config,
-        }
+        let harness = Harness::start(Backend::Sqlite, config, vars, &[connector], |config, db| {
+            config.write(&format!("connectors/{connector}.toml"), text);
+            config.write(
+                &format!("mappings/{connector}.toml"),
+                &format!(
+                    "connector = \"{connector}\"\n\n[source]\ntable = \"{}\"\n\n[schedule]\nbatch_size = 20\nmax_retries = 2\nretry_delay_secs = 1\nretry_exponential = false\n{STATE}\n{mapping}",
+                    db.table
+                ),
+            );
+        })
+        .await
+        .expect("SQLite is always there");
+        ExampleSync { harness }
     }
 
     /// Queues rows `(id, email, name)`.
     pub async fn queue(&self, rows: &[(&str, &str, &str)]) {
-        let rows: Vec<Map<String, Value>> = rows
+        let rows = rows
             .iter()
-            .map(|(id, email, name)| {
-                json!({"id": id, "email": email, "name": name, "retry_count": 0,
-                       "crm_processing_status": "Queued"})
-                .as_object()
-                .unwrap()
-                .clone()
-            })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
+            .map(|(id, email, name)| json!({"id": id, "email": email, "name": name}));
+        self.harness.queue(rows).await;
     }
 
     /// Runs until no row is claimable.
     pub async fn run(&self) {
-        let clock = Arc::new(engine::clock::SystemClock);
-        run_to_end(
-            &self.plan,
-            &self.connector,
-            &self.db,
-            &self.env,
-            clock,
-            quiet(),
-        )
-        .await;
+        self.harness.run_now().await;
     }
 
     /// Runs again once the mapping's retry delay (1 s) has passed: rows handed
@@ -353,13 +324,7 @@ impl ExampleSync {
 
     /// Row `id`, every column.
     pub async fn row(&self, id: &str) -> Map<String, Value> {
-        let spec = &self.plan.mappings[&self.connector].table;
-        self.db
-            .store
-            .fetch_row(spec, id)
-            .await
-            .unwrap()
-            .expect("the row is there")
+        self.harness.row(id).await
     }
 
     /// How row `id` ended.

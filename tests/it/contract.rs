@@ -18,13 +18,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine::clock::SystemClock;
-use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness, quiet};
 use openapi::OpenApi;
 use recorder::{Recorded, Recorder};
 
@@ -52,24 +51,29 @@ fn brevo_spec() -> Option<OpenApi> {
 }
 
 /// The sandbox behind a recorder, and the shipped config pointed at the recorder.
-struct Harness {
+struct Recording {
+    harness: Harness,
     sandbox: Sandbox,
     recorder: Recorder,
-    db: TestDb,
-    plan: Arc<Plan>,
-    env: BTreeMap<String, String>,
-    _config: ConfigDir,
 }
 
-impl Harness {
-    /// `None` when PostgreSQL is not reachable outside CI (see [`TestDb::open`]).
-    async fn start(backend: Backend) -> Option<Harness> {
-        Harness::start_with(backend, |_| {}).await
+impl std::ops::Deref for Recording {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+impl Recording {
+    /// `None` when PostgreSQL is not reachable outside CI (see
+    /// [`crate::support::TestDb::open`]).
+    async fn start(backend: Backend) -> Option<Recording> {
+        Recording::start_with(backend, |_| {}).await
     }
 
-    /// Like [`Harness::start`], after `edit` has changed the shipped config.
-    async fn start_with(backend: Backend, edit: impl FnOnce(&ConfigDir)) -> Option<Harness> {
-        engine::install_crypto_provider();
+    /// Like [`Recording::start`], after `edit` has changed the shipped config.
+    async fn start_with(backend: Backend, edit: impl FnOnce(&ConfigDir)) -> Option<Recording> {
         let sandbox = Sandbox::start(SandboxOptions {
             port: 0,
             ..SandboxOptions::default()
@@ -78,32 +82,22 @@ impl Harness {
         .expect("the sandbox starts");
         let recorder = Recorder::start(&sandbox.base_url()).await;
         let env = engine::demo::sandbox_env(&recorder.base_url);
-        let db = TestDb::open(backend).await?;
-        let config = ConfigDir::shipped();
-        point_at(&config, &db, &["brevo", "hubspot"]);
-        edit(&config);
-        let plan = plan_and_migrate(&config, &env, &db, &["brevo", "hubspot"]).await;
-        Some(Harness {
+        let mappings = ["brevo", "hubspot"];
+        let harness = Harness::shipped(backend, env, &mappings, edit).await?;
+        Some(Recording {
+            harness,
             sandbox,
             recorder,
-            db,
-            plan,
-            env,
-            _config: config,
         })
     }
 
     async fn queue(&self, rows: &[Map<String, Value>]) {
-        self.db
-            .store
-            .insert_rows(&self.db.table, rows)
-            .await
-            .expect("insert rows");
+        self.harness.insert(rows).await;
     }
 
     async fn run(&self, connector: &str) {
         let clock = Arc::new(SystemClock);
-        run_to_end(&self.plan, connector, &self.db, &self.env, clock, quiet()).await;
+        self.run_connector(connector, clock, quiet()).await;
     }
 
     /// `(status, crm id, error)` of each row, by row id.
@@ -272,7 +266,7 @@ on_both_backends!(
 /// On PostgreSQL the table is the seed's own (uuid ids, domain_id and page_id).
 async fn every_request_body_sent_to_brevo_validates_against_the_openapi_schema(backend: Backend) {
     let Some(spec) = brevo_spec() else { return };
-    let Some(h) = Harness::start(backend).await else {
+    let Some(h) = Recording::start(backend).await else {
         return;
     };
 
@@ -354,7 +348,7 @@ fn assert_every_row_synced(outcomes: &BTreeMap<String, (String, String, String)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connector_body_that_breaks_the_brevo_spec_is_caught_end_to_end() {
     let Some(spec) = brevo_spec() else { return };
-    let h = Harness::start_with(Backend::Sqlite, |config| {
+    let h = Recording::start_with(Backend::Sqlite, |config| {
         config.edit(
             "connectors/brevo.toml",
             "listIds = \"{{params.list_ids}}\", updateEnabled = true",
@@ -625,7 +619,7 @@ fn hubspot_violations(validator: &jsonschema::Validator, request: &Recorded) -> 
 }
 
 async fn every_batch_upsert_sent_to_hubspot_has_the_documented_shape(backend: Backend) {
-    let Some(h) = Harness::start(backend).await else {
+    let Some(h) = Recording::start(backend).await else {
         return;
     };
     let mut rows = engine::demo::seed_rows();

@@ -43,14 +43,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use engine::clock::{Clock, SystemClock};
 use engine::engine::RunSummary;
-use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
-use engine::store::{Backend, TableSpec};
+use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
-use crate::support::{
-    ConfigDir, TestDb, engine_bin, plan_and_migrate, point_at, quiet, run_to_end,
-};
+use crate::support::{ConfigDir, Harness, engine_bin, quiet};
 
 /// A sandbox on a free port, with `latency_ms` added to every CRM answer.
 pub fn sandbox_options(latency_ms: u64) -> SandboxOptions {
@@ -62,18 +59,29 @@ pub fn sandbox_options(latency_ms: u64) -> SandboxOptions {
 }
 
 /// One test's world: a fresh seed table (both shipped mappings pointed at it and
-/// migrated), the shipped config (plus the test's edits), and a sandbox.
+/// migrated), the shipped config (plus the test's edits), and a sandbox; the
+/// environment is `demo::sandbox_env`, both connectors pointed at the sandbox.
 pub struct Fixture {
-    pub db: TestDb,
-    pub config: ConfigDir,
+    pub harness: Harness,
     pub sandbox: Sandbox,
-    /// `demo::sandbox_env`: both connectors pointed at the sandbox, with credentials.
-    pub env: BTreeMap<String, String>,
-    pub plan: Arc<Plan>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.harness
+    }
 }
 
 impl Fixture {
-    /// `None` when PostgreSQL is not reachable outside CI (see [`TestDb::open`]).
+    /// `None` when PostgreSQL is not reachable outside CI (see [`crate::support::TestDb::open`]).
     /// `edit` changes the config dir before it is planned (schedules, limits).
     pub async fn new(
         backend: Backend,
@@ -81,56 +89,21 @@ impl Fixture {
         edit: impl FnOnce(&ConfigDir),
     ) -> Option<Fixture> {
         engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
-        let config = ConfigDir::shipped();
-        point_at(&config, &db, &["hubspot", "brevo"]);
-        edit(&config);
         let sandbox = Sandbox::start(sandbox).await.expect("the sandbox starts");
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let plan = plan_and_migrate(&config, &env, &db, &["hubspot", "brevo"]).await;
-        Some(Fixture {
-            db,
-            config,
-            sandbox,
-            env,
-            plan,
-        })
-    }
-
-    /// The state columns of a mapping (`hubspot` or `brevo`).
-    pub fn spec(&self, mapping: &str) -> &TableSpec {
-        &self.plan.mappings[mapping].table
-    }
-
-    pub async fn insert(&self, rows: &[Map<String, Value>]) {
-        let inserted = self
-            .db
-            .store
-            .insert_rows(&self.db.table, rows)
-            .await
-            .expect("insert rows");
-        assert_eq!(inserted, rows.len() as u64);
+        let mappings = ["hubspot", "brevo"];
+        let harness = Harness::shipped(backend, env, &mappings, edit).await?;
+        Some(Fixture { harness, sandbox })
     }
 
     /// Runs `connector` in this process until nothing is claimable.
     pub async fn run(&self, connector: &str, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
-        run_to_end(&self.plan, connector, &self.db, &self.env, clock, quiet()).await
+        self.run_connector(connector, clock, quiet()).await
     }
 
     /// Runs `connector` in this process on the real clock.
     pub async fn run_now(&self, connector: &str) -> Arc<RunSummary> {
         self.run(connector, Arc::new(SystemClock)).await
-    }
-
-    /// One row by id, every column.
-    pub async fn row(&self, id: &str) -> Map<String, Value> {
-        let spec = self.spec("hubspot");
-        self.db
-            .store
-            .fetch_row(spec, id)
-            .await
-            .expect("fetch row")
-            .unwrap_or_else(|| panic!("no row {id}"))
     }
 
     /// The rows with these ids, in that order.

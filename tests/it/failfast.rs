@@ -3,98 +3,44 @@
 //! hand the claimed rows back untouched, while one bad row still fails alone.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use engine::clock::SystemClock;
-use engine::crm::probe::ConnectorPaused;
-use engine::engine::run_connector;
-use engine::plan::Plan;
 use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::send::probe::ConnectorPaused;
 use engine::store::Backend;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::on_both_backends;
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_engine};
+use crate::support::{Harness, run_engine};
 
 /// The shipped `connector` mapping over a fresh table holding `rows` queued rows.
-struct Setup {
-    db: TestDb,
-    plan: Arc<Plan>,
+async fn setup(
+    backend: Backend,
+    connector: &str,
     env: BTreeMap<String, String>,
-    config: ConfigDir,
-    connector: String,
+    rows: usize,
+) -> Option<Harness> {
+    let harness = Harness::shipped(backend, env, &[connector], |_| {}).await?;
+    let rows = (0..rows).map(|i| {
+        json!({"id": row_id(i), "email": format!("person{i}@example.com"), "name": "Ada Lovelace"})
+    });
+    harness.queue(rows).await;
+    Some(harness)
 }
 
-impl Setup {
-    async fn new(
-        backend: Backend,
-        connector: &str,
-        env: BTreeMap<String, String>,
-        rows: usize,
-    ) -> Option<Setup> {
-        engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
-        let config = ConfigDir::shipped();
-        point_at(&config, &db, &[connector]);
-        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
-        let status = format!("{connector}_processing_status");
-        let rows: Vec<Map<String, Value>> = (0..rows)
-            .map(|i| {
-                let mut row = json!({"id": row_id(i), "email": format!("person{i}@example.com"), "name": "Ada Lovelace", "retry_count": 0});
-                row[status.as_str()] = "Queued".into();
-                row.as_object().unwrap().clone()
-            })
-            .collect();
-        db.store.insert_rows(&db.table, &rows).await.unwrap();
-        Some(Setup {
-            db,
-            plan,
-            env,
-            config,
-            connector: connector.to_string(),
-        })
+/// Every row's (status, retry_count, error).
+async fn states(setup: &Harness, rows: usize) -> Vec<(Value, Value, Value)> {
+    let spec = setup.spec(&setup.connector);
+    let mut states = Vec::new();
+    for i in 0..rows {
+        let row = setup.row(&row_id(i)).await;
+        states.push((
+            row[&spec.processing_status].clone(),
+            row["retry_count"].clone(),
+            row[&spec.error].clone(),
+        ));
     }
-
-    async fn run(&self) -> anyhow::Result<()> {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        run_connector(
-            self.plan.clone(),
-            &self.connector,
-            self.db.store.clone(),
-            &self.env,
-            Arc::new(SystemClock),
-            quiet(),
-            shutdown,
-        )
-        .await
-        .map(|_| ())
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db
-            .store
-            .fetch_row(&self.plan.mappings[&self.connector].table, id)
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    /// Every row's (status, retry_count, error).
-    async fn states(&self, rows: usize) -> Vec<(Value, Value, Value)> {
-        let status = format!("{}_processing_status", self.connector);
-        let error = format!("{}_processing_error", self.connector);
-        let mut states = Vec::new();
-        for i in 0..rows {
-            let row = self.row(&row_id(i)).await;
-            states.push((
-                row[&status].clone(),
-                row["retry_count"].clone(),
-                row[&error].clone(),
-            ));
-        }
-        states
-    }
+    states
 }
 
 /// A UUID (PostgreSQL's `id` column is one) that names row `i`.
@@ -119,10 +65,10 @@ async fn a_base_url_missing_its_path_prefix_stops_the_run_and_leaves_the_rows_qu
     let mut env = engine::demo::sandbox_env(&sandbox.base_url());
     // Brevo lives under /v3: without it every endpoint answers 404.
     env.insert("BREVO_BASE_URL".into(), sandbox.base_url());
-    let Some(setup) = Setup::new(backend, "brevo", env, 20).await else {
+    let Some(setup) = setup(backend, "brevo", env, 20).await else {
         return;
     };
-    let err = setup.run().await.expect_err("the run stops");
+    let err = setup.try_run().await.expect_err("the run stops");
     let paused = err
         .downcast_ref::<ConnectorPaused>()
         .expect("a paused connector");
@@ -134,7 +80,7 @@ async fn a_base_url_missing_its_path_prefix_stops_the_run_and_leaves_the_rows_qu
     );
     assert!(message.contains("BREVO_BASE_URL"), "{message}");
     assert!(!message.contains("demo-key"), "{message}");
-    assert_eq!(setup.states(20).await, untouched(20));
+    assert_eq!(states(&setup, 20).await, untouched(20));
 }
 
 #[tokio::test]
@@ -144,9 +90,9 @@ async fn after_three_answers_blaming_the_config_the_rest_of_the_queue_is_not_sen
         ("BREVO_BASE_URL".to_string(), crm.base_url.clone()),
         ("BREVO_API_KEY".to_string(), "k".to_string()),
     ]);
-    let setup = Setup::new(Backend::Sqlite, "brevo", env, 40).await.unwrap();
-    setup.run().await.expect_err("the run stops");
-    assert_eq!(setup.states(40).await, untouched(40));
+    let setup = setup(Backend::Sqlite, "brevo", env, 40).await.unwrap();
+    setup.try_run().await.expect_err("the run stops");
+    assert_eq!(states(&setup, 40).await, untouched(40));
     // Three answers tell; at most the requests already in flight with them
     // (max_in_flight = 4) follow.
     let sent = crm.received().len();
@@ -160,10 +106,10 @@ async fn a_rejected_token_stops_a_batch_connector_without_splitting_its_batches(
     })
     .await;
     let env = engine::demo::sandbox_env(&sandbox.base_url());
-    let Some(setup) = Setup::new(backend, "hubspot", env, 300).await else {
+    let Some(setup) = setup(backend, "hubspot", env, 300).await else {
         return;
     };
-    let err = setup.run().await.expect_err("the run stops");
+    let err = setup.try_run().await.expect_err("the run stops");
     let message = format!("{err:#}");
     assert!(
         message.contains("answered HTTP 401 Unauthorized"),
@@ -171,7 +117,7 @@ async fn a_rejected_token_stops_a_batch_connector_without_splitting_its_batches(
     );
     assert!(message.contains("check HUBSPOT_ACCESS_TOKEN"), "{message}");
     assert!(!message.contains("demo-token"), "{message}");
-    assert_eq!(setup.states(300).await, untouched(300));
+    assert_eq!(states(&setup, 300).await, untouched(300));
     let sent = sandbox.stats()["requests"]["POST /crm/v3/objects/contacts/batch/upsert"]
         .as_u64()
         .unwrap_or(0);
@@ -190,15 +136,15 @@ on_both_backends!(
 async fn an_unreachable_host_stops_the_run_naming_the_url_and_the_variable() {
     let mut env = engine::demo::sandbox_env("http://127.0.0.1:9");
     env.insert("BREVO_BASE_URL".into(), "http://127.0.0.1:9/v3".into());
-    let setup = Setup::new(Backend::Sqlite, "brevo", env, 5).await.unwrap();
-    let err = setup.run().await.expect_err("the run stops");
+    let setup = setup(Backend::Sqlite, "brevo", env, 5).await.unwrap();
+    let err = setup.try_run().await.expect_err("the run stops");
     let message = format!("{err:#}");
     assert!(
         message.contains("POST http://127.0.0.1:9/v3/contacts could not connect"),
         "{message}"
     );
     assert!(message.contains("the host cannot be reached"), "{message}");
-    assert_eq!(setup.states(5).await, untouched(5));
+    assert_eq!(states(&setup, 5).await, untouched(5));
 }
 
 #[tokio::test]
@@ -212,9 +158,9 @@ async fn one_rows_404_fails_only_that_row() {
         ("BREVO_BASE_URL".to_string(), crm.base_url.clone()),
         ("BREVO_API_KEY".to_string(), "k".to_string()),
     ]);
-    let setup = Setup::new(Backend::Sqlite, "brevo", env, 6).await.unwrap();
-    setup.run().await.expect("the run finishes");
-    let states = setup.states(6).await;
+    let setup = setup(Backend::Sqlite, "brevo", env, 6).await.unwrap();
+    setup.try_run().await.expect("the run finishes");
+    let states = states(&setup, 6).await;
     let failed: Vec<_> = states.iter().filter(|s| s.0 == "Error").collect();
     assert_eq!(failed.len(), 1, "{states:?}");
     assert!(
@@ -235,7 +181,7 @@ fn the_cli_exits_2_on_a_wrong_base_url_with_the_url_and_a_hint() {
         let sandbox = sandbox(SandboxOptions::default()).await;
         let mut env = engine::demo::sandbox_env(&sandbox.base_url());
         env.insert("BREVO_BASE_URL".into(), sandbox.base_url());
-        let setup = Setup::new(Backend::Sqlite, "brevo", env, 3).await.unwrap();
+        let setup = setup(Backend::Sqlite, "brevo", env, 3).await.unwrap();
         (setup, sandbox)
     });
     let base = sandbox.base_url();
@@ -254,6 +200,6 @@ fn the_cli_exits_2_on_a_wrong_base_url_with_the_url_and_a_hint() {
         "{transcript}"
     );
     assert!(!transcript.contains("secret-key"), "{transcript}");
-    let states = runtime.block_on(setup.states(3));
+    let states = runtime.block_on(states(&setup, 3));
     assert_eq!(states, untouched(3));
 }

@@ -26,7 +26,7 @@ fn blocks() -> Vec<Block> {
                 open = Some(Block {
                     info: info.trim().to_string(),
                     text: String::new(),
-                })
+                });
             }
             (Some(_), Some(block)) => out.push(block),
             (None, Some(mut block)) => {
@@ -114,7 +114,7 @@ async fn the_guides_connector_syncs_against_the_sandbox_creating_then_updating()
     let plan = plan_and_migrate(&config, &env, &db, &["mybrevo"]).await;
     let queue = |id: &str, name: &str| -> Map<String, Value> {
         json!({"id": id, "email": "ada@example.com", "name": name,
-               "mybrevo_processing_status": "Queued", "retry_count": 0})
+               "mybrevo_processing_status": "Queued"})
         .as_object()
         .unwrap()
         .clone()

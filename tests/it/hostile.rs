@@ -11,12 +11,11 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use engine::plan::Plan;
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness};
 
 /// The credential every request carries; it must never reach another origin.
 const API_KEY: &str = "planted-api-key-5f2c91";
@@ -133,72 +132,37 @@ name = "{{{{name}}}}"
     )
 }
 
-/// A database table with the `crm` mapping, pointed at one hostile server.
-struct Harness {
-    db: TestDb,
-    plan: Arc<Plan>,
-    env: BTreeMap<String, String>,
-    _config: ConfigDir,
+/// The `crm` mapping over a fresh table, pointed at one hostile server.
+async fn harness(backend: Backend, base_url: &str, connector_extra: &str) -> Option<Harness> {
+    with_connector(backend, base_url, &connector(connector_extra)).await
 }
 
-impl Harness {
-    async fn new(backend: Backend, base_url: &str, connector_extra: &str) -> Option<Self> {
-        Self::with_connector(backend, base_url, &connector(connector_extra)).await
-    }
+async fn with_connector(backend: Backend, base_url: &str, connector: &str) -> Option<Harness> {
+    let env = BTreeMap::from([
+        ("CRM_BASE_URL".to_string(), base_url.to_string()),
+        ("CRM_KEY".to_string(), API_KEY.to_string()),
+    ]);
+    Harness::start(
+        backend,
+        ConfigDir::shipped(),
+        env,
+        &["crm"],
+        |config, db| {
+            config
+                .write("connectors/crm.toml", connector)
+                .write("mappings/crm.toml", &mapping(&db.table));
+        },
+    )
+    .await
+}
 
-    async fn with_connector(backend: Backend, base_url: &str, connector: &str) -> Option<Self> {
-        engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
-        let config = ConfigDir::shipped();
-        config
-            .write("connectors/crm.toml", connector)
-            .write("mappings/crm.toml", &mapping(&db.table));
-        let env = BTreeMap::from([
-            ("CRM_BASE_URL".to_string(), base_url.to_string()),
-            ("CRM_KEY".to_string(), API_KEY.to_string()),
-        ]);
-        let plan = plan_and_migrate(&config, &env, &db, &["crm"]).await;
-        Some(Self {
-            db,
-            plan,
-            env,
-            _config: config,
-        })
-    }
-
-    /// Queues one row per email, with ids [`id`]`(0)`, `(1)`, …
-    async fn queue(&self, emails: &[&str]) {
-        let rows: Vec<Map<String, Value>> = emails
-            .iter()
-            .enumerate()
-            .map(|(i, email)| {
-                json!({"id": id(i), "email": email, "name": "Hostile Test",
-                       "crm_processing_status": "Queued", "retry_count": 0})
-                .as_object()
-                .unwrap()
-                .clone()
-            })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
-    }
-
-    async fn run(&self) {
-        let clock = Arc::new(engine::clock::SystemClock);
-        run_to_end(&self.plan, "crm", &self.db, &self.env, clock, quiet()).await;
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db
-            .store
-            .fetch_row(&self.plan.mappings["crm"].table, id)
-            .await
-            .unwrap()
-            .unwrap()
-    }
+/// Queues one row per email, with ids [`id`]`(0)`, `(1)`, …
+async fn queue(h: &Harness, emails: &[&str]) {
+    let rows = emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| json!({"id": id(i), "email": email, "name": "Hostile Test"}));
+    h.queue(rows).await;
 }
 
 /// The id of the `index`th queued row (a uuid: PostgreSQL's seed table wants one).
@@ -230,9 +194,9 @@ async fn one_row_against(
     answer: impl Fn(&Value) -> Response + Send + Sync + 'static,
 ) -> Option<Map<String, Value>> {
     let crm = HostileCrm::start(answer).await;
-    let h = Harness::new(backend, &crm.base_url, connector_extra).await?;
-    h.queue(&["a@example.com"]).await;
-    h.run().await;
+    let h = harness(backend, &crm.base_url, connector_extra).await?;
+    queue(&h, &["a@example.com"]).await;
+    h.run_now().await;
     Some(h.row(&id(0)).await)
 }
 
@@ -288,11 +252,11 @@ async fn a_batch_result_without_an_id_leaves_only_its_row_incomplete(backend: Ba
         json_answer(200, json!({"results": results}))
     })
     .await;
-    let Some(h) = Harness::with_connector(backend, &crm.base_url, BATCH_CONNECTOR).await else {
+    let Some(h) = with_connector(backend, &crm.base_url, BATCH_CONNECTOR).await else {
         return;
     };
-    h.queue(&["a@x.com", "noid@x.com"]).await;
-    h.run().await;
+    queue(&h, &["a@x.com", "noid@x.com"]).await;
+    h.run_now().await;
     let synced = h.row(&id(0)).await;
     assert_eq!(
         text(&synced, "crm_processing_status"),
@@ -316,12 +280,12 @@ async fn an_error_message_with_nul_characters_fails_only_its_own_row(backend: Ba
         }
     })
     .await;
-    let Some(h) = Harness::new(backend, &crm.base_url, "").await else {
+    let Some(h) = harness(backend, &crm.base_url, "").await else {
         return;
     };
     let emails = ["a@x.com", "b@x.com", "bad@x.com", "c@x.com", "d@x.com"];
-    h.queue(&emails).await;
-    h.run().await;
+    queue(&h, &emails).await;
+    h.run_now().await;
     for (i, email) in emails.iter().enumerate() {
         let row = h.row(&id(i)).await;
         if email.starts_with("bad") {
@@ -441,11 +405,11 @@ async fn a_redirect_to_another_origin_is_not_followed_and_names_its_location(bac
     for status in [302, 307, 308] {
         let target = format!("{}/capture?api_key=leaked-token", elsewhere.base_url);
         let crm = redirecting_to(target, status).await;
-        let Some(h) = Harness::new(backend, &crm.base_url, "").await else {
+        let Some(h) = harness(backend, &crm.base_url, "").await else {
             return;
         };
-        h.queue(&["a@example.com"]).await;
-        h.run().await;
+        queue(&h, &["a@example.com"]).await;
+        h.run_now().await;
         let error = assert_error(&h.row(&id(0)).await, &format!("HTTP {status}"));
         assert!(
             error.contains(&format!(
@@ -466,12 +430,11 @@ async fn a_redirect_to_another_origin_is_not_followed_and_names_its_location(bac
 
 async fn a_same_origin_redirect_is_followed_when_the_connector_allows_it(backend: Backend) {
     let moved = SameOriginMove::start().await;
-    let Some(h) = Harness::new(backend, &moved.base_url, r#"redirects = "same_origin""#).await
-    else {
+    let Some(h) = harness(backend, &moved.base_url, r#"redirects = "same_origin""#).await else {
         return;
     };
-    h.queue(&["a@example.com"]).await;
-    h.run().await;
+    queue(&h, &["a@example.com"]).await;
+    h.run_now().await;
     let row = h.row(&id(0)).await;
     assert_eq!(text(&row, "crm_processing_status"), "Complete", "{row:?}");
     assert_eq!(text(&row, "crm_contact_id"), "moved-1");
@@ -527,11 +490,11 @@ async fn a_cross_origin_redirect_is_refused_even_when_same_origin_ones_are_allow
 ) {
     let elsewhere = HostileCrm::start(|_| json_answer(200, json!({"id": "stolen"}))).await;
     let crm = redirecting_to(format!("{}/contacts", elsewhere.base_url), 307).await;
-    let Some(h) = Harness::new(backend, &crm.base_url, r#"redirects = "same_origin""#).await else {
+    let Some(h) = harness(backend, &crm.base_url, r#"redirects = "same_origin""#).await else {
         return;
     };
-    h.queue(&["a@example.com"]).await;
-    h.run().await;
+    queue(&h, &["a@example.com"]).await;
+    h.run_now().await;
     assert_error(
         &h.row(&id(0)).await,
         "HTTP 307 Temporary Redirect: redirected to",

@@ -3,6 +3,7 @@
 mod absurd;
 mod auth;
 mod batch;
+mod budget;
 mod changes;
 mod check;
 mod config_props;

@@ -11,13 +11,11 @@ use engine::store::Backend;
 use serde_json::{Value, json};
 
 use crate::contract::recorder::Recorder;
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, point_at, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness, point_at, quiet};
 
 /// Runs `connector`'s shipped mapping over the seed rows through a recording
 /// proxy, and returns every request as `METHOD path?query` and its JSON body.
 async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
-    engine::install_crypto_provider();
-    let db = TestDb::open(Backend::Sqlite).await.unwrap();
     let sandbox = Sandbox::start(SandboxOptions {
         port: 0,
         ..SandboxOptions::default()
@@ -25,10 +23,18 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
     .await
     .unwrap();
     let recorder = Recorder::start(&sandbox.base_url()).await;
-    let config = ConfigDir::shipped();
-    point_at(&config, &db, &["hubspot", "brevo"]);
     let env = engine::demo::sandbox_env(&recorder.base_url);
-    let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
+    let h = Harness::start(
+        Backend::Sqlite,
+        ConfigDir::shipped(),
+        env,
+        &[connector],
+        |config, db| {
+            point_at(config, db, &["hubspot", "brevo"]);
+        },
+    )
+    .await
+    .expect("SQLite is always there");
     let mut rows = engine::demo::seed_rows();
     let mut tricky = rows[0].clone();
     tricky.insert("id".into(), json!("5d2c1f0e-0000-4000-8000-000000000004"));
@@ -36,7 +42,7 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
     tricky.insert("name".into(), json!("Zoë \"Zed\" O'Brien \\ 🚀\nJr"));
     tricky.insert("phone_number".into(), json!("+44 (20) 7946.0958"));
     rows.push(tricky);
-    db.store.insert_rows(&db.table, &rows).await.unwrap();
+    h.insert(&rows).await;
 
     let clock = ManualClock::new("2025-11-19T02:13:46Z".parse().unwrap());
     assert_eq!(clock.utc().to_rfc3339(), "2025-11-19T02:13:46+00:00");
@@ -44,7 +50,7 @@ async fn recorded_requests(connector: &str) -> Vec<(String, Value)> {
         workers: 1,
         ..quiet()
     };
-    run_to_end(&plan, connector, &db, &env, Arc::new(clock), options).await;
+    h.run_connector(connector, Arc::new(clock), options).await;
 
     let mut requests: Vec<(String, Value)> = recorder
         .requests()

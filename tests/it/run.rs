@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::clock::{Clock, ManualClock, SystemClock};
-use engine::engine::RunSummary;
-use engine::plan::Plan;
 use engine::store::Backend;
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
 use crate::scripted::{Reply, ScriptedCrm};
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_to_end};
+use crate::support::{ConfigDir, Harness};
 
 const CONNECTOR: &str = r#"
 base_url = "http://127.0.0.1:9"
@@ -48,17 +46,22 @@ name = "{{{{name}}}}"
     )
 }
 
-/// A scripted CRM, a database with a `crm` mapping over a fresh seed table, and a clock.
-struct Harness {
-    db: TestDb,
-    plan: Arc<Plan>,
-    env: BTreeMap<String, String>,
+/// A scripted CRM and a `crm` mapping over a fresh seed table.
+struct Scripted {
+    harness: Harness,
     crm: ScriptedCrm,
-    _config: ConfigDir,
 }
 
-impl Harness {
-    async fn new(backend: Backend, script: Vec<Reply>, max_retries: u32) -> Option<Harness> {
+impl std::ops::Deref for Scripted {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+impl Scripted {
+    async fn new(backend: Backend, script: Vec<Reply>, max_retries: u32) -> Option<Scripted> {
         Self::with_connector(backend, CONNECTOR, script, max_retries).await
     }
 
@@ -67,54 +70,33 @@ impl Harness {
         connector: &str,
         script: Vec<Reply>,
         max_retries: u32,
-    ) -> Option<Harness> {
-        engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
+    ) -> Option<Scripted> {
         let crm = ScriptedCrm::start(script).await;
-        let config = ConfigDir::shipped();
-        config
-            .write("connectors/crm.toml", connector)
-            .write("mappings/crm.toml", &mapping(&db.table, max_retries));
         let env = BTreeMap::from([
             ("CRM_BASE_URL".to_string(), crm.base_url.clone()),
             ("CRM_TOKEN".to_string(), "t".to_string()),
         ]);
-        let plan = plan_and_migrate(&config, &env, &db, &["crm"]).await;
-        Some(Harness {
-            db,
-            plan,
+        let harness = Harness::start(
+            backend,
+            ConfigDir::shipped(),
             env,
-            crm,
-            _config: config,
-        })
+            &["crm"],
+            |config, db| {
+                config
+                    .write("connectors/crm.toml", connector)
+                    .write("mappings/crm.toml", &mapping(&db.table, max_retries));
+            },
+        )
+        .await?;
+        Some(Scripted { harness, crm })
     }
 
-    async fn insert(&self, rows: &[(&str, Value)]) {
-        let rows: Vec<Map<String, Value>> = rows
+    /// Queues rows `(id, email)`.
+    async fn queue_emails(&self, rows: &[(&str, Value)]) {
+        let rows = rows
             .iter()
-            .map(|(id, email)| {
-                let row = json!({"id": id, "email": email, "name": format!("Name {id}"), "crm_processing_status": "Queued", "retry_count": 0});
-                row.as_object().unwrap().clone()
-            })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
-    }
-
-    async fn run(&self, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
-        run_to_end(&self.plan, "crm", &self.db, &self.env, clock, quiet()).await
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        self.db
-            .store
-            .fetch_row(&self.plan.mappings["crm"].table, id)
-            .await
-            .unwrap()
-            .unwrap()
+            .map(|(id, email)| json!({"id": id, "email": email, "name": format!("Name {id}")}));
+        self.queue(rows).await;
     }
 }
 
@@ -129,12 +111,12 @@ fn text(row: &Map<String, Value>, column: &str) -> String {
 }
 
 fn count(row: &Map<String, Value>) -> i64 {
-    row["retry_count"].as_i64().unwrap()
+    row["crm_retry_count"].as_i64().unwrap()
 }
 
 /// The row's next_retry_at as seconds after `base` (SQLite text or PostgreSQL timestamptz JSON).
 fn due_after(row: &Map<String, Value>, base: chrono::DateTime<chrono::Utc>) -> i64 {
-    let raw = text(row, "next_retry_at");
+    let raw = text(row, "crm_next_retry_at");
     let parsed = chrono::DateTime::parse_from_rfc3339(&raw)
         .map(|d| d.with_timezone(&chrono::Utc))
         .or_else(|_| {
@@ -189,16 +171,16 @@ id_pointer = "/data/id"
 
 /// One row through [`lookup_then_write`] on SQLite: the search finds nothing and
 /// every create answers 502 (it may have landed).
-async fn sync_one_row_whose_create_fails(create_rules: &str) -> Harness {
+async fn sync_one_row_whose_create_fails(create_rules: &str) -> Scripted {
     let script = vec![
         Reply::json(200, json!({"data": {"items": []}})),
         Reply::json(502, json!({"error": "Bad gateway"})),
     ];
     let connector = lookup_then_write(create_rules);
-    let h = Harness::with_connector(Backend::Sqlite, &connector, script, 3)
+    let h = Scripted::with_connector(Backend::Sqlite, &connector, script, 3)
         .await
         .expect("SQLite is always there");
-    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.queue_emails(&[(ID, json!("a@example.com"))]).await;
     h.run(Arc::new(ManualClock::default())).await;
     h
 }
@@ -245,10 +227,10 @@ async fn server_errors_are_retried_on_the_mappings_schedule_until_the_crm_accept
         Reply::json(500, json!({"message": "Internal error"})),
         Reply::json(201, json!({"id": "176559342616"})),
     ];
-    let Some(h) = Harness::new(backend, script, 3).await else {
+    let Some(h) = Scripted::new(backend, script, 3).await else {
         return;
     };
-    h.insert(&[(ID, json!("hubspot-scheduler-test-1@scrapersky-test.com"))])
+    h.queue_emails(&[(ID, json!("hubspot-scheduler-test-1@scrapersky-test.com"))])
         .await;
     let clock = ManualClock::default();
     let start = clock.utc();
@@ -296,10 +278,10 @@ async fn a_400_ends_in_error_at_once_with_the_crms_message(backend: Backend) {
         400,
         json!({"status": "error", "message": "Property values were not valid", "category": "VALIDATION_ERROR"}),
     )];
-    let Some(h) = Harness::new(backend, script, 3).await else {
+    let Some(h) = Scripted::new(backend, script, 3).await else {
         return;
     };
-    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.queue_emails(&[(ID, json!("a@example.com"))]).await;
     let summary = h.run(Arc::new(SystemClock)).await;
     let row = h.row(ID).await;
     assert_eq!(text(&row, "crm_processing_status"), "Error");
@@ -325,10 +307,10 @@ async fn a_429_is_waited_out_without_spending_a_retry(backend: Backend) {
             .header("Retry-After", "1"),
         Reply::json(201, json!({"id": 21})),
     ];
-    let Some(h) = Harness::new(backend, script, 3).await else {
+    let Some(h) = Scripted::new(backend, script, 3).await else {
         return;
     };
-    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.queue_emails(&[(ID, json!("a@example.com"))]).await;
     h.run(Arc::new(SystemClock)).await;
     let row = h.row(ID).await;
     assert_eq!(text(&row, "crm_processing_status"), "Complete");
@@ -339,10 +321,10 @@ async fn a_429_is_waited_out_without_spending_a_retry(backend: Backend) {
 
 async fn a_row_that_runs_out_of_retries_ends_in_error(backend: Backend) {
     let script = vec![Reply::json(503, json!({"message": "Service unavailable"}))];
-    let Some(h) = Harness::new(backend, script, 1).await else {
+    let Some(h) = Scripted::new(backend, script, 1).await else {
         return;
     };
-    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.queue_emails(&[(ID, json!("a@example.com"))]).await;
     let clock = ManualClock::default();
     h.run(Arc::new(clock.clone())).await;
     assert_eq!(text(&h.row(ID).await, "crm_processing_status"), "Queued");
@@ -361,10 +343,10 @@ async fn a_row_that_runs_out_of_retries_ends_in_error(backend: Backend) {
 
 async fn a_row_without_a_key_ends_in_error_while_the_others_sync(backend: Backend) {
     let script = vec![Reply::json(201, json!({"id": 7}))];
-    let Some(h) = Harness::new(backend, script, 3).await else {
+    let Some(h) = Scripted::new(backend, script, 3).await else {
         return;
     };
-    h.insert(&[(ID, json!("   ")), (ID2, json!("b@example.com"))])
+    h.queue_emails(&[(ID, json!("   ")), (ID2, json!("b@example.com"))])
         .await;
     h.run(Arc::new(SystemClock)).await;
     let bad = h.row(ID).await;
@@ -393,7 +375,7 @@ async fn in_flight_at_arrival(adaptive: bool) -> Vec<usize> {
     let mut script =
         vec![Reply::json(503, json!({"message": "Service unavailable"})).after(slow); 8];
     script.push(Reply::json(201, json!({"id": 7})).after(slow));
-    let h = Harness::with_connector(Backend::Sqlite, &eight_in_flight(adaptive), script, 3)
+    let h = Scripted::with_connector(Backend::Sqlite, &eight_in_flight(adaptive), script, 3)
         .await
         .expect("SQLite is always there");
     let ids: Vec<String> = (0..40).map(|_| uuid::Uuid::new_v4().to_string()).collect();
@@ -402,7 +384,7 @@ async fn in_flight_at_arrival(adaptive: bool) -> Vec<usize> {
         .enumerate()
         .map(|(i, id)| (id.as_str(), json!(format!("c{i}@example.com"))))
         .collect();
-    h.insert(&rows).await;
+    h.queue_emails(&rows).await;
     h.run(Arc::new(SystemClock)).await;
     let received = h.crm.received();
     assert_eq!(
@@ -467,10 +449,10 @@ const ID3: &str = "0f3b8f9e-6c1d-4c52-9a0e-3d6f1c2b7a11";
 /// Runs three rows through `connector` (e.g. [`BY_POSITION`]) against
 /// `reply`; returns the rows in the order the request carried them.
 async fn three_rows_by_position(connector: &str, reply: Reply) -> Vec<Map<String, Value>> {
-    let h = Harness::with_connector(Backend::Sqlite, connector, vec![reply], 3)
+    let h = Scripted::with_connector(Backend::Sqlite, connector, vec![reply], 3)
         .await
         .expect("SQLite is always there");
-    h.insert(&[
+    h.queue_emails(&[
         (ID, json!("a@example.com")),
         (ID2, json!("b@example.com")),
         (ID3, json!("c@example.com")),
@@ -574,12 +556,12 @@ async fn a_rule_on_a_body_pointer_fails_a_200_that_carries_errors() {
             json!({"data": null, "errors": [{"message": "Variable $email got invalid value"}]}),
         ),
     ];
-    let h = Harness::with_connector(Backend::Sqlite, GRAPHQL, script, 3)
+    let h = Scripted::with_connector(Backend::Sqlite, GRAPHQL, script, 3)
         .await
         .expect("SQLite is always there");
-    h.insert(&[(ID, json!("a@example.com"))]).await;
+    h.queue_emails(&[(ID, json!("a@example.com"))]).await;
     h.run(Arc::new(SystemClock)).await;
-    h.insert(&[(ID2, json!("b@example.com"))]).await;
+    h.queue_emails(&[(ID2, json!("b@example.com"))]).await;
     h.run(Arc::new(SystemClock)).await;
 
     let synced = h.row(ID).await;

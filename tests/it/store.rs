@@ -8,35 +8,17 @@
 //! `CI`, where they fail.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::panic::{AssertUnwindSafe, resume_unwind};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 use engine::store::{Backend, ClaimedRow, RowColumns, RowResult, RowUpdate, Store, TableSpec};
-use futures::FutureExt;
 use serde_json::{Map, Value, json};
-use tempfile::TempDir;
 
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// Generates `mod <test> { on_sqlite, on_postgres }` for each async test fn.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                super::run(engine::store::Backend::Sqlite, super::$test).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                super::run(engine::store::Backend::Postgres, super::$test).await;
-            }
-        }
-    )*};
-}
+use crate::on_both_backends;
+use crate::support::{TestDb, seed_spec};
 
 on_both_backends!(
+    with_db:
     migrate_creates_the_seed_table_which_accepts_the_seed_rows,
     migrate_adds_only_missing_state_columns_and_migration_sql_shows_the_sql,
     columns_of_a_missing_table_are_none,
@@ -56,134 +38,6 @@ on_both_backends!(
     instance_slots_admit_max_instances_across_connections_and_free_on_drop,
     ten_thousand_rows_claim_and_record_in_batches_of_500,
 );
-
-/// One test's database: a store, the URL to open a second connection, and
-/// the table (spec) the test owns.
-struct TestDb {
-    store: Store,
-    url: String,
-    spec: TableSpec,
-    /// Holds the SQLite file's directory until the test ends.
-    _dir: Option<TempDir>,
-}
-
-impl TestDb {
-    async fn open(backend: Backend) -> Option<TestDb> {
-        match backend {
-            Backend::Sqlite => Some(Self::sqlite().await),
-            Backend::Postgres => Self::postgres().await,
-        }
-    }
-
-    async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("engine.db").display());
-        TestDb {
-            store: Store::connect(&url).await.unwrap(),
-            url,
-            spec: seed_spec("contacts"),
-            _dir: Some(dir),
-        }
-    }
-
-    async fn postgres() -> Option<TestDb> {
-        let url = std::env::var("ENGINE_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.into());
-        match Store::connect(&url).await {
-            Ok(store) => {
-                let table = format!("contacts_{}", uuid::Uuid::new_v4().simple());
-                Some(TestDb {
-                    store,
-                    url,
-                    spec: seed_spec(&table),
-                    _dir: None,
-                })
-            }
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("PostgreSQL not reachable at {url} (and CI is set): {e:#}")
-            }
-            Err(e) => {
-                eprintln!("skipped: PostgreSQL not reachable at {url}: {e:#}");
-                None
-            }
-        }
-    }
-
-    /// The seed's table, created by migrate, holding `rows`.
-    async fn with_rows(self, rows: &[Map<String, Value>]) -> TestDb {
-        self.store.migrate(&self.spec).await.unwrap();
-        let inserted = self
-            .store
-            .insert_rows(&self.spec.table, rows)
-            .await
-            .unwrap();
-        assert_eq!(inserted, rows.len() as u64);
-        self
-    }
-
-    async fn row(&self, id: &str) -> Map<String, Value> {
-        let row = self.store.fetch_row(&self.spec, id).await.unwrap();
-        row.unwrap_or_else(|| panic!("no row {id}"))
-    }
-
-    async fn claim(
-        &self,
-        limit: usize,
-        now: DateTime<Utc>,
-        lease: DateTime<Utc>,
-    ) -> Vec<ClaimedRow> {
-        self.store
-            .claim(&self.spec, limit, now, lease)
-            .await
-            .unwrap()
-    }
-
-    /// Runs SQL the store has no method for (test set-up only).
-    async fn execute(&self, sql: String) {
-        crate::support::execute(&self.store, sql).await;
-    }
-}
-
-/// Opens the backend's database, runs `test`, and drops the test's table
-/// (PostgreSQL) even when the test panics.
-async fn run<F, Fut>(backend: Backend, test: F)
-where
-    F: FnOnce(TestDb) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some(db) = TestDb::open(backend).await else {
-        return;
-    };
-    let (store, table) = (db.store.clone(), db.spec.table.clone());
-    let outcome = AssertUnwindSafe(test(db)).catch_unwind().await;
-    if let Store::Postgres(pool) = &store {
-        let drop = format!("DROP TABLE IF EXISTS \"{table}\"");
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
-    store.close().await;
-    if let Err(panic) = outcome {
-        resume_unwind(panic);
-    }
-}
-
-/// The seed's HubSpot columns.
-fn seed_spec(table: &str) -> TableSpec {
-    TableSpec {
-        table: table.into(),
-        id_column: "id".into(),
-        key_column: "email".into(),
-        processing_status: "hubspot_processing_status".into(),
-        sync_status: "hubspot_sync_status".into(),
-        crm_id: "hubspot_contact_id".into(),
-        error: "hubspot_processing_error".into(),
-        retry_count: "retry_count".into(),
-        next_retry_at: "next_retry_at".into(),
-        fingerprint: None,
-        table_mates: vec![],
-    }
-}
 
 const SEED_IDS: [&str; 3] = [
     "4b4be366-da73-4926-83a2-2fddb9a77d95",

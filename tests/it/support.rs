@@ -2,13 +2,21 @@
 //! `engine` binary, and normalising its output for snapshots.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use engine::clock::Clock;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, resume_unwind};
+
+use chrono::{DateTime, Utc};
+use engine::clock::{Clock, SystemClock};
 use engine::engine::{RunOptions, RunSummary, run_connector};
 use engine::plan::Plan;
+use engine::store::{Backend, ClaimedRow, Store, TableSpec};
+use futures::FutureExt;
+use serde_json::{Map, Value};
 
 /// A temporary config dir holding the shipped connectors and mappings.
 pub struct ConfigDir {
@@ -84,58 +92,133 @@ pub fn pg_url() -> String {
 /// A database for one test, or `None` when PostgreSQL is not reachable outside CI
 /// (under `CI` that is a failure, never a silent skip).
 pub struct TestDb {
-    pub store: engine::store::Store,
+    pub store: Store,
     /// The URL, for a second connection or a child process.
-    #[allow(dead_code)]
     pub url: String,
     /// A table name no other test uses.
     pub table: String,
+    /// The seed's HubSpot state columns over `table`: what a test reads and
+    /// writes through when it has no mapping (the store tests).
+    pub spec: TableSpec,
+    /// Holds the SQLite file's directory until the test ends.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
-    pub async fn open(backend: engine::store::Backend) -> Option<TestDb> {
+    pub async fn open(backend: Backend) -> Option<TestDb> {
         let table = format!(
             "contacts_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        match backend {
-            engine::store::Backend::Sqlite => {
+        let (url, dir) = match backend {
+            Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("engine.db").display());
-                let store = engine::store::Store::connect(&url).await.unwrap();
-                Some(TestDb {
-                    store,
-                    url,
-                    table,
-                    _dir: Some(dir),
-                })
+                (url, Some(dir))
             }
-            engine::store::Backend::Postgres => {
-                let url = pg_url();
-                match engine::store::Store::connect(&url).await {
-                    Ok(store) => Some(TestDb {
-                        store,
-                        url,
-                        table,
-                        _dir: None,
-                    }),
-                    Err(e) if std::env::var_os("CI").is_some() => {
-                        panic!("PostgreSQL not reachable at {url} under CI: {e:#}")
-                    }
-                    Err(e) => {
-                        eprintln!("skipped: PostgreSQL not reachable at {url}: {e:#}");
-                        None
-                    }
-                }
+            Backend::Postgres => (pg_url(), None),
+        };
+        let store = match Store::connect(&url).await {
+            Ok(store) => store,
+            Err(e) if backend == Backend::Sqlite => panic!("SQLite at {url}: {e:#}"),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("PostgreSQL not reachable at {url} under CI: {e:#}")
             }
-        }
+            Err(e) => {
+                eprintln!("skipped: PostgreSQL not reachable at {url}: {e:#}");
+                return None;
+            }
+        };
+        Some(TestDb {
+            store,
+            url,
+            spec: seed_spec(&table),
+            table,
+            _dir: dir,
+        })
+    }
+
+    /// The seed's table, created by migrate, holding `rows`.
+    pub async fn with_rows(self, rows: &[Map<String, Value>]) -> TestDb {
+        self.store.migrate(&self.spec).await.unwrap();
+        let inserted = self
+            .store
+            .insert_rows(&self.spec.table, rows)
+            .await
+            .unwrap();
+        assert_eq!(inserted, rows.len() as u64);
+        self
+    }
+
+    /// Row `id` of [`TestDb::spec`], every column.
+    pub async fn row(&self, id: &str) -> Map<String, Value> {
+        let row = self.store.fetch_row(&self.spec, id).await.unwrap();
+        row.unwrap_or_else(|| panic!("no row {id}"))
+    }
+
+    /// Claims up to `limit` rows of [`TestDb::spec`].
+    pub async fn claim(
+        &self,
+        limit: usize,
+        now: DateTime<Utc>,
+        lease: DateTime<Utc>,
+    ) -> Vec<ClaimedRow> {
+        self.store
+            .claim(&self.spec, limit, now, lease)
+            .await
+            .unwrap()
+    }
+
+    /// Runs SQL the store has no method for (test set-up only).
+    pub async fn execute(&self, sql: String) {
+        execute(&self.store, sql).await;
+    }
+}
+
+/// The seed's HubSpot state columns over `table`.
+pub fn seed_spec(table: &str) -> TableSpec {
+    TableSpec {
+        table: table.into(),
+        id_column: "id".into(),
+        key_column: "email".into(),
+        processing_status: "hubspot_processing_status".into(),
+        sync_status: "hubspot_sync_status".into(),
+        crm_id: "hubspot_contact_id".into(),
+        error: "hubspot_processing_error".into(),
+        retry_count: "retry_count".into(),
+        next_retry_at: "next_retry_at".into(),
+        fingerprint: None,
+        table_mates: vec![],
+    }
+}
+
+/// Opens the backend's database, runs `test`, and drops the test's table
+/// (PostgreSQL) even when the test panics.
+pub async fn with_db<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(db) = TestDb::open(backend).await else {
+        return;
+    };
+    let (store, table) = (db.store.clone(), db.spec.table.clone());
+    let outcome = AssertUnwindSafe(test(db)).catch_unwind().await;
+    if let Store::Postgres(pool) = &store {
+        let drop = format!("DROP TABLE IF EXISTS \"{table}\"");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    if let Err(panic) = outcome {
+        resume_unwind(panic);
     }
 }
 
 /// Runs SQL the store has no method for (test set-up only).
-pub async fn execute(store: &engine::store::Store, sql: String) {
-    use engine::store::Store;
+pub async fn execute(store: &Store, sql: String) {
     match store {
         Store::Sqlite(pool) => {
             let mut conn = pool.acquire().await.unwrap();
@@ -210,6 +293,20 @@ pub async fn run_to_end(
     clock: Arc<dyn Clock>,
     options: RunOptions,
 ) -> Arc<RunSummary> {
+    try_run_to_end(plan, connector, db, env, clock, options)
+        .await
+        .expect("the run finishes")
+}
+
+/// As [`run_to_end`], handing back the error a run stops with.
+pub async fn try_run_to_end(
+    plan: &Arc<Plan>,
+    connector: &str,
+    db: &TestDb,
+    env: &BTreeMap<String, String>,
+    clock: Arc<dyn Clock>,
+    options: RunOptions,
+) -> anyhow::Result<Arc<RunSummary>> {
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     run_connector(
         plan.clone(),
@@ -221,12 +318,28 @@ pub async fn run_to_end(
         shutdown,
     )
     .await
-    .expect("the run finishes")
 }
 
-/// Generates `mod <test> { on_sqlite, on_postgres }` for async fns taking a `Backend`.
+/// Generates `mod <test> { on_sqlite, on_postgres }` for each test fn.
+///
+/// `on_both_backends!(a, b)` calls `a(Backend)`, for tests that open their
+/// own database (usually through a [`Harness`]); `on_both_backends!(with_db:
+/// a, b)` calls `a(TestDb)` through [`with_db`], which drops the test's
+/// table afterwards.
 #[macro_export]
 macro_rules! on_both_backends {
+    (with_db: $($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                $crate::support::with_db(engine::store::Backend::Sqlite, super::$test).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                $crate::support::with_db(engine::store::Backend::Postgres, super::$test).await;
+            }
+        }
+    )*};
     ($($test:ident),* $(,)?) => {$(
         mod $test {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,60 +354,192 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// The engine driven in-process over one test's table: a config dir, the
+/// environment, and the plan checked from them with its tables migrated.
+pub struct Harness {
+    pub db: TestDb,
+    pub config: ConfigDir,
+    pub env: BTreeMap<String, String>,
+    pub plan: Arc<Plan>,
+    /// The connector [`Harness::run`] drives; its mapping has the same name
+    /// and is the one [`Harness::row`] and [`Harness::queue`] use.
+    pub connector: String,
+    /// The mappings whose tables are migrated (and again on a replan).
+    mappings: Vec<String>,
+}
+
+impl Harness {
+    /// Opens `backend`'s database, lets `write` fill `config` for its table,
+    /// then plans against `env` and migrates `mappings` (the first is the
+    /// harness's connector). `None` when PostgreSQL is not reachable outside CI.
+    pub async fn start(
+        backend: Backend,
+        config: ConfigDir,
+        env: BTreeMap<String, String>,
+        mappings: &[&str],
+        write: impl FnOnce(&ConfigDir, &TestDb),
+    ) -> Option<Harness> {
+        engine::install_crypto_provider();
+        let db = TestDb::open(backend).await?;
+        write(&config, &db);
+        let plan = plan_and_migrate(&config, &env, &db, mappings).await;
+        Some(Harness {
+            db,
+            config,
+            env,
+            plan,
+            connector: mappings[0].to_string(),
+            mappings: mappings.iter().map(|m| m.to_string()).collect(),
+        })
+    }
+
+    /// The shipped config with `mappings` pointed at a fresh table and
+    /// migrated, after `edit` has changed it.
+    pub async fn shipped(
+        backend: Backend,
+        env: BTreeMap<String, String>,
+        mappings: &[&str],
+        edit: impl FnOnce(&ConfigDir),
+    ) -> Option<Harness> {
+        Harness::start(
+            backend,
+            ConfigDir::shipped(),
+            env,
+            mappings,
+            |config, db| {
+                point_at(config, db, mappings);
+                edit(config);
+            },
+        )
+        .await
+    }
+
+    /// Re-reads the config (after an edit) and migrates again.
+    pub async fn replan(&mut self) {
+        let mappings: Vec<&str> = self.mappings.iter().map(String::as_str).collect();
+        self.plan = plan_and_migrate(&self.config, &self.env, &self.db, &mappings).await;
+    }
+
+    /// The state columns of `mapping`.
+    pub fn spec(&self, mapping: &str) -> &TableSpec {
+        &self.plan.mappings[mapping].table
+    }
+
+    /// Inserts `rows` as they are.
+    pub async fn insert(&self, rows: &[Map<String, Value>]) {
+        let inserted = self
+            .db
+            .store
+            .insert_rows(&self.db.table, rows)
+            .await
+            .expect("insert rows");
+        assert_eq!(inserted, rows.len() as u64);
+    }
+
+    /// Inserts `rows` (JSON objects) queued for the harness's mapping, with
+    /// no retry spent.
+    pub async fn queue(&self, rows: impl IntoIterator<Item = Value>) {
+        let spec = self.spec(&self.connector);
+        let (status, retry_count) = (spec.processing_status.clone(), spec.retry_count.clone());
+        let rows: Vec<Map<String, Value>> = rows
+            .into_iter()
+            .map(|row| {
+                let Value::Object(mut row) = row else {
+                    panic!("not an object: {row}")
+                };
+                row.entry(status.clone()).or_insert("Queued".into());
+                row.entry(retry_count.clone()).or_insert(0.into());
+                row
+            })
+            .collect();
+        self.insert(&rows).await;
+    }
+
+    /// Runs `connector` in this process until nothing is claimable.
+    pub async fn run_connector(
+        &self,
+        connector: &str,
+        clock: Arc<dyn Clock>,
+        options: RunOptions,
+    ) -> Arc<RunSummary> {
+        run_to_end(&self.plan, connector, &self.db, &self.env, clock, options).await
+    }
+
+    /// Runs the harness's connector until nothing is claimable.
+    pub async fn run(&self, clock: Arc<dyn Clock>) -> Arc<RunSummary> {
+        self.run_connector(&self.connector, clock, quiet()).await
+    }
+
+    /// Runs the harness's connector on the real clock.
+    pub async fn run_now(&self) -> Arc<RunSummary> {
+        self.run(Arc::new(SystemClock)).await
+    }
+
+    /// As [`Harness::run_now`], handing back the error the run stops with.
+    pub async fn try_run(&self) -> anyhow::Result<Arc<RunSummary>> {
+        let clock = Arc::new(SystemClock);
+        try_run_to_end(
+            &self.plan,
+            &self.connector,
+            &self.db,
+            &self.env,
+            clock,
+            quiet(),
+        )
+        .await
+    }
+
+    /// Row `id` of the harness's mapping, every column.
+    pub async fn row(&self, id: &str) -> Map<String, Value> {
+        self.db
+            .store
+            .fetch_row(self.spec(&self.connector), id)
+            .await
+            .expect("fetch row")
+            .unwrap_or_else(|| panic!("no row {id}"))
+    }
+}
+
 /// A shipped connector and mapping run in-process against the sandbox, over a
 /// fresh SQLite table.
 pub struct SandboxHarness {
-    pub db: TestDb,
-    pub plan: Arc<Plan>,
+    pub harness: Harness,
     pub sandbox: engine::sandbox::Sandbox,
-    env: BTreeMap<String, String>,
-    connector: String,
-    _config: ConfigDir,
+}
+
+impl std::ops::Deref for SandboxHarness {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
 }
 
 impl SandboxHarness {
     /// `connector` names both the shipped connector and its mapping.
     pub async fn new(connector: &str, options: engine::sandbox::SandboxOptions) -> SandboxHarness {
         engine::install_crypto_provider();
-        let db = TestDb::open(engine::store::Backend::Sqlite)
-            .await
-            .expect("SQLite is always there");
         let sandbox =
             engine::sandbox::Sandbox::start(engine::sandbox::SandboxOptions { port: 0, ..options })
                 .await
                 .unwrap();
-        let config = ConfigDir::shipped();
-        point_at(&config, &db, &[connector]);
         let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let plan = plan_and_migrate(&config, &env, &db, &[connector]).await;
-        SandboxHarness {
-            db,
-            plan,
-            sandbox,
-            env,
-            connector: connector.to_string(),
-            _config: config,
-        }
+        let harness = Harness::shipped(Backend::Sqlite, env, &[connector], |_| {})
+            .await
+            .expect("SQLite is always there");
+        SandboxHarness { harness, sandbox }
     }
 
     /// Queues rows `(id, email)`, plus any extra columns, for this connector.
     pub async fn queue_with(&self, rows: &[(String, String)], extra: serde_json::Value) {
-        let status = format!("{}_processing_status", self.connector);
-        let rows: Vec<serde_json::Map<String, serde_json::Value>> = rows
-            .iter()
-            .map(|(id, email)| {
-                let mut row = serde_json::json!({"id": id, "email": email, "name": "Batch Test", "retry_count": 0});
-                row[status.as_str()] = "Queued".into();
-                let mut row = row.as_object().unwrap().clone();
-                row.extend(extra.as_object().cloned().unwrap_or_default());
+        let extra = extra.as_object().cloned().unwrap_or_default();
+        self.harness
+            .queue(rows.iter().map(|(id, email)| {
+                let mut row = serde_json::json!({"id": id, "email": email, "name": "Batch Test"});
+                row.as_object_mut().unwrap().extend(extra.clone());
                 row
-            })
-            .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
+            }))
+            .await;
     }
 
     /// Queues rows `(id, email)`.
@@ -304,26 +549,7 @@ impl SandboxHarness {
 
     /// One `run_connector` to completion.
     pub async fn run(&self) {
-        let clock = Arc::new(engine::clock::SystemClock);
-        run_to_end(
-            &self.plan,
-            &self.connector,
-            &self.db,
-            &self.env,
-            clock,
-            quiet(),
-        )
-        .await;
-    }
-
-    /// One row, all columns.
-    pub async fn row(&self, id: &str) -> serde_json::Map<String, serde_json::Value> {
-        self.db
-            .store
-            .fetch_row(&self.plan.mappings[&self.connector].table, id)
-            .await
-            .unwrap()
-            .unwrap()
+        self.harness.run_now().await;
     }
 
     /// Requests the sandbox received on one route pattern.
@@ -332,4 +558,23 @@ impl SandboxHarness {
             .as_u64()
             .unwrap_or(0)
     }
+}
+
+/// Insta settings that write each `(text, placeholder)` literally in place of
+/// `text` (a table name, a path, today's date) before comparing a snapshot.
+pub fn replacing(pairs: &[(&str, &str)]) -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    for (text, placeholder) in pairs {
+        settings.add_filter(&regex::escape(text), *placeholder);
+    }
+    settings
+}
+
+/// Bytes as lower-case hex (an MD5 digest as the CRMs spell it).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut text, b| {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }

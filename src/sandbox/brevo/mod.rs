@@ -47,8 +47,7 @@ impl Vendor for Brevo {
         let key = headers
             .get("api-key")
             .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .unwrap_or("");
+            .map_or("", str::trim);
         match &app.opts.brevo_api_key {
             Some(expected) => key == expected,
             None => !key.is_empty(),

@@ -170,7 +170,7 @@ async fn a_request_over_max_request_bytes_fails_its_row_at_once_and_is_never_sen
         "{error}"
     );
     // Failed on the first try: no retry spent, one request in all.
-    assert_eq!(sync.row("huge").await["retry_count"], 0);
+    assert_eq!(sync.row("huge").await["crm_retry_count"], 0);
     assert_eq!(crm.received().len(), 1);
 }
 

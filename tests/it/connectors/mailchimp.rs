@@ -32,10 +32,7 @@ struct Mailchimp {
 }
 
 fn subscriber_hash(email: &str) -> String {
-    Md5::digest(email.to_lowercase().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::support::hex(&Md5::digest(email.to_lowercase().as_bytes()))
 }
 
 fn problem(status: u16, title: &str, detail: &str) -> Answer {

@@ -124,7 +124,7 @@ impl Org {
                     };
                 }
                 let id = self.seed(key, "");
-                self.contacts.last_mut().unwrap().fields = record.clone();
+                self.contacts.last_mut().unwrap().fields.clone_from(record);
                 Upserted::Done { id, created: true }
             }
             [one] => {
@@ -371,8 +371,8 @@ pub async fn assert_handed_back_for_an_hour(sync: &ExampleSync, id: &str) {
         note.starts_with("not sent yet: handed back until"),
         "{row:?}"
     );
-    assert_eq!(row["retry_count"], 0, "{row:?}");
-    let next = row["next_retry_at"].as_str().expect("a retry time");
+    assert_eq!(row["crm_retry_count"], 0, "{row:?}");
+    let next = row["crm_next_retry_at"].as_str().expect("a retry time");
     let next = chrono::DateTime::parse_from_rfc3339(next)
         .or_else(|_| {
             chrono::NaiveDateTime::parse_from_str(next, "%Y-%m-%d %H:%M:%S%.f")

@@ -101,7 +101,7 @@ impl Recorder {
         tokio::spawn(async move {
             axum::serve(listener, app)
                 .await
-                .expect("the recorder serves")
+                .expect("the recorder serves");
         });
         Recorder { base_url, log }
     }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Fixture, generated_rows, ids_of, sandbox_options, text};
 use crate::on_both_backends;
-use crate::support::{ConfigDir, run_engine};
+use crate::support::{ConfigDir, replacing, run_engine};
 
 // On a fresh SQLite database (the default `sqlite://engine.db` in the working
 // directory), before anything was migrated.
@@ -166,12 +166,18 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
         &[&["retry", "--connector", "hubspot"], &location[..]].concat(),
         &[],
     );
-    let transcript = format!("{status}\n{retry}").replace(&f.db.table, "[TABLE]");
-    let tried = regex::Regex::new(r"last tried \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC").unwrap();
-    let transcript = tried.replace_all(&transcript, "last tried [TIME]");
-    let ended = regex::Regex::new(r"\(ended [^)]+\)").unwrap();
-    let transcript = ended.replace_all(&transcript, "(ended [TIME])");
-    assert_snapshot!("status_and_retry_after_a_row_failed", transcript);
+    let mut settings = replacing(&[(&f.db.table, "[TABLE]")]);
+    settings.add_filter(
+        r"last tried \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+        "last tried [TIME]",
+    );
+    settings.add_filter(r"\(ended [^)]+\)", "(ended [TIME])");
+    settings.bind(|| {
+        assert_snapshot!(
+            "status_and_retry_after_a_row_failed",
+            format!("{status}\n{retry}")
+        );
+    });
     assert_eq!(
         text(&f.row(BAD_ID).await, "hubspot_processing_status"),
         "Queued"

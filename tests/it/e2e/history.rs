@@ -10,12 +10,15 @@ use serde_json::{Value, json};
 
 use super::{Fixture, generated_rows, sandbox_options};
 use crate::on_both_backends;
-use crate::support::{quiet, run_engine, run_to_end};
+use crate::support::{TestDb, execute, pg_url, quiet, run_engine, run_to_end};
 
 on_both_backends!(
     a_run_records_its_cycle_with_counts_by_outcome_and_the_first_error,
     history_keeps_only_the_latest_cycles_of_each_mapping,
     status_lists_errors_by_when_they_were_last_tried_not_by_id,
+    a_cycle_of_unchanged_rows_is_recorded_with_its_unchanged_count_and_shown,
+    a_history_table_of_an_older_engine_gains_the_new_counts_and_keeps_its_cycles,
+    status_json_gives_the_outcomes_so_far_and_those_of_the_last_cycle,
 );
 
 /// Three good rows and one whose email the CRM rejects.
@@ -48,8 +51,7 @@ async fn a_run_records_its_cycle_with_counts_by_outcome_and_the_first_error(back
         Counts {
             complete: 3,
             failed: 1,
-            retrying: 0,
-            deferred: 0
+            ..Counts::default()
         }
     );
     let error = cycle.first_error.as_deref().unwrap_or_default();
@@ -186,4 +188,211 @@ fn history_of_a_database_that_does_not_exist_fails_without_creating_it() {
         "{transcript}"
     );
     assert!(!dir.path().join("missing.db").exists());
+}
+
+async fn a_cycle_of_unchanged_rows_is_recorded_with_its_unchanged_count_and_shown(
+    backend: Backend,
+) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "mappings/brevo.toml",
+            "[state]\n",
+            "[state]\nfingerprint = \"brevo_fingerprint\"\n",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    f.insert(&generated_rows(3)).await;
+    f.run_now("brevo").await;
+    // Queued again with the same values: recorded without a request.
+    execute(
+        &f.db.store,
+        format!(
+            "UPDATE {} SET brevo_processing_status = 'Queued'",
+            f.db.table
+        ),
+    )
+    .await;
+    f.run_now("brevo").await;
+    let table = f.db.table.as_str();
+    let cycles = history::recent(&f.db.store, Some("brevo"), Some(table), 10)
+        .await
+        .unwrap();
+    assert_eq!(cycles.len(), 2, "{cycles:?}");
+    assert_eq!(
+        cycles[0].counts,
+        Counts {
+            unchanged: 3,
+            ..Counts::default()
+        },
+        "newest first"
+    );
+    assert_eq!(cycles[1].counts.complete, 3);
+
+    let mut args = vec!["history".to_string(), "--mapping".into(), "brevo".into()];
+    args.extend(["--database".to_string(), f.db.url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let transcript = run_engine(f.config.path(), &args, &[]);
+    let mut lines = transcript.lines().skip_while(|l| !l.starts_with("started"));
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.contains("unchanged") && header.contains("skipped") && header.contains("deleted"),
+        "{transcript}"
+    );
+    let newest: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // date, time, mapping, secs, outcome, complete, error, retrying, deferred, unchanged, skipped, deleted
+    assert_eq!(
+        newest.get(9..12),
+        Some(&["3", "0", "0"][..]),
+        "{transcript}"
+    );
+}
+
+async fn a_history_table_of_an_older_engine_gains_the_new_counts_and_keeps_its_cycles(
+    backend: Backend,
+) {
+    // `engine_cycles` has one name per database: on PostgreSQL the test gets
+    // a schema of its own, so the old shape does not meet other tests' table.
+    let Some(db) = TestDb::open(backend).await else {
+        return;
+    };
+    let store = match backend {
+        Backend::Sqlite => db.store.clone(),
+        Backend::Postgres => {
+            let schema = format!("h_{}", db.table);
+            execute(&db.store, format!("CREATE SCHEMA {schema}")).await;
+            let url = format!("{}?options=-c%20search_path%3D{schema}", pg_url());
+            engine::store::Store::connect(&url).await.unwrap()
+        }
+    };
+    let (time, int) = match backend {
+        Backend::Sqlite => ("TEXT", "INTEGER"),
+        Backend::Postgres => ("TIMESTAMPTZ", "BIGINT"),
+    };
+    // The table as the engine first shipped it, with one cycle in it.
+    execute(
+        &store,
+        format!(
+            "CREATE TABLE engine_cycles (id {key}, mapping TEXT NOT NULL, \
+             source_table TEXT NOT NULL, started_at {time} NOT NULL, finished_at {time} NOT NULL, \
+             outcome TEXT NOT NULL, complete {int} NOT NULL, failed {int} NOT NULL, \
+             retrying {int} NOT NULL, deferred {int} NOT NULL, first_error TEXT)",
+            key = match backend {
+                Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+                Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+            }
+        ),
+    )
+    .await;
+    execute(
+        &store,
+        "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, \
+         complete, failed, retrying, deferred) VALUES ('brevo', 'contacts', \
+         '2026-12-01 10:00:00+00:00', '2026-12-01 10:00:01+00:00', 'ok', 5, 1, 0, 0)"
+            .into(),
+    )
+    .await;
+    // Read-only, the old table reads 0 for what it lacks.
+    let old = history::recent(&store, None, None, 10).await.unwrap();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!((old[0].counts.complete, old[0].counts.unchanged), (5, 0));
+    assert!(
+        store
+            .columns("engine_cycles")
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .all(|c| c.name != "unchanged"),
+        "reading changed nothing"
+    );
+
+    let now = chrono::Utc::now();
+    let cycle = history::Cycle {
+        mapping: "brevo".into(),
+        table: "contacts".into(),
+        started_at: now,
+        finished_at: now,
+        outcome: "ok".into(),
+        counts: Counts {
+            unchanged: 2,
+            skipped: 1,
+            deleted: 4,
+            ..Counts::default()
+        },
+        first_error: None,
+    };
+    history::record(&store, &cycle, 10).await.unwrap();
+    let cycles = history::recent(&store, Some("brevo"), Some("contacts"), 10)
+        .await
+        .unwrap();
+    assert_eq!(cycles.len(), 2, "{cycles:?}");
+    assert_eq!(cycles[0].counts, cycle.counts);
+    assert_eq!(cycles[1].counts.complete, 5);
+    assert_eq!(cycles[1].counts.deleted, 0);
+    if backend == Backend::Postgres {
+        execute(&db.store, format!("DROP SCHEMA h_{} CASCADE", db.table)).await;
+    }
+}
+
+async fn status_json_gives_the_outcomes_so_far_and_those_of_the_last_cycle(backend: Backend) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
+        config.edit(
+            "mappings/brevo.toml",
+            "[state]\n",
+            "[state]\nfingerprint = \"brevo_fingerprint\"\n",
+        );
+    })
+    .await
+    else {
+        return;
+    };
+    let mut rows = generated_rows(4);
+    rows[3].insert("email".into(), json!("not-an-email"));
+    f.insert(&rows).await;
+    f.run_now("brevo").await;
+    execute(
+        &f.db.store,
+        format!(
+            "UPDATE {} SET brevo_processing_status = 'Queued' WHERE brevo_processing_status = 'Complete'",
+            f.db.table
+        ),
+    )
+    .await;
+    f.run_now("brevo").await;
+
+    let mut args = vec![
+        "status".to_string(),
+        "--connector".into(),
+        "brevo".into(),
+        "--json".into(),
+    ];
+    args.extend(["--database".to_string(), f.db.url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let transcript = run_engine(f.config.path(), &args, &[]);
+    let stdout = transcript
+        .split("----- stdout -----\n")
+        .nth(1)
+        .and_then(|rest| rest.split("----- stderr -----").next())
+        .unwrap();
+    let shown: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{e}: {transcript}"));
+    let brevo = &shown[0];
+    assert_eq!(brevo["mapping"], "brevo", "{shown}");
+    assert_eq!(
+        brevo["outcomes"],
+        json!({"created": 3, "updated": 0, "unchanged": 3, "skipped": 0, "failed": 1}),
+        "{shown}"
+    );
+    assert_eq!(
+        brevo["last_cycle"]["counts"],
+        json!({"created": 0, "updated": 0, "unchanged": 3, "skipped": 0, "failed": 0}),
+        "{shown}"
+    );
+    assert!(brevo["last_cycle"]["ended"].is_string(), "{shown}");
 }

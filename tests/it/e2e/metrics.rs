@@ -80,10 +80,11 @@ async fn get(url: &str) -> (u16, String) {
 async fn a_scrape_of_a_running_engine_has_every_series_with_the_rows_it_synced(backend: Backend) {
     let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
         // Brevo with state columns of its own, so both run at once on one table.
+        // (Without the seed's shared names it gets the per-mapping defaults.)
         config.edit(
             "mappings/brevo.toml",
-            "[fields]",
-            "[state]\nretry_count = \"brevo_retry_count\"\nnext_retry_at = \"brevo_next_retry_at\"\n\n[fields]",
+            "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n",
+            "",
         );
     })
     .await
@@ -223,7 +224,8 @@ async fn a_connector_paused_by_a_broken_config_makes_readyz_fail_and_shows_in_th
         return;
     };
     // Brevo without its /v3 prefix: every endpoint answers 404.
-    f.env.insert("BREVO_BASE_URL".into(), f.sandbox.base_url());
+    let base_url = f.sandbox.base_url();
+    f.env.insert("BREVO_BASE_URL".into(), base_url);
     f.insert(&generated_rows(3)).await;
     let mut engine = f.spawn(&[
         "run",

@@ -6,7 +6,7 @@ use engine::store::Backend;
 
 use super::{Fixture, generated_rows, sandbox_options};
 use crate::on_both_backends;
-use crate::support::run_engine;
+use crate::support::{replacing, run_engine};
 
 on_both_backends!(plan_prints_the_next_requests_with_the_secrets_redacted_and_changes_nothing);
 
@@ -34,8 +34,7 @@ fn plan(f: &Fixture, args: &[&str]) -> String {
         !transcript.contains(TOKEN) && !transcript.contains(KEY),
         "{transcript}"
     );
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    transcript.replace(&today, "[TODAY]")
+    transcript
 }
 
 async fn plan_prints_the_next_requests_with_the_secrets_redacted_and_changes_nothing(
@@ -49,17 +48,16 @@ async fn plan_prints_the_next_requests_with_the_secrets_redacted_and_changes_not
         .rows(&[super::generated_id(1), super::generated_id(3)])
         .await;
 
-    assert_snapshot!(
-        "plan_hubspot",
-        plan(&f, &["--connector", "hubspot", "--limit", "2"])
+    let hubspot = plan(&f, &["--connector", "hubspot", "--limit", "2"]);
+    let brevo = plan(
+        &f,
+        &["--connector", "brevo", "--mapping", "brevo", "--limit", "1"],
     );
-    assert_snapshot!(
-        "plan_brevo",
-        plan(
-            &f,
-            &["--connector", "brevo", "--mapping", "brevo", "--limit", "1"]
-        )
-    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    replacing(&[(&today, "[TODAY]")]).bind(|| {
+        assert_snapshot!("plan_hubspot", hubspot);
+        assert_snapshot!("plan_brevo", brevo);
+    });
 
     // Nothing claimed, leased or recorded; nothing sent.
     let after = f

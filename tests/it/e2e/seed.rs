@@ -3,6 +3,7 @@
 //! database and the CRM checked as the seed's report checked them.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use chrono::Utc;
 use engine::store::Backend;
@@ -41,12 +42,14 @@ fn test_4_table(
             Value::Null => "NULL".to_string(),
             other => other.to_string(),
         };
-        out.push_str(&format!(
-            "{email:<46} {:<8} {:<10} {matches:<14} {:<7} {error}\n",
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{email:<46} {:<8} {:<10} {matches:<14} {:<7} {error}",
             text(row, &format!("{crm}_sync_status")),
             text(row, &format!("{crm}_processing_status")),
             text(row, "retry_count"),
-        ));
+        );
     }
     out
 }

@@ -8,14 +8,19 @@ use engine::clock::SystemClock;
 use engine::sandbox::SandboxOptions;
 use engine::store::Backend;
 
-use super::{Fixture, generated_rows, sandbox_options};
+use super::{Fixture, generated_rows, sandbox_options, wait_for};
 use crate::on_both_backends;
 use crate::support::{execute, quiet};
 
 on_both_backends!(
     two_mappings_on_one_connector_in_one_process_share_its_rate_limit_and_get_no_429,
     run_all_watch_syncs_every_connector_and_stops_cleanly_on_sigterm,
+    sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_complete_or_queued,
 );
+
+/// How the shipped mappings name the seed's shared retry columns.
+const SHARED_RETRY_COLUMNS: &str =
+    "[state]\nretry_count = \"retry_count\"\nnext_retry_at = \"next_retry_at\"\n";
 
 /// A second Brevo mapping over the same table, with state columns of its own.
 const SECOND_STATE: &str = r#"
@@ -35,9 +40,12 @@ next_retry_at = "brevo2_next_retry_at"
 async fn three_mappings(backend: Backend, sandbox: SandboxOptions, rows: usize) -> Option<Fixture> {
     let f = Fixture::new(backend, sandbox, |config| {
         let brevo = std::fs::read_to_string(config.path().join("mappings/brevo.toml")).unwrap();
-        config.write("mappings/brevo2.toml", &format!("{brevo}{SECOND_STATE}"));
-        let own = "[state]\nretry_count = \"brevo_retry_count\"\nnext_retry_at = \"brevo_next_retry_at\"\n";
-        config.write("mappings/brevo.toml", &format!("{brevo}{own}"));
+        assert!(brevo.contains(SHARED_RETRY_COLUMNS));
+        let brevo2 = brevo.replace(SHARED_RETRY_COLUMNS, "");
+        config.write("mappings/brevo2.toml", &format!("{brevo2}{SECOND_STATE}"));
+        // Without the seed's shared names, Brevo gets its own defaults.
+        let own = brevo.replace(SHARED_RETRY_COLUMNS, "");
+        config.write("mappings/brevo.toml", &own);
         // Half the sandbox's 10/s: on a loaded test machine a request can
         // leave late and land in the next second with the following ones.
         config.edit("connectors/brevo.toml", "requests = 10\n", "requests = 5\n");
@@ -137,4 +145,32 @@ async fn run_all_watch_syncs_every_connector_and_stops_cleanly_on_sigterm(backen
         "{}",
         engine.stderr()
     );
+}
+
+async fn sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_complete_or_queued(
+    backend: Backend,
+) {
+    // The shipped mappings, on the seed's shared `retry_count` and
+    // `next_retry_at`: both start at once, claim the same rows, and share
+    // leases. Brevo sends one contact per request at 10/s: 60 rows take ~6 s.
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |_| {}).await else {
+        return;
+    };
+    f.insert(&generated_rows(60)).await;
+    let mut engine = f.spawn(&["run", "--all"]);
+    wait_for(
+        "some Brevo rows synced",
+        Duration::from_secs(30),
+        || async { f.count("brevo", "Complete").await >= 5 },
+    )
+    .await;
+    engine.terminate();
+    let code = engine.exit_code(Duration::from_secs(10)).await;
+    assert!(code <= 1, "exit {code}: {}", engine.stderr());
+    for mapping in ["hubspot", "brevo"] {
+        let counts = f.counts(mapping).await;
+        assert_eq!(counts.get("Processing"), None, "{mapping}: {counts:?}");
+        let settled = counts.get("Complete").unwrap_or(&0) + counts.get("Queued").unwrap_or(&0);
+        assert_eq!(settled, 60, "{mapping}: {counts:?}");
+    }
 }

@@ -18,6 +18,7 @@ on_both_backends!(
     both_write_backs_land_whichever_mapping_finishes_first,
     a_shared_lease_left_by_a_crash_is_reclaimed_when_it_expires,
     a_row_handed_back_under_a_shared_lease_is_not_claimed_again_at_once,
+    a_claim_in_the_same_millisecond_as_the_other_crms_leaves_both_write_backs_fenced_on_one_lease,
 );
 
 const LEASE_SECS: i64 = 600;
@@ -205,4 +206,45 @@ async fn a_row_handed_back_under_a_shared_lease_is_not_claimed_again_at_once(bac
     // (a hot loop of claims and hand-backs otherwise).
     assert!(claim(&f, "hubspot", now, LEASE_SECS).await.is_empty());
     assert_eq!(complete(&f, "brevo", &brevo).await, 3);
+}
+
+async fn a_claim_in_the_same_millisecond_as_the_other_crms_leaves_both_write_backs_fenced_on_one_lease(
+    backend: Backend,
+) {
+    let Some((f, ids)) = seeded(backend).await else {
+        return;
+    };
+    // `run --all` starts both mappings at once: their first claims can fall
+    // in the same millisecond, so HubSpot's own lease equals Brevo's live one.
+    let now = Utc::now();
+    let brevo = claim(&f, "brevo", now, LEASE_SECS).await;
+    assert_eq!(brevo.len(), 3);
+    // Taking the rows now would look like finding Brevo's dead claim (the
+    // row holds this claim's own lease), and HubSpot's write-back would then
+    // clear Brevo's lease and fence Brevo out: its rows stuck `Processing`.
+    assert!(claim(&f, "hubspot", now, LEASE_SECS).await.is_empty());
+    // A millisecond later the lease is told apart, and shared.
+    let hubspot = claim(
+        &f,
+        "hubspot",
+        now + chrono::Duration::milliseconds(1),
+        LEASE_SECS,
+    )
+    .await;
+    assert_eq!(hubspot.len(), 3);
+    for row in &hubspot {
+        assert_eq!(row.lease, brevo[0].lease, "the live lease is shared");
+        assert!(row.shares_lease);
+    }
+    assert_eq!(complete(&f, "hubspot", &hubspot).await, 3);
+    assert_eq!(
+        complete(&f, "brevo", &brevo).await,
+        3,
+        "Brevo's write-back lands"
+    );
+    for row in f.rows(&ids).await {
+        assert_eq!(text(&row, "brevo_processing_status"), "Complete");
+        assert_eq!(text(&row, "hubspot_processing_status"), "Complete");
+        assert_eq!(text(&row, "next_retry_at"), "", "{row:?}");
+    }
 }

@@ -56,7 +56,7 @@ impl Backoff {
             Jitter::Full => uniform_up_to(d, rng),
             Jitter::Equal => {
                 let half = d / 2;
-                half + uniform_up_to(d - half, rng)
+                half + uniform_up_to(d.saturating_sub(half), rng)
             }
         }
     }

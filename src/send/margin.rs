@@ -64,7 +64,7 @@ impl ArrivalMargin {
             .fold((Duration::MAX, Duration::ZERO), |(lo, hi), l| {
                 (lo.min(*l), hi.max(*l))
             });
-        let wanted = (max - min).max(self.base).min(self.cap);
+        let wanted = max.saturating_sub(min).max(self.base).min(self.cap);
         let moved = wanted.abs_diff(self.current) >= STEP;
         moved.then(|| {
             self.current = wanted;
@@ -83,7 +83,7 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use crate::ratelimit::{RateLimiter, Window};
+    use crate::send::ratelimit::{RateLimiter, Window};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

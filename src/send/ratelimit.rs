@@ -366,7 +366,7 @@ impl WindowState {
     /// every request still in the log except the buckets begun after `at`.
     fn known_at(&self, at: Instant) -> u64 {
         let ours = if self.width.is_zero() {
-            let until = at + (self.span - self.spec.per);
+            let until = at + self.span.saturating_sub(self.spec.per);
             let after = self.history.partition_point(|t| *t <= until);
             let before = at
                 .checked_sub(self.spec.per)
@@ -704,7 +704,7 @@ mod tests {
         limiter.observe("default", Some(0), Some(secs(3)));
         assert_eq!(limiter.try_acquire("default"), Err(secs(3)));
         assert_eq!(limiter.wait_time("search"), secs(3));
-        clock.advance(secs(3) - Duration::from_nanos(1));
+        clock.advance(secs(3).saturating_sub(Duration::from_nanos(1)));
         assert_eq!(limiter.try_acquire("default"), Err(Duration::from_nanos(1)));
         clock.advance(Duration::from_nanos(1));
         assert_eq!(limiter.try_acquire("default"), Ok(()));
@@ -989,7 +989,7 @@ mod tests {
                 Err(wait) => wait,
             };
             assert_eq!(limiter.wait_time("default"), wait);
-            clock.advance(wait - Duration::from_nanos(1));
+            clock.advance(wait.saturating_sub(Duration::from_nanos(1)));
             assert_eq!(limiter.try_acquire("default"), Err(Duration::from_nanos(1)));
             clock.advance(Duration::from_nanos(1));
             assert_eq!(limiter.try_acquire("default"), Ok(()));

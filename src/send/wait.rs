@@ -111,9 +111,7 @@ pub fn shutting_down() -> bool {
 
 /// Sleeps `wait`, or less if the run shuts down meanwhile.
 pub async fn sleep(wait: Duration) -> Result<(), Stop> {
-    race_shutdown(tokio::time::sleep(wait), Duration::ZERO)
-        .await
-        .map(|_| ())
+    race_shutdown(tokio::time::sleep(wait), Duration::ZERO).await
 }
 
 /// Runs `work`, but gives up on it `grace` after a shutdown signal (or at

@@ -18,8 +18,8 @@ use futures::future::join_all;
 use serde_json::{Map, Value};
 
 use super::client::{CrmClient, ReplyAction};
-use super::flow::{RowJob, RowOutcome, failure};
 use super::response::id_text;
+use super::row::{RowJob, RowOutcome, failure};
 use super::wait::{self, Stop};
 use crate::plan::BulkPlan;
 use crate::template::OnEmpty;

@@ -6,6 +6,15 @@
 //! the next claim after it expires takes them again, and since every flow is an
 //! upsert keyed on the record's key, sending a row twice cannot create a duplicate.
 
+mod decide;
+mod deletes;
+mod progress;
+mod render;
+
+pub(crate) use decide::decide;
+use progress::{draw_progress, note_cycle_start, report_progress};
+pub(crate) use render::{render_job, sync_rows};
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,16 +27,15 @@ use tokio::sync::watch;
 
 use crate::change::ChangeCheck;
 use crate::clock::Clock;
-use crate::config::mapping::{OnRemoved, SyncMode};
-use crate::crm::probe::ConnectorPaused;
-use crate::crm::wait::{self, WaitBound};
-use crate::crm::{CrmClient, RowJob, RowOutcome};
 use crate::history::{Counts, Cycle, Tallies};
 use crate::plan::{Env, MappingPlan, Plan};
-use crate::retry::{RetryDecision, next_row_retry};
+use crate::plan::{OnRemoved, SyncMode};
+use crate::send::budget::SharedBudget;
+use crate::send::probe::ConnectorPaused;
+use crate::send::wait::{self, WaitBound};
+use crate::send::{CrmClient, RowOutcome};
 use crate::snapshot::SnapshotFeed;
 use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
-use crate::template::{NOW_KEY, Templates};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -39,6 +47,9 @@ pub struct RunOptions {
     pub workers: usize,
     /// Print a progress line this often (None: never).
     pub progress_every: Option<Duration>,
+    /// Draw a progress bar instead of the lines, when bars are on (see
+    /// [`crate::progress`]): the CLI on an interactive terminal.
+    pub progress_bar: bool,
     /// Cycles of run history kept per mapping (0: record none).
     pub history_keep: u32,
     /// Where snapshot mappings keep their state; `None`: the source database.
@@ -54,6 +65,7 @@ impl Default for RunOptions {
             watch: false,
             workers: 4,
             progress_every: Some(Duration::from_secs(5)),
+            progress_bar: false,
             history_keep: crate::history::DEFAULT_KEEP,
             state_store: None,
             allow_empty_source: false,
@@ -115,18 +127,34 @@ impl RunSummary {
 
     pub(crate) fn add_deleted(&self, mapping: &str, n: u64) {
         self.add(&self.deleted, n);
+        let deleted = Counts {
+            deleted: n,
+            ..Counts::default()
+        };
+        self.by_mapping.add(mapping, &deleted, None);
         crate::metrics::global().more_rows(mapping, "deleted", n);
     }
 
     /// Counts a delete that did not end done, as `decide` counts upserts,
     /// so the exit code tells of it too.
-    pub(crate) fn add_unfinished_delete(&self, update: &RowUpdate) {
-        match update {
-            RowUpdate::Failed { .. } => self.add(&self.failed, 1),
-            RowUpdate::RetryLater { .. } => self.add(&self.retrying, 1),
-            RowUpdate::Release { .. } => self.add(&self.deferred, 1),
-            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => {}
-        }
+    pub(crate) fn add_unfinished_delete(&self, mapping: &str, update: &RowUpdate) {
+        let mut counts = Counts::default();
+        let (counter, slot) = match update {
+            RowUpdate::Failed { .. } => (&self.failed, &mut counts.failed),
+            RowUpdate::RetryLater { .. } => (&self.retrying, &mut counts.retrying),
+            RowUpdate::Release { .. } => (&self.deferred, &mut counts.deferred),
+            RowUpdate::Complete { .. } | RowUpdate::Skipped { .. } => return,
+        };
+        self.add(counter, 1);
+        *slot = 1;
+        // The cycle's history (and its first error) tells of it too.
+        let error = match update {
+            RowUpdate::Failed { error, .. } | RowUpdate::RetryLater { error, .. } => {
+                Some(error.as_str())
+            }
+            _ => None,
+        };
+        self.by_mapping.add(mapping, &counts, error);
     }
 
     /// Whether every row the run claimed ended `Complete`: none failed, and
@@ -214,12 +242,14 @@ pub async fn run_connector(
         };
         queues.push((mapping, feed));
     }
-    let client = Arc::new(CrmClient::new(
-        connector_plan,
-        plan.templates.clone(),
-        env,
-        clock.clone(),
-    )?);
+    let client = CrmClient::new(connector_plan, plan.templates.clone(), env, clock.clone())?;
+    // The budget lives where this process writes anyway: the queue's
+    // database, or a snapshot's state store (its source may be read-only).
+    let budget_store = match queues.first().map(|(_, feed)| feed) {
+        Some(Feed::Snapshot(snapshot)) => snapshot.state_store(),
+        _ => &store,
+    };
+    let client = Arc::new(share_budget(client, budget_store, env, clock.clone()).await?);
     let mut guards = Vec::new();
     for (mapping, feed) in &queues {
         // Named by mapping and table: the same mapping name over another table is another queue.
@@ -250,13 +280,20 @@ pub async fn run_connector(
         shutdown,
         store: store.clone(),
     });
-    let progress = options.progress_every.map(|every| {
-        tokio::spawn(report_progress(
-            run.summary.clone(),
-            connector.to_string(),
-            every,
-        ))
-    });
+    let bar = options
+        .progress_bar
+        .then(|| crate::progress::Bar::new(connector))
+        .flatten();
+    let progress = match bar {
+        Some(bar) => Some(tokio::spawn(draw_progress(run.summary.clone(), bar))),
+        None => options.progress_every.map(|every| {
+            tokio::spawn(report_progress(
+                run.summary.clone(),
+                connector.to_string(),
+                every,
+            ))
+        }),
+    };
     // Each mapping cycles on its own interval_secs; all share the client,
     // so one rate limiter and one in-flight cap pace every mapping of the CRM.
     let cycles = queues
@@ -270,11 +307,46 @@ pub async fn run_connector(
     if let Some(progress) = progress {
         progress.abort();
     }
+    if let Some(budget) = run.client.shared_budget() {
+        budget.release().await;
+    }
     for guard in guards {
         guard.release().await?;
     }
     result?;
     Ok(summary)
+}
+
+/// On PostgreSQL, `client` takes its requests from the rate budget every
+/// process syncing through the same connector and credentials shares (see
+/// [`crate::send::budget`]), unless the connector sets `share_rate_budget = false`.
+/// SQLite has one host: nothing to share.
+async fn share_budget(
+    client: CrmClient,
+    store: &Store,
+    env: &dyn Env,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<CrmClient> {
+    let Store::Postgres(pool) = store else {
+        return Ok(client);
+    };
+    let budget = SharedBudget::open(pool, &client.plan, client.base_url(), env, clock, Duration::ZERO)
+        .await
+        .with_context(|| {
+            format!(
+                "connector `{}` shares its rate budget in the table engine_rate_budget, which cannot be created \
+                 in this database; grant CREATE, or set `share_rate_budget = false` in connectors/{}.toml \
+                 (then each process paces to the whole limit alone)",
+                client.plan.name, client.plan.name
+            )
+        })?;
+    Ok(match budget {
+        Some(budget) => {
+            tracing::debug!(connector = %client.plan.name, budget = %budget.key(), "Sharing the rate budget across processes.");
+            client.with_shared_budget(budget)
+        }
+        None => client,
+    })
 }
 
 /// Opens the queue of `mapping`'s table, claiming only the columns its
@@ -320,13 +392,11 @@ async fn cycle_until_done(
     queues: &[(Arc<MappingPlan>, Feed)],
     options: &RunOptions,
 ) -> anyhow::Result<()> {
-    let interval = Duration::from_secs(
-        queues
-            .iter()
-            .map(|(m, _)| m.schedule.interval_secs)
-            .min()
-            .unwrap_or(300),
-    );
+    let interval = queues
+        .iter()
+        .map(|(m, _)| m.schedule.interval)
+        .min()
+        .unwrap_or(Duration::from_secs(300));
     let mut pauses = 0;
     loop {
         let started = Instant::now();
@@ -408,7 +478,7 @@ async fn cycle_until_done(
         }
         let mut shutdown = run.shutdown.clone();
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return Ok(()),
         }
     }
@@ -561,15 +631,14 @@ async fn save_counts(run: &Run, mapping: &MappingPlan, feed: &Feed) {
     }
 }
 
-/// `now + lease_secs`, saturating: `check` bounds `lease_secs`, and a lease
+/// `now + lease`, saturating: `check` bounds `lease_secs`, and a lease
 /// past what a timestamp can hold would still be a lease.
 pub(crate) fn lease_deadline(
     now: chrono::DateTime<chrono::Utc>,
-    lease_secs: u64,
+    lease: Duration,
 ) -> chrono::DateTime<chrono::Utc> {
-    i64::try_from(lease_secs)
+    chrono::Duration::from_std(lease)
         .ok()
-        .and_then(chrono::Duration::try_seconds)
         .and_then(|lease| now.checked_add_signed(lease))
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
 }
@@ -587,8 +656,7 @@ async fn process_one_batch(
         Feed::Queue(queue) => {
             let mut claimed = process_queue_batch(run, mapping, changes, queue, due_by).await?;
             if mapping.on_removed == OnRemoved::Archive {
-                claimed += crate::delete::queue::process_batch(run, mapping, queue.store(), due_by)
-                    .await?;
+                claimed += deletes::process_batch(run, mapping, queue.store(), due_by).await?;
             }
             Ok(claimed)
         }
@@ -607,7 +675,7 @@ async fn process_queue_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
-    let lease = lease_deadline(now, mapping.schedule.lease_secs);
+    let lease = lease_deadline(now, mapping.schedule.lease);
     let mut rows = queue
         .claim(claim_size(run, mapping), now.min(due_by), lease)
         .await?;
@@ -649,7 +717,7 @@ async fn process_queue_batch(
 
 /// Rows per claim: the mapping's `batch_size`, or, for an upsert through a
 /// connector with a bulk flow, up to a whole bulk job (the flow is chosen
-/// by how many rows the claim holds, see [`crate::crm::execute`]).
+/// by how many rows the claim holds, see [`crate::send::execute`]).
 fn claim_size(run: &Run, mapping: &MappingPlan) -> usize {
     let batch = mapping.schedule.batch_size as usize;
     match &run.client.plan.bulk {
@@ -767,364 +835,39 @@ async fn send_within<F: std::future::Future>(
     }
 }
 
-/// Renders every row and sends one request per distinct key; outcomes in row order,
-/// with the fingerprint to store for each row the CRM confirms.
-/// Each row's columns move into its job (only the key stays behind, for
-/// `decide`'s log lines). A row whose fingerprint matches the stored one is
-/// not sent.
-pub(crate) async fn sync_rows(
-    run: &Run,
-    mapping: &MappingPlan,
-    changes: Option<&ChangeCheck>,
-    rows: &mut [ClaimedRow],
-) -> (Vec<RowOutcome>, Vec<Option<String>>) {
-    // One pinned clock for the whole claim, formatted once.
-    let now = Value::String(run.clock.utc().to_rfc3339());
-    let mut outcomes: Vec<Option<RowOutcome>> = vec![None; rows.len()];
-    let mut jobs: Vec<RowJob> = Vec::with_capacity(rows.len());
-    let mut rows_of_job: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
-    let mut job_of_key: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    let mut fingerprints: Vec<Option<String>> = vec![None; rows.len()];
-    for (index, row) in rows.iter_mut().enumerate() {
-        if let Some(changes) = changes {
-            let check = changes.check(&mut row.row);
-            if check.unchanged {
-                outcomes[index] = Some(RowOutcome::Unchanged);
-                continue;
-            }
-            fingerprints[index] = Some(check.fingerprint);
-        }
-        match render_job(&run.plan.templates, mapping, row, &now) {
-            Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
-            // Two rows with one key are one CRM record: send it once (the later
-            // row's values win) and give both rows the outcome. CRMs reject a
-            // batch holding a key twice, and two parallel writes would race.
-            Ok(job) => match job_of_key.get(&job.key) {
-                Some(&existing) => {
-                    jobs[existing] = job;
-                    // The CRM gets this row's values, not the earlier rows':
-                    // their fingerprints must match nothing.
-                    for &earlier in &rows_of_job[existing] {
-                        if fingerprints[earlier].is_some() {
-                            fingerprints[earlier] = Some(String::new());
-                        }
-                    }
-                    rows_of_job[existing].push(index);
-                }
-                None => {
-                    job_of_key.insert(job.key.clone(), jobs.len());
-                    jobs.push(job);
-                    rows_of_job.push(vec![index]);
-                }
-            },
-        }
-    }
-    let results = crate::crm::execute_in_mode(&run.client, &jobs, mapping.mode).await;
-    for (outcome, indexes) in results.into_iter().zip(rows_of_job) {
-        for index in indexes {
-            outcomes[index] = Some(outcome.clone());
-        }
-    }
-    let outcomes = outcomes
-        .into_iter()
-        .map(|o| o.expect("every row has an outcome"))
-        .collect();
-    (outcomes, fingerprints)
-}
-
-/// Renders one row's fields and builds its job: the key, and the context the
-/// connector's templates see (`key`, `fields`, `params`, `row`, `trace_id`).
-/// The row's columns move into the job; only the key column stays in `row`.
-/// `engine plan` renders its preview with it too, so it shows what a run sends.
-pub(crate) fn render_job(
-    templates: &Templates,
-    mapping: &MappingPlan,
-    row: &mut ClaimedRow,
-    now: &Value,
-) -> Result<RowJob, String> {
-    let key_column = &mapping.table.key_column;
-    let key = match row.row.get(key_column) {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_lowercase(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => return Err(format!("key column `{key_column}` is empty")),
-    };
-    // The fields see the row's columns, `params` and the pinned clock.
-    let mut ctx = std::mem::take(&mut row.row);
-    ctx.insert("params".into(), Value::Object(mapping.params.clone()));
-    ctx.insert(NOW_KEY.into(), now.clone());
-    let (fields, ctx) =
-        templates.render_tree_owned(&mapping.fields, Value::Object(ctx), mapping.on_empty);
-    let Value::Object(mut columns) = ctx else {
-        unreachable!("the context stays an object")
-    };
-    let params = columns.remove("params").unwrap_or(Value::Null);
-    columns.remove(NOW_KEY);
-    if let Some(key_value) = columns.get(key_column) {
-        row.row.insert(key_column.clone(), key_value.clone());
-    }
-    let fields = fields.map_err(|err| format!("render error: {err}"))?;
-    let mut job_ctx = Map::with_capacity(6);
-    job_ctx.insert("key".into(), Value::String(key.clone()));
-    job_ctx.insert("fields".into(), fields);
-    job_ctx.insert("params".into(), params);
-    job_ctx.insert("row".into(), Value::Object(columns));
-    job_ctx.insert("trace_id".into(), Value::String(row.id.clone()));
-    job_ctx.insert(NOW_KEY.into(), now.clone());
-    Ok(RowJob {
-        key,
-        trace_id: row.id.clone(),
-        ctx: Value::Object(job_ctx),
-    })
-}
-
-/// Turns outcomes into database updates using the mapping's retry schedule.
-/// Logs every row that did not sync at warn, each synced row at debug, and
-/// one line per batch at info (a million rows make a million debug lines).
-pub(crate) fn decide(
-    run: &Run,
-    mapping: &MappingPlan,
-    rows: &[ClaimedRow],
-    outcomes: Vec<RowOutcome>,
-    mut fingerprints: Vec<Option<String>>,
-    known_ids: &[bool],
-) -> Vec<RowResult> {
-    let now = run.clock.utc();
-    let schedule = &mapping.schedule;
-    let delay = Duration::from_secs(schedule.retry_delay_secs);
-    let summary = &run.summary;
-    let mut batch = Counts::default();
-    let mut status_counts = OutcomeCounts::default();
-    let mut first_error: Option<String> = None;
-    let results = rows.iter()
-        .zip(outcomes)
-        .zip(fingerprints.iter_mut())
-        .zip(known_ids)
-        .map(|(((row, outcome), fingerprint), &known_id)| {
-            let key = row.row.get(&mapping.table.key_column).and_then(Value::as_str).unwrap_or_default();
-            let update = match outcome {
-                RowOutcome::Synced { crm_id } => {
-                    tracing::debug!(mapping = %mapping.name, row = %row.id, %key, crm_id = crm_id.as_deref().unwrap_or(""), "Synced row.");
-                    batch.complete += 1;
-                    if known_id { status_counts.updated += 1 } else { status_counts.created += 1 }
-                    RowUpdate::Complete { crm_id, fingerprint: fingerprint.take() }
-                }
-                RowOutcome::Unchanged => {
-                    tracing::debug!(mapping = %mapping.name, row = %row.id, %key, "Row unchanged since the CRM confirmed it; not sent.");
-                    status_counts.unchanged += 1;
-                    RowUpdate::Complete { crm_id: None, fingerprint: None }
-                }
-                RowOutcome::Skipped { reason, crm_id } => {
-                    tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, "Row skipped by the sync mode.");
-                    status_counts.skipped += 1;
-                    RowUpdate::Skipped { reason, crm_id }
-                }
-                RowOutcome::Permanent(error) => {
-                    first_error.get_or_insert_with(|| error.clone());
-                    tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, "Row failed permanently.");
-                    batch.failed += 1;
-                    RowUpdate::Failed { error, retry_count: row.retry_count }
-                }
-                RowOutcome::Transient(error) => match next_row_retry(row.retry_count, schedule.max_retries, delay, schedule.retry_exponential, now) {
-                    RetryDecision::RetryAt { retry_count, at } => {
-                        first_error.get_or_insert_with(|| error.clone());
-                        tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, retry_at = %at, "Row will be retried.");
-                        batch.retrying += 1;
-                        RowUpdate::RetryLater { error, retry_count, next_retry_at: at }
-                    }
-                    RetryDecision::GiveUp { retry_count } => {
-                        first_error.get_or_insert_with(|| error.clone());
-                        tracing::warn!(mapping = %mapping.name, row = %row.id, %key, %error, retry_count, "Row failed after its last retry.");
-                        batch.failed += 1;
-                        RowUpdate::Failed { error: format!("{error} (gave up after {} retries)", retry_count - 1), retry_count }
-                    }
-                },
-                RowOutcome::Deferred { until, reason } => {
-                    tracing::info!(mapping = %mapping.name, row = %row.id, %key, %reason, until = %until, "Row deferred by a rate limit.");
-                    batch.deferred += 1;
-                    RowUpdate::Release { next_retry_at: Some(until) }
-                }
-            };
-            RowResult::of(row, update)
-        })
-        .collect();
-    tracing::info!(
-        mapping = %mapping.name,
-        rows = rows.len(),
-        complete = batch.complete,
-        error = batch.failed,
-        retrying = batch.retrying,
-        deferred = batch.deferred,
-        unchanged = status_counts.unchanged,
-        skipped = status_counts.skipped,
-        "Synced a batch."
-    );
-    summary.add(&summary.complete, batch.complete);
-    summary.add(&summary.failed, batch.failed);
-    summary.add(&summary.retrying, batch.retrying);
-    summary.add(&summary.deferred, batch.deferred);
-    status_counts.failed = batch.failed;
-    summary.add(&summary.unchanged, status_counts.unchanged);
-    summary.add(&summary.skipped, status_counts.skipped);
-    summary.add(&summary.created, status_counts.created);
-    summary.count_for(&mapping.name, &status_counts);
-    summary
-        .by_mapping
-        .add(&mapping.name, &batch, first_error.as_deref());
-    let metrics = crate::metrics::global();
-    metrics.rows(&mapping.name, &batch);
-    metrics.more_rows(&mapping.name, "unchanged", status_counts.unchanged);
-    metrics.more_rows(&mapping.name, "skipped", status_counts.skipped);
-    results
-}
-
-/// Counts the rows due in each mapping starting a cycle, so that progress
-/// lines can say how far the connector's cycles are and how long they have
-/// left. A failed count only leaves those two out.
-async fn note_cycle_start(run: &Run, queues: &[(Arc<MappingPlan>, Feed)], at: Instant) {
-    let now = run.clock.utc();
-    for (mapping, feed) in queues {
-        // A snapshot learns what is due only from its diff, which has not run yet.
-        let Feed::Queue(queue) = feed else { continue };
-        match queue.count_due(now).await {
-            Ok(due) => {
-                let total_before = run.summary.by_mapping.counts(&mapping.name).total();
-                let start = CycleStart {
-                    at,
-                    total_before,
-                    due,
-                };
-                let mut cycles = run.summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
-                cycles.insert(mapping.name.clone(), start);
-            }
-            Err(err) => {
-                tracing::debug!(mapping = %mapping.name, error = format!("{err:#}"), "Could not count the due rows.");
-            }
-        }
-    }
-}
-
-/// The connector's cycles under way, taken together: when the first
-/// started, rows done since, and rows due at their starts.
-fn cycles_so_far(summary: &RunSummary) -> Option<(Instant, u64, u64)> {
-    let cycles = summary.cycle.lock().unwrap_or_else(|e| e.into_inner());
-    let totals: HashMap<String, u64> = summary
-        .by_mapping
-        .snapshot()
-        .into_iter()
-        .map(|(mapping, counts)| (mapping, counts.total()))
-        .collect();
-    let at = cycles.values().map(|c| c.at).min()?;
-    let done = cycles
-        .iter()
-        .map(|(mapping, c)| {
-            let now = totals.get(mapping).copied().unwrap_or(0);
-            now.saturating_sub(c.total_before)
-        })
-        .sum();
-    let due = cycles.values().map(|c| c.due).sum();
-    Some((at, done, due))
-}
-
-async fn report_progress(summary: Arc<RunSummary>, connector: String, every: Duration) {
-    let started = Instant::now();
-    loop {
-        tokio::time::sleep(every).await;
-        let total = summary.total();
-        let rate = total as f64 / started.elapsed().as_secs_f64().max(0.001);
-        let (done, due, percent, eta_secs) = match cycles_so_far(&summary) {
-            Some((at, done, due)) => {
-                let (percent, eta) = cycle_progress(due, done, at.elapsed());
-                (Some(done), Some(due), percent, eta)
-            }
-            None => (None, None, None, None),
-        };
-        tracing::info!(
-            %connector,
-            complete = summary.complete.load(Ordering::Relaxed),
-            error = summary.failed.load(Ordering::Relaxed),
-            retrying = summary.retrying.load(Ordering::Relaxed),
-            unchanged = summary.unchanged.load(Ordering::Relaxed),
-            skipped = summary.skipped.load(Ordering::Relaxed),
-            deleted = summary.deleted.load(Ordering::Relaxed),
-            rows_per_sec = rate.round() as u64,
-            cycle_done = done,
-            cycle_due = due,
-            percent,
-            eta_secs,
-            "Progress."
-        );
-    }
-}
-
-/// How far a cycle that had `due` rows is after `done` of them in
-/// `elapsed`: percent done, and seconds left at the rate so far. Rows
-/// queued after the cycle started can take `done` past `due`: 100 %, 0 s.
-fn cycle_progress(due: u64, done: u64, elapsed: Duration) -> (Option<u64>, Option<u64>) {
-    if due == 0 {
-        return (None, None);
-    }
-    let percent = (done.min(due) * 100 / due).min(100);
-    let secs = elapsed.as_secs_f64();
-    let eta = (done > 0 && secs > 0.0).then(|| {
-        let rate = done as f64 / secs;
-        (due.saturating_sub(done) as f64 / rate).ceil() as u64
-    });
-    (Some(percent), eta)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn progress_adds_up_the_cycles_of_every_mapping_of_the_connector() {
+    fn a_delete_that_did_not_finish_fails_the_exit_code_and_counts_in_its_cycle() {
         let summary = RunSummary::default();
-        let one = |n| Counts {
-            complete: n,
-            ..Counts::default()
+        let mark = summary.by_mapping.start_cycle("m");
+        summary.add_deleted("m", 2);
+        assert!(summary.all_complete(), "deleted records are done");
+        let update = RowUpdate::Failed {
+            error: "HTTP 400: no such list".into(),
+            retry_count: 1,
         };
-        summary.by_mapping.add("a", &one(5), None);
-        let at = Instant::now();
-        for (mapping, due) in [("a", 10), ("b", 20)] {
-            let total_before = summary.by_mapping.counts(mapping).total();
-            let start = CycleStart {
-                at,
-                total_before,
-                due,
-            };
-            summary.cycle.lock().unwrap().insert(mapping.into(), start);
-        }
-        summary.by_mapping.add("a", &one(4), None);
-        summary.by_mapping.add("b", &one(6), None);
-        // 4 of a's 10 and 6 of b's 20: the 5 before a's cycle do not count.
-        assert_eq!(cycles_so_far(&summary), Some((at, 10, 30)));
-    }
-
-    #[test]
-    fn a_cycle_reports_its_share_done_and_the_seconds_left_at_its_rate() {
-        let ten_secs = Duration::from_secs(10);
-        // 2,500 of 10,000 in 10 s: 250/s, so 7,500 left take 30 s.
-        assert_eq!(
-            cycle_progress(10_000, 2_500, ten_secs),
-            (Some(25), Some(30))
-        );
-        // Nothing done yet: no rate, no estimate.
-        assert_eq!(cycle_progress(10_000, 0, ten_secs), (Some(0), None));
-        // Rows queued after the start: done passes due.
-        assert_eq!(cycle_progress(100, 150, ten_secs), (Some(100), Some(0)));
-        // Nothing was due (a watching run between batches).
-        assert_eq!(cycle_progress(0, 0, ten_secs), (None, None));
+        summary.add_unfinished_delete("m", &update);
+        assert!(!summary.all_complete(), "exit code 1, not 0");
+        let (counts, first_error) = summary.by_mapping.cycle_since("m", &mark);
+        assert_eq!((counts.deleted, counts.failed), (2, 1));
+        assert_eq!(first_error.as_deref(), Some("HTTP 400: no such list"));
     }
 
     #[test]
     fn a_lease_past_what_a_timestamp_holds_saturates_instead_of_panicking() {
         let now = crate::clock::ManualClock::default_start_utc();
         assert_eq!(
-            lease_deadline(now, 600),
+            lease_deadline(now, Duration::from_secs(600)),
             now + chrono::Duration::seconds(600)
         );
         let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
-        assert_eq!(lease_deadline(now, 1_000_000_000_000_000), far);
-        assert_eq!(lease_deadline(now, u64::MAX), far);
+        assert_eq!(
+            lease_deadline(now, Duration::from_secs(1_000_000_000_000_000)),
+            far
+        );
+        assert_eq!(lease_deadline(now, Duration::from_secs(u64::MAX)), far);
     }
 }

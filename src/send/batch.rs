@@ -9,8 +9,8 @@ use futures::future::join_all;
 use serde_json::{Map, Value};
 
 use super::client::{CrmClient, ReplyAction};
-use super::flow::{RowJob, RowOutcome, failure};
 use super::response::{Response, id_text};
+use super::row::{RowJob, RowOutcome, failure};
 use crate::plan::BatchPlan;
 use crate::template::OnEmpty;
 
@@ -51,7 +51,7 @@ fn send_chunk<'a>(
                     }
                 },
                 Err(err) => {
-                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")))
+                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")));
                 }
             }
         }

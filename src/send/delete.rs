@@ -1,20 +1,16 @@
 //! Deleting CRM records through the connector's `[delete]` operation: for
 //! snapshot rows that left their source, and for queue rows whose processing
-//! status asks for it (`Delete`, see [`queue`]). A 404 counts as done, so a
+//! status asks for it (`Delete`, see `engine::deletes`). A 404 counts as done, so a
 //! delete repeated after a crash, or of a record someone else removed, is
 //! harmless.
-
-pub mod queue;
-
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{Map, Value};
 
-use crate::crm::{CrmClient, ReplyAction, RowOutcome};
 use crate::plan::{DeletePlan, MappingPlan};
-use crate::retry::{RetryDecision, next_row_retry};
+use crate::send::retry::{RetryDecision, next_row_retry};
+use crate::send::{CrmClient, ReplyAction, RowOutcome};
 use crate::store::RowUpdate;
 use crate::template::OnEmpty;
 
@@ -56,7 +52,7 @@ pub(crate) fn failure(
     now: DateTime<Utc>,
 ) -> RowUpdate {
     let schedule = &mapping.schedule;
-    let delay = Duration::from_secs(schedule.retry_delay_secs);
+    let delay = schedule.retry_delay;
     match outcome {
         RowOutcome::Synced { .. } => RowUpdate::Complete {
             crm_id: None,
@@ -141,7 +137,7 @@ async fn delete_records(
     .await;
     for (chunk, reply) in chunks.iter().zip(replies) {
         let outcome = outcome_of(reply.action);
-        for (index, _) in chunk.iter() {
+        for (index, _) in *chunk {
             outcomes[*index] = Some(outcome.clone());
         }
     }

@@ -11,10 +11,10 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::DeleteTarget;
-use crate::crm::RowOutcome;
 use crate::engine::Run;
 use crate::plan::MappingPlan;
+use crate::send::RowOutcome;
+use crate::send::delete::DeleteTarget;
 use crate::snapshot::state::time_text;
 use crate::store::text::stored_text;
 use crate::store::{RowUpdate, Store, TableSpec};
@@ -42,12 +42,18 @@ pub(crate) async fn process_batch(
     due_by: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc().trunc_subsecs(3);
-    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease_secs).trunc_subsecs(3);
+    let lease = crate::engine::lease_deadline(now, mapping.schedule.lease).trunc_subsecs(3);
     let spec = &mapping.table;
     let due = now.min(due_by);
-    let claimed = claim(store, spec, mapping.schedule.batch_size as i64, due, lease)
-        .await
-        .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
+    let claimed = claim(
+        store,
+        spec,
+        i64::from(mapping.schedule.batch_size),
+        due,
+        lease,
+    )
+    .await
+    .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
     if claimed.is_empty() {
         return Ok(0);
     }
@@ -59,7 +65,7 @@ pub(crate) async fn process_batch(
             trace_id: id.clone(),
         })
         .collect();
-    let sends = super::send(&run.client, mapping, &targets);
+    let sends = crate::send::delete::send(&run.client, mapping, &targets);
     let outcomes = crate::engine::send_bounded(run, now, lease, sends)
         .await
         .unwrap_or_else(|| crate::engine::handed_back(run, targets.len()));
@@ -74,8 +80,8 @@ pub(crate) async fn process_batch(
                 Write::deleted(id)
             }
             outcome => {
-                let update = super::failure(mapping, *retry_count, outcome, now);
-                run.summary.add_unfinished_delete(&update);
+                let update = crate::send::delete::failure(mapping, *retry_count, outcome, now);
+                run.summary.add_unfinished_delete(&mapping.name, &update);
                 tracing::warn!(mapping = %mapping.name, row = %id, %key, update = ?update, "The record was not deleted.");
                 Write::failed(id, update)
             }

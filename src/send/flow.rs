@@ -1,56 +1,15 @@
 //! The upsert flows: how the requests of a connector combine to create or update
 //! one record and learn its id. Every flow ends each row in a [`RowOutcome`].
+//! The batch flow lives in `batch.rs`; both share the row types of `row.rs`.
 
-use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::Value;
 
 use super::client::{CrmClient, ReplyAction};
 use super::response::Response;
+use super::row::{RowJob, RowOutcome, failure};
 use super::{batch, bulk};
 use crate::plan::{Flow, OpPlan};
-
-/// One record to upsert: its match key, its row id (sent as `trace_id`), and the
-/// template context `{key, fields, params, row, trace_id}`.
-#[derive(Debug, Clone)]
-pub struct RowJob {
-    /// Normalised key (trimmed, lower-cased).
-    pub key: String,
-    /// The row's id.
-    pub trace_id: String,
-    /// Template context.
-    pub ctx: Value,
-}
-
-/// How one record ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowOutcome {
-    /// Created or updated; the CRM's id when known.
-    Synced {
-        /// Record id.
-        crm_id: Option<String>,
-    },
-    /// Will not work as sent.
-    Permanent(String),
-    /// Failed transiently after in-cycle retries.
-    Transient(String),
-    /// Rate-limited: try again after `until`, without spending a retry.
-    Deferred {
-        /// When.
-        until: DateTime<Utc>,
-        /// Why.
-        reason: String,
-    },
-    /// Not written: the mapping's sync mode forbids it (see `modes.rs`).
-    Skipped {
-        /// Why, for the row's error column.
-        reason: String,
-        /// The existing record's id, when one exists.
-        crm_id: Option<String>,
-    },
-    /// Not sent: the CRM already confirmed these values (same fingerprint).
-    Unchanged,
-}
 
 /// Runs the connector's flow for every job; outcomes are in job order.
 ///
@@ -293,18 +252,4 @@ fn missing_id(label: &str, pointer: &str, response: Option<&Response>) -> RowOut
         "{label}: {status}success, but the response has no record id at `{pointer}` \
          (the write may have been applied)"
     ))
-}
-
-/// The outcome of a reply that is not a success.
-pub fn failure(action: ReplyAction, label: &str) -> RowOutcome {
-    match action {
-        ReplyAction::Permanent(reason) => RowOutcome::Permanent(reason),
-        ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
-        ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
-        ReplyAction::NotFound => RowOutcome::Permanent(format!("{label}: not found")),
-        ReplyAction::DropFields(_, reason) => RowOutcome::Permanent(reason),
-        ReplyAction::Success | ReplyAction::Lookup | ReplyAction::Update(_) => {
-            RowOutcome::Permanent(format!("{label}: this rule action is not supported here"))
-        }
-    }
 }

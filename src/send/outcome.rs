@@ -4,7 +4,7 @@
 //!
 //! Everything here is pure: the current time is a parameter.
 //!
-//! [`RateLimiter`]: crate::ratelimit::RateLimiter
+//! [`RateLimiter`]: crate::send::ratelimit::RateLimiter
 
 use std::error::Error as _;
 use std::time::Duration;
@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use schemars::JsonSchema;
-use serde::Deserialize;
+
+use crate::plan::ResetUnit;
 
 /// What the engine does with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,19 +68,6 @@ pub struct ClassifyPolicy {
     pub headers: HeaderPolicy,
 }
 
-/// How the reset header's number is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ResetUnit {
-    /// Seconds from now (Brevo's documented reading, Pipedrive).
-    #[default]
-    Seconds,
-    /// Milliseconds from now.
-    Milliseconds,
-    /// A Unix timestamp in seconds (Intercom's `X-RateLimit-Reset`).
-    EpochSeconds,
-}
-
 /// A rate-limited answer's wait is read up to this (a day: the longest
 /// window a CRM documents); the client decides whether to wait it out or hand
 /// the rows back until then.
@@ -125,7 +112,7 @@ impl Default for HeaderPolicy {
 }
 
 /// What one response says about the server's rate-limit count; feeds
-/// [`RateLimiter::observe`](crate::ratelimit::RateLimiter::observe).
+/// [`RateLimiter::observe`](crate::send::ratelimit::RateLimiter::observe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RateInfo {
     /// Requests left in the server's window.
@@ -781,23 +768,6 @@ mod tests {
         let outcome = classify(477, &HeaderMap::new(), "", &policy, now());
         assert_eq!(outcome.reason(), Some("HTTP 477"));
         assert_eq!(Outcome::Success.reason(), None);
-    }
-
-    #[test]
-    fn reset_unit_is_read_from_snake_case_config() {
-        #[derive(Deserialize)]
-        struct Cfg {
-            unit: ResetUnit,
-        }
-        for (text, expected) in [
-            ("unit = \"seconds\"", ResetUnit::Seconds),
-            ("unit = \"milliseconds\"", ResetUnit::Milliseconds),
-            ("unit = \"epoch_seconds\"", ResetUnit::EpochSeconds),
-        ] {
-            assert_eq!(toml::from_str::<Cfg>(text).unwrap().unit, expected);
-        }
-        let schema = serde_json::to_string(&schemars::schema_for!(ResetUnit)).unwrap();
-        assert!(schema.contains("\"epoch_seconds\""), "{schema}");
     }
 
     fn client(timeout: Duration) -> reqwest::Client {

@@ -5,16 +5,23 @@
 mod auth;
 mod batch;
 mod body;
+pub mod budget;
 mod bulk;
 mod client;
 pub mod concurrency;
+pub mod delete;
 mod flow;
 pub mod margin;
 mod modes;
+pub mod outcome;
 pub mod probe;
+pub mod ratelimit;
 mod response;
+pub mod retry;
+mod row;
 pub mod wait;
 
 pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
-pub use flow::{RowJob, RowOutcome, execute};
+pub use flow::execute;
 pub use modes::execute_in_mode;
+pub use row::{RowJob, RowOutcome};

@@ -19,9 +19,10 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use super::client::{CrmClient, ReplyAction};
-use super::flow::{RowJob, RowOutcome, execute, failure, without_fields};
-use crate::config::mapping::SyncMode;
+use super::flow::{execute, without_fields};
+use super::row::{RowJob, RowOutcome, failure};
 use crate::plan::OpPlan;
+use crate::plan::SyncMode;
 
 /// Runs `jobs` as `mode` allows; outcomes are in job order.
 pub async fn execute_in_mode(
@@ -63,7 +64,7 @@ async fn after_lookup(
             (_, Err(outcome)) => outcomes[index] = Some(outcome),
             (SyncMode::UpdateOnly, Ok(None)) => outcomes[index] = Some(no_record(job)),
             (SyncMode::UpdateOnly, Ok(Some(Some(id)))) if client.plan.keyed.update.is_some() => {
-                by_id.push((index, id))
+                by_id.push((index, id));
             }
             (SyncMode::CreateOnly, Ok(Some(crm_id))) => outcomes[index] = Some(exists(job, crm_id)),
             _ => through_flow.push(index),

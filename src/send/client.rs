@@ -19,13 +19,14 @@ use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
-use crate::config::connector::{Redirects, RuleAction};
-use crate::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
 use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::plan::{Redirects, RuleAction};
 use crate::plan::{base_url_credentials, base_url_problem};
-use crate::ratelimit::{RateLimiter, Window};
 use crate::redact::url_for_display;
-use crate::retry::{Backoff, Jitter};
+use crate::send::budget::SharedBudget;
+use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
+use crate::send::ratelimit::{RateLimiter, Window};
+use crate::send::retry::{Backoff, Jitter};
 use crate::template::{OnEmpty, Templates};
 
 /// The most the rate limiter adds to every window (see `CrmClient::new`).
@@ -108,6 +109,8 @@ pub struct CrmClient {
     clock: Arc<dyn Clock>,
     /// Whether the answers so far blame the config (see [`super::probe`]).
     probe: ConfigProbe,
+    /// The rate budget shared with other processes, on PostgreSQL.
+    budget: Option<SharedBudget>,
 }
 
 impl CrmClient {
@@ -146,8 +149,8 @@ impl CrmClient {
             .map(|limit| Window {
                 name: limit.name.clone(),
                 requests: limit.requests,
-                per: Duration::from_secs(limit.per_secs),
-                classes: limit.endpoint_classes.clone(),
+                per: limit.per,
+                classes: limit.classes.clone(),
             })
             .collect::<Vec<_>>();
         // Requests are counted from when they leave; the CRM counts from when they
@@ -163,8 +166,8 @@ impl CrmClient {
             ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
         let retry = &plan.retry;
         let backoff = Backoff {
-            base: Duration::from_millis(retry.base_delay_ms),
-            max: Duration::from_millis(retry.max_delay_ms),
+            base: retry.base_delay,
+            max: retry.max_delay,
             exponential: retry.exponential,
             jitter: if retry.jitter {
                 Jitter::Full
@@ -177,17 +180,12 @@ impl CrmClient {
             retryable_statuses: retry.retryable_statuses.clone(),
             rate_limited_statuses: retry.rate_limited_statuses.clone(),
             headers: HeaderPolicy {
-                retry_after: Some(
-                    headers
-                        .retry_after
-                        .clone()
-                        .unwrap_or_else(|| "Retry-After".into()),
-                ),
+                retry_after: Some(headers.retry_after.clone()),
                 remaining: headers.remaining.clone(),
                 reset: headers.reset.clone(),
                 reset_unit: headers.reset_unit,
                 window_ms: headers.window_ms.clone(),
-                max_wait: Duration::from_secs(retry.max_rate_limit_wait_secs),
+                max_wait: retry.max_rate_limit_wait,
             },
         };
         let client = Self {
@@ -203,9 +201,31 @@ impl CrmClient {
             policy,
             clock,
             probe: ConfigProbe::default(),
+            budget: None,
         };
         crate::metrics::global().connector_started(&client.plan.name, client.in_flight.limit());
         Ok(client)
+    }
+
+    /// Takes every request's permit from `budget` too (after the limiter's
+    /// own slot), so this process and the others sharing it stay within the
+    /// CRM's windows together.
+    pub fn with_shared_budget(mut self, budget: SharedBudget) -> Self {
+        budget.set_margin(self.limiter_margin());
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The shared rate budget, if this client takes from one.
+    pub fn shared_budget(&self) -> Option<&SharedBudget> {
+        self.budget.as_ref()
+    }
+
+    fn limiter_margin(&self) -> Duration {
+        self.arrival_margin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .margin()
     }
 
     /// The connector's config looks broken: every answer so far blamed it
@@ -475,8 +495,8 @@ impl CrmClient {
         self.plan
             .rate_limits
             .iter()
-            .filter(|l| l.endpoint_classes.iter().any(|c| c == "*" || c == class))
-            .map(|l| Duration::from_secs(l.per_secs))
+            .filter(|l| l.classes.iter().any(|c| c == "*" || c == class))
+            .map(|l| l.per)
             .filter(|d| *d <= Duration::from_secs(60))
             .max()
             .unwrap_or(Duration::from_secs(1))
@@ -575,7 +595,7 @@ impl CrmClient {
                     "The CRM is pushing back; fewer requests in flight until it answers normally."
                 ),
                 Signal::Fine => {
-                    tracing::debug!(op = %op.label, limit, max, "Requests in flight raised.")
+                    tracing::debug!(op = %op.label, limit, max, "Requests in flight raised.");
                 }
             }
         }
@@ -588,12 +608,16 @@ impl CrmClient {
     /// alone, not added up: waiting in turn behind the batch's other requests
     /// is pacing, not a rate limit, and a large batch must not hand rows back
     /// for it while the lease holds.
+    ///
+    /// The shared budget's permit comes last: it is counted from the moment
+    /// it is taken, so the request must leave right after.
     async fn acquire_slot(&self, class: &str) -> Result<(), (Stop, Duration)> {
-        loop {
-            let Err(wait) = self.limiter.try_acquire(class) else {
-                return Ok(());
-            };
+        while let Err(wait) = self.limiter.try_acquire(class) {
             self.wait_within(wait).await.map_err(|stop| (stop, wait))?;
+        }
+        match &self.budget {
+            Some(budget) => budget.take(class).await.map(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -610,6 +634,9 @@ impl CrmClient {
                 "Rate-limit margin follows the CRM's latency."
             );
             self.limiter.set_margin(margin);
+            if let Some(budget) = &self.budget {
+                budget.set_margin(margin);
+            }
         }
     }
 
@@ -652,8 +679,13 @@ impl CrmClient {
         let now = self.clock.utc();
         let info = outcome::rate_info(&headers, &self.policy.headers, now);
         let room = info.remaining.is_some_and(|left| left > 0);
-        self.limiter
-            .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        // With a shared budget the other engine processes' requests are
+        // accounted for already; learning them again from the CRM's count
+        // would hold them a second time, for a whole window from now.
+        if self.budget.is_none() {
+            self.limiter
+                .observe_sent(&op.class, info.remaining, info.reset, sent_at);
+        }
         let raw = match body::read_capped(response, self.plan.max_response_bytes).await {
             Ok(raw) => raw,
             Err(err) => return (body_failure(status, err), None, false),
