@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench throughput -- all
-//! cargo bench --bench throughput -- hubspot|brevo|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
+//! cargo bench --bench throughput -- hubspot|hubspot-window|brevo|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
 //! ```
 //!
 //! Prints one line per run and a result table at the end; BENCHMARKS.md is
@@ -41,6 +41,7 @@ use support::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     Hubspot,
+    HubspotWindow,
     Brevo,
     OverheadSqlite,
     OverheadPostgres,
@@ -48,8 +49,9 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Hubspot,
+        Scenario::HubspotWindow,
         Scenario::Brevo,
         Scenario::OverheadSqlite,
         Scenario::OverheadPostgres,
@@ -59,6 +61,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Hubspot => "hubspot",
+            Scenario::HubspotWindow => "hubspot-window",
             Scenario::Brevo => "brevo",
             Scenario::OverheadSqlite => "overhead-sqlite",
             Scenario::OverheadPostgres => "overhead-postgres",
@@ -69,6 +72,7 @@ impl Scenario {
     fn default_rows(self) -> u64 {
         match self {
             Scenario::Hubspot => 20_000,
+            Scenario::HubspotWindow => 30_000,
             Scenario::Brevo => 2_000,
             Scenario::OverheadSqlite | Scenario::OverheadPostgres => 100_000,
             Scenario::Rss => 1_000_000,
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
         let result = runtime.block_on(async {
             match scenario {
                 Scenario::Hubspot => limited(&HUBSPOT, rows, runs).await,
+                Scenario::HubspotWindow => limited(&HUBSPOT_WINDOW, rows, runs).await,
                 Scenario::Brevo => limited(&BREVO, rows, runs).await,
                 Scenario::OverheadSqlite => overhead(Backend::Sqlite, rows, runs).await,
                 Scenario::OverheadPostgres => overhead(Backend::Postgres, rows, runs).await,
@@ -264,6 +269,20 @@ struct Limited {
     /// Contacts per request (HubSpot batch upsert: 100; Brevo: 1).
     per_request: u64,
     latency: Duration,
+    /// Where the queued rows live.
+    backend: Backend,
+    /// Which figure carries the target: the sustained rate (first window left
+    /// out), or the whole run against the best possible time, burst included.
+    headline: Headline,
+}
+
+/// The figure a rate-limited scenario is judged on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Headline {
+    /// At least 0.95 of N per W, the first window left out.
+    Sustained,
+    /// At least 0.90 of the least possible time for the whole run.
+    BurstIncluded,
 }
 
 const HUBSPOT: Limited = Limited {
@@ -279,6 +298,18 @@ const HUBSPOT: Limited = Limited {
     window: Duration::from_secs(10),
     per_request: 100,
     latency: Duration::from_millis(250),
+    backend: Backend::Sqlite,
+    headline: Headline::Sustained,
+};
+
+/// Issue #15, item 1: the same CRM and config, from PostgreSQL, judged on the
+/// whole run (the first window's burst included) against the least possible
+/// time: 30,000 contacts = 300 requests = 100 at 0 s, 10 s and 20 s, + 250 ms.
+const HUBSPOT_WINDOW: Limited = Limited {
+    name: "hubspot-window",
+    backend: Backend::Postgres,
+    headline: Headline::BurstIncluded,
+    ..HUBSPOT
 };
 
 const BREVO: Limited = Limited {
@@ -294,6 +325,8 @@ const BREVO: Limited = Limited {
     window: Duration::from_secs(1),
     per_request: 1,
     latency: Duration::from_millis(250),
+    backend: Backend::Sqlite,
+    headline: Headline::Sustained,
 };
 
 /// The ceiling arithmetic. With a rolling window of N requests per W, the
@@ -396,19 +429,27 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
             target: Target::EveryRunAtMost(0.0),
         },
     ];
-    match results.iter().all(|r| r.sustained.is_some()) {
-        true => lines.insert(
-            0,
-            Line {
-                scenario: s.name,
-                figure: "sustained fraction of the ceiling (first window left out)",
-                values: values(|r| r.sustained.unwrap_or(0.0)),
-                decimals: 3,
-                target: Target::AtLeast(0.95),
-            },
-        ),
+    let sustained = results.iter().all(|r| r.sustained.is_some()).then(|| Line {
+        scenario: s.name,
+        figure: "sustained fraction of the ceiling (first window left out)",
+        values: values(|r| r.sustained.unwrap_or(0.0)),
+        decimals: 3,
+        target: Target::Info,
+    });
+    match (s.headline, sustained) {
+        (Headline::Sustained, Some(mut sustained)) => {
+            sustained.target = Target::AtLeast(0.95);
+            lines.insert(0, sustained);
+        }
         // Too few requests for a second window: the whole run is all there is.
-        false => lines[0].target = Target::AtLeast(0.95),
+        (Headline::Sustained, None) => lines[0].target = Target::AtLeast(0.95),
+        // The headline first, the sustained figure beside it.
+        (Headline::BurstIncluded, sustained) => {
+            lines[0].target = Target::AtLeast(0.90);
+            if let Some(sustained) = sustained {
+                lines.insert(1, sustained);
+            }
+        }
     }
     Ok(lines)
 }
@@ -418,7 +459,7 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
     let env = sandbox_env(&sandbox.base_url());
     let plan = shipped_plan(&env)?;
     let spec = spec_of(&plan, s.connector)?;
-    let db = Db::fresh(Backend::Sqlite, &plan).await?;
+    let db = Db::fresh(s.backend, &plan).await?;
     db.fill(rows).await?;
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let start = Instant::now();
