@@ -244,10 +244,25 @@ impl RateLimiter {
     /// the CRM's latency varies: a request can arrive up to that variation
     /// later than the one before it, and two requests that left a window apart
     /// must not land in one window of the CRM's.
+    ///
+    /// A wider margin also holds the requests already counted for longer: the
+    /// spread it comes from was measured on them, so they may arrive that late
+    /// too. (The first burst of a run goes out with the base margin; its
+    /// answers then show how far apart it arrived, and without this the next
+    /// burst left as the first one's base expiry ran out: 4 × 429 in 300
+    /// requests at HubSpot's 100 per 10 s.) A narrower one leaves them as they
+    /// are, erring on the safe side.
     pub fn set_margin(&self, margin: Duration) {
         let mut state = self.lock();
         for window in &mut state.windows {
-            window.span = window.spec.per.saturating_add(margin);
+            let span = window.spec.per.saturating_add(margin);
+            if let Some(grown) = span.checked_sub(window.span).filter(|d| !d.is_zero()) {
+                // Every expiry moves by the same amount: the log stays sorted.
+                for bucket in &mut window.sent {
+                    bucket.expires = later(bucket.expires, grown);
+                }
+            }
+            window.span = span;
         }
     }
 
@@ -890,6 +905,20 @@ mod tests {
         // one goes out whole, not cut to the 10 the answer seemed to leave.
         clock.advance(start + ms(10_200) - clock.now());
         assert_eq!(drain(&limiter, "default").0, 99);
+    }
+
+    #[test]
+    fn a_wider_margin_holds_the_requests_already_sent_for_longer_too() {
+        let (limiter, clock) = limiter(vec![Window::new("w", 2, secs(10), &["*"])], ms(100));
+        assert_eq!(drain(&limiter, "default"), (2, ms(10_100)));
+        // Their answers show 400 ms of spread: they may arrive that late.
+        limiter.set_margin(ms(400));
+        assert_eq!(limiter.wait_time("default"), ms(10_400));
+        // Narrowing again does not release them early.
+        limiter.set_margin(ms(100));
+        assert_eq!(limiter.wait_time("default"), ms(10_400));
+        clock.advance(ms(10_400));
+        assert_eq!(drain(&limiter, "default"), (2, ms(10_100)));
     }
 
     #[test]
