@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench throughput -- all
-//! cargo bench --bench throughput -- hubspot|brevo|brevo-bulk|multi-process|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
+//! cargo bench --bench throughput -- hubspot|hubspot-window|brevo|brevo-bulk|multi-process|overhead-sqlite|overhead-postgres|rss [--runs N] [--rows N]
 //! ```
 //!
 //! Prints one line per run and a result table at the end; BENCHMARKS.md is
@@ -42,6 +42,7 @@ use support::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     Hubspot,
+    HubspotWindow,
     Brevo,
     BrevoBulk,
     MultiProcess,
@@ -51,8 +52,9 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Hubspot,
+        Scenario::HubspotWindow,
         Scenario::Brevo,
         Scenario::BrevoBulk,
         Scenario::MultiProcess,
@@ -64,6 +66,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Hubspot => "hubspot",
+            Scenario::HubspotWindow => "hubspot-window",
             Scenario::Brevo => "brevo",
             Scenario::BrevoBulk => "brevo-bulk",
             Scenario::MultiProcess => "multi-process",
@@ -76,6 +79,7 @@ impl Scenario {
     fn default_rows(self) -> u64 {
         match self {
             Scenario::Hubspot => 20_000,
+            Scenario::HubspotWindow => 30_000,
             Scenario::Brevo => 2_000,
             Scenario::BrevoBulk => 20_000,
             Scenario::MultiProcess => 30_000,
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         let result = runtime.block_on(async {
             match scenario {
                 Scenario::Hubspot => limited(&HUBSPOT, rows, runs).await,
+                Scenario::HubspotWindow => limited(&HUBSPOT_WINDOW, rows, runs).await,
                 Scenario::Brevo => limited(&BREVO, rows, runs).await,
                 Scenario::BrevoBulk => brevo_bulk(rows, runs).await,
                 Scenario::MultiProcess => multi_process(rows, runs).await,
@@ -277,6 +282,20 @@ struct Limited {
     latency: Duration,
     /// Run with [`per_contact_brevo_config`] instead of the shipped config.
     per_contact: bool,
+    /// Where the queued rows live.
+    backend: Backend,
+    /// Which figure carries the target: the sustained rate (first window left
+    /// out), or the whole run against the best possible time, burst included.
+    headline: Headline,
+}
+
+/// The figure a rate-limited scenario is judged on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Headline {
+    /// At least 0.95 of N per W, the first window left out.
+    Sustained,
+    /// At least 0.90 of the least possible time for the whole run.
+    BurstIncluded,
 }
 
 const HUBSPOT: Limited = Limited {
@@ -293,6 +312,18 @@ const HUBSPOT: Limited = Limited {
     per_request: 100,
     latency: Duration::from_millis(250),
     per_contact: false,
+    backend: Backend::Sqlite,
+    headline: Headline::Sustained,
+};
+
+/// Issue #15, item 1: the same CRM and config, from PostgreSQL, judged on the
+/// whole run (the first window's burst included) against the least possible
+/// time: 30,000 contacts = 300 requests = 100 at 0 s, 10 s and 20 s, + 250 ms.
+const HUBSPOT_WINDOW: Limited = Limited {
+    name: "hubspot-window",
+    backend: Backend::Postgres,
+    headline: Headline::BurstIncluded,
+    ..HUBSPOT
 };
 
 const BREVO: Limited = Limited {
@@ -309,6 +340,8 @@ const BREVO: Limited = Limited {
     per_request: 1,
     latency: Duration::from_millis(250),
     per_contact: true,
+    backend: Backend::Sqlite,
+    headline: Headline::Sustained,
 };
 
 /// The ceiling arithmetic. With a rolling window of N requests per W, the
@@ -411,20 +444,27 @@ async fn limited(s: &Limited, rows: u64, runs: usize) -> anyhow::Result<Vec<Line
             target: Target::EveryRunAtMost(0.0),
         },
     ];
-    if results.iter().all(|r| r.sustained.is_some()) {
-        lines.insert(
-            0,
-            Line {
-                scenario: s.name,
-                figure: "sustained fraction of the ceiling (first window left out)",
-                values: values(|r| r.sustained.unwrap_or(0.0)),
-                decimals: 3,
-                target: Target::AtLeast(0.95),
-            },
-        );
-    } else {
+    let sustained = results.iter().all(|r| r.sustained.is_some()).then(|| Line {
+        scenario: s.name,
+        figure: "sustained fraction of the ceiling (first window left out)",
+        values: values(|r| r.sustained.unwrap_or(0.0)),
+        decimals: 3,
+        target: Target::Info,
+    });
+    match (s.headline, sustained) {
+        (Headline::Sustained, Some(mut sustained)) => {
+            sustained.target = Target::AtLeast(0.95);
+            lines.insert(0, sustained);
+        }
         // Too few requests for a second window: the whole run is all there is.
-        lines[0].target = Target::AtLeast(0.95);
+        (Headline::Sustained, None) => lines[0].target = Target::AtLeast(0.95),
+        // The headline first, the sustained figure beside it.
+        (Headline::BurstIncluded, sustained) => {
+            lines[0].target = Target::AtLeast(0.90);
+            if let Some(sustained) = sustained {
+                lines.insert(1, sustained);
+            }
+        }
     }
     Ok(lines)
 }
@@ -438,7 +478,7 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
         None => shipped_plan(&env)?,
     };
     let spec = spec_of(&plan, s.connector)?;
-    let db = Db::fresh(Backend::Sqlite, &plan).await?;
+    let db = Db::fresh(s.backend, &plan).await?;
     db.fill(rows).await?;
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let start = Instant::now();

@@ -153,7 +153,8 @@ pub enum Command {
         /// Keep running: a cycle every interval_secs until SIGINT/SIGTERM.
         #[arg(long)]
         watch: bool,
-        /// Claim-and-send loops per mapping.
+        /// Claim-and-send loops per mapping (more when the connector's
+        /// rate-limit window sends a larger burst at once; see the README).
         #[arg(long, default_value_t = 4, value_name = "N")]
         workers: usize,
         /// Let a snapshot whose source returned no rows delete the records

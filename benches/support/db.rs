@@ -1,7 +1,7 @@
 //! Fresh databases holding the seed's `contacts` table, filled with queued rows.
 //!
 //! SQLite: a new file in a temp dir per run (WAL, as the engine opens it).
-//! PostgreSQL: the database `engine_bench` next to the test database (created
+//! PostgreSQL: the database `engine_bench` (or `ENGINE_BENCH_PG_DB`) next to the test database (created
 //! once), its `contacts` table dropped and migrated again per run, so the
 //! engine's own table name is used and other engineers' test tables are left alone.
 
@@ -18,7 +18,20 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-const PG_DATABASE: &str = "engine_bench";
+/// The benchmark's own database: `ENGINE_BENCH_PG_DB`, else `engine_bench`
+/// (two benchmarks run at once on one server each need their own, as every
+/// run drops and migrates its `contacts` table again).
+fn pg_database() -> String {
+    std::env::var("ENGINE_BENCH_PG_DB")
+        .ok()
+        .filter(|name| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .unwrap_or_else(|| "engine_bench".into())
+}
 
 /// A database for one run. The temp dir (SQLite) lives as long as this.
 pub struct Db {
@@ -125,19 +138,20 @@ impl Db {
 const DOMAIN: &str = "1ad6264b-a0b6-4551-860a-1326b2bfa28f";
 const PAGE: &str = "ddc03eef-2550-46de-aca8-bbdb7cf525cb";
 
-/// Creates `engine_bench` on the server if missing; returns its URL.
+/// Creates the benchmark's database on the server if missing; returns its URL.
 async fn ensure_pg_database() -> anyhow::Result<String> {
     let admin_url = pg_admin_url();
+    let database = pg_database();
     let admin = sqlx::PgPool::connect(&admin_url)
         .await
         .with_context(|| format!("PostgreSQL not reachable at {admin_url}; start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"))?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(PG_DATABASE)
+            .bind(&database)
             .fetch_one(&admin)
             .await?;
     if !exists {
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {PG_DATABASE}")))
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&admin)
             .await?;
     }
@@ -145,5 +159,5 @@ async fn ensure_pg_database() -> anyhow::Result<String> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(base, _)| base);
-    Ok(format!("{base}/{PG_DATABASE}"))
+    Ok(format!("{base}/{database}"))
 }

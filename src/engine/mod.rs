@@ -554,7 +554,10 @@ async fn drain(
     if let Feed::Snapshot(snapshot) = &queue {
         snapshot.find_changes().await?;
     }
-    let loops = (0..workers.max(1)).map(|_| {
+    let burst_rows = run.client.plan.burst_rows(mapping.mode);
+    let loops = claim_loops(burst_rows, mapping.schedule.batch_size as usize, workers);
+    tracing::debug!(mapping = %mapping.name, loops, "Claim loops.");
+    let loops = (0..loops).map(|_| {
         let run = run.clone();
         let mapping = mapping.clone();
         let queue = queue.clone();
@@ -580,6 +583,27 @@ async fn drain(
         handle.context("a sync worker panicked")??;
     }
     Ok(())
+}
+
+/// Claim loops never exceed this, however large a burst: each holds a
+/// claimed batch in memory and takes turns on the database pool.
+const MAX_CLAIM_LOOPS: usize = 64;
+
+/// How many claim loops a mapping runs: `workers`, or more when the
+/// connector's rate-limit window lets a larger burst out at once than
+/// `workers` batches of `batch_size` carry (`burst_rows`, see
+/// [`ConnectorPlan::burst_rows`]). Each loop
+/// claims, renders, and then waits in the rate limiter with its batch ready,
+/// so when a window opens its whole budget leaves at once instead of the
+/// rows being claimed a batch at a time while the window ticks (HubSpot's
+/// 100 requests of 100 contacts are 10,000 rows: 20 claims of 500).
+///
+/// [`ConnectorPlan::burst_rows`]: crate::plan::ConnectorPlan::burst_rows
+fn claim_loops(burst_rows: Option<usize>, batch_size: usize, workers: usize) -> usize {
+    let burst_loops = burst_rows.map_or(0, |rows| rows.div_ceil(batch_size.max(1)));
+    workers
+        .max(burst_loops)
+        .clamp(1, MAX_CLAIM_LOOPS.max(workers))
 }
 
 /// After a claim that took nothing: whether rows are due all the same, so
@@ -838,6 +862,22 @@ async fn send_within<F: std::future::Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn enough_claim_loops_run_to_hold_a_whole_burst_and_never_fewer_than_the_workers() {
+        // HubSpot: 10,000 rows a burst in claims of 500.
+        assert_eq!(claim_loops(Some(10_000), 500, 4), 20);
+        assert_eq!(claim_loops(Some(10_001), 500, 4), 21);
+        // A burst that `workers` batches already carry, or none: the workers.
+        assert_eq!(claim_loops(Some(100), 500, 4), 4);
+        assert_eq!(claim_loops(None, 500, 4), 4);
+        // Bounded, however large the burst or small the batch…
+        assert_eq!(claim_loops(Some(1_000_000), 1, 4), MAX_CLAIM_LOOPS);
+        assert_eq!(claim_loops(Some(10), 0, 0), 10);
+        // …unless more workers are asked for.
+        assert_eq!(claim_loops(Some(1_000_000), 1, 100), 100);
+        assert_eq!(claim_loops(None, 500, 0), 1);
+    }
 
     #[test]
     fn a_delete_that_did_not_finish_fails_the_exit_code_and_counts_in_its_cycle() {

@@ -14,6 +14,7 @@ use crate::config::connector::{
     Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Redirects,
     Retry, RuleAction, Upsert, UpsertMode,
 };
+use crate::config::mapping::SyncMode;
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
@@ -75,6 +76,37 @@ pub struct ConnectorPlan {
     /// Some template reads `row` (the claimed row's columns) directly, so
     /// claims return every column, not only those the mapping reads.
     pub reads_row: bool,
+}
+
+impl ConnectorPlan {
+    /// How many rows one burst of requests carries, for the engine to have
+    /// that many claimed and rendered before a rate-limit window opens.
+    ///
+    /// A burst is a window's whole budget sent at once: the rolling window
+    /// allows it, so the rows for it must be in hand the moment the window
+    /// opens, not claimed one batch at a time while the window ticks. Only
+    /// windows the in-flight ceiling can send at once (`requests <=
+    /// max_in_flight`) burst; a larger window (a daily budget, an overhead
+    /// run with the window lifted) never opens all at once, and the ceiling
+    /// paces the sends instead: `None`.
+    ///
+    /// The rows per request are the batch's `max_items` for a batch upsert,
+    /// else one (the per-record flows and the lookup-first sync modes).
+    pub fn burst_rows(&self, mode: SyncMode) -> Option<usize> {
+        let (class, per_request) = match (&self.flow, mode) {
+            (Flow::Batch { batch }, SyncMode::Upsert) => (&batch.op.class, batch.max_items.max(1)),
+            (Flow::Batch { batch }, _) => (&batch.op.class, 1),
+            (Flow::Single { upsert, .. }, _) => (&upsert.class, 1),
+            (Flow::LookupThenWrite { lookup, .. }, _) => (&lookup.class, 1),
+        };
+        let burst = self
+            .rate_limits
+            .iter()
+            .filter(|w| w.classes.iter().any(|c| c == "*" || c == class))
+            .map(|w| w.requests as usize)
+            .min()?;
+        (burst <= self.max_in_flight).then(|| burst.max(1).saturating_mul(per_request))
+    }
 }
 
 /// The one-record operations a connector declares, kept apart from its flow

@@ -244,10 +244,25 @@ impl RateLimiter {
     /// the CRM's latency varies: a request can arrive up to that variation
     /// later than the one before it, and two requests that left a window apart
     /// must not land in one window of the CRM's.
+    ///
+    /// A wider margin also holds the requests already counted for longer: the
+    /// spread it comes from was measured on them, so they may arrive that late
+    /// too. (The first burst of a run goes out with the base margin; its
+    /// answers then show how far apart it arrived, and without this the next
+    /// burst left as the first one's base expiry ran out: 4 × 429 in 300
+    /// requests at HubSpot's 100 per 10 s.) A narrower one leaves them as they
+    /// are, erring on the safe side.
     pub fn set_margin(&self, margin: Duration) {
         let mut state = self.lock();
         for window in &mut state.windows {
-            window.span = window.spec.per.saturating_add(margin);
+            let span = window.spec.per.saturating_add(margin);
+            if let Some(grown) = span.checked_sub(window.span).filter(|d| !d.is_zero()) {
+                // Every expiry moves by the same amount: the log stays sorted.
+                for bucket in &mut window.sent {
+                    bucket.expires = later(bucket.expires, grown);
+                }
+            }
+            window.span = span;
         }
     }
 
@@ -361,15 +376,20 @@ impl WindowState {
 
     /// What we know the server counted at `at` (up to now): our requests sent
     /// in the `per` up to `at`, plus usage learned from it that is still held.
-    /// Requests sent up to a margin after `at` count too: sent together, they
-    /// may have arrived first. Bucketed logs keep no send times: they count
-    /// every request still in the log except the buckets begun after `at`.
+    /// The margin widens that on both sides, as arrival jitter does at the
+    /// server: requests sent up to a margin after `at` may have arrived first,
+    /// and requests sent up to a margin more than `per` before it may have
+    /// arrived late enough to be in the server's window still. Leaving the
+    /// latter out read a whole burst's late arrivals as others' usage and held
+    /// their slots for another window (HubSpot: a third window left short).
+    /// Bucketed logs keep no send times: they count every request still in
+    /// the log except the buckets begun after `at`.
     fn known_at(&self, at: Instant) -> u64 {
         let ours = if self.width.is_zero() {
             let until = at + self.span.saturating_sub(self.spec.per);
             let after = self.history.partition_point(|t| *t <= until);
             let before = at
-                .checked_sub(self.spec.per)
+                .checked_sub(self.span)
                 .map_or(0, |from| self.history.partition_point(|t| *t <= from));
             (after - before.min(after)) as u64
         } else {
@@ -861,6 +881,47 @@ mod tests {
     }
 
     #[test]
+    fn a_bursts_late_arrivals_are_not_taken_for_others_usage() {
+        // HubSpot: 100 per 10 s, margin 100 ms. A burst of 100 leaves over
+        // 99 ms; the server saw most of it up to 90 ms late.
+        let (limiter, clock) = limiter(
+            vec![Window::new("ten_secondly", 100, secs(10), &["*"])],
+            ms(100),
+        );
+        let start = clock.now();
+        for _ in 0..100 {
+            limiter.try_acquire("default").unwrap();
+            clock.advance(ms(1));
+        }
+        // The first slot frees at 10.1 s; that request arrives at once, when
+        // the server's window (0.1 s, 10.1 s] still holds the 89 late ones
+        // sent from 11 ms on: 90 counted, 10 remaining.
+        clock.advance(start + ms(10_100) - clock.now());
+        limiter.try_acquire("default").unwrap();
+        let sent = clock.now();
+        clock.advance(ms(20));
+        limiter.observe_sent("default", Some(10), None, sent);
+        // All of them are ours: once the burst has left our window, the next
+        // one goes out whole, not cut to the 10 the answer seemed to leave.
+        clock.advance(start + ms(10_200) - clock.now());
+        assert_eq!(drain(&limiter, "default").0, 99);
+    }
+
+    #[test]
+    fn a_wider_margin_holds_the_requests_already_sent_for_longer_too() {
+        let (limiter, clock) = limiter(vec![Window::new("w", 2, secs(10), &["*"])], ms(100));
+        assert_eq!(drain(&limiter, "default"), (2, ms(10_100)));
+        // Their answers show 400 ms of spread: they may arrive that late.
+        limiter.set_margin(ms(400));
+        assert_eq!(limiter.wait_time("default"), ms(10_400));
+        // Narrowing again does not release them early.
+        limiter.set_margin(ms(100));
+        assert_eq!(limiter.wait_time("default"), ms(10_400));
+        clock.advance(ms(10_400));
+        assert_eq!(drain(&limiter, "default"), (2, ms(10_100)));
+    }
+
+    #[test]
     fn others_usage_is_still_learned_from_a_late_answer() {
         let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(10), &["*"])], ms(100));
         limiter.try_acquire("default").unwrap();
@@ -969,6 +1030,72 @@ mod tests {
                     .count();
                 assert_eq!(in_window, 100, "window {k}, margin {margin:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_whole_window_budget_is_admitted_at_once_and_the_next_one_a_window_plus_margin_later() {
+        let (limiter, clock) = limiter(vec![Window::new("w", 100, secs(10), &["*"])], ms(100));
+        let start = clock.now();
+        // All 100 at the same instant, none held back to spread them.
+        assert_eq!(drain(&limiter, "default"), (100, ms(10_100)));
+        clock.advance(ms(10_099));
+        assert_eq!(limiter.try_acquire("default"), Err(ms(1)));
+        clock.advance(ms(1));
+        assert_eq!(drain(&limiter, "default"), (100, ms(10_100)));
+        assert_eq!(clock.now() - start, ms(10_100));
+    }
+
+    /// Random arrival patterns: bursts of random size at random moments, each
+    /// request reaching the CRM after a latency that varies by up to the
+    /// margin. Whenever the limiter refuses, the window ending now must
+    /// already hold N of our requests (it never holds back budget the window
+    /// has), and at the CRM's end no rolling window of `per` may see more
+    /// than N arrivals.
+    #[test]
+    fn under_random_bursts_every_free_slot_is_admitted_and_no_crm_window_sees_more_than_n() {
+        for seed in 0..20 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let n: u32 = rng.random_range(1..=120);
+            let per = ms(rng.random_range(200..=20_000));
+            let jitter = ms(rng.random_range(0..=150));
+            let (limiter, clock) = limiter(vec![Window::new("w", n, per, &["*"])], jitter);
+            let span = per + jitter;
+            let mut sent: Vec<Instant> = Vec::new();
+            let mut arrivals: Vec<Instant> = Vec::new();
+            for _ in 0..400 {
+                let burst = rng.random_range(1..=2 * n as usize);
+                for _ in 0..burst {
+                    match limiter.try_acquire("default") {
+                        Ok(()) => {
+                            sent.push(clock.now());
+                            let on_the_way = ms(250) + rng.random_range(Duration::ZERO..=jitter);
+                            arrivals.push(clock.now() + on_the_way);
+                        }
+                        Err(_) => {
+                            let now = clock.now();
+                            // `sent` is ascending: those still in the window are a suffix.
+                            let in_window = sent.len() - sent.partition_point(|t| now - *t >= span);
+                            assert_eq!(
+                                in_window, n as usize,
+                                "seed {seed}: refused with {in_window} of {n} in the window"
+                            );
+                        }
+                    }
+                }
+                // Sometimes exactly when a slot frees, sometimes at random.
+                match (rng.random_bool(0.5), limiter.wait_time("default")) {
+                    (true, wait) if !wait.is_zero() => clock.advance(wait),
+                    _ => clock.advance(rng.random_range(Duration::ZERO..=per)),
+                }
+            }
+            arrivals.sort();
+            assert!(
+                sent.len() > 2 * n as usize,
+                "seed {seed}: only {} sent",
+                sent.len()
+            );
+            assert_never_exceeds(&arrivals, n, per);
         }
     }
 

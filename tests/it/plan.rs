@@ -69,3 +69,37 @@ fn block_items_are_not_the_whole_context_but_each_this_is() {
     assert!(!whole("{{#with params}}{{json this}}{{/with}}"));
     assert!(!whole("{{lower (trim email)}} {{params.list_id}}"));
 }
+
+#[test]
+fn a_window_the_in_flight_ceiling_can_send_whole_is_a_burst_of_its_requests_times_the_batch() {
+    use engine::config::mapping::SyncMode;
+    let plan = plan_of(&ConfigDir::shipped());
+    // HubSpot: 100 per 10 s, 100 in flight, batches of 100 contacts.
+    assert_eq!(
+        plan.connectors["hubspot"].burst_rows(SyncMode::Upsert),
+        Some(10_000)
+    );
+    // The lookup-first modes send one record per request.
+    assert_eq!(
+        plan.connectors["hubspot"].burst_rows(SyncMode::UpdateOnly),
+        Some(100)
+    );
+    // Brevo: 10 per second but 4 in flight: the ceiling paces, no burst.
+    assert_eq!(plan.connectors["brevo"].burst_rows(SyncMode::Upsert), None);
+}
+
+#[test]
+fn a_window_larger_than_the_in_flight_ceiling_is_no_burst() {
+    use engine::config::mapping::SyncMode;
+    let config = ConfigDir::shipped();
+    config.edit(
+        "connectors/hubspot.toml",
+        "max_in_flight = 100",
+        "max_in_flight = 99",
+    );
+    let plan = plan_of(&config);
+    assert_eq!(
+        plan.connectors["hubspot"].burst_rows(SyncMode::Upsert),
+        None
+    );
+}

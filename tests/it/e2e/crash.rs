@@ -35,6 +35,12 @@ async fn a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_t
             "lease_secs = 600",
             "lease_secs = 2",
         );
+        // Fewer in flight than the window: no burst, so `--workers 1` is one loop.
+        config.edit(
+            "connectors/hubspot.toml",
+            "max_in_flight = 100",
+            "max_in_flight = 4",
+        );
     })
     .await
     else {

@@ -150,7 +150,7 @@ async fn a_scrape_of_a_running_engine_has_every_series_with_the_rows_it_synced(b
             "engine_in_flight_limit",
             &[("connector", "hubspot")]
         ),
-        Some(8.0),
+        Some(100.0),
         "the shipped max_in_flight"
     );
     assert_eq!(
