@@ -43,7 +43,7 @@ pub async fn run(client: &CrmClient, plan: &BulkPlan, jobs: &[RowJob]) -> Vec<Op
                 items.push((index, item, size));
             }
             Err(err) => {
-                outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")))
+                outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")));
             }
         }
     }

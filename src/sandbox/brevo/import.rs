@@ -143,7 +143,7 @@ pub(crate) async fn process(
 /// Applies every import whose processing delay is over, in submit order.
 pub(crate) fn settle(store: &mut Store, now: Instant, wall: DateTime<Utc>) {
     let mut due = Vec::new();
-    for process in store.processes.iter_mut() {
+    for process in &mut store.processes {
         if !process.done && process.ready_at <= now {
             process.done = true;
             due.push((
@@ -222,12 +222,12 @@ pub(crate) async fn list(
                     .parse()
                     .ok()
                     .filter(|n| *n <= MAX_PAGE)
-                    .ok_or_else(|| BvError::invalid("limit should be between 0 and 1000"))?
+                    .ok_or_else(|| BvError::invalid("limit should be between 0 and 1000"))?;
             }
             "offset" => {
                 offset = value
                     .parse()
-                    .map_err(|_| BvError::invalid("offset should be an integer"))?
+                    .map_err(|_| BvError::invalid("offset should be an integer"))?;
             }
             "modifiedSince" => modified_since = Some(instant(&value)?),
             "createdSince" => created_since = Some(instant(&value)?),
