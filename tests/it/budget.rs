@@ -233,8 +233,8 @@ async fn budget_rows_after_a_run(share: bool) -> Option<(i64, u64)> {
     if !share {
         config.edit(
             "connectors/hubspot.toml",
-            "max_in_flight = 8\n",
-            "max_in_flight = 8\nshare_rate_budget = false\n",
+            "max_in_flight = 100\n",
+            "max_in_flight = 100\nshare_rate_budget = false\n",
         );
     }
     let env = engine::demo::sandbox_env(&sandbox.base_url());
