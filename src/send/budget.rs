@@ -18,6 +18,17 @@
 //!   the permits spent stay, until the last one's use + window + margin.
 //!   Permits not spent come back at once.
 //!
+//! # Late arrivals
+//! A request can reach the CRM well after its permit was spent: a burst of
+//! new connections (TCP and TLS handshakes), or a process starved of CPU
+//! between the permit and the wire. Measured: four processes starting on two
+//! cores had requests counted up to 1.6 s after their slice's grant, and
+//! the CRM answered 44 to 83 requests 429. So each answer tells the budget
+//! when its request arrived at the latest (the answer's time less the
+//! fastest answer seen, never before it was sent), and a slice whose
+//! requests arrived later than its hold assumed is held longer in the
+//! database (one statement per slice that was late, none otherwise).
+//!
 //! # Why that bounds the CRM's window
 //! The local clock reads `start` before the grant request leaves, so the
 //! grant's database time is no earlier than `start`; every permit is spent
@@ -41,9 +52,10 @@
 //! shutdown ([`crate::send::wait`]). A database error hands the rows back
 //! rather than send without a budget.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex as SyncMutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -134,7 +146,33 @@ pub struct SharedBudget {
     /// One slice per window; a tokio mutex because a grant is awaited under it
     /// (one grant per window at a time in this process).
     slices: tokio::sync::Mutex<Vec<Option<Slice>>>,
+    /// How long each recent slice is held in the database, by slice id, so
+    /// that late answers can hold it longer (see "Late arrivals").
+    holds: SyncMutex<HashMap<i64, Hold>>,
+    /// The fastest answer seen, in microseconds: how long the CRM takes at
+    /// least, so an answer's time less it is no earlier than the arrival.
+    fastest_answer_us: AtomicU64,
 }
+
+/// The permits one request took: when, and from which slices.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    /// When the permits were spent.
+    pub at: Instant,
+    /// `(window index, slice id)` for each window the request counts in.
+    slices: Vec<(usize, i64)>,
+}
+
+/// How long a slice is held in the database, from its local `start`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    start: Instant,
+    held: Duration,
+}
+
+/// A late answer holds its slice longer only past this much more, so that
+/// answers a little late do not each cost a statement.
+const EXTEND_SLACK: Duration = Duration::from_millis(20);
 
 /// A slice being spent.
 #[derive(Debug, Clone, Copy)]
@@ -210,6 +248,8 @@ impl SharedBudget {
             max_wait,
             waiting: AtomicU32::new(0),
             slices,
+            holds: SyncMutex::new(HashMap::new()),
+            fastest_answer_us: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -232,13 +272,63 @@ impl SharedBudget {
     /// the request must leave now. `Err` says why it stopped waiting and for
     /// how long it would have waited.
     pub async fn take(&self, class: &str) -> Result<Instant, (Stop, Duration)> {
+        self.take_permit(class).await.map(|permit| permit.at)
+    }
+
+    /// As [`SharedBudget::take`], returning the permit so that the answer can
+    /// be reported to [`SharedBudget::answered`].
+    pub async fn take_permit(&self, class: &str) -> Result<Permit, (Stop, Duration)> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let result = self.take_waiting(class).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         result
     }
 
-    async fn take_waiting(&self, class: &str) -> Result<Instant, (Stop, Duration)> {
+    /// Reports the answer to a request that left at `sent_at` with `permit`
+    /// and was answered at `answered_at`: a slice whose request arrived later
+    /// than its hold assumed is held longer (see "Late arrivals").
+    pub fn answered(&self, permit: &Permit, sent_at: Instant, answered_at: Instant) {
+        let took = answered_at.saturating_duration_since(sent_at);
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let fastest_us = self
+            .fastest_answer_us
+            .fetch_min(took_us, Ordering::Relaxed)
+            .min(took_us);
+        let arrived_by = answered_at
+            .checked_sub(Duration::from_micros(fastest_us))
+            .map_or(sent_at, |t| t.max(sent_at));
+        let margin = self.margin();
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        for &(window, id) in &permit.slices {
+            let Some(hold) = holds.get_mut(&id) else {
+                continue;
+            };
+            let needed = arrived_by.saturating_duration_since(hold.start)
+                + self.windows[window].per
+                + margin;
+            if needed > hold.held + EXTEND_SLACK {
+                hold.held = needed;
+                let pool = self.pool.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = table::extend_slice(&pool, id, needed).await {
+                        tracing::debug!(error = %format!("{err:#}"), "A late slice could not be held longer.");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The hold a trim must keep: no shorter than late answers made it.
+    fn trimmed(&self, slice: &Slice, per: Duration, margin: Duration) -> Trim {
+        let mut trim = slice.trim(per, margin);
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hold) = holds.get(&slice.id) {
+            trim.held = trim.held.max(hold.held);
+        }
+        trim
+    }
+
+    async fn take_waiting(&self, class: &str) -> Result<Permit, (Stop, Duration)> {
         loop {
             if wait::shutting_down() {
                 return Err((Stop::ShutDown, Duration::ZERO));
@@ -260,7 +350,7 @@ impl SharedBudget {
     /// Spends a permit of every window of `class` if each has one or can get
     /// a slice now; else `Err(wait)` until room may come back. Permits are
     /// spent all together or not at all.
-    async fn try_take(&self, class: &str) -> Result<Instant, Duration> {
+    async fn try_take(&self, class: &str) -> Result<Permit, Duration> {
         let mut slices = self.slices.lock().await;
         let mut pause = Duration::ZERO;
         for (i, window) in self.windows.iter().enumerate() {
@@ -285,7 +375,7 @@ impl SharedBudget {
                     window.requests,
                 ),
                 hold: ttl + window.per + margin,
-                trim: slices[i].map(|s| s.trim(window.per, margin)),
+                trim: slices[i].map(|s| self.trimmed(&s, window.per, margin)),
             };
             let start = self.clock.now();
             let granted = match table::take_slice(&self.pool, &request).await {
@@ -301,6 +391,7 @@ impl SharedBudget {
             slices[i] = None;
             match granted.id {
                 Some(id) if granted.permits > 0 => {
+                    self.note_hold(id, start, request.hold);
                     slices[i] = Some(Slice {
                         id,
                         start,
@@ -331,14 +422,27 @@ impl SharedBudget {
         if !ready {
             return Err(MIN_POLL);
         }
+        let mut spent = Vec::new();
         for (i, window) in self.windows.iter().enumerate() {
             if let (true, Some(slice)) = (window.applies_to(class), slices[i].as_mut()) {
                 slice.left -= 1;
                 slice.used += 1;
                 slice.last_use = Some(now);
+                spent.push((i, slice.id));
             }
         }
-        Ok(now)
+        Ok(Permit {
+            at: now,
+            slices: spent,
+        })
+    }
+
+    /// Remembers a new slice's hold, and forgets those long over.
+    fn note_hold(&self, id: i64, start: Instant, held: Duration) {
+        let now = self.clock.now();
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds.retain(|_, hold| hold.start + hold.held > now);
+        holds.insert(id, Hold { start, held });
     }
 
     /// Gives back every slice this process holds, so the permits it did not
@@ -351,7 +455,7 @@ impl SharedBudget {
             let Some(slice) = slices[i].take() else {
                 continue;
             };
-            let trim = slice.trim(window.per, margin);
+            let trim = self.trimmed(&slice, window.per, margin);
             if let Err(err) =
                 table::give_back_slice(&self.pool, &self.key, &window.name, trim).await
             {

@@ -23,7 +23,7 @@ use crate::plan::{ConnectorPlan, Env, OpPlan};
 use crate::plan::{Redirects, RuleAction};
 use crate::plan::{base_url_credentials, base_url_problem};
 use crate::redact::url_for_display;
-use crate::send::budget::SharedBudget;
+use crate::send::budget::{Permit, SharedBudget};
 use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
 use crate::send::ratelimit::{RateLimiter, Window};
 use crate::send::retry::{Backoff, Jitter};
@@ -569,7 +569,7 @@ impl CrmClient {
         let waiting = std::time::Instant::now();
         let acquired = self.acquire_slot(&op.class).await;
         metrics.rate_limit_wait(&self.plan.name, waiting.elapsed());
-        acquired?;
+        let permit = acquired?;
         // Checked again here: answers that came while this request queued
         // for a connection and the rate limit may have tripped the probe.
         if let Some(action) = self.held_back() {
@@ -581,6 +581,9 @@ impl CrmClient {
             wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE).await;
         drop(sending);
         let (step, response, room) = exchanged.map_err(shut_down)?;
+        if let (Some(budget), Some(permit)) = (&self.budget, &permit) {
+            budget.answered(permit, sent_at, self.clock.now());
+        }
         metrics.request(&self.plan.name, response.as_ref().map(|r| r.status));
         if response.is_some() {
             self.observe_latency(self.clock.now().saturating_duration_since(sent_at));
@@ -611,13 +614,13 @@ impl CrmClient {
     ///
     /// The shared budget's permit comes last: it is counted from the moment
     /// it is taken, so the request must leave right after.
-    async fn acquire_slot(&self, class: &str) -> Result<(), (Stop, Duration)> {
+    async fn acquire_slot(&self, class: &str) -> Result<Option<Permit>, (Stop, Duration)> {
         while let Err(wait) = self.limiter.try_acquire(class) {
             self.wait_within(wait).await.map_err(|stop| (stop, wait))?;
         }
         match &self.budget {
-            Some(budget) => budget.take(class).await.map(|_| ()),
-            None => Ok(()),
+            Some(budget) => budget.take_permit(class).await.map(Some),
+            None => Ok(None),
         }
     }
 

@@ -181,6 +181,22 @@ pub async fn give_back_slice(
     Ok(())
 }
 
+/// Holds a slice until `held` after its grant at least: its requests reached
+/// the CRM later than its hold assumed (see `send::budget`, "Late arrivals").
+pub async fn extend_slice(pool: &PgPool, id: i64, held: Duration) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE engine_rate_budget \
+         SET expires_at = GREATEST(expires_at, granted_at + $2::INT8 * INTERVAL '1 microsecond') \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(micros(held))
+    .execute(pool)
+    .await
+    .context("holding a late slice longer")?;
+    Ok(())
+}
+
 async fn give_back(tx: &mut Transaction<'_, Postgres>, trim: Trim) -> anyhow::Result<()> {
     if trim.used == 0 {
         sqlx::query("DELETE FROM engine_rate_budget WHERE id = $1")
