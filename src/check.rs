@@ -14,7 +14,7 @@ use crate::store::Store;
 pub struct Checked {
     /// The loaded files.
     pub set: ConfigSet,
-    /// The plan.
+    /// The plan `run` would execute (see the struct: only without errors).
     pub plan: Plan,
     /// Every problem, in file order.
     pub diagnostics: Vec<Diagnostic>,

@@ -63,7 +63,7 @@ pub const FILES: &[(&str, &str)] = &[
 /// What `init` did with each file.
 #[derive(Debug, Default)]
 pub struct Written {
-    /// Files written.
+    /// Files written (paths relative to the directory).
     pub written: Vec<String>,
     /// Files that existed and were left alone.
     pub kept: Vec<String>,

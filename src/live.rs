@@ -14,7 +14,6 @@ use crate::send::{CrmClient, ReplyAction};
 /// What the live check of one connector found.
 #[derive(Debug, Clone)]
 pub struct LiveCheck {
-    /// The connector.
     pub connector: String,
     /// `Some(true)` ok, `Some(false)` failed, `None` skipped (no `live_check`).
     pub ok: Option<bool>,

@@ -53,7 +53,7 @@ pub enum ReplyAction {
     Deferred {
         /// When to try again.
         until: DateTime<Utc>,
-        /// Why.
+        /// The CRM's reason, for the row's log line.
         reason: String,
     },
 }
