@@ -257,61 +257,39 @@ pub async fn record(store: &Store, cycle: &Cycle, keep: u32) -> anyhow::Result<(
         .counts
         .values()
         .map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    const INSERT_SQLITE: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, unchanged, skipped, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    const INSERT_PG: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, unchanged, skipped, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
-    const PRUNE_SQLITE: &str = "DELETE FROM engine_cycles WHERE mapping = ? AND source_table = ? AND id NOT IN (SELECT id FROM engine_cycles WHERE mapping = ? AND source_table = ? ORDER BY id DESC LIMIT ?)";
-    const PRUNE_PG: &str = "DELETE FROM engine_cycles WHERE mapping = $1 AND source_table = $2 AND id NOT IN (SELECT id FROM engine_cycles WHERE mapping = $1 AND source_table = $2 ORDER BY id DESC LIMIT $3)";
+    // `$n` parameters read the same in both dialects (SQLite takes `$NNN`).
+    const INSERT: &str = "INSERT INTO engine_cycles (mapping, source_table, started_at, finished_at, outcome, complete, failed, retrying, deferred, first_error, unchanged, skipped, deleted) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    const PRUNE: &str = "DELETE FROM engine_cycles WHERE mapping = $1 AND source_table = $2 AND id NOT IN (SELECT id FROM engine_cycles WHERE mapping = $1 AND source_table = $2 ORDER BY id DESC LIMIT $3)";
+    // The same statements and values on either pool (sqlx's query types differ).
+    macro_rules! record_on {
+        ($pool:expr) => {{
+            sqlx::query(INSERT)
+                .bind(&cycle.mapping)
+                .bind(&cycle.table)
+                .bind(cycle.started_at)
+                .bind(cycle.finished_at)
+                .bind(&cycle.outcome)
+                .bind(counts[0])
+                .bind(counts[1])
+                .bind(counts[2])
+                .bind(counts[3])
+                .bind(&cycle.first_error)
+                .bind(counts[4])
+                .bind(counts[5])
+                .bind(counts[6])
+                .execute($pool)
+                .await?;
+            sqlx::query(PRUNE)
+                .bind(&cycle.mapping)
+                .bind(&cycle.table)
+                .bind(i64::from(keep))
+                .execute($pool)
+                .await?;
+        }};
+    }
     match store {
-        Store::Sqlite(pool) => {
-            sqlx::query(INSERT_SQLITE)
-                .bind(&cycle.mapping)
-                .bind(&cycle.table)
-                .bind(cycle.started_at)
-                .bind(cycle.finished_at)
-                .bind(&cycle.outcome)
-                .bind(counts[0])
-                .bind(counts[1])
-                .bind(counts[2])
-                .bind(counts[3])
-                .bind(&cycle.first_error)
-                .bind(counts[4])
-                .bind(counts[5])
-                .bind(counts[6])
-                .execute(pool)
-                .await?;
-            sqlx::query(PRUNE_SQLITE)
-                .bind(&cycle.mapping)
-                .bind(&cycle.table)
-                .bind(&cycle.mapping)
-                .bind(&cycle.table)
-                .bind(i64::from(keep))
-                .execute(pool)
-                .await?;
-        }
-        Store::Postgres(pool) => {
-            sqlx::query(INSERT_PG)
-                .bind(&cycle.mapping)
-                .bind(&cycle.table)
-                .bind(cycle.started_at)
-                .bind(cycle.finished_at)
-                .bind(&cycle.outcome)
-                .bind(counts[0])
-                .bind(counts[1])
-                .bind(counts[2])
-                .bind(counts[3])
-                .bind(&cycle.first_error)
-                .bind(counts[4])
-                .bind(counts[5])
-                .bind(counts[6])
-                .execute(pool)
-                .await?;
-            sqlx::query(PRUNE_PG)
-                .bind(&cycle.mapping)
-                .bind(&cycle.table)
-                .bind(i64::from(keep))
-                .execute(pool)
-                .await?;
-        }
+        Store::Sqlite(pool) => record_on!(pool),
+        Store::Postgres(pool) => record_on!(pool),
     }
     Ok(())
 }
