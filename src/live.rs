@@ -102,8 +102,7 @@ fn without_query(url: &reqwest::Url) -> String {
 
 fn reason(action: &ReplyAction) -> String {
     match action {
-        ReplyAction::Permanent(reason) | ReplyAction::Transient(reason) => reason.clone(),
-        ReplyAction::Deferred { reason, .. } => reason.clone(),
+        ReplyAction::Failed(failure) => failure.reason().to_owned(),
         ReplyAction::NotFound => "not found".into(),
         other => format!("{other:?}"),
     }

@@ -11,9 +11,9 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::AssertSqlSafe;
 
-use crate::engine::Run;
+use super::Run;
+use super::decide::after_failure;
 use crate::plan::MappingPlan;
-use crate::send::RowOutcome;
 use crate::send::delete::DeleteTarget;
 use crate::snapshot::state::time_text;
 use crate::store::text::stored_text;
@@ -68,19 +68,19 @@ pub(crate) async fn process_batch(
     let sends = crate::send::delete::send(&run.client, mapping, &targets);
     let outcomes = crate::engine::send_bounded(run, now, lease, sends)
         .await
-        .unwrap_or_else(|| crate::engine::handed_back(run, targets.len()));
+        .unwrap_or_else(|| vec![Err(super::handed_back(run)); targets.len()]);
     let mut deleted = 0;
     let mut writes = Vec::with_capacity(claimed.len());
     for ((id, _, key, retry_count), outcome) in claimed.iter().zip(outcomes) {
         let key = key.as_deref().unwrap_or("");
         let write = match outcome {
-            RowOutcome::Synced { .. } => {
+            Ok(()) => {
                 deleted += 1;
                 tracing::debug!(mapping = %mapping.name, row = %id, %key, "Deleted the record.");
                 Write::deleted(id)
             }
-            outcome => {
-                let update = crate::send::delete::failure(mapping, *retry_count, outcome, now);
+            Err(failure) => {
+                let update = after_failure(&mapping.schedule, *retry_count, failure, now);
                 run.summary.add_unfinished_delete(&mapping.name, &update);
                 tracing::warn!(mapping = %mapping.name, row = %id, %key, update = ?update, "The record was not deleted.");
                 Write::failed(id, update)

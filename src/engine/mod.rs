@@ -10,6 +10,7 @@ mod decide;
 mod deletes;
 mod progress;
 mod render;
+mod snapshot;
 
 pub(crate) use decide::decide;
 use progress::{draw_progress, note_cycle_start, report_progress};
@@ -33,7 +34,7 @@ use crate::plan::{OnRemoved, SyncMode};
 use crate::send::budget::SharedBudget;
 use crate::send::probe::ConnectorPaused;
 use crate::send::wait::{self, WaitBound};
-use crate::send::{CrmClient, RowOutcome};
+use crate::send::{CrmClient, Failure, RowOutcome};
 use crate::snapshot::SnapshotFeed;
 use crate::store::{ClaimedRow, OutcomeCounts, Queue, RowResult, RowUpdate, Store};
 
@@ -684,9 +685,7 @@ async fn process_one_batch(
             }
             Ok(claimed)
         }
-        Feed::Snapshot(snapshot) => {
-            crate::snapshot::process_batch(run, mapping, snapshot, due_by).await
-        }
+        Feed::Snapshot(snapshot) => snapshot::process_batch(run, mapping, snapshot, due_by).await,
     }
 }
 
@@ -722,8 +721,10 @@ async fn process_queue_batch(
         sync_rows(run, mapping, changes, &mut rows),
     )
     .await;
-    let (outcomes, fingerprints) =
-        synced.unwrap_or_else(|| (handed_back(run, count), vec![None; count]));
+    let (outcomes, fingerprints) = synced.unwrap_or_else(|| {
+        let outcome = RowOutcome::Failed(handed_back(run));
+        (vec![outcome; count], vec![None; count])
+    });
     // A broken config: the batch goes back untouched (see `hand_back`); rows a
     // shutdown handed back are deferred due at once, equally untouched.
     if let Some(paused) = run.client.config_fault() {
@@ -826,14 +827,15 @@ pub(crate) async fn send_bounded<F: std::future::Future>(
     send_within(run, bound, sends).await
 }
 
-/// The outcomes of `count` rows whose sends outlived the shutdown grace:
+/// Why the rows of a batch whose sends outlived the shutdown grace go back:
 /// nothing of the batch is known to be written, so every row goes back as a
 /// crash would leave it, due at once and with no retry spent (every flow is
 /// an upsert, a delete of a gone record succeeds).
-pub(crate) fn handed_back(run: &Run, count: usize) -> Vec<RowOutcome> {
-    let until = run.clock.utc();
-    let reason = "handed back: the run was shutting down".to_string();
-    vec![RowOutcome::Deferred { until, reason }; count]
+pub(crate) fn handed_back(run: &Run) -> Failure {
+    Failure::Deferred {
+        until: run.clock.utc(),
+        reason: "handed back: the run was shutting down".to_string(),
+    }
 }
 
 /// Runs a batch's sends with `bound` on their waits. Every wait inside ends

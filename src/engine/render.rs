@@ -40,7 +40,7 @@ pub(crate) async fn sync_rows(
             fingerprints[index] = Some(check.fingerprint);
         }
         match render_job(&run.plan.templates, mapping, row, &now) {
-            Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
+            Err(reason) => outcomes[index] = Some(RowOutcome::permanent(reason)),
             // Two rows with one key are one CRM record: send it once (the later
             // row's values win) and give both rows the outcome. CRMs reject a
             // batch holding a key twice, and two parallel writes would race.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::client::{CrmClient, ReplyAction};
 use super::response::{Response, id_text};
-use super::row::{RowJob, RowOutcome, failure};
+use super::row::{Failure, RowJob, RowOutcome, failure};
 use crate::plan::BatchPlan;
 use crate::template::OnEmpty;
 
@@ -44,14 +44,14 @@ fn send_chunk<'a>(
             {
                 Ok(item) => match oversized(client, &item) {
                     // Alone over the limit: it fails by itself, the others go.
-                    Some(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
+                    Some(reason) => outcomes[index] = Some(RowOutcome::permanent(reason)),
                     None => {
                         items.push(item);
                         sent.push(index);
                     }
                 },
                 Err(err) => {
-                    outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")));
+                    outcomes[index] = Some(RowOutcome::permanent(format!("render error: {err}")));
                 }
             }
         }
@@ -66,7 +66,7 @@ fn send_chunk<'a>(
             let reply = client.send_owned(&plan.op, ctx).await;
             let results = match reply.action {
                 ReplyAction::Success => map_results(plan, reply.response.as_ref(), &sent_jobs),
-                ReplyAction::Permanent(reason) if sent_jobs.len() > 1 => {
+                ReplyAction::Failed(Failure::Permanent(reason)) if sent_jobs.len() > 1 => {
                     tracing::info!(rows = sent_jobs.len(), %reason, "Batch rejected as a whole; splitting it to isolate the bad rows.");
                     bisect(client, plan, sent_jobs).await
                 }
@@ -185,7 +185,7 @@ fn map_results(plan: &BatchPlan, response: Option<&Response>, jobs: &[&RowJob]) 
     }
     outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| RowOutcome::Transient(unmatched.clone())))
+        .map(|o| o.unwrap_or_else(|| RowOutcome::transient(unmatched.clone())))
         .collect()
 }
 
@@ -200,7 +200,7 @@ fn result_outcome(plan: &BatchPlan, result: &Value) -> RowOutcome {
     if succeeded {
         match result.pointer(&spec.id_pointer).and_then(id_text) {
             Some(id) => RowOutcome::Synced { crm_id: Some(id) },
-            None => RowOutcome::Transient(format!(
+            None => RowOutcome::transient(format!(
                 "{}: the batch result for this row has no record id at `{}`",
                 plan.op.label, spec.id_pointer
             )),
@@ -223,9 +223,9 @@ fn item_failure(plan: &BatchPlan, item: &Value) -> RowOutcome {
         .as_ref()
         .is_some_and(|regex| regex.is_match(&item.to_string()));
     if transient {
-        RowOutcome::Transient(message)
+        RowOutcome::transient(message)
     } else {
-        RowOutcome::Permanent(message)
+        RowOutcome::permanent(message)
     }
 }
 

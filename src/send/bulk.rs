@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::client::{CrmClient, ReplyAction};
 use super::response::id_text;
-use super::row::{RowJob, RowOutcome, failure};
+use super::row::{Failure, RowJob, RowOutcome, failure};
 use super::wait::{self, Stop};
 use crate::plan::BulkPlan;
 use crate::template::OnEmpty;
@@ -43,7 +43,7 @@ pub async fn run(client: &CrmClient, plan: &BulkPlan, jobs: &[RowJob]) -> Vec<Op
                 items.push((index, item, size));
             }
             Err(err) => {
-                outcomes[index] = Some(RowOutcome::Permanent(format!("render error: {err}")));
+                outcomes[index] = Some(RowOutcome::permanent(format!("render error: {err}")));
             }
         }
     }
@@ -137,7 +137,7 @@ async fn run_job(
             .response
             .as_ref()
             .and_then(|r| r.id_at(&plan.job_id_pointer)),
-        ReplyAction::Permanent(reason) => {
+        ReplyAction::Failed(Failure::Permanent(reason)) => {
             // The job as a whole was refused (no list, a body over the CRM's
             // limit): each row's own request tells what is wrong, if anything.
             tracing::warn!(rows, %reason, "Bulk job refused; sending its rows one by one.");
@@ -227,11 +227,11 @@ async fn poll(client: &CrmClient, plan: &BulkPlan, job: &Value, params: &Value) 
             }
             // Unknown to the CRM (gone, never there): the rows' own requests
             // tell what became of them.
-            ReplyAction::Permanent(reason) => return Polled::Failed(reason),
+            ReplyAction::Failed(Failure::Permanent(reason)) => return Polled::Failed(reason),
             other => return Polled::Outcome(failure(other, &plan.poll.label)),
         }
     }
-    Polled::Outcome(RowOutcome::Transient(format!(
+    Polled::Outcome(RowOutcome::transient(format!(
         "bulk job {} not done after {} status reads",
         id_text(job).unwrap_or_default(),
         plan.schedule.max_polls
@@ -241,10 +241,10 @@ async fn poll(client: &CrmClient, plan: &BulkPlan, job: &Value, params: &Value) 
 /// Rows handed back untouched, due at once: the job may have run, and their
 /// next claim submits them again (an upsert).
 fn handed_back(client: &CrmClient, why: &str) -> RowOutcome {
-    RowOutcome::Deferred {
+    RowOutcome::Failed(Failure::Deferred {
         until: client.clock().utc(),
         reason: format!("handed back: {why}"),
-    }
+    })
 }
 
 /// Reads what the job wrote, page by page, and returns the record id of

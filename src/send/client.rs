@@ -17,6 +17,7 @@ use super::concurrency::{AdaptiveGate, Signal};
 use super::margin::ArrivalMargin;
 use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
+use super::row::Failure;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
 use crate::plan::{ConnectorPlan, Env, OpPlan};
@@ -45,17 +46,18 @@ pub enum ReplyAction {
     NotFound,
     /// Rejected because of these fields: send once more without them.
     DropFields(Vec<String>, String),
-    /// Will never work as sent (the CRM's message).
-    Permanent(String),
-    /// Kept failing transiently; the row's durable retry schedule takes over.
-    Transient(String),
-    /// Rate-limited for longer than we wait in-process: hand the row back until then.
-    Deferred {
-        /// When to try again.
-        until: DateTime<Utc>,
-        /// The CRM's reason, for the row's log line.
-        reason: String,
-    },
+    /// Did not go through.
+    Failed(Failure),
+}
+
+impl ReplyAction {
+    fn permanent(reason: impl Into<String>) -> Self {
+        ReplyAction::Failed(Failure::Permanent(reason.into()))
+    }
+
+    fn transient(reason: impl Into<String>) -> Self {
+        ReplyAction::Failed(Failure::Transient(reason.into()))
+    }
 }
 
 /// The action and the response it came from (none for transport errors).
@@ -265,9 +267,11 @@ impl CrmClient {
     /// Several answers blamed the config and none proved it: sending more
     /// would only spend the rate limit. The row goes back as it was.
     fn held_back(&self) -> Option<ReplyAction> {
-        self.probe.tripped().then(|| ReplyAction::Deferred {
-            until: self.clock.utc(),
-            reason: "not sent: the connector's config looks broken".into(),
+        self.probe.tripped().then(|| {
+            ReplyAction::Failed(Failure::Deferred {
+                until: self.clock.utc(),
+                reason: "not sent: the connector's config looks broken".into(),
+            })
         })
     }
 
@@ -311,7 +315,7 @@ impl CrmClient {
             Ok(rendered) => rendered,
             Err(err) => {
                 return Reply {
-                    action: ReplyAction::Permanent(format!("render error: {err}")),
+                    action: ReplyAction::permanent(format!("render error: {err}")),
                     response: None,
                 };
             }
@@ -321,7 +325,7 @@ impl CrmClient {
             // Never sent: the CRM would cut the connection mid-body (a broken
             // pipe that looks transient) or answer 413, every time.
             return Reply {
-                action: ReplyAction::Permanent(reason),
+                action: ReplyAction::permanent(reason),
                 response: None,
             };
         }
@@ -363,8 +367,8 @@ impl CrmClient {
                 }
             };
             match outcome {
-                Step::Done(action) => return Reply { action, response },
-                Step::Retry {
+                Verdict::Done(action) => return Reply { action, response },
+                Verdict::Retry {
                     reason,
                     after,
                     maybe_applied,
@@ -376,7 +380,7 @@ impl CrmClient {
                             reason
                         };
                         return Reply {
-                            action: ReplyAction::Transient(reason),
+                            action: ReplyAction::transient(reason),
                             response,
                         };
                     }
@@ -386,7 +390,7 @@ impl CrmClient {
                         // retry starts over from the lookup, after the CRM's search
                         // has had the row's retry delay to catch up.
                         return Reply {
-                            action: ReplyAction::Transient(format!(
+                            action: ReplyAction::transient(format!(
                                 "{reason} (not repeated at once: the create may have been applied, \
                                  and repeating it could duplicate the record; the row's next \
                                  attempt looks the record up first)"
@@ -403,7 +407,7 @@ impl CrmClient {
                     let lease_left = wait::lease_left(self.clock.now());
                     if wait::plan_wait(delay, Duration::ZERO, delay, lease_left).is_err() {
                         return Reply {
-                            action: ReplyAction::Transient(reason),
+                            action: ReplyAction::transient(reason),
                             response,
                         };
                     }
@@ -412,7 +416,7 @@ impl CrmClient {
                     }
                     attempt += 1;
                 }
-                Step::RateLimited { reason, after } => {
+                Verdict::RateLimited { reason, after } => {
                     // The CRM's own figure, uncut, so rows handed back wait as
                     // long as it asked; never under a second (no hammering).
                     let pause = wait::clamp_rate_limit_pause(
@@ -485,7 +489,7 @@ impl CrmClient {
             ),
         };
         Reply {
-            action: ReplyAction::Deferred { until, reason },
+            action: ReplyAction::Failed(Failure::Deferred { until, reason }),
             response,
         }
     }
@@ -547,7 +551,7 @@ impl CrmClient {
         &self,
         op: &OpPlan,
         rendered: &Rendered,
-    ) -> Result<(Step, Option<Response>), (Stop, Duration)> {
+    ) -> Result<(Verdict, Option<Response>), (Stop, Duration)> {
         let shut_down = |stop| (stop, Duration::ZERO);
         let _admitted = wait::race_shutdown(self.in_flight.admit(), Duration::ZERO)
             .await
@@ -556,7 +560,7 @@ impl CrmClient {
             Ok(request) => request,
             Err(err) => {
                 return Ok((
-                    Step::Retry {
+                    Verdict::Retry {
                         reason: format!("authentication failed: {err:#}"),
                         after: None,
                         maybe_applied: false,
@@ -573,14 +577,14 @@ impl CrmClient {
         // Checked again here: answers that came while this request queued
         // for a connection and the rate limit may have tripped the probe.
         if let Some(action) = self.held_back() {
-            return Ok((Step::Done(action), None));
+            return Ok((Verdict::Done(action), None));
         }
         let sent_at = self.clock.now();
         let sending = metrics.sending(&self.plan.name);
         let exchanged =
             wait::race_shutdown(self.exchange(op, request, sent_at), wait::SHUTDOWN_GRACE).await;
         drop(sending);
-        let (step, response, room) = exchanged.map_err(shut_down)?;
+        let (verdict, response, room) = exchanged.map_err(shut_down)?;
         if let (Some(budget), Some(permit)) = (&self.budget, &permit) {
             budget.answered(permit, sent_at, self.clock.now());
         }
@@ -588,7 +592,7 @@ impl CrmClient {
         if response.is_some() {
             self.observe_latency(self.clock.now().saturating_duration_since(sent_at));
         }
-        let signal = load_signal(&step, response.as_ref().map(|r| r.status), room);
+        let signal = load_signal(&verdict, response.as_ref().map(|r| r.status), room);
         if let Some(limit) = self.in_flight.observe(signal, sent_at, self.clock.now()) {
             metrics.in_flight_limit(&self.plan.name, limit);
             let max = self.plan.max_in_flight;
@@ -602,7 +606,7 @@ impl CrmClient {
                 }
             }
         }
-        Ok((step, response))
+        Ok((verdict, response))
     }
 
     /// Takes a rate-limit slot, waiting for one within the bounds: tasks that
@@ -650,13 +654,13 @@ impl CrmClient {
         op: &OpPlan,
         request: reqwest::RequestBuilder,
         sent_at: std::time::Instant,
-    ) -> (Step, Option<Response>, bool) {
+    ) -> (Verdict, Option<Response>, bool) {
         let (http, request) = request.build_split();
         let request = match request {
             Ok(request) => request,
             Err(err) => {
-                let step = step_of(outcome::classify_transport_error(&err), false);
-                return (step, None, false);
+                let verdict = verdict_of(outcome::classify_transport_error(&err), false);
+                return (verdict, None, false);
             }
         };
         let method = request.method().clone();
@@ -673,8 +677,8 @@ impl CrmClient {
                 }
                 // A connection that never opened carried nothing.
                 let maybe_applied = !err.is_connect();
-                let step = step_of(outcome::classify_transport_error(&err), maybe_applied);
-                return (step, None, false);
+                let verdict = verdict_of(outcome::classify_transport_error(&err), maybe_applied);
+                return (verdict, None, false);
             }
         };
         let status = response.status().as_u16();
@@ -702,14 +706,14 @@ impl CrmClient {
         let meant = ruled.is_some() || self.policy.rate_limited_statuses.contains(&status);
         self.probe
             .observe_status(status, meant, op.path.is_literal(), method.as_str(), &url);
-        if let Some(step) = ruled {
-            return (step, Some(response), room);
+        if let Some(verdict) = ruled {
+            return (verdict, Some(response), room);
         }
-        if let Some(step) = hostile_answer(&response, &headers) {
-            return (step, Some(response), room);
+        if let Some(verdict) = hostile_answer(&response, &headers) {
+            return (verdict, Some(response), room);
         }
         let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
-        (step_of(classified, true), Some(response), room)
+        (verdict_of(classified, true), Some(response), room)
     }
 
     async fn build_request(&self, rendered: &Rendered) -> anyhow::Result<reqwest::RequestBuilder> {
@@ -746,9 +750,9 @@ impl CrmClient {
 /// same request gets the same answer); one cut off by a timeout or a lost
 /// connection is a transport failure, retried like one: the write may or may
 /// not have been applied, and an empty success must not be assumed.
-fn body_failure(status: u16, err: BodyError) -> Step {
+fn body_failure(status: u16, err: BodyError) -> Verdict {
     match err {
-        BodyError::TooLarge { cap } => Step::Done(ReplyAction::Permanent(format!(
+        BodyError::TooLarge { cap } => Verdict::Done(ReplyAction::permanent(format!(
             "HTTP {status}: the response body is larger than the connector's \
              max_response_bytes ({cap} bytes), so it was not read; raise the limit \
              if the CRM's answers are really this large"
@@ -757,12 +761,9 @@ fn body_failure(status: u16, err: BodyError) -> Step {
             if let Some(url) = err.url_mut() {
                 url.set_query(None);
             }
-            let reason = match outcome::classify_transport_error(&err) {
-                Outcome::Retry { reason, .. } | Outcome::Permanent { reason } => reason,
-                Outcome::RateLimited { reason, .. } => reason,
-                Outcome::Success => String::new(),
-            };
-            Step::Retry {
+            let transport = outcome::classify_transport_error(&err);
+            let reason = transport.reason().unwrap_or_default();
+            Verdict::Retry {
                 reason: format!("HTTP {status}, but the body did not arrive whole: {reason}"),
                 after: None,
                 maybe_applied: true,
@@ -774,7 +775,7 @@ fn body_failure(status: u16, err: BodyError) -> Step {
 /// Answers no rule claimed that cannot be what they say: a redirect (never
 /// followed to another origin; see `redirect_policy`) and a success whose
 /// body is not JSON (an HTML page from a proxy, a cut-off answer).
-fn hostile_answer(response: &Response, headers: &reqwest::header::HeaderMap) -> Option<Step> {
+fn hostile_answer(response: &Response, headers: &reqwest::header::HeaderMap) -> Option<Verdict> {
     let status = response.status;
     if (300..400).contains(&status) {
         let location = headers
@@ -784,14 +785,14 @@ fn hostile_answer(response: &Response, headers: &reqwest::header::HeaderMap) -> 
                 || "nowhere (no Location header)".to_string(),
                 url_for_display,
             );
-        return Some(Step::Done(ReplyAction::Permanent(format!(
+        return Some(Verdict::Done(ReplyAction::permanent(format!(
             "{}: redirected to {location}, which is not followed (a connector follows only \
              same-origin redirects, with `redirects = \"same_origin\"`); check base_url",
             response.reason()
         ))));
     }
     if (200..300).contains(&status) && response.not_json {
-        return Some(Step::Retry {
+        return Some(Verdict::Retry {
             reason: format!(
                 "HTTP {status}, but the body is not JSON: {}",
                 response.message
@@ -826,8 +827,13 @@ fn redirect_policy(redirects: Redirects) -> reqwest::redirect::Policy {
     }
 }
 
-/// A single attempt's meaning, before retry policy.
-enum Step {
+/// What one attempt's answer means, once the connector's rules are applied:
+/// the [`Outcome`] of the response plus what only the attempt knows (whether
+/// the request may have taken effect) and what the rules decide (lookup,
+/// update, drop fields). The retry loop in `send_rendered` consumes it; what
+/// leaves the loop is a [`ReplyAction`].
+enum Verdict {
+    /// Final for this request: no other attempt would change it.
     Done(ReplyAction),
     Retry {
         reason: String,
@@ -847,12 +853,12 @@ enum Step {
 /// connection, 408, 423, 5xx), not the request's (a 401 before a token refresh).
 /// A server error whose answer says the rate window has `room` is a fault
 /// rather than load ([`Signal::Faulty`]): one alone does not cut concurrency.
-fn load_signal(step: &Step, status: Option<u16>, room: bool) -> Signal {
-    match (step, status) {
-        (Step::RateLimited { .. }, _) => Signal::Overloaded,
-        (Step::Retry { .. }, None) => Signal::Overloaded,
-        (Step::Retry { .. }, Some(429)) => Signal::Overloaded,
-        (Step::Retry { .. }, Some(status)) if status >= 500 || matches!(status, 408 | 423) => {
+fn load_signal(verdict: &Verdict, status: Option<u16>, room: bool) -> Signal {
+    match (verdict, status) {
+        (Verdict::RateLimited { .. }, _) => Signal::Overloaded,
+        (Verdict::Retry { .. }, None) => Signal::Overloaded,
+        (Verdict::Retry { .. }, Some(429)) => Signal::Overloaded,
+        (Verdict::Retry { .. }, Some(status)) if status >= 500 || matches!(status, 408 | 423) => {
             if room {
                 Signal::Faulty
             } else {
@@ -863,22 +869,22 @@ fn load_signal(step: &Step, status: Option<u16>, room: bool) -> Signal {
     }
 }
 
-/// `maybe_applied`: see [`Step::Retry`].
-fn step_of(outcome: Outcome, maybe_applied: bool) -> Step {
+/// `maybe_applied`: see [`Verdict::Retry`].
+fn verdict_of(outcome: Outcome, maybe_applied: bool) -> Verdict {
     match outcome {
-        Outcome::Success => Step::Done(ReplyAction::Success),
-        Outcome::Permanent { reason } => Step::Done(ReplyAction::Permanent(reason)),
-        Outcome::Retry { reason, after } => Step::Retry {
+        Outcome::Success => Verdict::Done(ReplyAction::Success),
+        Outcome::Permanent { reason } => Verdict::Done(ReplyAction::permanent(reason)),
+        Outcome::Retry { reason, after } => Verdict::Retry {
             reason,
             after,
             maybe_applied,
         },
-        Outcome::RateLimited { reason, after } => Step::RateLimited { reason, after },
+        Outcome::RateLimited { reason, after } => Verdict::RateLimited { reason, after },
     }
 }
 
 /// The connector's special cases, in order; the first that matches decides.
-fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
+fn apply_rules(op: &OpPlan, response: &Response) -> Option<Verdict> {
     let rule = op.rules.iter().find(|rule| {
         rule.status == response.status
             && rule
@@ -904,25 +910,25 @@ fn apply_rules(op: &OpPlan, response: &Response) -> Option<Step> {
         });
     let reason = response.reason();
     Some(match rule.then {
-        RuleAction::Success => Step::Done(ReplyAction::Success),
-        RuleAction::Lookup => Step::Done(ReplyAction::Lookup),
+        RuleAction::Success => Verdict::Done(ReplyAction::Success),
+        RuleAction::Lookup => Verdict::Done(ReplyAction::Lookup),
         RuleAction::Update => match captured {
-            Some(id) => Step::Done(ReplyAction::Update(id)),
-            None => Step::Done(ReplyAction::Permanent(reason)),
+            Some(id) => Verdict::Done(ReplyAction::Update(id)),
+            None => Verdict::Done(ReplyAction::permanent(reason)),
         },
-        RuleAction::NotFound => Step::Done(ReplyAction::NotFound),
-        RuleAction::Retry => Step::Retry {
+        RuleAction::NotFound => Verdict::Done(ReplyAction::NotFound),
+        RuleAction::Retry => Verdict::Retry {
             reason,
             after: rule.wait,
             maybe_applied: true,
         },
-        RuleAction::RateLimited => Step::RateLimited {
+        RuleAction::RateLimited => Verdict::RateLimited {
             reason,
             after: rule.wait,
         },
-        RuleAction::Permanent => Step::Done(ReplyAction::Permanent(reason)),
+        RuleAction::Permanent => Verdict::Done(ReplyAction::permanent(reason)),
         RuleAction::DropFields => {
-            Step::Done(ReplyAction::DropFields(rule.drop_fields.clone(), reason))
+            Verdict::Done(ReplyAction::DropFields(rule.drop_fields.clone(), reason))
         }
     })
 }

@@ -4,15 +4,16 @@
 //! delete repeated after a crash, or of a record someone else removed, is
 //! harmless.
 
-use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use serde_json::{Map, Value};
 
 use crate::plan::{DeletePlan, MappingPlan};
-use crate::send::retry::{RetryDecision, next_row_retry};
-use crate::send::{CrmClient, ReplyAction, RowOutcome};
-use crate::store::RowUpdate;
+use crate::send::{CrmClient, Failure, ReplyAction};
 use crate::template::OnEmpty;
+
+/// How one delete ended: the record is gone (deleted now, or already), or
+/// why it is not.
+pub(crate) type DeleteOutcome = Result<(), Failure>;
 
 /// One record to delete.
 #[derive(Debug, Clone)]
@@ -25,13 +26,12 @@ pub(crate) struct DeleteTarget {
     pub trace_id: String,
 }
 
-/// Deletes every target; outcomes in target order. `Synced` means the record
-/// is gone (deleted now, or already).
+/// Deletes every target; outcomes in target order.
 pub(crate) async fn send(
     client: &CrmClient,
     mapping: &MappingPlan,
     targets: &[DeleteTarget],
-) -> Vec<RowOutcome> {
+) -> Vec<DeleteOutcome> {
     match &client.plan.delete {
         Some(plan) => delete_records(client, plan, mapping, targets).await,
         None => {
@@ -39,56 +39,8 @@ pub(crate) async fn send(
                 "connectors/{}.toml has no [delete] operation",
                 mapping.connector
             );
-            vec![RowOutcome::Permanent(reason); targets.len()]
+            vec![Err(Failure::Permanent(reason)); targets.len()]
         }
-    }
-}
-
-/// A failed delete under the mapping's retry schedule.
-pub(crate) fn failure(
-    mapping: &MappingPlan,
-    retry_count: i64,
-    outcome: RowOutcome,
-    now: DateTime<Utc>,
-) -> RowUpdate {
-    let schedule = &mapping.schedule;
-    let delay = schedule.retry_delay;
-    match outcome {
-        RowOutcome::Synced { .. } => RowUpdate::Complete {
-            crm_id: None,
-            fingerprint: None,
-        },
-        // Nothing left to delete.
-        RowOutcome::Unchanged => RowUpdate::Complete {
-            crm_id: None,
-            fingerprint: None,
-        },
-        // Deletes pass no sync mode; should one refuse, the record is not gone.
-        RowOutcome::Skipped { reason, .. } => RowUpdate::Failed {
-            error: reason,
-            retry_count,
-        },
-        RowOutcome::Permanent(error) => RowUpdate::Failed { error, retry_count },
-        RowOutcome::Transient(error) => match next_row_retry(
-            retry_count,
-            schedule.max_retries,
-            delay,
-            schedule.retry_exponential,
-            now,
-        ) {
-            RetryDecision::RetryAt { retry_count, at } => RowUpdate::RetryLater {
-                error,
-                retry_count,
-                next_retry_at: at,
-            },
-            RetryDecision::GiveUp { retry_count } => RowUpdate::Failed {
-                error: format!("{error} (gave up after {} retries)", retry_count - 1),
-                retry_count,
-            },
-        },
-        RowOutcome::Deferred { until, .. } => RowUpdate::Release {
-            next_retry_at: Some(until),
-        },
     }
 }
 
@@ -98,7 +50,7 @@ async fn delete_records(
     plan: &DeletePlan,
     mapping: &MappingPlan,
     targets: &[DeleteTarget],
-) -> Vec<RowOutcome> {
+) -> Vec<DeleteOutcome> {
     let contexts: Vec<Result<Value, String>> = targets
         .iter()
         .map(|target| context(target, mapping))
@@ -107,12 +59,12 @@ async fn delete_records(
         return join_all(contexts.iter().map(|ctx| async move {
             match ctx {
                 Ok(ctx) => outcome_of(client.send(&plan.op, ctx).await.action),
-                Err(reason) => RowOutcome::Permanent(reason.clone()),
+                Err(reason) => Err(Failure::Permanent(reason.clone())),
             }
         }))
         .await;
     };
-    let mut outcomes: Vec<Option<RowOutcome>> = vec![None; targets.len()];
+    let mut outcomes: Vec<Option<DeleteOutcome>> = vec![None; targets.len()];
     let mut sendable = Vec::new();
     for (index, ctx) in contexts.iter().enumerate() {
         let rendered = ctx.clone().and_then(|ctx| {
@@ -123,7 +75,7 @@ async fn delete_records(
         });
         match rendered {
             Ok(rendered) => sendable.push((index, rendered)),
-            Err(reason) => outcomes[index] = Some(RowOutcome::Permanent(reason)),
+            Err(reason) => outcomes[index] = Some(Err(Failure::Permanent(reason))),
         }
     }
     let chunks: Vec<&[(usize, Value)]> = sendable.chunks((*max_items).max(1)).collect();
@@ -165,16 +117,12 @@ fn context(target: &DeleteTarget, mapping: &MappingPlan) -> Result<Value, String
 
 /// A delete's reply as a row outcome: any success (a 404 included, see
 /// `plan::connector::build_delete`) means the record is gone.
-fn outcome_of(action: ReplyAction) -> RowOutcome {
+fn outcome_of(action: ReplyAction) -> DeleteOutcome {
     match action {
-        ReplyAction::Success | ReplyAction::Lookup | ReplyAction::NotFound => {
-            RowOutcome::Synced { crm_id: None }
-        }
-        ReplyAction::Permanent(reason) => RowOutcome::Permanent(reason),
-        ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
-        ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
-        ReplyAction::Update(_) | ReplyAction::DropFields(..) => {
-            RowOutcome::Permanent("the CRM's answer to a delete matched an upsert rule".into())
-        }
+        ReplyAction::Success | ReplyAction::Lookup | ReplyAction::NotFound => Ok(()),
+        ReplyAction::Failed(failure) => Err(failure),
+        ReplyAction::Update(_) | ReplyAction::DropFields(..) => Err(Failure::Permanent(
+            "the CRM's answer to a delete matched an upsert rule".into(),
+        )),
     }
 }

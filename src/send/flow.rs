@@ -42,7 +42,7 @@ pub async fn execute(client: &CrmClient, jobs: &[RowJob]) -> Vec<RowOutcome> {
         .map(|outcome| {
             outcome.unwrap_or_else(|| {
                 rest.next()
-                    .unwrap_or_else(|| RowOutcome::Transient("no outcome".into()))
+                    .unwrap_or_else(|| RowOutcome::transient("no outcome"))
             })
         })
         .collect()
@@ -139,11 +139,11 @@ async fn resolve(
                 ))
                 .await
             }
-            None => RowOutcome::Permanent(reason),
+            None => RowOutcome::permanent(reason),
         },
         ReplyAction::Update(id) => match update {
             Some(update) => update_existing(client, update, job, id).await,
-            None => RowOutcome::Permanent(format!(
+            None => RowOutcome::permanent(format!(
                 "record exists with id {id} but the connector has no update operation"
             )),
         },
@@ -177,10 +177,10 @@ async fn find_id(client: &CrmClient, lookup: &OpPlan, job: &RowJob) -> RowOutcom
             .and_then(|p| reply.response.as_ref()?.id_at(p))
         {
             Some(id) => RowOutcome::Synced { crm_id: Some(id) },
-            None => RowOutcome::Transient("written, but the lookup returned no id yet".into()),
+            None => RowOutcome::transient("written, but the lookup returned no id yet"),
         },
         ReplyAction::NotFound => {
-            RowOutcome::Transient("written, but the lookup did not find the record yet".into())
+            RowOutcome::transient("written, but the lookup did not find the record yet")
         }
         other => failure(other, &lookup.label),
     }
@@ -248,7 +248,7 @@ async fn lookup_then_write(
 /// message says so; the row's retry upserts again (no duplicate: an upsert).
 fn missing_id(label: &str, pointer: &str, response: Option<&Response>) -> RowOutcome {
     let status = response.map_or_else(String::new, |r| format!("HTTP {} ", r.status));
-    RowOutcome::Transient(format!(
+    RowOutcome::transient(format!(
         "{label}: {status}success, but the response has no record id at `{pointer}` \
          (the write may have been applied)"
     ))

@@ -24,4 +24,4 @@ pub mod wait;
 pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
 pub use flow::execute;
 pub use modes::execute_in_mode;
-pub use row::{RowJob, RowOutcome};
+pub use row::{Failure, RowJob, RowOutcome};

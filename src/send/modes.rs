@@ -43,7 +43,7 @@ pub async fn execute_in_mode(
                 "mode `{}` needs the connector's [upsert.lookup]",
                 mode.as_str()
             );
-            vec![RowOutcome::Permanent(reason); jobs.len()]
+            vec![RowOutcome::permanent(reason); jobs.len()]
         }
     }
 }
@@ -144,7 +144,7 @@ async fn update_by_id(client: &CrmClient, update: &OpPlan, job: &RowJob, id: Str
         ReplyAction::NotFound => no_record(job),
         ReplyAction::DropFields(names, reason) => match without_fields(job, &names) {
             Some(lighter) => Box::pin(update_by_id(client, update, &lighter, id)).await,
-            None => RowOutcome::Permanent(reason),
+            None => RowOutcome::permanent(reason),
         },
         other => failure(other, &update.label),
     }
@@ -168,7 +168,7 @@ async fn create_only(client: &CrmClient, create: &OpPlan, job: &RowJob) -> RowOu
         }
         ReplyAction::DropFields(names, reason) => match without_fields(job, &names) {
             Some(lighter) => Box::pin(create_only(client, create, &lighter)).await,
-            None => RowOutcome::Permanent(reason),
+            None => RowOutcome::permanent(reason),
         },
         other => failure(other, &create.label),
     }

@@ -1,7 +1,7 @@
-//! What the flows share: the record to upsert ([`RowJob`]), how it ended
-//! ([`RowOutcome`]), and the outcome of a reply that is not a success. Its own
-//! file so that the flows (`flow.rs`, `batch.rs`, `modes.rs`) depend on it and
-//! not on each other.
+//! What the flows share: the record to upsert ([`RowJob`]), why a request or
+//! a record did not go through ([`Failure`]) and how a record ended
+//! ([`RowOutcome`]). Its own file so that the flows (`flow.rs`, `batch.rs`,
+//! `modes.rs`) depend on it and not on each other.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -19,20 +19,41 @@ pub struct RowJob {
     pub ctx: Value,
 }
 
+/// Why a request, and so its records, did not go through. One meaning from
+/// the reply to the row's next state: the engine turns it into an error, a
+/// retry on the mapping's schedule, or a hand-back (see `engine::decide`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Will fail the same way again (the CRM's message, or ours).
+    Permanent(String),
+    /// Kept failing transiently after the in-cycle retries; the row's durable
+    /// retry schedule takes over.
+    Transient(String),
+    /// Not sent, or rate-limited for longer than the run may wait: handed
+    /// back until `until` without spending a retry.
+    Deferred {
+        until: DateTime<Utc>,
+        /// Why, for the row's log line.
+        reason: String,
+    },
+}
+
+impl Failure {
+    /// The text for the row's error column and log line.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Permanent(reason)
+            | Failure::Transient(reason)
+            | Failure::Deferred { reason, .. } => reason,
+        }
+    }
+}
+
 /// How one record ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowOutcome {
     /// Created or updated; the CRM's id when known.
     Synced { crm_id: Option<String> },
-    /// Will not work as sent.
-    Permanent(String),
-    /// Failed transiently after in-cycle retries.
-    Transient(String),
-    /// Rate-limited: try again after `until`, without spending a retry.
-    Deferred {
-        until: DateTime<Utc>,
-        reason: String,
-    },
     /// Not written: the mapping's sync mode forbids it (see `modes.rs`).
     Skipped {
         /// Why, for the row's error column.
@@ -42,18 +63,31 @@ pub enum RowOutcome {
     },
     /// Not sent: the CRM already confirmed these values (same fingerprint).
     Unchanged,
+    /// Did not go through.
+    Failed(Failure),
 }
 
-/// The outcome of a reply that is not a success.
+impl RowOutcome {
+    /// A record that will fail the same way again.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        RowOutcome::Failed(Failure::Permanent(reason.into()))
+    }
+
+    /// A record to try again on the mapping's retry schedule.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        RowOutcome::Failed(Failure::Transient(reason.into()))
+    }
+}
+
+/// The outcome of a reply that is not a success, for a flow that has no use
+/// for `label`'s other answers.
 pub fn failure(action: ReplyAction, label: &str) -> RowOutcome {
     match action {
-        ReplyAction::Permanent(reason) => RowOutcome::Permanent(reason),
-        ReplyAction::Transient(reason) => RowOutcome::Transient(reason),
-        ReplyAction::Deferred { until, reason } => RowOutcome::Deferred { until, reason },
-        ReplyAction::NotFound => RowOutcome::Permanent(format!("{label}: not found")),
-        ReplyAction::DropFields(_, reason) => RowOutcome::Permanent(reason),
+        ReplyAction::Failed(failure) => RowOutcome::Failed(failure),
+        ReplyAction::NotFound => RowOutcome::permanent(format!("{label}: not found")),
+        ReplyAction::DropFields(_, reason) => RowOutcome::permanent(reason),
         ReplyAction::Success | ReplyAction::Lookup | ReplyAction::Update(_) => {
-            RowOutcome::Permanent(format!("{label}: this rule action is not supported here"))
+            RowOutcome::permanent(format!("{label}: this rule action is not supported here"))
         }
     }
 }

@@ -46,7 +46,6 @@
 //! before deleting anything, unless `--allow-empty-source` says the source is
 //! empty on purpose; a source query that fails fails the cycle before any send.
 
-mod process;
 mod source;
 pub mod state;
 
@@ -65,7 +64,6 @@ use crate::fingerprint::{mapping_fingerprint, row_fingerprint};
 use crate::plan::{MappingPlan, SnapshotSource};
 use crate::store::{RowColumns, Store};
 
-pub(crate) use process::process_batch;
 use state::{
     COMPLETE, DELETE, DELETED, ERROR, PROCESSING, PendingUpsert, QUEUED, StateRow, UPSERT,
 };

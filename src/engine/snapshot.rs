@@ -5,12 +5,15 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::SnapshotFeed;
-use super::state::{COMPLETE, Claimed, DELETE, DELETED, ERROR, QUEUED, WriteBack, time_text};
-use crate::engine::{Run, decide, handed_back, lease_deadline, send_bounded, sync_rows};
+use super::decide::{after_failure, decide};
+use super::{Run, handed_back, lease_deadline, send_bounded, sync_rows};
 use crate::plan::MappingPlan;
 use crate::send::RowOutcome;
 use crate::send::delete::DeleteTarget;
+use crate::snapshot::SnapshotFeed;
+use crate::snapshot::state::{
+    COMPLETE, Claimed, DELETE, DELETED, ERROR, QUEUED, WriteBack, time_text,
+};
 use crate::store::{ClaimedRow, RowUpdate};
 
 /// Claims, sends and records one batch; returns how many rows it claimed.
@@ -63,8 +66,10 @@ async fn send_upserts(
     let earliest = rows.iter().map(|row| row.lease).min().unwrap_or(now);
     let count = rows.len();
     let synced = send_bounded(run, now, earliest, sync_rows(run, mapping, None, &mut rows)).await;
-    let (outcomes, fingerprints) =
-        synced.unwrap_or_else(|| (handed_back(run, count), vec![None; count]));
+    let (outcomes, fingerprints) = synced.unwrap_or_else(|| {
+        let outcome = RowOutcome::Failed(handed_back(run));
+        (vec![outcome; count], vec![None; count])
+    });
     let results = decide(run, mapping, &rows, outcomes, fingerprints, &known_ids);
     claimed
         .into_iter()
@@ -184,7 +189,7 @@ async fn send_deletes(
     let sends = crate::send::delete::send(&run.client, mapping, &targets);
     let outcomes = send_bounded(run, now, earliest, sends)
         .await
-        .unwrap_or_else(|| handed_back(run, targets.len()));
+        .unwrap_or_else(|| vec![Err(handed_back(run)); targets.len()]);
     let mut deleted = 0;
     let writes = claimed
         .into_iter()
@@ -193,7 +198,7 @@ async fn send_deletes(
             let base = write_back(&claim, backend);
             let key = claim.crm_key.as_deref().unwrap_or("");
             match outcome {
-                RowOutcome::Synced { .. } => {
+                Ok(()) => {
                     tracing::debug!(mapping = %mapping.name, row = %claim.source_key, %key, "Deleted the record of a removed row.");
                     deleted += 1;
                     WriteBack {
@@ -204,8 +209,8 @@ async fn send_deletes(
                         ..base
                     }
                 }
-                outcome => {
-                    let update = crate::send::delete::failure(mapping, claim.retry_count, outcome, now);
+                Err(failure) => {
+                    let update = after_failure(&mapping.schedule, claim.retry_count, failure, now);
                     tracing::warn!(mapping = %mapping.name, row = %claim.source_key, %key, update = ?update, "The record of a removed row was not deleted.");
                     run.summary.add_unfinished_delete(&mapping.name, &update);
                     unsuccessful(base, update, backend)
