@@ -8,9 +8,9 @@ use std::pin::Pin;
 use futures::future::join_all;
 use serde_json::{Map, Value};
 
-use super::client::{CrmClient, ReplyAction};
+use super::client::CrmClient;
 use super::response::{Response, id_text};
-use super::row::{Failure, RowJob, RowOutcome, failure};
+use super::row::{Failure, ReplyAction, RowJob, RowOutcome, failure};
 use crate::plan::BatchPlan;
 use crate::template::OnEmpty;
 

@@ -17,9 +17,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures::future::join_all;
 use serde_json::{Map, Value};
 
-use super::client::{CrmClient, ReplyAction};
+use super::client::CrmClient;
 use super::response::id_text;
-use super::row::{Failure, RowJob, RowOutcome, failure};
+use super::row::{Failure, ReplyAction, RowJob, RowOutcome, failure};
 use super::wait::{self, Stop};
 use crate::plan::BulkPlan;
 use crate::template::OnEmpty;

@@ -17,7 +17,7 @@ use super::concurrency::{AdaptiveGate, Signal};
 use super::margin::ArrivalMargin;
 use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
-use super::row::Failure;
+use super::row::{Failure, ReplyAction};
 use super::wait::{self, Stop};
 use crate::clock::Clock;
 use crate::plan::{ConnectorPlan, Env, OpPlan};
@@ -32,33 +32,6 @@ use crate::template::{OnEmpty, Templates};
 
 /// The most the rate limiter adds to every window (see `CrmClient::new`).
 const MAX_MARGIN: Duration = Duration::from_millis(100);
-
-/// What one request (after in-cycle retries) means for the flow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyAction {
-    /// Done; the id may be in the body.
-    Success,
-    /// Done, but the id must be looked up.
-    Lookup,
-    /// The record exists with this id: update it.
-    Update(String),
-    /// A lookup found nothing.
-    NotFound,
-    /// Rejected because of these fields: send once more without them.
-    DropFields(Vec<String>, String),
-    /// Did not go through.
-    Failed(Failure),
-}
-
-impl ReplyAction {
-    fn permanent(reason: impl Into<String>) -> Self {
-        ReplyAction::Failed(Failure::Permanent(reason.into()))
-    }
-
-    fn transient(reason: impl Into<String>) -> Self {
-        ReplyAction::Failed(Failure::Transient(reason.into()))
-    }
-}
 
 /// The action and the response it came from (none for transport errors).
 #[derive(Debug, Clone)]

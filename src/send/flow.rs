@@ -5,9 +5,9 @@
 use futures::future::join_all;
 use serde_json::Value;
 
-use super::client::{CrmClient, ReplyAction};
+use super::client::CrmClient;
 use super::response::Response;
-use super::row::{RowJob, RowOutcome, failure};
+use super::row::{ReplyAction, RowJob, RowOutcome, failure};
 use super::{batch, bulk};
 use crate::plan::{Flow, OpPlan};
 

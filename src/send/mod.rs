@@ -21,7 +21,7 @@ pub mod retry;
 mod row;
 pub mod wait;
 
-pub use client::{CrmClient, PreviewRequest, Reply, ReplyAction};
+pub use client::{CrmClient, PreviewRequest, Reply};
 pub use flow::execute;
 pub use modes::execute_in_mode;
-pub use row::{Failure, RowJob, RowOutcome};
+pub use row::{Failure, ReplyAction, RowJob, RowOutcome};

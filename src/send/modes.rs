@@ -18,9 +18,9 @@
 use futures::future::join_all;
 use serde_json::Value;
 
-use super::client::{CrmClient, ReplyAction};
+use super::client::CrmClient;
 use super::flow::{execute, without_fields};
-use super::row::{RowJob, RowOutcome, failure};
+use super::row::{ReplyAction, RowJob, RowOutcome, failure};
 use crate::plan::OpPlan;
 use crate::plan::SyncMode;
 

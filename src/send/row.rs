@@ -1,12 +1,11 @@
-//! What the flows share: the record to upsert ([`RowJob`]), why a request or
-//! a record did not go through ([`Failure`]) and how a record ended
+//! What the client and the flows share: the record to upsert ([`RowJob`]),
+//! what one request's reply means ([`ReplyAction`]), why a request or a
+//! record did not go through ([`Failure`]) and how a record ended
 //! ([`RowOutcome`]). Its own file so that the flows (`flow.rs`, `batch.rs`,
-//! `modes.rs`) depend on it and not on each other.
+//! `modes.rs`) and the client depend on it and not on each other.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-
-use super::client::ReplyAction;
 
 /// One record to upsert: its match key, its row id (sent as `trace_id`), and the
 /// template context `{key, fields, params, row, trace_id}`.
@@ -17,6 +16,33 @@ pub struct RowJob {
     /// The row's id.
     pub trace_id: String,
     pub ctx: Value,
+}
+
+/// What one request (after in-cycle retries) means for the flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyAction {
+    /// Done; the id may be in the body.
+    Success,
+    /// Done, but the id must be looked up.
+    Lookup,
+    /// The record exists with this id: update it.
+    Update(String),
+    /// A lookup found nothing.
+    NotFound,
+    /// Rejected because of these fields: send once more without them.
+    DropFields(Vec<String>, String),
+    /// Did not go through.
+    Failed(Failure),
+}
+
+impl ReplyAction {
+    pub(crate) fn permanent(reason: impl Into<String>) -> Self {
+        ReplyAction::Failed(Failure::Permanent(reason.into()))
+    }
+
+    pub(crate) fn transient(reason: impl Into<String>) -> Self {
+        ReplyAction::Failed(Failure::Transient(reason.into()))
+    }
 }
 
 /// Why a request, and so its records, did not go through. One meaning from
