@@ -17,13 +17,19 @@
 //!   outcome, in one folder: `auth`, pacing (`ratelimit`, `margin`, the cross-process `budget`), adaptive
 //!   `concurrency`, bounded `wait`s, one request with in-cycle retries
 //!   (`client`), response classification (`outcome`), the flows (`flow`,
-//!   `batch`, `modes`, sharing the row types of `row`), `delete`s, and row
-//!   retry timing (`retry`).
+//!   `batch`, `bulk`, `modes`), `delete`s, and row retry timing (`retry`).
+//!   One meaning per type along the way: a response's [`send::outcome::Outcome`]
+//!   (success, retry, rate-limited, permanent), a request's
+//!   [`send::ReplyAction`] after in-cycle retries, a record's
+//!   [`send::RowOutcome`], with one [`send::Failure`] for what did not go
+//!   through; `engine::decide` turns that into the row's
+//!   [`store::RowUpdate`].
 //! - **orchestration** (`engine`, `service`): one straight loop per mapping
 //!   (`engine`; rendering a claim into jobs in `engine::render`, a row's next
 //!   state in `engine::decide`, progress lines in `engine::progress`, the
-//!   delete queue in `engine::deletes`); every mapping in one process with one
-//!   limiter per connector.
+//!   delete queue in `engine::deletes`, a snapshot mapping's batch in
+//!   `engine::snapshot`); every mapping in one process with one limiter per
+//!   connector.
 //! - **around it**: `cli` (one function per subcommand), `check`, `live`,
 //!   `preview` (`engine plan`), `history`, `attempts`, `metrics`, `progress`, `init`,
 //!   `demo`, `sandbox` (the local CRM imitation), `clock`.
