@@ -47,6 +47,7 @@ pub mod demo;
 pub mod diagnostic;
 pub mod engine;
 pub mod fingerprint;
+mod hex;
 pub mod history;
 pub mod init;
 pub mod live;

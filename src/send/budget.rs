@@ -113,7 +113,7 @@ pub fn budget_key(plan: &ConnectorPlan, base_url: &str, env: &dyn Env) -> String
         hash.update([0]);
         hash.update(env.var(&name).unwrap_or_default().as_bytes());
     }
-    let hex = crate::fingerprint::hex(&hash.finalize());
+    let hex = crate::hex::encode(&hash.finalize());
     format!("{}:{hex}", plan.name)
 }
 
