@@ -9,12 +9,11 @@ use serde_json::{Map, Value};
 use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
-use super::{Env, is_env_name};
+use super::{Env, Redirects, RuleAction, SyncMode, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Redirects,
-    Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Retry, Upsert,
+    UpsertMode,
 };
-use crate::config::mapping::SyncMode;
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};

@@ -19,10 +19,10 @@ pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
     spec_columns as mapping_columns, table_spec,
 };
-// Value enums whose file spelling already is the runtime value: the runtime
-// takes them from the plan, so no code past the plan step imports `config`.
-pub use crate::config::connector::{Redirects, ResetUnit, RuleAction};
-pub use crate::config::mapping::{OnRemoved, SyncMode};
+// Closed choices whose file spelling already is the runtime value: the
+// runtime takes them from the plan, so no code past the plan step imports
+// `config`.
+pub use crate::choices::{OnRemoved, Redirects, ResetUnit, RuleAction, SyncMode};
 pub use pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 pub use templates::WHOLE_CONTEXT;
 pub use tiers::{LimitsInForce, tier_env, window_env};
