@@ -6,6 +6,7 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::auth::AuthPlan;
 use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
@@ -36,7 +37,7 @@ pub struct ConnectorPlan {
     /// The variable that overrides `base_url`.
     pub base_url_env: String,
     /// Authentication (environment-variable names only).
-    pub auth: Auth,
+    pub auth: AuthPlan,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Largest response body read, in bytes.
@@ -400,7 +401,7 @@ pub fn build(
         name: loaded.name.clone(),
         base_url: raw.base_url.trim_end_matches('/').to_string(),
         base_url_env,
-        auth: raw.auth.clone(),
+        auth: AuthPlan::from_config(&raw.auth)?,
         timeout: Duration::from_secs(raw.timeout_secs),
         max_response_bytes: raw.max_response_bytes,
         redirects: raw.redirects,
@@ -550,14 +551,6 @@ fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
         ctx.diagnostics
             .push(redact_url_credentials(diagnostic, url));
     }
-}
-
-/// The names of the environment variables holding `auth`'s secrets (for hints).
-pub fn secret_env_names(auth: &Auth) -> Vec<String> {
-    env_fields(auth)
-        .into_iter()
-        .map(|(_, name)| name.to_string())
-        .collect()
 }
 
 /// Hides every credential of `url` in the diagnostic's code frame.

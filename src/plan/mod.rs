@@ -2,6 +2,7 @@
 //! every problem. `engine check` stops here; `engine run` executes the same plan,
 //! so what was checked is exactly what runs.
 
+mod auth;
 mod connector;
 mod mapping;
 mod pacing;
@@ -11,9 +12,10 @@ mod tiers;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use auth::{AuthPlan, OAuthPlan, UserName, secret_env_names};
 pub use connector::{
     BULK_JOB_VARIABLES, BatchPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan,
-    PollSchedule, RulePlan, base_url_credentials, base_url_problem, secret_env_names,
+    PollSchedule, RulePlan, base_url_credentials, base_url_problem,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
