@@ -12,8 +12,7 @@ use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, Redirects, RuleAction, SyncMode, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Retry, Upsert,
-    UpsertMode,
+    Auth, BatchOperation, Bulk, DeleteOperation, Operation, RateLimit, Retry, Upsert, UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -314,8 +313,31 @@ pub struct BatchPlan {
     pub item: CompiledTree,
     /// Most items per request.
     pub max_items: usize,
-    /// Where results are.
-    pub results: BatchResults,
+    /// Where results are, and which failed items are retried.
+    pub results: BatchResultsPlan,
+}
+
+/// Where per-item results and errors are in a batch answer, and how they
+/// map back to rows (see [`crate::config::connector::BatchResults`]).
+#[derive(Debug)]
+pub struct BatchResultsPlan {
+    /// The array of results.
+    pub results_pointer: String,
+    /// The record id inside one result.
+    pub id_pointer: String,
+    /// What inside one result names its row (trace id or key); `None`:
+    /// results answer the inputs one for one, in order.
+    pub match_pointer: Option<String>,
+    /// What inside one result tells whether it succeeded; `None`: all did.
+    pub success_pointer: Option<String>,
+    /// What `success_pointer` holds for a success.
+    pub success_value: Value,
+    /// The array of per-item errors.
+    pub errors_pointer: Option<String>,
+    /// What inside one error names its row(s).
+    pub error_match_pointer: Option<String>,
+    /// The message inside one error or failed result.
+    pub error_message_pointer: String,
     /// Per-item failures that are retried later, not final.
     pub transient_items: Option<Regex>,
 }
@@ -1071,8 +1093,17 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
         op: request?,
         item: item?,
         max_items: op.max_items as usize,
-        results: results.clone(),
-        transient_items,
+        results: BatchResultsPlan {
+            results_pointer: results.results_pointer.clone(),
+            id_pointer: results.id_pointer.clone(),
+            match_pointer: results.match_pointer.clone(),
+            success_pointer: results.success_pointer.clone(),
+            success_value: results.success_value.clone(),
+            errors_pointer: results.errors_pointer.clone(),
+            error_match_pointer: results.error_match_pointer.clone(),
+            error_message_pointer: results.error_message_pointer.clone(),
+            transient_items,
+        },
     })
 }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 pub use auth::{AuthPlan, OAuthPlan, UserName, secret_env_names};
 pub use connector::{
-    BULK_JOB_VARIABLES, BatchPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan,
-    PollSchedule, RulePlan, base_url_credentials, base_url_problem,
+    BULK_JOB_VARIABLES, BatchPlan, BatchResultsPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow,
+    KeyedOps, OpPlan, PollSchedule, RulePlan, base_url_credentials, base_url_problem,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
