@@ -7,7 +7,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::auth::AuthPlan;
-use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
+use super::pacing::{ClassifyPolicy, PacingPlan, RetryPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, Redirects, RuleAction, SyncMode, is_env_name};
@@ -50,15 +50,16 @@ pub struct ConnectorPlan {
     /// Share one rate budget across processes on PostgreSQL (see `crate::send::budget`).
     pub share_rate_budget: bool,
     pub headers: Vec<(String, String)>,
-    /// Rate-limit windows in force (the chosen tier's counts, with overrides).
-    pub rate_limits: Vec<WindowPlan>,
+    /// The rate-limit windows in force and the margins around them.
+    pub pacing: PacingPlan,
     /// The limits in force and where they came from, for `engine check`.
     pub limits: LimitsInForce,
     /// Largest request body sent, in bytes.
     pub max_request_bytes: Option<usize>,
-    pub rate_limit_headers: RateHeadersPlan,
     /// In-cycle retry policy.
     pub retry: RetryPlan,
+    /// What an answer's status and rate-limit headers mean.
+    pub classify: ClassifyPolicy,
     /// Where error messages are.
     pub message_pointers: Vec<String>,
     pub params: Map<String, Value>,
@@ -99,9 +100,10 @@ impl ConnectorPlan {
             (Flow::LookupThenWrite { lookup, .. }, _) => (&lookup.class, 1),
         };
         let burst = self
-            .rate_limits
+            .pacing
+            .windows
             .iter()
-            .filter(|w| w.classes.iter().any(|c| c == "*" || c == class))
+            .filter(|w| w.applies_to(class))
             .map(|w| w.requests as usize)
             .min()?;
         (burst <= self.max_in_flight).then(|| burst.max(1).saturating_mul(per_request))
@@ -435,13 +437,13 @@ pub fn build(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: limits.windows.iter().map(WindowPlan::from_config).collect(),
+        pacing: PacingPlan::new(limits.windows.clone()),
         limits,
         max_request_bytes: raw
             .max_request_bytes
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        rate_limit_headers: RateHeadersPlan::from_config(&raw.rate_limit_headers),
         retry: RetryPlan::from_config(&raw.retry),
+        classify: ClassifyPolicy::from_config(&raw.retry, &raw.rate_limit_headers),
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,

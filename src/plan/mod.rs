@@ -25,7 +25,9 @@ pub use mapping::{
 // runtime takes them from the plan, so no code past the plan step imports
 // `config`.
 pub use crate::choices::{OnRemoved, Redirects, ResetUnit, RuleAction, SyncMode};
-pub use pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
+pub use pacing::{
+    Backoff, ClassifyPolicy, HeaderPolicy, Jitter, PacingPlan, RetryPlan, WindowPlan,
+};
 pub use templates::WHOLE_CONTEXT;
 pub use tiers::{LimitsInForce, tier_env, window_env};
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::Env;
+use super::pacing::WindowPlan;
 use crate::config::SourceFile;
 use crate::config::connector::RateLimit;
 use crate::config::toml_json::join_key;
@@ -16,7 +17,7 @@ use crate::diagnostic::{Diagnostic, Severity};
 #[derive(Debug, Clone)]
 pub struct LimitsInForce {
     /// The windows, with the counts of the chosen tier and any override applied.
-    pub windows: Vec<RateLimit>,
+    pub windows: Vec<WindowPlan>,
     /// The chosen tier, if the connector names tiers.
     pub tier: Option<String>,
     /// How the tier was chosen, e.g. `default_tier` or `HUBSPOT_TIER`.
@@ -51,7 +52,7 @@ fn env_stem(name: &str) -> String {
 /// What the checks need to know about one connector file. The windows'
 /// `requests` are the counts of `default_tier`; each of `tiers` gives another
 /// plan's counts.
-pub struct TierInput<'a> {
+pub(super) struct TierInput<'a> {
     /// Connector name (file stem).
     pub connector: &'a str,
     /// The file, for diagnostics.
@@ -66,13 +67,13 @@ pub struct TierInput<'a> {
 
 /// Checks the tiers and resolves the limits in force under `env`; problems go
 /// to `diagnostics` (and the file's own counts are kept where one is found).
-pub fn resolve(
+pub(super) fn resolve(
     input: &TierInput<'_>,
     env: &dyn Env,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> LimitsInForce {
     check_tiers(input, diagnostics);
-    let mut windows = input.windows.to_vec();
+    let mut windows: Vec<WindowPlan> = input.windows.iter().map(WindowPlan::from_config).collect();
     let (tier, tier_from) = chosen_tier(input, env, diagnostics);
     if let Some(counts) = tier.as_deref().and_then(|name| input.tiers.get(name)) {
         for window in &mut windows {
@@ -233,7 +234,7 @@ impl fmt::Display for LimitsInForce {
             .windows
             .iter()
             .map(|w| {
-                let mut text = format!("{} {} per {} s", w.name, w.requests, w.per_secs);
+                let mut text = format!("{} {} per {} s", w.name, w.requests, w.per.as_secs());
                 if let Some((_, variable)) = self.overridden.iter().find(|(n, _)| *n == w.name) {
                     text.push_str(" (");
                     text.push_str(variable);
@@ -248,6 +249,8 @@ impl fmt::Display for LimitsInForce {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -265,11 +268,8 @@ mod tests {
 
     #[test]
     fn the_limits_in_force_read_as_one_line() {
-        let window = |name: &str, requests, per_secs| RateLimit {
-            name: name.into(),
-            requests,
-            per_secs,
-            endpoint_classes: vec!["*".into()],
+        let window = |name: &str, requests, secs| {
+            WindowPlan::new(name, requests, Duration::from_secs(secs), &["*"])
         };
         let limits = LimitsInForce {
             windows: vec![window("burst", 40, 2), window("search", 10, 2)],

@@ -19,18 +19,14 @@ use super::probe::{ConfigProbe, ConnectorPaused};
 use super::response::Response;
 use super::wait::{self, Stop};
 use crate::clock::Clock;
-use crate::plan::{ConnectorPlan, Env, OpPlan};
+use crate::plan::{Backoff, ClassifyPolicy, ConnectorPlan, Env, OpPlan};
 use crate::plan::{Redirects, RuleAction};
 use crate::plan::{base_url_credentials, base_url_problem};
 use crate::redact::url_for_display;
 use crate::send::budget::{Permit, SharedBudget};
-use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
-use crate::send::ratelimit::{RateLimiter, Window};
-use crate::send::retry::{Backoff, Jitter};
+use crate::send::outcome::{self, Outcome};
+use crate::send::ratelimit::RateLimiter;
 use crate::template::{OnEmpty, Templates};
-
-/// The most the rate limiter adds to every window (see `CrmClient::new`).
-const MAX_MARGIN: Duration = Duration::from_millis(100);
 
 /// What one request (after in-cycle retries) means for the flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,62 +139,24 @@ impl CrmClient {
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
-        let windows = plan
-            .rate_limits
-            .iter()
-            .map(|limit| Window {
-                name: limit.name.clone(),
-                requests: limit.requests,
-                per: limit.per,
-                classes: limit.classes.clone(),
-            })
-            .collect::<Vec<_>>();
-        // Requests are counted from when they leave; the CRM counts from when they
-        // arrive. The margin keeps two requests a window apart on our side from
-        // landing in one window on theirs: 100 ms, but at most 2 % of the shortest
-        // window, so a per-second limit is not cut to 10 per 1.1 s (91 %).
-        let shortest = windows.iter().map(|w| w.per).min();
-        let margin = shortest.map_or(MAX_MARGIN, |per| MAX_MARGIN.min(per / 50));
-        let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), margin));
-        // Wider while the CRM's latency varies, up to a quarter of the
-        // shortest window (see `margin`).
-        let arrival_margin =
-            ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
-        let retry = &plan.retry;
-        let backoff = Backoff {
-            base: retry.base_delay,
-            max: retry.max_delay,
-            exponential: retry.exponential,
-            jitter: if retry.jitter {
-                Jitter::Full
-            } else {
-                Jitter::None
-            },
-        };
-        let headers = &plan.rate_limit_headers;
-        let policy = ClassifyPolicy {
-            retryable_statuses: retry.retryable_statuses.clone(),
-            rate_limited_statuses: retry.rate_limited_statuses.clone(),
-            headers: HeaderPolicy {
-                retry_after: Some(headers.retry_after.clone()),
-                remaining: headers.remaining.clone(),
-                reset: headers.reset.clone(),
-                reset_unit: headers.reset_unit,
-                window_ms: headers.window_ms.clone(),
-                max_wait: retry.max_rate_limit_wait,
-            },
-        };
+        let pacing = &plan.pacing;
+        let limiter = Arc::new(RateLimiter::new(
+            pacing.windows.clone(),
+            clock.clone(),
+            pacing.margin,
+        ));
+        let arrival_margin = ArrivalMargin::new(pacing.margin, pacing.widest_margin);
         let client = Self {
             in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
             arrival_margin: Mutex::new(arrival_margin),
+            backoff: plan.retry.backoff,
+            policy: plan.classify.clone(),
             plan,
             templates,
             http,
             base_url,
             auth,
             limiter,
-            backoff,
-            policy,
             clock,
             probe: ConfigProbe::default(),
             budget: None,
@@ -493,9 +451,10 @@ impl CrmClient {
     /// The longest window that applies to `class`, or one second.
     fn default_pause(&self, class: &str) -> Duration {
         self.plan
-            .rate_limits
+            .pacing
+            .windows
             .iter()
-            .filter(|l| l.classes.iter().any(|c| c == "*" || c == class))
+            .filter(|l| l.applies_to(class))
             .map(|l| l.per)
             .filter(|d| *d <= Duration::from_secs(60))
             .max()
