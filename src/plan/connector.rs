@@ -12,7 +12,8 @@ use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
 use super::tiers::LimitsInForce;
 use super::{Env, Redirects, RuleAction, SyncMode, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, Bulk, DeleteOperation, Operation, RateLimit, Retry, Upsert, UpsertMode,
+    Auth, BatchOperation, Bulk, DeleteOperation, Method, Operation, RateLimit, Retry, Rule, Upsert,
+    UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
@@ -497,16 +498,19 @@ fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
     };
     let mut request = build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        op.body.as_ref(),
-        body_variables,
-        &op.endpoint_class,
-        None,
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: op.body.as_ref(),
+            class: &op.endpoint_class,
+            id_pointer: None,
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: body_variables,
+        },
     )?;
     // A record that is already gone is what a delete wants: done, not an error.
     request.rules.push(RulePlan {
@@ -1005,31 +1009,32 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
     }
 }
 
-fn method(m: crate::config::connector::Method) -> reqwest::Method {
-    use crate::config::connector::Method as M;
+fn method(m: Method) -> reqwest::Method {
     match m {
-        M::Get => reqwest::Method::GET,
-        M::Post => reqwest::Method::POST,
-        M::Put => reqwest::Method::PUT,
-        M::Patch => reqwest::Method::PATCH,
-        M::Delete => reqwest::Method::DELETE,
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
     }
 }
 
 fn build_op(ctx: &mut Ctx<'_>, label: &str, op: &Operation) -> Option<OpPlan> {
-    let body = op.body.clone();
     build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        body.as_ref(),
-        OPERATION_VARIABLES,
-        &op.endpoint_class,
-        op.id_pointer.clone(),
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: op.body.as_ref(),
+            class: &op.endpoint_class,
+            id_pointer: op.id_pointer.clone(),
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: OPERATION_VARIABLES,
+        },
     )
 }
 
@@ -1080,16 +1085,19 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     let item = compile(ctx, &format!("{label}.item"), &op.item);
     let request = build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        Some(&op.body),
-        BATCH_BODY_VARIABLES,
-        &op.endpoint_class,
-        None,
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: Some(&op.body),
+            class: &op.endpoint_class,
+            id_pointer: None,
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: BATCH_BODY_VARIABLES,
+        },
     );
     Some(BatchPlan {
         op: request?,
@@ -1157,16 +1165,19 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
     let item = compile(ctx, "bulk.submit.item", &submit.item);
     let submit_op = build_request(
         ctx,
-        &join_key(label, "submit"),
-        submit.method,
-        &submit.path,
-        &submit.query,
-        &submit.headers,
-        Some(&submit.body),
-        BATCH_BODY_VARIABLES,
-        &submit.endpoint_class,
-        None,
-        &submit.rules,
+        RequestSource {
+            label: &join_key(label, "submit"),
+            method: submit.method,
+            path: &submit.path,
+            query: &submit.query,
+            headers: &submit.headers,
+            body: Some(&submit.body),
+            class: &submit.endpoint_class,
+            id_pointer: None,
+            rules: &submit.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: BATCH_BODY_VARIABLES,
+        },
     );
     // The poll.
     let poll = &bulk.poll;
@@ -1195,19 +1206,21 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
             "1 keeps the interval fixed, 2 doubles it after each read",
         );
     }
-    let poll_op = build_request_seeing(
+    let poll_op = build_request(
         ctx,
-        &join_key(label, "poll"),
-        BULK_JOB_VARIABLES,
-        poll.method,
-        &poll.path,
-        &poll.query,
-        &poll.headers,
-        None,
-        BULK_JOB_VARIABLES,
-        &poll.endpoint_class,
-        None,
-        &[],
+        RequestSource {
+            label: &join_key(label, "poll"),
+            method: poll.method,
+            path: &poll.path,
+            query: &poll.query,
+            headers: &poll.headers,
+            body: None,
+            class: &poll.endpoint_class,
+            id_pointer: None,
+            rules: &[],
+            sees: BULK_JOB_VARIABLES,
+            body_sees: BULK_JOB_VARIABLES,
+        },
     );
     // The confirm.
     let confirm = &bulk.confirm;
@@ -1218,19 +1231,21 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
     ] {
         check_pointer(ctx, &join_key("bulk.confirm", key), pointer);
     }
-    let confirm_op = build_request_seeing(
+    let confirm_op = build_request(
         ctx,
-        &join_key(label, "confirm"),
-        BULK_JOB_VARIABLES,
-        confirm.method,
-        &confirm.path,
-        &confirm.query,
-        &confirm.headers,
-        None,
-        BULK_JOB_VARIABLES,
-        &confirm.endpoint_class,
-        None,
-        &[],
+        RequestSource {
+            label: &join_key(label, "confirm"),
+            method: confirm.method,
+            path: &confirm.path,
+            query: &confirm.query,
+            headers: &confirm.headers,
+            body: None,
+            class: &confirm.endpoint_class,
+            id_pointer: None,
+            rules: &[],
+            sees: BULK_JOB_VARIABLES,
+            body_sees: BULK_JOB_VARIABLES,
+        },
     );
     Some(BulkPlan {
         min_rows: bulk.min_rows as usize,
@@ -1270,53 +1285,42 @@ fn contains_exact(tree: &Value, text: &str) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_request(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    m: crate::config::connector::Method,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    headers: &BTreeMap<String, String>,
-    body: Option<&Value>,
-    body_variables: &[&str],
-    class: &str,
+/// One request as the file writes it, and what its templates may read.
+struct RequestSource<'a> {
+    /// Where it is in the file, e.g. `upsert.single`, `bulk.poll`.
+    label: &'a str,
+    method: Method,
+    path: &'a str,
+    query: &'a BTreeMap<String, String>,
+    headers: &'a BTreeMap<String, String>,
+    body: Option<&'a Value>,
+    /// Rate-limit class.
+    class: &'a str,
+    /// Where the id is in a success body.
     id_pointer: Option<String>,
-    rules: &[crate::config::connector::Rule],
-) -> Option<OpPlan> {
-    build_request_seeing(
-        ctx,
+    rules: &'a [Rule],
+    /// What the path, query and headers may read: a row's variables, or a
+    /// bulk job's for its poll and confirm.
+    sees: &'a [&'a str],
+    /// What the body may read (a batch body reads `items`).
+    body_sees: &'a [&'a str],
+}
+
+/// Checks and compiles one request.
+fn build_request(ctx: &mut Ctx<'_>, request: RequestSource<'_>) -> Option<OpPlan> {
+    let RequestSource {
         label,
-        OPERATION_VARIABLES,
-        m,
+        method: m,
         path,
         query,
         headers,
         body,
-        body_variables,
         class,
         id_pointer,
         rules,
-    )
-}
-
-/// [`build_request`] for a request whose path, query and headers see
-/// `variables` (a bulk job's poll and confirm see the job, not a row).
-#[allow(clippy::too_many_arguments)]
-fn build_request_seeing(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    variables: &[&str],
-    m: crate::config::connector::Method,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    headers: &BTreeMap<String, String>,
-    body: Option<&Value>,
-    body_variables: &[&str],
-    class: &str,
-    id_pointer: Option<String>,
-    rules: &[crate::config::connector::Rule],
-) -> Option<OpPlan> {
+        sees: variables,
+        body_sees: body_variables,
+    } = request;
     let path_key = join_key(label, "path");
     let uses = check_tree(
         ctx.source,
@@ -1431,11 +1435,7 @@ fn compile_regex(ctx: &mut Ctx<'_>, path: &str, pattern: &str) -> Option<Regex> 
     }
 }
 
-fn build_rules(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    rules: &[crate::config::connector::Rule],
-) -> Vec<RulePlan> {
+fn build_rules(ctx: &mut Ctx<'_>, label: &str, rules: &[Rule]) -> Vec<RulePlan> {
     let mut out = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
         let rule_path = join_index(&join_key(label, "rules"), index);
