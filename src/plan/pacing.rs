@@ -219,3 +219,31 @@ impl Default for HeaderPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pacing(window_secs: &[u64]) -> PacingPlan {
+        PacingPlan::new(
+            window_secs
+                .iter()
+                .map(|secs| WindowPlan::new("w", 10, Duration::from_secs(*secs), &["*"]))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_margin_is_100_ms_or_2_percent_of_the_shortest_window_and_grows_to_a_quarter_of_it() {
+        let ms = Duration::from_millis;
+        let ten_seconds_and_a_day = pacing(&[86_400, 10]);
+        assert_eq!(ten_seconds_and_a_day.margin, ms(100));
+        assert_eq!(ten_seconds_and_a_day.widest_margin, ms(2_500));
+        let per_second = pacing(&[1]);
+        assert_eq!(per_second.margin, ms(20));
+        assert_eq!(per_second.widest_margin, ms(250));
+        let unlimited = pacing(&[]);
+        assert_eq!(unlimited.margin, ms(100));
+        assert_eq!(unlimited.widest_margin, ms(100));
+    }
+}
