@@ -438,7 +438,7 @@ async fn check(
         summary(&checked.diagnostics)
     );
     for connector in checked.plan.connectors.values() {
-        println!("limits {}: {}", connector.name, connector.limits);
+        println!("limits {}: {}", connector.name, connector.pacing.limits);
     }
     if live {
         let checks =

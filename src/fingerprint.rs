@@ -120,18 +120,7 @@ fn canonical_json(value: &Value) -> String {
 
 fn finish(hasher: Sha256) -> String {
     let digest = hasher.finalize();
-    hex(&digest.as_slice()[..FINGERPRINT_BYTES])
-}
-
-/// Lowercase hex of a digest (md-5/sha2 0.11 digests have no `LowerHex`).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
+    crate::hex::encode(&digest.as_slice()[..FINGERPRINT_BYTES])
 }
 
 #[cfg(test)]

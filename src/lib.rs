@@ -5,7 +5,8 @@
 //! config → plan → claim → render → send → record, one home each:
 //! - **config** (`config`): raw TOML → typed structs, the JSON Schema gate,
 //!   spans for file:line:column; `diagnostic` prints located errors, `redact`
-//!   keeps secrets out of everything printed.
+//!   keeps secrets out of everything printed; `choices` holds the closed
+//!   choices a file spells and the runtime acts on as they are.
 //! - **plan** (`plan`, `fingerprint`, `change`): the validated, pure plan that `check`
 //!   builds and `run` executes; fingerprints of a mapping and of a row, and
 //!   whether a claimed row changed since the CRM confirmed it.
@@ -46,6 +47,7 @@ pub fn install_crypto_provider() {
 pub mod attempts;
 pub mod change;
 pub mod check;
+pub mod choices;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -53,6 +55,7 @@ pub mod demo;
 pub mod diagnostic;
 pub mod engine;
 pub mod fingerprint;
+mod hex;
 pub mod history;
 pub mod init;
 pub mod live;

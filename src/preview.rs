@@ -10,9 +10,8 @@ use anyhow::Context;
 use serde_json::{Map, Value};
 
 use crate::clock::Clock;
-use crate::config::connector::Auth;
 use crate::engine::render_job;
-use crate::plan::{Env, Flow, MappingPlan, Plan, secret_env_names};
+use crate::plan::{AuthPlan, Env, Flow, MappingPlan, Plan, secret_env_names};
 use crate::send::{CrmClient, PreviewRequest, RowJob};
 use crate::store::{ClaimedRow, Store};
 use crate::template::{OnEmpty, Templates};
@@ -231,33 +230,26 @@ struct AuthLines {
     query: Option<String>,
 }
 
-fn auth_lines(auth: &Auth) -> AuthLines {
+fn auth_lines(auth: &AuthPlan) -> AuthLines {
     let header = |name: &str, value: String| AuthLines {
         header: Some((name.to_string(), value)),
         query: None,
     };
     match auth {
-        Auth::None => AuthLines {
+        AuthPlan::None => AuthLines {
             header: None,
             query: None,
         },
-        Auth::Bearer { scheme, .. } => header("authorization", format!("{scheme} {REDACTED}")),
-        Auth::ApiKeyHeader {
-            header: name,
-            prefix,
-            ..
-        } => header(
-            &name.to_lowercase(),
-            format!("{}{REDACTED}", prefix.as_deref().unwrap_or_default()),
-        ),
-        Auth::ApiKeyQuery { param, .. } => AuthLines {
+        AuthPlan::Bearer { scheme, .. } => header("authorization", format!("{scheme} {REDACTED}")),
+        AuthPlan::Header { name, prefix, .. } => {
+            header(&name.to_lowercase(), format!("{prefix}{REDACTED}"))
+        }
+        AuthPlan::Query { param, .. } => AuthLines {
             header: None,
             query: Some(param.clone()),
         },
-        Auth::Basic { .. } => header("authorization", format!("Basic {REDACTED}")),
-        Auth::Oauth2Refresh { scheme, .. } => {
-            header("authorization", format!("{scheme} {REDACTED}"))
-        }
+        AuthPlan::Basic { .. } => header("authorization", format!("Basic {REDACTED}")),
+        AuthPlan::OAuth(oauth) => header("authorization", format!("{} {REDACTED}", oauth.scheme)),
     }
 }
 

@@ -9,18 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// How the reset header's number is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ResetUnit {
-    /// Seconds from now (Brevo's documented reading, Pipedrive).
-    #[default]
-    Seconds,
-    /// Milliseconds from now.
-    Milliseconds,
-    /// A Unix timestamp in seconds (Intercom's `X-RateLimit-Reset`).
-    EpochSeconds,
-}
+use crate::choices::{Redirects, ResetUnit, RuleAction};
 
 /// One CRM's API: where it is, how to authenticate, how fast it may be called,
 /// and how to upsert one record or a batch of them.
@@ -127,17 +116,6 @@ fn default_max_in_flight() -> u32 {
 }
 fn default_max_response_bytes() -> u64 {
     8 * 1024 * 1024
-}
-
-/// Which HTTP redirects a connector follows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Redirects {
-    /// Follow none: a 3xx answer fails the request, naming where it pointed.
-    #[default]
-    None,
-    /// Follow redirects to the same scheme, host and port only (at most 5).
-    SameOrigin,
 }
 
 /// How requests are authenticated. Every secret is the NAME of an environment variable.
@@ -627,29 +605,6 @@ pub struct Rule {
     /// (Brevo rejects an `SMS` that another contact already has).
     #[serde(default)]
     pub drop_fields: Vec<String>,
-}
-
-/// What a rule's response means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RuleAction {
-    /// Success (id from `id_pointer` when present).
-    Success,
-    /// Success without an id in the body: find it with the `lookup` operation (Brevo's 204).
-    Lookup,
-    /// The record exists: run `update` on it (HubSpot's 409), with the id at the
-    /// rule's `id_pointer` or in `message_regex`'s capture group.
-    Update,
-    /// Nothing found (for `lookup`): go on to `create`.
-    NotFound,
-    /// A transient failure: retry.
-    Retry,
-    /// Too fast: wait, spend no retry.
-    RateLimited,
-    /// A permanent failure: the row ends in Error with the message.
-    Permanent,
-    /// Send once more without the fields in `drop_fields`.
-    DropFields,
 }
 
 /// An asynchronous bulk flow (e.g. Brevo's contact import): one `submit`

@@ -3,6 +3,8 @@
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::choices::{OnRemoved, SyncMode};
+
 /// One sync: which rows, which connector, when, and how each row becomes a CRM record.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -89,18 +91,6 @@ pub enum SourceMode {
     /// Each cycle compares the whole source with the engine's own state table
     /// and sends new and changed rows (and removed ones, with `on_removed`).
     Snapshot,
-}
-
-/// What happens to the CRM record of a row that left the source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnRemoved {
-    /// Leave the CRM record as it is.
-    #[default]
-    Ignore,
-    /// Delete (or archive) the CRM record through the connector's `[delete]`
-    /// operation, if this mapping created or updated it.
-    Archive,
 }
 
 fn default_key() -> String {
@@ -226,21 +216,6 @@ pub enum OnEmptyChoice {
     EmptyString,
     /// Send JSON `null`.
     Null,
-}
-
-/// What a sync may do to the CRM's records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Create the record when the key is new, else update it.
-    #[default]
-    Upsert,
-    /// Update records that exist; a key the CRM does not know is skipped
-    /// (sync status `Skipped`, with the reason), never created.
-    UpdateOnly,
-    /// Create records for new keys; a record that exists is left untouched
-    /// (sync status `Skipped`, its id recorded).
-    CreateOnly,
 }
 
 impl SyncMode {

@@ -6,15 +6,14 @@ use std::time::Duration;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
+use super::auth::AuthPlan;
+use super::pacing::{ClassifyPolicy, PacingPlan, RetryPlan};
 use super::templates::{VariableUse, WHOLE_CONTEXT, check_tree};
-use super::tiers::LimitsInForce;
-use super::{Env, is_env_name};
+use super::{Env, Redirects, RuleAction, SyncMode, is_env_name};
 use crate::config::connector::{
-    Auth, BatchOperation, BatchResults, Bulk, DeleteOperation, Operation, RateLimit, Redirects,
-    Retry, RuleAction, Upsert, UpsertMode,
+    Auth, BatchOperation, Bulk, DeleteOperation, Method, Operation, RateLimit, Retry, Rule, Upsert,
+    UpsertMode,
 };
-use crate::config::mapping::SyncMode;
 use crate::config::toml_json::{join_index, join_key};
 use crate::config::{ConnectorFile, Loaded, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
@@ -37,7 +36,7 @@ pub struct ConnectorPlan {
     /// The variable that overrides `base_url`.
     pub base_url_env: String,
     /// Authentication (environment-variable names only).
-    pub auth: Auth,
+    pub auth: AuthPlan,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Largest response body read, in bytes.
@@ -51,15 +50,14 @@ pub struct ConnectorPlan {
     /// Share one rate budget across processes on PostgreSQL (see `crate::send::budget`).
     pub share_rate_budget: bool,
     pub headers: Vec<(String, String)>,
-    /// Rate-limit windows in force (the chosen tier's counts, with overrides).
-    pub rate_limits: Vec<WindowPlan>,
-    /// The limits in force and where they came from, for `engine check`.
-    pub limits: LimitsInForce,
+    /// The rate-limit windows in force and the margins around them.
+    pub pacing: PacingPlan,
     /// Largest request body sent, in bytes.
     pub max_request_bytes: Option<usize>,
-    pub rate_limit_headers: RateHeadersPlan,
     /// In-cycle retry policy.
     pub retry: RetryPlan,
+    /// What an answer's status and rate-limit headers mean.
+    pub classify: ClassifyPolicy,
     /// Where error messages are.
     pub message_pointers: Vec<String>,
     pub params: Map<String, Value>,
@@ -100,9 +98,10 @@ impl ConnectorPlan {
             (Flow::LookupThenWrite { lookup, .. }, _) => (&lookup.class, 1),
         };
         let burst = self
-            .rate_limits
+            .pacing
+            .windows()
             .iter()
-            .filter(|w| w.classes.iter().any(|c| c == "*" || c == class))
+            .filter(|w| w.applies_to(class))
             .map(|w| w.requests as usize)
             .min()?;
         (burst <= self.max_in_flight).then(|| burst.max(1).saturating_mul(per_request))
@@ -314,8 +313,31 @@ pub struct BatchPlan {
     pub item: CompiledTree,
     /// Most items per request.
     pub max_items: usize,
-    /// Where results are.
-    pub results: BatchResults,
+    /// Where results are, and which failed items are retried.
+    pub results: BatchResultsPlan,
+}
+
+/// Where per-item results and errors are in a batch answer, and how they
+/// map back to rows (see [`crate::config::connector::BatchResults`]).
+#[derive(Debug)]
+pub struct BatchResultsPlan {
+    /// The array of results.
+    pub results_pointer: String,
+    /// The record id inside one result.
+    pub id_pointer: String,
+    /// What inside one result names its row (trace id or key); `None`:
+    /// results answer the inputs one for one, in order.
+    pub match_pointer: Option<String>,
+    /// What inside one result tells whether it succeeded; `None`: all did.
+    pub success_pointer: Option<String>,
+    /// What `success_pointer` holds for a success.
+    pub success_value: Value,
+    /// The array of per-item errors.
+    pub errors_pointer: Option<String>,
+    /// What inside one error names its row(s).
+    pub error_match_pointer: Option<String>,
+    /// The message inside one error or failed result.
+    pub error_message_pointer: String,
     /// Per-item failures that are retried later, not final.
     pub transient_items: Option<Regex>,
 }
@@ -401,7 +423,7 @@ pub fn build(
         name: loaded.name.clone(),
         base_url: raw.base_url.trim_end_matches('/').to_string(),
         base_url_env,
-        auth: raw.auth.clone(),
+        auth: AuthPlan::from_config(&raw.auth)?,
         timeout: Duration::from_secs(raw.timeout_secs),
         max_response_bytes: raw.max_response_bytes,
         redirects: raw.redirects,
@@ -413,13 +435,12 @@ pub fn build(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        rate_limits: limits.windows.iter().map(WindowPlan::from_config).collect(),
-        limits,
+        pacing: PacingPlan::new(limits),
         max_request_bytes: raw
             .max_request_bytes
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        rate_limit_headers: RateHeadersPlan::from_config(&raw.rate_limit_headers),
         retry: RetryPlan::from_config(&raw.retry),
+        classify: ClassifyPolicy::from_config(&raw.retry, &raw.rate_limit_headers),
         message_pointers: raw.errors.message_pointers.clone(),
         params: raw.params.clone(),
         flow,
@@ -473,16 +494,19 @@ fn build_delete(ctx: &mut Ctx<'_>, op: &DeleteOperation) -> Option<DeletePlan> {
     };
     let mut request = build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        op.body.as_ref(),
-        body_variables,
-        &op.endpoint_class,
-        None,
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: op.body.as_ref(),
+            class: &op.endpoint_class,
+            id_pointer: None,
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: body_variables,
+        },
     )?;
     // A record that is already gone is what a delete wants: done, not an error.
     request.rules.push(RulePlan {
@@ -551,14 +575,6 @@ fn check_base_url(ctx: &mut Ctx<'_>, url: &str, env_name: &str) {
         ctx.diagnostics
             .push(redact_url_credentials(diagnostic, url));
     }
-}
-
-/// The names of the environment variables holding `auth`'s secrets (for hints).
-pub fn secret_env_names(auth: &Auth) -> Vec<String> {
-    env_fields(auth)
-        .into_iter()
-        .map(|(_, name)| name.to_string())
-        .collect()
 }
 
 /// Hides every credential of `url` in the diagnostic's code frame.
@@ -989,31 +1005,32 @@ fn check_rule_targets(ctx: &mut Ctx<'_>, op: &OpPlan, has_lookup: bool, has_upda
     }
 }
 
-fn method(m: crate::config::connector::Method) -> reqwest::Method {
-    use crate::config::connector::Method as M;
+fn method(m: Method) -> reqwest::Method {
     match m {
-        M::Get => reqwest::Method::GET,
-        M::Post => reqwest::Method::POST,
-        M::Put => reqwest::Method::PUT,
-        M::Patch => reqwest::Method::PATCH,
-        M::Delete => reqwest::Method::DELETE,
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
     }
 }
 
 fn build_op(ctx: &mut Ctx<'_>, label: &str, op: &Operation) -> Option<OpPlan> {
-    let body = op.body.clone();
     build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        body.as_ref(),
-        OPERATION_VARIABLES,
-        &op.endpoint_class,
-        op.id_pointer.clone(),
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: op.body.as_ref(),
+            class: &op.endpoint_class,
+            id_pointer: op.id_pointer.clone(),
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: OPERATION_VARIABLES,
+        },
     )
 }
 
@@ -1064,23 +1081,35 @@ fn build_batch(ctx: &mut Ctx<'_>, op: &BatchOperation) -> Option<BatchPlan> {
     let item = compile(ctx, &format!("{label}.item"), &op.item);
     let request = build_request(
         ctx,
-        label,
-        op.method,
-        &op.path,
-        &op.query,
-        &op.headers,
-        Some(&op.body),
-        BATCH_BODY_VARIABLES,
-        &op.endpoint_class,
-        None,
-        &op.rules,
+        RequestSource {
+            label,
+            method: op.method,
+            path: &op.path,
+            query: &op.query,
+            headers: &op.headers,
+            body: Some(&op.body),
+            class: &op.endpoint_class,
+            id_pointer: None,
+            rules: &op.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: BATCH_BODY_VARIABLES,
+        },
     );
     Some(BatchPlan {
         op: request?,
         item: item?,
         max_items: op.max_items as usize,
-        results: results.clone(),
-        transient_items,
+        results: BatchResultsPlan {
+            results_pointer: results.results_pointer.clone(),
+            id_pointer: results.id_pointer.clone(),
+            match_pointer: results.match_pointer.clone(),
+            success_pointer: results.success_pointer.clone(),
+            success_value: results.success_value.clone(),
+            errors_pointer: results.errors_pointer.clone(),
+            error_match_pointer: results.error_match_pointer.clone(),
+            error_message_pointer: results.error_message_pointer.clone(),
+            transient_items,
+        },
     })
 }
 
@@ -1132,16 +1161,19 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
     let item = compile(ctx, "bulk.submit.item", &submit.item);
     let submit_op = build_request(
         ctx,
-        &join_key(label, "submit"),
-        submit.method,
-        &submit.path,
-        &submit.query,
-        &submit.headers,
-        Some(&submit.body),
-        BATCH_BODY_VARIABLES,
-        &submit.endpoint_class,
-        None,
-        &submit.rules,
+        RequestSource {
+            label: &join_key(label, "submit"),
+            method: submit.method,
+            path: &submit.path,
+            query: &submit.query,
+            headers: &submit.headers,
+            body: Some(&submit.body),
+            class: &submit.endpoint_class,
+            id_pointer: None,
+            rules: &submit.rules,
+            sees: OPERATION_VARIABLES,
+            body_sees: BATCH_BODY_VARIABLES,
+        },
     );
     // The poll.
     let poll = &bulk.poll;
@@ -1170,19 +1202,21 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
             "1 keeps the interval fixed, 2 doubles it after each read",
         );
     }
-    let poll_op = build_request_seeing(
+    let poll_op = build_request(
         ctx,
-        &join_key(label, "poll"),
-        BULK_JOB_VARIABLES,
-        poll.method,
-        &poll.path,
-        &poll.query,
-        &poll.headers,
-        None,
-        BULK_JOB_VARIABLES,
-        &poll.endpoint_class,
-        None,
-        &[],
+        RequestSource {
+            label: &join_key(label, "poll"),
+            method: poll.method,
+            path: &poll.path,
+            query: &poll.query,
+            headers: &poll.headers,
+            body: None,
+            class: &poll.endpoint_class,
+            id_pointer: None,
+            rules: &[],
+            sees: BULK_JOB_VARIABLES,
+            body_sees: BULK_JOB_VARIABLES,
+        },
     );
     // The confirm.
     let confirm = &bulk.confirm;
@@ -1193,19 +1227,21 @@ fn build_bulk(ctx: &mut Ctx<'_>, bulk: &Bulk, env: &dyn Env) -> Option<BulkPlan>
     ] {
         check_pointer(ctx, &join_key("bulk.confirm", key), pointer);
     }
-    let confirm_op = build_request_seeing(
+    let confirm_op = build_request(
         ctx,
-        &join_key(label, "confirm"),
-        BULK_JOB_VARIABLES,
-        confirm.method,
-        &confirm.path,
-        &confirm.query,
-        &confirm.headers,
-        None,
-        BULK_JOB_VARIABLES,
-        &confirm.endpoint_class,
-        None,
-        &[],
+        RequestSource {
+            label: &join_key(label, "confirm"),
+            method: confirm.method,
+            path: &confirm.path,
+            query: &confirm.query,
+            headers: &confirm.headers,
+            body: None,
+            class: &confirm.endpoint_class,
+            id_pointer: None,
+            rules: &[],
+            sees: BULK_JOB_VARIABLES,
+            body_sees: BULK_JOB_VARIABLES,
+        },
     );
     Some(BulkPlan {
         min_rows: bulk.min_rows as usize,
@@ -1245,53 +1281,42 @@ fn contains_exact(tree: &Value, text: &str) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_request(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    m: crate::config::connector::Method,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    headers: &BTreeMap<String, String>,
-    body: Option<&Value>,
-    body_variables: &[&str],
-    class: &str,
+/// One request as the file writes it, and what its templates may read.
+struct RequestSource<'a> {
+    /// Where it is in the file, e.g. `upsert.single`, `bulk.poll`.
+    label: &'a str,
+    method: Method,
+    path: &'a str,
+    query: &'a BTreeMap<String, String>,
+    headers: &'a BTreeMap<String, String>,
+    body: Option<&'a Value>,
+    /// Rate-limit class.
+    class: &'a str,
+    /// Where the id is in a success body.
     id_pointer: Option<String>,
-    rules: &[crate::config::connector::Rule],
-) -> Option<OpPlan> {
-    build_request_seeing(
-        ctx,
+    rules: &'a [Rule],
+    /// What the path, query and headers may read: a row's variables, or a
+    /// bulk job's for its poll and confirm.
+    sees: &'a [&'a str],
+    /// What the body may read (a batch body reads `items`).
+    body_sees: &'a [&'a str],
+}
+
+/// Checks and compiles one request.
+fn build_request(ctx: &mut Ctx<'_>, request: RequestSource<'_>) -> Option<OpPlan> {
+    let RequestSource {
         label,
-        OPERATION_VARIABLES,
-        m,
+        method: m,
         path,
         query,
         headers,
         body,
-        body_variables,
         class,
         id_pointer,
         rules,
-    )
-}
-
-/// [`build_request`] for a request whose path, query and headers see
-/// `variables` (a bulk job's poll and confirm see the job, not a row).
-#[allow(clippy::too_many_arguments)]
-fn build_request_seeing(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    variables: &[&str],
-    m: crate::config::connector::Method,
-    path: &str,
-    query: &BTreeMap<String, String>,
-    headers: &BTreeMap<String, String>,
-    body: Option<&Value>,
-    body_variables: &[&str],
-    class: &str,
-    id_pointer: Option<String>,
-    rules: &[crate::config::connector::Rule],
-) -> Option<OpPlan> {
+        sees: variables,
+        body_sees: body_variables,
+    } = request;
     let path_key = join_key(label, "path");
     let uses = check_tree(
         ctx.source,
@@ -1406,11 +1431,7 @@ fn compile_regex(ctx: &mut Ctx<'_>, path: &str, pattern: &str) -> Option<Regex> 
     }
 }
 
-fn build_rules(
-    ctx: &mut Ctx<'_>,
-    label: &str,
-    rules: &[crate::config::connector::Rule],
-) -> Vec<RulePlan> {
+fn build_rules(ctx: &mut Ctx<'_>, label: &str, rules: &[Rule]) -> Vec<RulePlan> {
     let mut out = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
         let rule_path = join_index(&join_key(label, "rules"), index);

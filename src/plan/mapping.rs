@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use super::is_identifier;
 use super::templates::{VariableUse, check_tree};
-use crate::config::mapping::{OnEmptyChoice, OnRemoved, Schedule, SourceMode, SyncMode};
+use super::{OnRemoved, SyncMode, is_identifier};
+use crate::config::mapping::{OnEmptyChoice, Schedule, SourceMode};
 use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile, SourceFile};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::store::TableSpec;

@@ -2,6 +2,7 @@
 //! every problem. `engine check` stops here; `engine run` executes the same plan,
 //! so what was checked is exactly what runs.
 
+mod auth;
 mod connector;
 mod mapping;
 mod pacing;
@@ -11,21 +12,24 @@ mod tiers;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use auth::{AuthPlan, OAuthPlan, UserName, secret_env_names};
 pub use connector::{
-    BULK_JOB_VARIABLES, BatchPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow, KeyedOps, OpPlan,
-    PollSchedule, RulePlan, base_url_credentials, base_url_problem, secret_env_names,
+    BULK_JOB_VARIABLES, BatchPlan, BatchResultsPlan, BulkPlan, ConnectorPlan, DeletePlan, Flow,
+    KeyedOps, OpPlan, PollSchedule, RulePlan, base_url_credentials, base_url_problem,
 };
 pub use mapping::{
     MAPPING_EXTRA_VARIABLES, MappingPlan, SchedulePlan, SnapshotPlan, SnapshotSource,
     spec_columns as mapping_columns, table_spec,
 };
-// Value enums whose file spelling already is the runtime value: the runtime
-// takes them from the plan, so no code past the plan step imports `config`.
-pub use crate::config::connector::{Redirects, ResetUnit, RuleAction};
-pub use crate::config::mapping::{OnRemoved, SyncMode};
-pub use pacing::{RateHeadersPlan, RetryPlan, WindowPlan};
+// Closed choices whose file spelling already is the runtime value: the
+// runtime takes them from the plan, so no code past the plan step imports
+// `config`.
+pub use crate::choices::{OnRemoved, Redirects, ResetUnit, RuleAction, SyncMode};
+pub use pacing::{
+    Backoff, ClassifyPolicy, HeaderPolicy, Jitter, LimitsInForce, PacingPlan, RetryPlan, WindowPlan,
+};
 pub use templates::WHOLE_CONTEXT;
-pub use tiers::{LimitsInForce, tier_env, window_env};
+pub use tiers::{tier_env, window_env};
 
 use crate::config::ConfigSet;
 use crate::diagnostic::Diagnostic;

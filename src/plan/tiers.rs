@@ -4,26 +4,13 @@
 //! without editing the shipped file.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use super::Env;
+use super::pacing::{LimitsInForce, WindowPlan};
 use crate::config::SourceFile;
 use crate::config::connector::RateLimit;
 use crate::config::toml_json::join_key;
 use crate::diagnostic::{Diagnostic, Severity};
-
-/// The rate limits in force for one connector, and where their counts came from.
-#[derive(Debug, Clone)]
-pub struct LimitsInForce {
-    /// The windows, with the counts of the chosen tier and any override applied.
-    pub windows: Vec<RateLimit>,
-    /// The chosen tier, if the connector names tiers.
-    pub tier: Option<String>,
-    /// How the tier was chosen, e.g. `default_tier` or `HUBSPOT_TIER`.
-    pub tier_from: Option<String>,
-    /// The windows whose count an environment variable set: (window, variable).
-    pub overridden: Vec<(String, String)>,
-}
 
 /// The variable that picks a tier: `<NAME>_TIER`.
 pub fn tier_env(connector: &str) -> String {
@@ -51,7 +38,7 @@ fn env_stem(name: &str) -> String {
 /// What the checks need to know about one connector file. The windows'
 /// `requests` are the counts of `default_tier`; each of `tiers` gives another
 /// plan's counts.
-pub struct TierInput<'a> {
+pub(super) struct TierInput<'a> {
     /// Connector name (file stem).
     pub connector: &'a str,
     /// The file, for diagnostics.
@@ -66,13 +53,13 @@ pub struct TierInput<'a> {
 
 /// Checks the tiers and resolves the limits in force under `env`; problems go
 /// to `diagnostics` (and the file's own counts are kept where one is found).
-pub fn resolve(
+pub(super) fn resolve(
     input: &TierInput<'_>,
     env: &dyn Env,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> LimitsInForce {
     check_tiers(input, diagnostics);
-    let mut windows = input.windows.to_vec();
+    let mut windows: Vec<WindowPlan> = input.windows.iter().map(WindowPlan::from_config).collect();
     let (tier, tier_from) = chosen_tier(input, env, diagnostics);
     if let Some(counts) = tier.as_deref().and_then(|name| input.tiers.get(name)) {
         for window in &mut windows {
@@ -220,32 +207,6 @@ fn check_tiers(input: &TierInput<'_>, diagnostics: &mut Vec<Diagnostic>) {
     }
 }
 
-impl fmt::Display for LimitsInForce {
-    /// `tier professional (HUBSPOT_TIER): ten_secondly 190 per 10 s, daily 625000 per 86400 s`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let (Some(tier), Some(from)) = (&self.tier, &self.tier_from) {
-            write!(f, "tier {tier} ({from}): ")?;
-        }
-        if self.windows.is_empty() {
-            return write!(f, "no rate limit");
-        }
-        let windows: Vec<String> = self
-            .windows
-            .iter()
-            .map(|w| {
-                let mut text = format!("{} {} per {} s", w.name, w.requests, w.per_secs);
-                if let Some((_, variable)) = self.overridden.iter().find(|(n, _)| *n == w.name) {
-                    text.push_str(" (");
-                    text.push_str(variable);
-                    text.push(')');
-                }
-                text
-            })
-            .collect();
-        write!(f, "{}", windows.join(", "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,32 +222,5 @@ mod tests {
             window_env("brevo", "contacts_per_second"),
             "BREVO_RATE_LIMIT_CONTACTS_PER_SECOND"
         );
-    }
-
-    #[test]
-    fn the_limits_in_force_read_as_one_line() {
-        let window = |name: &str, requests, per_secs| RateLimit {
-            name: name.into(),
-            requests,
-            per_secs,
-            endpoint_classes: vec!["*".into()],
-        };
-        let limits = LimitsInForce {
-            windows: vec![window("burst", 40, 2), window("search", 10, 2)],
-            tier: Some("advanced".into()),
-            tier_from: Some("PIPEDRIVE_TIER".into()),
-            overridden: vec![("search".into(), "PIPEDRIVE_RATE_LIMIT_SEARCH".into())],
-        };
-        assert_eq!(
-            limits.to_string(),
-            "tier advanced (PIPEDRIVE_TIER): burst 40 per 2 s, search 10 per 2 s (PIPEDRIVE_RATE_LIMIT_SEARCH)"
-        );
-        let none = LimitsInForce {
-            windows: vec![],
-            tier: None,
-            tier_from: None,
-            overridden: vec![],
-        };
-        assert_eq!(none.to_string(), "no rate limit");
     }
 }

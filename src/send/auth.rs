@@ -8,8 +8,7 @@ use reqwest::RequestBuilder;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::config::connector::Auth;
-use crate::plan::Env;
+use crate::plan::{AuthPlan, Env, UserName};
 
 /// A secret value: formatting never shows it.
 #[derive(Clone)]
@@ -89,59 +88,44 @@ struct Token {
 
 impl Authenticator {
     /// Resolves every secret the auth kind names; fails listing the missing variable.
-    pub fn resolve(auth: &Auth, env: &dyn Env) -> anyhow::Result<Self> {
+    pub fn resolve(auth: &AuthPlan, env: &dyn Env) -> anyhow::Result<Self> {
         Ok(match auth {
-            Auth::None => Self::None,
-            Auth::Bearer { token_env, scheme } => Self::Bearer {
+            AuthPlan::None => Self::None,
+            AuthPlan::Bearer { scheme, token_env } => Self::Bearer {
                 scheme: scheme.clone(),
                 token: secret(env, token_env)?,
             },
-            Auth::ApiKeyHeader {
-                header,
-                key_env,
+            AuthPlan::Header {
+                name,
                 prefix,
+                key_env,
             } => Self::Header {
-                name: header.clone(),
-                prefix: prefix.clone().unwrap_or_default(),
+                name: name.clone(),
+                prefix: prefix.clone(),
                 key: secret(env, key_env)?,
             },
-            Auth::ApiKeyQuery { param, key_env } => {
-                Self::Query(param.clone(), secret(env, key_env)?)
-            }
-            Auth::Basic {
+            AuthPlan::Query { param, key_env } => Self::Query(param.clone(), secret(env, key_env)?),
+            AuthPlan::Basic {
                 username,
-                username_env,
                 password_env,
             } => {
-                let user = match (username, username_env) {
-                    (_, Some(name)) => secret(env, name)?,
-                    (Some(literal), None) => Secret(literal.clone()),
-                    (None, None) => bail!("basic auth needs `username` or `username_env`"),
+                let user = match username {
+                    UserName::Env(name) => secret(env, name)?,
+                    UserName::Literal(literal) => Secret(literal.clone()),
                 };
                 Self::Basic(user, secret(env, password_env)?)
             }
-            Auth::Oauth2Refresh {
-                token_url,
-                client_id_env,
-                client_secret_env,
-                refresh_token_env,
-                scope,
-                access_token_pointer,
-                expires_in_pointer,
-                base_url_pointer,
-                refresh_margin_secs,
-                scheme,
-            } => Self::OAuth(Box::new(OAuth {
-                scheme: scheme.clone(),
-                token_url: token_url.clone(),
-                client_id: secret(env, client_id_env)?,
-                client_secret: secret(env, client_secret_env)?,
-                refresh_token: Mutex::new(secret(env, refresh_token_env)?),
-                scope: scope.clone(),
-                access_token_pointer: access_token_pointer.clone(),
-                expires_in_pointer: expires_in_pointer.clone(),
-                base_url_pointer: base_url_pointer.clone(),
-                margin: Duration::from_secs(*refresh_margin_secs),
+            AuthPlan::OAuth(plan) => Self::OAuth(Box::new(OAuth {
+                scheme: plan.scheme.clone(),
+                token_url: plan.token_url.clone(),
+                client_id: secret(env, &plan.client_id_env)?,
+                client_secret: secret(env, &plan.client_secret_env)?,
+                refresh_token: Mutex::new(secret(env, &plan.refresh_token_env)?),
+                scope: plan.scope.clone(),
+                access_token_pointer: plan.access_token_pointer.clone(),
+                expires_in_pointer: plan.expires_in_pointer.clone(),
+                base_url_pointer: plan.base_url_pointer.clone(),
+                margin: plan.refresh_margin,
                 current: Mutex::new(None),
             })),
         })

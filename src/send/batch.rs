@@ -219,6 +219,7 @@ fn item_failure(plan: &BatchPlan, item: &Value) -> RowOutcome {
         .unwrap_or("item rejected")
         .to_string();
     let transient = plan
+        .results
         .transient_items
         .as_ref()
         .is_some_and(|regex| regex.is_match(&item.to_string()));

@@ -62,8 +62,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::clock::Clock;
-use crate::plan::{ConnectorPlan, Env};
-use crate::send::ratelimit::Window;
+use crate::plan::{ConnectorPlan, Env, WindowPlan};
 use crate::send::wait::{self, Stop};
 use crate::store::budget::{self as table, SliceRequest, Trim};
 
@@ -113,21 +112,8 @@ pub fn budget_key(plan: &ConnectorPlan, base_url: &str, env: &dyn Env) -> String
         hash.update([0]);
         hash.update(env.var(&name).unwrap_or_default().as_bytes());
     }
-    let hex = crate::fingerprint::hex(&hash.finalize());
+    let hex = crate::hex::encode(&hash.finalize());
     format!("{}:{hex}", plan.name)
-}
-
-/// The windows of a connector plan, as the limiter sees them.
-pub fn windows_of(plan: &ConnectorPlan) -> Vec<Window> {
-    plan.rate_limits
-        .iter()
-        .map(|limit| Window {
-            name: limit.name.clone(),
-            requests: limit.requests,
-            per: limit.per,
-            classes: limit.classes.clone(),
-        })
-        .collect()
 }
 
 /// One process's share of the budget of one connector.
@@ -135,7 +121,7 @@ pub fn windows_of(plan: &ConnectorPlan) -> Vec<Window> {
 pub struct SharedBudget {
     pool: PgPool,
     key: String,
-    windows: Vec<Window>,
+    windows: Vec<WindowPlan>,
     clock: Arc<dyn Clock>,
     /// The arrival margin, as the limiter's (see `CrmClient::observe_latency`).
     margin: SyncMutex<Duration>,
@@ -215,17 +201,17 @@ impl SharedBudget {
         clock: Arc<dyn Clock>,
         margin: Duration,
     ) -> anyhow::Result<Option<Self>> {
-        if !plan.share_rate_budget || plan.rate_limits.is_empty() {
+        if !plan.share_rate_budget || plan.pacing.windows().is_empty() {
             return Ok(None);
         }
         table::ensure_table(pool).await?;
         Ok(Some(Self::new(
             pool.clone(),
             budget_key(plan, base_url, env),
-            windows_of(plan),
+            plan.pacing.windows().to_vec(),
             clock,
             margin,
-            plan.retry.max_rate_limit_wait,
+            plan.classify.headers.max_wait,
         )))
     }
 
@@ -233,7 +219,7 @@ impl SharedBudget {
     pub fn new(
         pool: PgPool,
         key: String,
-        windows: Vec<Window>,
+        windows: Vec<WindowPlan>,
         clock: Arc<dyn Clock>,
         margin: Duration,
         max_wait: Duration,

@@ -25,13 +25,9 @@ use crate::plan::{Redirects, RuleAction};
 use crate::plan::{base_url_credentials, base_url_problem};
 use crate::redact::url_for_display;
 use crate::send::budget::{Permit, SharedBudget};
-use crate::send::outcome::{self, ClassifyPolicy, HeaderPolicy, Outcome};
-use crate::send::ratelimit::{RateLimiter, Window};
-use crate::send::retry::{Backoff, Jitter};
+use crate::send::outcome::{self, Outcome};
+use crate::send::ratelimit::RateLimiter;
 use crate::template::{OnEmpty, Templates};
-
-/// The most the rate limiter adds to every window (see `CrmClient::new`).
-const MAX_MARGIN: Duration = Duration::from_millis(100);
 
 /// The action and the response it came from (none for transport errors).
 #[derive(Debug, Clone)]
@@ -79,8 +75,6 @@ pub struct CrmClient {
     in_flight: AdaptiveGate,
     /// The limiter's margin, from the spread of the CRM's latency.
     arrival_margin: Mutex<ArrivalMargin>,
-    backoff: Backoff,
-    policy: ClassifyPolicy,
     clock: Arc<dyn Clock>,
     /// Whether the answers so far blame the config (see [`super::probe`]).
     probe: ConfigProbe,
@@ -118,51 +112,13 @@ impl CrmClient {
             .user_agent(concat!("engine/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot build the HTTP client")?;
-        let windows = plan
-            .rate_limits
-            .iter()
-            .map(|limit| Window {
-                name: limit.name.clone(),
-                requests: limit.requests,
-                per: limit.per,
-                classes: limit.classes.clone(),
-            })
-            .collect::<Vec<_>>();
-        // Requests are counted from when they leave; the CRM counts from when they
-        // arrive. The margin keeps two requests a window apart on our side from
-        // landing in one window on theirs: 100 ms, but at most 2 % of the shortest
-        // window, so a per-second limit is not cut to 10 per 1.1 s (91 %).
-        let shortest = windows.iter().map(|w| w.per).min();
-        let margin = shortest.map_or(MAX_MARGIN, |per| MAX_MARGIN.min(per / 50));
-        let limiter = Arc::new(RateLimiter::new(windows, clock.clone(), margin));
-        // Wider while the CRM's latency varies, up to a quarter of the
-        // shortest window (see `margin`).
-        let arrival_margin =
-            ArrivalMargin::new(margin, shortest.map_or(margin, |per| (per / 4).max(margin)));
-        let retry = &plan.retry;
-        let backoff = Backoff {
-            base: retry.base_delay,
-            max: retry.max_delay,
-            exponential: retry.exponential,
-            jitter: if retry.jitter {
-                Jitter::Full
-            } else {
-                Jitter::None
-            },
-        };
-        let headers = &plan.rate_limit_headers;
-        let policy = ClassifyPolicy {
-            retryable_statuses: retry.retryable_statuses.clone(),
-            rate_limited_statuses: retry.rate_limited_statuses.clone(),
-            headers: HeaderPolicy {
-                retry_after: Some(headers.retry_after.clone()),
-                remaining: headers.remaining.clone(),
-                reset: headers.reset.clone(),
-                reset_unit: headers.reset_unit,
-                window_ms: headers.window_ms.clone(),
-                max_wait: retry.max_rate_limit_wait,
-            },
-        };
+        let pacing = &plan.pacing;
+        let limiter = Arc::new(RateLimiter::new(
+            pacing.windows().to_vec(),
+            clock.clone(),
+            pacing.margin,
+        ));
+        let arrival_margin = ArrivalMargin::new(pacing.margin, pacing.widest_margin);
         let client = Self {
             in_flight: AdaptiveGate::new(plan.max_in_flight, plan.adaptive_concurrency),
             arrival_margin: Mutex::new(arrival_margin),
@@ -172,8 +128,6 @@ impl CrmClient {
             base_url,
             auth,
             limiter,
-            backoff,
-            policy,
             clock,
             probe: ConfigProbe::default(),
             budget: None,
@@ -372,8 +326,8 @@ impl CrmClient {
                         };
                     }
                     let delay = after
-                        .unwrap_or_else(|| self.backoff.delay(attempt, &mut rand::rng()))
-                        .min(self.backoff.max);
+                        .unwrap_or_else(|| self.plan.retry.backoff.delay(attempt, &mut rand::rng()))
+                        .min(self.plan.retry.backoff.max);
                     tracing::debug!(op = %op.label, attempt, delay_ms = delay.as_millis() as u64, %reason, "Retrying request.");
                     // A backoff the lease cannot hold ends the attempt as the
                     // failure it is: the row's durable retry takes over.
@@ -402,9 +356,12 @@ impl CrmClient {
                     // up: an endless run of 429s hands the row back once they
                     // pass `max_rate_limit_wait_secs`.
                     let lease_left = wait::lease_left(self.clock.now());
-                    if let Err(stop) =
-                        wait::plan_wait(pause, waited, self.policy.headers.max_wait, lease_left)
-                    {
+                    if let Err(stop) = wait::plan_wait(
+                        pause,
+                        waited,
+                        self.plan.classify.headers.max_wait,
+                        lease_left,
+                    ) {
                         return self.stopped(stop, pause, reason, response);
                     }
                     waited += pause;
@@ -431,7 +388,7 @@ impl CrmClient {
         wait::plan_wait(
             wait,
             Duration::ZERO,
-            self.policy.headers.max_wait,
+            self.plan.classify.headers.max_wait,
             lease_left,
         )?;
         wait::sleep(wait).await
@@ -470,9 +427,10 @@ impl CrmClient {
     /// The longest window that applies to `class`, or one second.
     fn default_pause(&self, class: &str) -> Duration {
         self.plan
-            .rate_limits
+            .pacing
+            .windows()
             .iter()
-            .filter(|l| l.classes.iter().any(|c| c == "*" || c == class))
+            .filter(|l| l.applies_to(class))
             .map(|l| l.per)
             .filter(|d| *d <= Duration::from_secs(60))
             .max()
@@ -657,7 +615,7 @@ impl CrmClient {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let now = self.clock.utc();
-        let info = outcome::rate_info(&headers, &self.policy.headers, now);
+        let info = outcome::rate_info(&headers, &self.plan.classify.headers, now);
         let room = info.remaining.is_some_and(|left| left > 0);
         // With a shared budget the other engine processes' requests are
         // accounted for already; learning them again from the CRM's count
@@ -676,7 +634,7 @@ impl CrmClient {
         }
         let ruled = apply_rules(op, &response);
         // A 403 the connector lists as a rate limit is the CRM's throttle.
-        let meant = ruled.is_some() || self.policy.rate_limited_statuses.contains(&status);
+        let meant = ruled.is_some() || self.plan.classify.rate_limited_statuses.contains(&status);
         self.probe
             .observe_status(status, meant, op.path.is_literal(), method.as_str(), &url);
         if let Some(verdict) = ruled {
@@ -685,7 +643,13 @@ impl CrmClient {
         if let Some(verdict) = hostile_answer(&response, &headers) {
             return (verdict, Some(response), room);
         }
-        let classified = outcome::classify(status, &headers, &response.message, &self.policy, now);
+        let classified = outcome::classify(
+            status,
+            &headers,
+            &response.message,
+            &self.plan.classify,
+            now,
+        );
         (verdict_of(classified, true), Some(response), room)
     }
 

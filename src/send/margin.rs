@@ -83,7 +83,8 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use crate::send::ratelimit::{RateLimiter, Window};
+    use crate::plan::WindowPlan;
+    use crate::send::ratelimit::RateLimiter;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -116,7 +117,7 @@ mod tests {
     /// returns the most arrivals seen in any one-second window of the CRM's.
     fn most_arrivals_in_a_second(adaptive: bool) -> usize {
         let clock = ManualClock::default();
-        let window = Window::new("per_second", 10, Duration::from_secs(1), &["*"]);
+        let window = WindowPlan::new("per_second", 10, Duration::from_secs(1), &["*"]);
         let limiter = RateLimiter::new(vec![window], Arc::new(clock.clone()), ms(20));
         let mut margin = ArrivalMargin::new(ms(20), ms(250));
         let mut rng = StdRng::seed_from_u64(7);

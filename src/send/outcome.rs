@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 
-use crate::plan::ResetUnit;
+use crate::plan::{ClassifyPolicy, HeaderPolicy, ResetUnit};
 
 /// What the engine does with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,60 +56,10 @@ impl Outcome {
     }
 }
 
-/// Which statuses a connector treats specially, and which headers it reads.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ClassifyPolicy {
-    /// Extra statuses that are [`Outcome::Retry`] (e.g. HubSpot 423, 477).
-    pub retryable_statuses: Vec<u16>,
-    /// Extra statuses that are [`Outcome::RateLimited`] besides 429 (e.g. a
-    /// CRM that throttles with 403).
-    pub rate_limited_statuses: Vec<u16>,
-    /// Rate-limit and Retry-After headers.
-    pub headers: HeaderPolicy,
-}
-
 /// A rate-limited answer's wait is read up to this (a day: the longest
 /// window a CRM documents); the client decides whether to wait it out or hand
 /// the rows back until then.
 pub const MAX_RATE_LIMIT_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// The cap on header-derived waits when a connector does not set one.
-pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
-
-/// Header names (case-insensitive, all optional) and how to read them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderPolicy {
-    /// Retry-After header; `None` means `Retry-After`. Seconds or HTTP-date.
-    pub retry_after: Option<String>,
-    /// Requests left in the current window, e.g.
-    /// `X-HubSpot-RateLimit-Remaining`, `x-sib-ratelimit-remaining`.
-    pub remaining: Option<String>,
-    /// When the window resets, e.g. `x-sib-ratelimit-reset`,
-    /// `X-RateLimit-Reset`; read as `reset_unit` says.
-    pub reset: Option<String>,
-    /// Unit of the reset header.
-    pub reset_unit: ResetUnit,
-    /// The window length in milliseconds, e.g.
-    /// `X-HubSpot-RateLimit-Interval-Milliseconds`: the wait of a 429 that
-    /// carries neither Retry-After nor a reset.
-    pub window_ms: Option<String>,
-    /// Every header-derived wait is capped at this (Brevo's reset can be
-    /// large, HubSpot's 477 Retry-After can be a day).
-    pub max_wait: Duration,
-}
-
-impl Default for HeaderPolicy {
-    fn default() -> Self {
-        Self {
-            retry_after: None,
-            remaining: None,
-            reset: None,
-            reset_unit: ResetUnit::Seconds,
-            window_ms: None,
-            max_wait: DEFAULT_MAX_WAIT,
-        }
-    }
-}
 
 /// What one response says about the server's rate-limit count; feeds
 /// [`RateLimiter::observe`](crate::send::ratelimit::RateLimiter::observe).
@@ -277,7 +227,7 @@ fn retry_after(
     now: DateTime<Utc>,
     cap: Duration,
 ) -> Option<Duration> {
-    let name = hp.retry_after.as_deref().unwrap_or("Retry-After");
+    let name = hp.retry_after.as_str();
     let value = header_str(headers, name)?;
     let wait = parse_seconds(value).or_else(|| parse_http_date(value, now))?;
     Some(wait.min(cap))
@@ -648,7 +598,7 @@ mod tests {
     fn a_custom_retry_after_header_name_is_used() {
         let policy = ClassifyPolicy {
             headers: HeaderPolicy {
-                retry_after: Some("X-Retry-In".into()),
+                retry_after: "X-Retry-In".into(),
                 ..HeaderPolicy::default()
             },
             ..ClassifyPolicy::default()

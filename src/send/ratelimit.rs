@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
+use crate::plan::WindowPlan;
 
 /// Windows with more requests than this use bucketed counting.
 pub const EXACT_LOG_MAX_REQUESTS: u32 = 10_000;
@@ -49,36 +50,6 @@ const HISTORY_MAX: usize = 2 * EXACT_LOG_MAX_REQUESTS as usize;
 /// Waits and pauses longer than this are cut to it (keeps `Instant`
 /// arithmetic from overflowing on absurd inputs).
 const MAX_HORIZON: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
-
-/// One limit: at most `requests` per `per`, for the listed endpoint classes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
-    /// For logs and errors, e.g. `"ten_secondly"`.
-    pub name: String,
-    /// How many requests the window allows.
-    pub requests: u32,
-    /// The window's length.
-    pub per: Duration,
-    /// Endpoint classes the window applies to; `"*"` applies to all.
-    pub classes: Vec<String>,
-}
-
-impl Window {
-    /// Shorthand for building a window.
-    pub fn new(name: &str, requests: u32, per: Duration, classes: &[&str]) -> Self {
-        Self {
-            name: name.to_owned(),
-            requests,
-            per,
-            classes: classes.iter().map(|c| (*c).to_owned()).collect(),
-        }
-    }
-
-    /// Whether requests of `class` count against this window.
-    pub fn applies_to(&self, class: &str) -> bool {
-        self.classes.iter().any(|c| c == "*" || c == class)
-    }
-}
 
 /// A rolling-window rate limiter shared (as `Arc`) by all tasks of one
 /// connector. See the [module docs](self) for the guarantee.
@@ -102,7 +73,7 @@ impl RateLimiter {
     /// Windows are not validated here (that is the config's job): a window of
     /// 0 requests admits nothing, and one with `per + margin` zero admits
     /// everything.
-    pub fn new(windows: Vec<Window>, clock: Arc<dyn Clock>, margin: Duration) -> Self {
+    pub fn new(windows: Vec<WindowPlan>, clock: Arc<dyn Clock>, margin: Duration) -> Self {
         let windows = windows
             .into_iter()
             .map(|w| WindowState::new(w, margin))
@@ -332,7 +303,7 @@ struct Filler {
 
 #[derive(Debug)]
 struct WindowState {
-    spec: Window,
+    spec: WindowPlan,
     /// How long a request is counted: `per + margin`.
     span: Duration,
     /// Bucket width; zero for an exact log (one bucket per request).
@@ -350,7 +321,7 @@ struct WindowState {
 }
 
 impl WindowState {
-    fn new(spec: Window, margin: Duration) -> Self {
+    fn new(spec: WindowPlan, margin: Duration) -> Self {
         let span = spec.per.saturating_add(margin);
         let width = if spec.requests > EXACT_LOG_MAX_REQUESTS {
             span / BUCKETS_PER_WINDOW
@@ -548,7 +519,7 @@ mod tests {
         Duration::from_millis(m)
     }
 
-    fn limiter(windows: Vec<Window>, margin: Duration) -> (RateLimiter, ManualClock) {
+    fn limiter(windows: Vec<WindowPlan>, margin: Duration) -> (RateLimiter, ManualClock) {
         let clock = ManualClock::default();
         (
             RateLimiter::new(windows, Arc::new(clock.clone()), margin),
@@ -560,7 +531,7 @@ mod tests {
     fn a_window_too_long_for_the_clock_refuses_without_panicking() {
         // `check` bounds `per_secs`; the limiter must not panic on one it let through.
         let huge = Duration::from_secs(i64::MAX as u64);
-        let window = Window {
+        let window = WindowPlan {
             name: "forever".into(),
             requests: 2,
             per: huge,
@@ -642,7 +613,7 @@ mod tests {
     fn a_window_of_100_per_10_s_never_admits_a_101st_request_in_any_rolling_10_s() {
         for margin in [Duration::ZERO, ms(50)] {
             let (limiter, clock) = limiter(
-                vec![Window::new("ten_secondly", 100, secs(10), &["*"])],
+                vec![WindowPlan::new("ten_secondly", 100, secs(10), &["*"])],
                 margin,
             );
             let admitted = simulate(&limiter, &clock, &["default"], 100_000, ms(20), 1);
@@ -656,8 +627,8 @@ mod tests {
     #[test]
     fn two_windows_at_once_both_hold() {
         let windows = vec![
-            Window::new("secondly", 10, secs(1), &["*"]),
-            Window::new("ten_secondly", 100, secs(10), &["*"]),
+            WindowPlan::new("secondly", 10, secs(1), &["*"]),
+            WindowPlan::new("ten_secondly", 100, secs(10), &["*"]),
         ];
         let (limiter, clock) = limiter(windows, ms(50));
         let admitted = simulate(&limiter, &clock, &["default", "search"], 100_000, ms(5), 2);
@@ -670,8 +641,8 @@ mod tests {
     #[test]
     fn a_search_window_does_not_slow_default_but_a_star_window_applies_to_both() {
         let windows = vec![
-            Window::new("all", 10, secs(10), &["*"]),
-            Window::new("search", 2, secs(1), &["search"]),
+            WindowPlan::new("all", 10, secs(10), &["*"]),
+            WindowPlan::new("search", 2, secs(1), &["search"]),
         ];
         let (limiter, _clock) = limiter(windows, Duration::ZERO);
         assert_eq!(drain(&limiter, "search"), (2, secs(1)));
@@ -685,9 +656,9 @@ mod tests {
     #[test]
     fn class_scoped_windows_hold_under_random_traffic() {
         let windows = vec![
-            Window::new("all", 50, secs(10), &["*"]),
-            Window::new("search", 4, secs(1), &["search"]),
-            Window::new("writes", 3, secs(1), &["default", "batch"]),
+            WindowPlan::new("all", 50, secs(10), &["*"]),
+            WindowPlan::new("search", 4, secs(1), &["search"]),
+            WindowPlan::new("writes", 3, secs(1), &["default", "batch"]),
         ];
         let (limiter, clock) = limiter(windows, ms(10));
         let classes = ["default", "search", "batch", "other"];
@@ -705,8 +676,8 @@ mod tests {
     #[test]
     fn a_refusal_by_one_window_does_not_consume_a_slot_of_another() {
         let windows = vec![
-            Window::new("all", 5, secs(10), &["*"]),
-            Window::new("search", 2, secs(10), &["search"]),
+            WindowPlan::new("all", 5, secs(10), &["*"]),
+            WindowPlan::new("search", 2, secs(10), &["search"]),
         ];
         let (limiter, _clock) = limiter(windows, Duration::ZERO);
         assert_eq!(drain(&limiter, "search").0, 2);
@@ -719,7 +690,7 @@ mod tests {
 
     #[test]
     fn observe_with_zero_remaining_and_a_reset_blocks_for_exactly_that_long() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(1), &["*"])], ms(50));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 10, secs(1), &["*"])], ms(50));
         limiter.try_acquire("default").unwrap();
         limiter.observe("default", Some(0), Some(secs(3)));
         assert_eq!(limiter.try_acquire("default"), Err(secs(3)));
@@ -732,8 +703,10 @@ mod tests {
 
     #[test]
     fn observe_with_zero_remaining_and_no_reset_waits_for_the_oldest_entry() {
-        let (limiter, clock) =
-            limiter(vec![Window::new("w", 10, secs(10), &["*"])], Duration::ZERO);
+        let (limiter, clock) = limiter(
+            vec![WindowPlan::new("w", 10, secs(10), &["*"])],
+            Duration::ZERO,
+        );
         limiter.try_acquire("default").unwrap();
         clock.advance(secs(4));
         limiter.try_acquire("default").unwrap();
@@ -745,15 +718,17 @@ mod tests {
 
     #[test]
     fn observe_with_zero_remaining_and_an_empty_log_waits_a_whole_window() {
-        let (limiter, _clock) = limiter(vec![Window::new("w", 10, secs(10), &["*"])], ms(100));
+        let (limiter, _clock) = limiter(vec![WindowPlan::new("w", 10, secs(10), &["*"])], ms(100));
         limiter.observe("default", Some(0), None);
         assert_eq!(limiter.wait_time("default"), ms(10_100));
     }
 
     #[test]
     fn observe_with_fewer_remaining_than_we_think_admits_only_that_many_until_the_reset() {
-        let (limiter, clock) =
-            limiter(vec![Window::new("w", 10, secs(10), &["*"])], Duration::ZERO);
+        let (limiter, clock) = limiter(
+            vec![WindowPlan::new("w", 10, secs(10), &["*"])],
+            Duration::ZERO,
+        );
         limiter.try_acquire("default").unwrap();
         limiter.try_acquire("default").unwrap();
         // We think 8 are left; the server says 3, resetting in 4 s.
@@ -766,7 +741,7 @@ mod tests {
 
     #[test]
     fn observe_without_a_reset_holds_others_usage_for_a_window_length() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(10), &["*"])], ms(50));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 10, secs(10), &["*"])], ms(50));
         assert_eq!(drain(&limiter, "default").0, 10);
         clock.advance(ms(10_050));
         limiter.try_acquire("default").unwrap();
@@ -785,15 +760,19 @@ mod tests {
 
     #[test]
     fn observe_never_loosens_our_own_count_and_ignores_unknown_remaining() {
-        let (limiter, _clock) =
-            limiter(vec![Window::new("w", 10, secs(10), &["*"])], Duration::ZERO);
+        let (limiter, _clock) = limiter(
+            vec![WindowPlan::new("w", 10, secs(10), &["*"])],
+            Duration::ZERO,
+        );
         assert_eq!(drain(&limiter, "default").0, 10);
         limiter.observe("default", Some(10), Some(Duration::ZERO));
         limiter.observe("default", None, Some(secs(1)));
         assert_eq!(limiter.wait_time("default"), secs(10));
 
-        let (limiter, _clock) =
-            self::limiter(vec![Window::new("w", 10, secs(10), &["*"])], Duration::ZERO);
+        let (limiter, _clock) = self::limiter(
+            vec![WindowPlan::new("w", 10, secs(10), &["*"])],
+            Duration::ZERO,
+        );
         limiter.observe("default", None, Some(secs(30)));
         limiter.observe("default", Some(50), None);
         assert_eq!(drain(&limiter, "default").0, 10);
@@ -802,8 +781,8 @@ mod tests {
     #[test]
     fn observe_without_a_reset_fills_only_the_shortest_window_of_the_class() {
         let windows = vec![
-            Window::new("ten_secondly", 100, secs(10), &["*"]),
-            Window::new("daily", 250_000, secs(86_400), &["*"]),
+            WindowPlan::new("ten_secondly", 100, secs(10), &["*"]),
+            WindowPlan::new("daily", 250_000, secs(86_400), &["*"]),
         ];
         let (limiter, clock) = limiter(windows, Duration::ZERO);
         limiter.observe("default", Some(0), None);
@@ -816,9 +795,9 @@ mod tests {
     #[test]
     fn a_long_reset_describes_the_long_window_until_the_reset() {
         let windows = vec![
-            Window::new("secondly", 10, secs(1), &["*"]),
-            Window::new("hourly", 36_000, secs(3600), &["*"]),
-            Window::new("search", 5, secs(1), &["search"]),
+            WindowPlan::new("secondly", 10, secs(1), &["*"]),
+            WindowPlan::new("hourly", 36_000, secs(3600), &["*"]),
+            WindowPlan::new("search", 5, secs(1), &["search"]),
         ];
         let (limiter, clock) = limiter(windows, Duration::ZERO);
         // Brevo: 2 left in the hour, resetting in 30 s.
@@ -838,8 +817,8 @@ mod tests {
         // Brevo: 10 per second (and 36,000 per hour); the reset header is in
         // whole seconds, rounded up.
         let windows = vec![
-            Window::new("secondly", 10, secs(1), &["*"]),
-            Window::new("hourly", 36_000, secs(3600), &["*"]),
+            WindowPlan::new("secondly", 10, secs(1), &["*"]),
+            WindowPlan::new("hourly", 36_000, secs(3600), &["*"]),
         ];
         let (limiter, clock) = limiter(windows, ms(100));
         let mut sent = Vec::new();
@@ -862,7 +841,7 @@ mod tests {
     fn a_stale_remaining_is_compared_with_what_we_had_sent_when_it_was_counted() {
         // HubSpot: 100 per 10 s, no reset header; 100 requests in the first second.
         let (limiter, clock) = limiter(
-            vec![Window::new("ten_secondly", 100, secs(10), &["*"])],
+            vec![WindowPlan::new("ten_secondly", 100, secs(10), &["*"])],
             ms(100),
         );
         for _ in 0..100 {
@@ -885,7 +864,7 @@ mod tests {
         // HubSpot: 100 per 10 s, margin 100 ms. A burst of 100 leaves over
         // 99 ms; the server saw most of it up to 90 ms late.
         let (limiter, clock) = limiter(
-            vec![Window::new("ten_secondly", 100, secs(10), &["*"])],
+            vec![WindowPlan::new("ten_secondly", 100, secs(10), &["*"])],
             ms(100),
         );
         let start = clock.now();
@@ -909,7 +888,7 @@ mod tests {
 
     #[test]
     fn a_wider_margin_holds_the_requests_already_sent_for_longer_too() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 2, secs(10), &["*"])], ms(100));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 2, secs(10), &["*"])], ms(100));
         assert_eq!(drain(&limiter, "default"), (2, ms(10_100)));
         // Their answers show 400 ms of spread: they may arrive that late.
         limiter.set_margin(ms(400));
@@ -923,7 +902,7 @@ mod tests {
 
     #[test]
     fn others_usage_is_still_learned_from_a_late_answer() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(10), &["*"])], ms(100));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 10, secs(10), &["*"])], ms(100));
         limiter.try_acquire("default").unwrap();
         let sent = clock.now();
         clock.advance(secs(2));
@@ -939,7 +918,7 @@ mod tests {
     #[test]
     fn many_observations_keep_bounded_memory() {
         let (limiter, clock) = limiter(
-            vec![Window::new("w", 1000, secs(10), &["*"])],
+            vec![WindowPlan::new("w", 1000, secs(10), &["*"])],
             Duration::ZERO,
         );
         let mut rng = StdRng::seed_from_u64(5);
@@ -958,8 +937,10 @@ mod tests {
     #[test]
     fn merged_server_usage_is_never_released_before_its_true_expiry() {
         let start = Instant::now();
-        let mut window =
-            WindowState::new(Window::new("w", 10_000, secs(10), &["*"]), Duration::ZERO);
+        let mut window = WindowState::new(
+            WindowPlan::new("w", 10_000, secs(10), &["*"]),
+            Duration::ZERO,
+        );
         let mut expiries: Vec<u64> = (1..=(3 * MAX_FILLERS as u64)).collect();
         let mut rng = StdRng::seed_from_u64(8);
         for i in (1..expiries.len()).rev() {
@@ -983,16 +964,19 @@ mod tests {
 
     #[test]
     fn a_window_applies_to_its_classes_and_star_to_all() {
-        let search = Window::new("s", 1, secs(1), &["search", "lookup"]);
+        let search = WindowPlan::new("s", 1, secs(1), &["search", "lookup"]);
         assert!(search.applies_to("search") && search.applies_to("lookup"));
         assert!(!search.applies_to("default"));
-        let all = Window::new("a", 1, secs(1), &["*"]);
+        let all = WindowPlan::new("a", 1, secs(1), &["*"]);
         assert!(all.applies_to("default") && all.applies_to("search"));
     }
 
     #[test]
     fn pause_blocks_only_that_class_and_never_shortens_an_earlier_pause() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 10, secs(1), &["*"])], Duration::ZERO);
+        let (limiter, clock) = limiter(
+            vec![WindowPlan::new("w", 10, secs(1), &["*"])],
+            Duration::ZERO,
+        );
         limiter.pause("default", secs(5));
         assert_eq!(limiter.try_acquire("default"), Err(secs(5)));
         assert_eq!(limiter.try_acquire("search"), Ok(()));
@@ -1011,7 +995,8 @@ mod tests {
     #[test]
     fn a_greedy_sender_gets_exactly_n_per_window() {
         for margin in [Duration::ZERO, ms(50)] {
-            let (limiter, clock) = limiter(vec![Window::new("w", 100, secs(10), &["*"])], margin);
+            let (limiter, clock) =
+                limiter(vec![WindowPlan::new("w", 100, secs(10), &["*"])], margin);
             let span = secs(10) + margin;
             let start = clock.now();
             let mut admitted = Vec::new();
@@ -1035,7 +1020,7 @@ mod tests {
 
     #[test]
     fn a_whole_window_budget_is_admitted_at_once_and_the_next_one_a_window_plus_margin_later() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 100, secs(10), &["*"])], ms(100));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 100, secs(10), &["*"])], ms(100));
         let start = clock.now();
         // All 100 at the same instant, none held back to spread them.
         assert_eq!(drain(&limiter, "default"), (100, ms(10_100)));
@@ -1059,7 +1044,7 @@ mod tests {
             let n: u32 = rng.random_range(1..=120);
             let per = ms(rng.random_range(200..=20_000));
             let jitter = ms(rng.random_range(0..=150));
-            let (limiter, clock) = limiter(vec![Window::new("w", n, per, &["*"])], jitter);
+            let (limiter, clock) = limiter(vec![WindowPlan::new("w", n, per, &["*"])], jitter);
             let span = per + jitter;
             let mut sent: Vec<Instant> = Vec::new();
             let mut arrivals: Vec<Instant> = Vec::new();
@@ -1102,8 +1087,8 @@ mod tests {
     #[test]
     fn the_returned_wait_is_exact_neither_early_nor_late() {
         let windows = vec![
-            Window::new("secondly", 3, secs(1), &["*"]),
-            Window::new("ten_secondly", 12, secs(10), &["*"]),
+            WindowPlan::new("secondly", 3, secs(1), &["*"]),
+            WindowPlan::new("ten_secondly", 12, secs(10), &["*"]),
         ];
         let (limiter, clock) = limiter(windows, ms(70));
         let mut rng = StdRng::seed_from_u64(4);
@@ -1125,7 +1110,10 @@ mod tests {
 
     #[test]
     fn wait_time_does_not_reserve() {
-        let (limiter, _clock) = limiter(vec![Window::new("w", 3, secs(1), &["*"])], Duration::ZERO);
+        let (limiter, _clock) = limiter(
+            vec![WindowPlan::new("w", 3, secs(1), &["*"])],
+            Duration::ZERO,
+        );
         for _ in 0..100 {
             assert_eq!(limiter.wait_time("default"), Duration::ZERO);
         }
@@ -1134,8 +1122,10 @@ mod tests {
 
     #[test]
     fn a_class_with_no_windows_is_never_delayed() {
-        let (limiter, _clock) =
-            limiter(vec![Window::new("search", 1, secs(1), &["search"])], ms(50));
+        let (limiter, _clock) = limiter(
+            vec![WindowPlan::new("search", 1, secs(1), &["search"])],
+            ms(50),
+        );
         assert_eq!(drain(&limiter, "search").0, 1);
         for _ in 0..10_000 {
             assert_eq!(limiter.try_acquire("default"), Ok(()));
@@ -1144,8 +1134,10 @@ mod tests {
 
     #[test]
     fn a_window_of_zero_requests_admits_nothing() {
-        let (limiter, clock) =
-            limiter(vec![Window::new("off", 0, secs(1), &["*"])], Duration::ZERO);
+        let (limiter, clock) = limiter(
+            vec![WindowPlan::new("off", 0, secs(1), &["*"])],
+            Duration::ZERO,
+        );
         for _ in 0..5 {
             assert_eq!(limiter.try_acquire("default"), Err(secs(1)));
             clock.advance(secs(1));
@@ -1155,7 +1147,7 @@ mod tests {
     #[test]
     fn large_windows_use_bounded_memory_and_still_never_exceed() {
         let (limiter, clock) = limiter(
-            vec![Window::new("minutely", 20_000, secs(60), &["*"])],
+            vec![WindowPlan::new("minutely", 20_000, secs(60), &["*"])],
             ms(50),
         );
         let span = ms(60_050);
@@ -1189,7 +1181,7 @@ mod tests {
         // Bucketing may hold a slot up to one bucket width (1/60) too long, so
         // a steady rate of 99% of N per (span + width) always gets through.
         let (limiter, clock) = limiter(
-            vec![Window::new("minutely", 20_000, secs(60), &["*"])],
+            vec![WindowPlan::new("minutely", 20_000, secs(60), &["*"])],
             ms(50),
         );
         let span = ms(60_050);
@@ -1203,7 +1195,7 @@ mod tests {
 
     #[test]
     fn a_steady_sender_just_under_the_limit_is_never_refused_by_an_exact_window() {
-        let (limiter, clock) = limiter(vec![Window::new("w", 100, secs(10), &["*"])], ms(50));
+        let (limiter, clock) = limiter(vec![WindowPlan::new("w", 100, secs(10), &["*"])], ms(50));
         let interval = ms(10_050) / 100;
         for i in 0..20_000 {
             assert_eq!(limiter.try_acquire("default"), Ok(()), "request {i}");
@@ -1215,8 +1207,8 @@ mod tests {
     #[test]
     fn a_daily_window_of_250000_is_bounded_and_never_exceeded_by_bursts() {
         let windows = vec![
-            Window::new("ten_secondly", 100, secs(10), &["*"]),
-            Window::new("daily", 250_000, secs(86_400), &["*"]),
+            WindowPlan::new("ten_secondly", 100, secs(10), &["*"]),
+            WindowPlan::new("daily", 250_000, secs(86_400), &["*"]),
         ];
         let (limiter, clock) = limiter(windows, ms(100));
         let mut rng = StdRng::seed_from_u64(7);
@@ -1243,7 +1235,7 @@ mod tests {
     #[test]
     fn concurrent_threads_together_get_exactly_the_limit() {
         let (limiter, _clock) = limiter(
-            vec![Window::new("w", 500, secs(10), &["*"])],
+            vec![WindowPlan::new("w", 500, secs(10), &["*"])],
             Duration::ZERO,
         );
         let limiter = Arc::new(limiter);
@@ -1264,7 +1256,11 @@ mod tests {
     #[tokio::test]
     async fn acquire_sleeps_on_the_real_clock_until_a_slot_is_free() {
         let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
-        let limiter = RateLimiter::new(vec![Window::new("w", 2, ms(100), &["*"])], clock, ms(20));
+        let limiter = RateLimiter::new(
+            vec![WindowPlan::new("w", 2, ms(100), &["*"])],
+            clock,
+            ms(20),
+        );
         let start = Instant::now();
         for _ in 0..3 {
             limiter.acquire("default").await;

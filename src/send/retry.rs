@@ -1,8 +1,9 @@
 //! Retry timing, as pure functions.
 //!
 //! Two levels of retry use this module:
-//! - [`Backoff`]: in-process retries of one HTTP request (seconds), with
-//!   jitter drawn from a caller-supplied RNG so tests can seed it.
+//! - [`Backoff`] (the plan's): in-process retries of one HTTP request
+//!   (seconds), with jitter drawn from a caller-supplied RNG so tests can
+//!   seed it.
 //! - [`next_row_retry`]: durable, row-level retries stored in the database
 //!   (minutes to hours), deterministic, computed from the row's `retry_count`.
 
@@ -10,42 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::RngExt;
-use schemars::JsonSchema;
-use serde::Deserialize;
 
-/// How a computed delay `d` is randomised, so that many tasks that failed
-/// together do not all retry at the same instant.
-///
-/// The default is [`Jitter::Equal`]: it spreads retries over half the delay
-/// while guaranteeing that a retry never comes sooner than `d / 2`, which
-/// matters for servers that need a real pause (HubSpot's 423 locks last 2 s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Jitter {
-    /// Exactly `d`.
-    None,
-    /// Uniform in `[0, d]` ("full jitter"): the least contention, but a retry
-    /// can come almost immediately.
-    Full,
-    /// `d / 2` plus uniform in `[0, d / 2]`, i.e. uniform in `[d / 2, d]`.
-    #[default]
-    Equal,
-}
+use crate::plan::{Backoff, Jitter};
 
-/// Per-request retry delays: `base * 2^(attempt-1)` (or `base`), capped at
-/// `max`, then jittered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The delay before the first retry (before jitter).
-    pub base: Duration,
-    /// No delay (before or after jitter) is longer than this.
-    pub max: Duration,
-    /// Double the delay for every further retry; otherwise always `base`.
-    pub exponential: bool,
-    /// How the delay is randomised.
-    pub jitter: Jitter,
-}
-
+// The plan resolves a connector's backoff; the delays it gives are the send
+// stage's, with the rest of the retry timing.
 impl Backoff {
     /// Delay before retry number `attempt` (1 = first retry), jittered with
     /// `rng`. Always within `[0, delay_without_jitter(attempt)]`.
@@ -270,32 +240,6 @@ mod tests {
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));
-    }
-
-    #[test]
-    fn jitter_is_read_from_snake_case_config() {
-        #[derive(Deserialize)]
-        struct Cfg {
-            jitter: Jitter,
-        }
-        for (text, expected) in [
-            ("jitter = \"none\"", Jitter::None),
-            ("jitter = \"full\"", Jitter::Full),
-            ("jitter = \"equal\"", Jitter::Equal),
-        ] {
-            let cfg: Cfg = toml::from_str(text).unwrap();
-            assert_eq!(cfg.jitter, expected);
-        }
-        assert!(toml::from_str::<Cfg>("jitter = \"Full\"").is_err());
-        assert_eq!(Jitter::default(), Jitter::Equal);
-    }
-
-    #[test]
-    fn jitter_schema_lists_the_snake_case_names() {
-        let schema = serde_json::to_string(&schemars::schema_for!(Jitter)).unwrap();
-        for name in ["\"none\"", "\"full\"", "\"equal\""] {
-            assert!(schema.contains(name), "{name} missing from {schema}");
-        }
     }
 
     fn now() -> DateTime<Utc> {

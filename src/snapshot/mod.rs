@@ -59,9 +59,8 @@ use serde_json::{Map, Value};
 use sqlx::AssertSqlSafe;
 use sqlx::types::Json;
 
-use crate::config::mapping::OnRemoved;
 use crate::fingerprint::{mapping_fingerprint, row_fingerprint};
-use crate::plan::{MappingPlan, SnapshotSource};
+use crate::plan::{MappingPlan, OnRemoved, SnapshotSource};
 use crate::store::{RowColumns, Store};
 
 use state::{

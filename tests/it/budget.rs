@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::clock::{Clock, SystemClock};
+use engine::plan::WindowPlan;
 use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::send::budget::{SharedBudget, budget_key, slice_ttl};
-use engine::send::ratelimit::Window;
 use engine::store::budget::{self as table, SliceRequest, Trim};
 use engine::store::{Backend, Store};
 use serde_json::{Map, Value, json};
@@ -37,8 +37,13 @@ fn unique_key() -> String {
 }
 
 /// 10 requests per second: short enough to see several windows in a test.
-fn per_second() -> Vec<Window> {
-    vec![Window::new("secondly", 10, Duration::from_secs(1), &["*"])]
+fn per_second() -> Vec<WindowPlan> {
+    vec![WindowPlan::new(
+        "secondly",
+        10,
+        Duration::from_secs(1),
+        &["*"],
+    )]
 }
 
 fn budget(pool: PgPool, key: &str) -> SharedBudget {

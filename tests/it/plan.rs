@@ -72,7 +72,7 @@ fn block_items_are_not_the_whole_context_but_each_this_is() {
 
 #[test]
 fn a_window_the_in_flight_ceiling_can_send_whole_is_a_burst_of_its_requests_times_the_batch() {
-    use engine::config::mapping::SyncMode;
+    use engine::choices::SyncMode;
     let plan = plan_of(&ConfigDir::shipped());
     // HubSpot: 100 per 10 s, 100 in flight, batches of 100 contacts.
     assert_eq!(
@@ -90,7 +90,7 @@ fn a_window_the_in_flight_ceiling_can_send_whole_is_a_burst_of_its_requests_time
 
 #[test]
 fn a_window_larger_than_the_in_flight_ceiling_is_no_burst() {
-    use engine::config::mapping::SyncMode;
+    use engine::choices::SyncMode;
     let config = ConfigDir::shipped();
     config.edit(
         "connectors/hubspot.toml",

@@ -343,7 +343,8 @@ fn hubspot_limits(env: &[(&str, &str)]) -> Vec<(String, u32)> {
         .collect();
     let checked = engine::check::check_dir(config.path(), &env);
     checked.plan.connectors["hubspot"]
-        .rate_limits
+        .pacing
+        .windows()
         .iter()
         .map(|w| (w.name.clone(), w.requests))
         .collect()
