@@ -45,19 +45,7 @@ struct Fingerprinted {
     clock: ManualClock,
 }
 
-impl std::ops::Deref for Fingerprinted {
-    type Target = SandboxHarness;
-
-    fn deref(&self) -> &SandboxHarness {
-        &self.inner
-    }
-}
-
-impl std::ops::DerefMut for Fingerprinted {
-    fn deref_mut(&mut self) -> &mut SandboxHarness {
-        &mut self.inner
-    }
-}
+crate::wraps!(Fingerprinted => inner: SandboxHarness);
 
 impl Fingerprinted {
     async fn new(backend: Backend, connector: &'static str, extra: &str) -> Option<Fingerprinted> {

@@ -66,19 +66,7 @@ pub struct Fixture {
     pub sandbox: Sandbox,
 }
 
-impl std::ops::Deref for Fixture {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
-
-impl std::ops::DerefMut for Fixture {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.harness
-    }
-}
+crate::wraps!(Fixture => harness: Harness);
 
 impl Fixture {
     /// `None` when PostgreSQL is not reachable outside CI (see [`crate::support::TestDb::open`]).

@@ -25,19 +25,7 @@ struct World {
     uuid_ids: bool,
 }
 
-impl std::ops::Deref for World {
-    type Target = SandboxHarness;
-
-    fn deref(&self) -> &SandboxHarness {
-        &self.inner
-    }
-}
-
-impl std::ops::DerefMut for World {
-    fn deref_mut(&mut self) -> &mut SandboxHarness {
-        &mut self.inner
-    }
-}
+crate::wraps!(World => inner: SandboxHarness);
 
 /// How the mapping reads the source.
 #[derive(Clone, Copy)]

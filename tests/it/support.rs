@@ -367,6 +367,27 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// `Deref` and `DerefMut` from a test's fixture to the harness it wraps:
+/// `wraps!(Fixture => harness: Harness)`.
+#[macro_export]
+macro_rules! wraps {
+    ($outer:ty => $field:ident: $inner:ty) => {
+        impl std::ops::Deref for $outer {
+            type Target = $inner;
+
+            fn deref(&self) -> &$inner {
+                &self.$field
+            }
+        }
+
+        impl std::ops::DerefMut for $outer {
+            fn deref_mut(&mut self) -> &mut $inner {
+                &mut self.$field
+            }
+        }
+    };
+}
+
 /// The engine driven in-process over one test's table: a config dir, the
 /// environment, and the plan checked from them with its tables migrated.
 pub struct Harness {
@@ -575,19 +596,7 @@ pub struct SandboxHarness {
     pub sandbox: Sandbox,
 }
 
-impl std::ops::Deref for SandboxHarness {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
-
-impl std::ops::DerefMut for SandboxHarness {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.harness
-    }
-}
+wraps!(SandboxHarness => harness: Harness);
 
 impl SandboxHarness {
     /// A shipped connector and its mapping (`connector` names both) over a
