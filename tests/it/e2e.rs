@@ -122,6 +122,18 @@ impl Fixture {
         self.counts(mapping).await.get(status).copied().unwrap_or(0)
     }
 
+    /// Asks for the delete of row `id`'s record in `mapping`'s CRM, as the
+    /// application does: its processing status set to `Delete`.
+    pub async fn ask_to_delete(&self, mapping: &str, id: &str) {
+        let status = &self.spec(mapping).processing_status;
+        let table = &self.db.table;
+        self.db
+            .execute(format!(
+                "UPDATE \"{table}\" SET \"{status}\" = 'Delete' WHERE id = '{id}'"
+            ))
+            .await;
+    }
+
     /// `--config-dir DIR --database URL`, for the binary.
     pub fn location(&self) -> Vec<String> {
         vec![
@@ -150,6 +162,16 @@ impl Fixture {
     pub fn in_flight(&self) -> u64 {
         self.sandbox.stats()["in_flight"].as_u64().unwrap_or(0)
     }
+}
+
+/// Lets the Brevo mapping delete records (`on_removed = "archive"`): a row
+/// whose processing status is set to `Delete` has its contact deleted.
+pub fn brevo_deletes_records(config: &ConfigDir) {
+    config.edit(
+        "mappings/brevo.toml",
+        "connector = \"brevo\"",
+        "connector = \"brevo\"\non_removed = \"archive\"",
+    );
 }
 
 /// `n` contacts queued for both CRMs: ids `00000000-0000-4000-8000-000000000001`..,
@@ -353,6 +375,19 @@ impl Engine {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// SIGTERM, then the exit code, which must come within the 10 s the
+    /// README promises for a stop.
+    pub async fn stop(&mut self) -> i32 {
+        self.terminate();
+        self.exit_code(Duration::from_secs(10)).await
+    }
+
+    /// [`Engine::stop`], and the exit code must be `expected`.
+    pub async fn stop_with(&mut self, expected: i32) {
+        let code = self.stop().await;
+        assert_eq!(code, expected, "{}", self.stderr());
     }
 
     /// Waits for the process to exit; panics (and kills it) after `timeout`.

@@ -628,16 +628,10 @@ async fn status_of_a_snapshot_counts_its_state_deleted_included() {
 /// Queue mode: a row set to `Delete` has its record deleted once, and a
 /// record already gone (404) counts as deleted too.
 async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend) {
-    use crate::e2e::{Fixture, generated_rows, ids_of, sandbox_options, text};
-    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
-        config.edit(
-            "mappings/brevo.toml",
-            "connector = \"brevo\"",
-            "connector = \"brevo\"\non_removed = \"archive\"",
-        );
-    })
-    .await
-    else {
+    use crate::e2e::{
+        Fixture, brevo_deletes_records, generated_rows, ids_of, sandbox_options, text,
+    };
+    let Some(f) = Fixture::new(backend, sandbox_options(0), brevo_deletes_records).await else {
         return;
     };
     let rows = generated_rows(3);
@@ -645,7 +639,6 @@ async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend)
     f.insert(&rows).await;
     f.run_now("brevo").await;
     assert_eq!(f.sandbox.brevo_contacts().len(), 3);
-    let status = &f.spec("brevo").processing_status;
     // Row 3's contact is already gone from the CRM: a 404, done all the same.
     let crm_id = text(&f.row(&ids[2]).await, &f.spec("brevo").crm_id);
     let gone = reqwest::Client::new()
@@ -656,14 +649,7 @@ async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend)
         .unwrap();
     assert_eq!(gone.status().as_u16(), 204);
     for id in &ids[1..] {
-        execute(
-            &f.db.store,
-            format!(
-                "UPDATE {} SET \"{status}\" = 'Delete' WHERE id = '{id}'",
-                f.db.table
-            ),
-        )
-        .await;
+        f.ask_to_delete("brevo", id).await;
     }
     let summary = f.run_now("brevo").await;
     assert_eq!(deleted(&summary), 2);

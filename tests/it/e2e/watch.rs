@@ -64,13 +64,7 @@ async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
     .await;
 
     // Stopped while it sleeps between cycles.
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
     assert!(
         engine.stderr().contains("Signal received"),
         "{}",
@@ -176,11 +170,5 @@ async fn a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answ
     )
     .await;
     assert_each_row_synced_once(&f, "brevo", &ids_of(&rows)).await;
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
 }
