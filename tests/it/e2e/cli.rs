@@ -87,6 +87,7 @@ fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
 
 on_both_backends!(
     run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_error,
+    run_exits_1_when_the_crm_rejects_a_delete_and_the_row_ends_in_error_with_the_reason,
     json_logs_parse_and_never_carry_the_token_even_at_trace,
     a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status,
 );
@@ -182,6 +183,58 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
         text(&f.row(BAD_ID).await, "hubspot_processing_status"),
         "Queued"
     );
+}
+
+/// A delete the CRM refuses for good fails its row as an upsert would: the
+/// row ends in `Error` with the CRM's reason, and the run exits 1 although
+/// the other delete went through.
+async fn run_exits_1_when_the_crm_rejects_a_delete_and_the_row_ends_in_error_with_the_reason(
+    backend: Backend,
+) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), super::brevo_deletes_records).await
+    else {
+        return;
+    };
+    let rows = generated_rows(2);
+    let (kept, refused) = (super::generated_id(1), super::generated_id(2));
+    f.insert(&rows).await;
+    f.run_now("brevo").await;
+    assert_eq!(f.sandbox.brevo_contacts().len(), 2);
+    // Brevo answers 400 "Invalid contact id" to an id that is not a number.
+    let crm_id = &f.spec("brevo").crm_id;
+    f.db.execute(format!(
+        "UPDATE \"{}\" SET \"{crm_id}\" = 'not-a-contact-id' WHERE id = '{refused}'",
+        f.db.table
+    ))
+    .await;
+    for id in [&kept, &refused] {
+        f.ask_to_delete("brevo", id).await;
+    }
+
+    let mut run = f.spawn(&["run", "--connector", "brevo"]);
+    assert_eq!(
+        run.exit_code(Duration::from_secs(10)).await,
+        1,
+        "{}",
+        run.stderr()
+    );
+
+    assert_eq!(
+        text(&f.row(&kept).await, "brevo_processing_status"),
+        "Deleted"
+    );
+    let failed = f.row(&refused).await;
+    assert_eq!(
+        text(&failed, "brevo_processing_status"),
+        "Error",
+        "{failed:?}"
+    );
+    assert_eq!(text(&failed, "brevo_sync_status"), "Error", "{failed:?}");
+    let reason = text(&failed, "brevo_processing_error");
+    assert!(reason.contains("Invalid contact id"), "{failed:?}");
+    // Refused for good: sent once, not retried; its contact is still there.
+    assert_eq!(f.requests("DELETE /v3/contacts/{identifier}"), 2);
+    assert_eq!(f.sandbox.brevo_contacts().len(), 1);
 }
 
 const TOKEN: &str = "pat-na1-E2E-SECRET-7f3c9a1d";
