@@ -13,7 +13,10 @@ use engine::engine::RunSummary;
 use engine::store::Backend;
 use serde_json::json;
 
-use super::{Engine, Fixture, generated_rows, ids_of, parse_time, sandbox_options, text, wait_for};
+use super::{
+    Engine, Fixture, brevo_deletes_records, generated_rows, ids_of, parse_time, sandbox_options,
+    text, wait_for,
+};
 use crate::on_both_backends;
 use crate::scripted::{Reply, ScriptedCrm};
 use crate::support::ConfigDir;
@@ -31,6 +34,7 @@ on_both_backends!(
     a_rate_limit_wait_longer_than_the_lease_hands_the_rows_back_within_the_cap,
     sigterm_during_a_long_retry_after_wait_exits_within_10_s_with_the_rows_queued_again,
     sigterm_while_rows_wait_in_the_rate_limiter_exits_within_10_s_with_them_queued_again,
+    sigterm_while_a_delete_waits_out_a_long_retry_after_exits_within_10_s_with_the_delete_asked_again,
     run_exits_1_when_every_row_is_put_back_for_a_retry,
     a_batch_paced_by_the_limiter_is_not_handed_back_for_waiting_its_turn,
 );
@@ -328,6 +332,40 @@ async fn sigterm_during_a_long_retry_after_wait_exits_within_10_s_with_the_rows_
     let now = Utc::now();
     // Due at once: the next run sends them (an upsert: no duplicate).
     assert_handed_back(&f, &ids_of(&rows), now - seconds(30), now, 1).await;
+}
+
+async fn sigterm_while_a_delete_waits_out_a_long_retry_after_exits_within_10_s_with_the_delete_asked_again(
+    backend: Backend,
+) {
+    let Some((f, crm)) = brevo_asking_to_wait_300_s(backend, brevo_deletes_records).await else {
+        return;
+    };
+    // Synced rows the application asks to delete, a retry already spent.
+    let mut rows = generated_rows(3);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.insert("brevo_processing_status".into(), json!("Delete"));
+        row.insert("brevo_sync_status".into(), json!("Complete"));
+        row.insert("brevo_contact_id".into(), json!(format!("{}", 100 + i)));
+        row.insert("retry_count".into(), json!(1));
+    }
+    f.insert(&rows).await;
+
+    let mut run = paused_for_the_crm(&f).await;
+    assert_eq!(f.count("brevo", "Deleting").await, 3);
+    run.stop_with(1).await;
+
+    let methods: Vec<String> = crm.received().into_iter().map(|r| r.method).collect();
+    assert!(
+        !methods.is_empty() && methods.iter().all(|m| m == "DELETE"),
+        "only deletes were sent: {methods:?}"
+    );
+    let now = Utc::now();
+    // Asked again, due at once: not lost, not failed, no retry spent.
+    assert_back_in(&f, &ids_of(&rows), "Delete", now - seconds(30), now, 1).await;
+    for row in f.rows(&ids_of(&rows)).await {
+        assert_eq!(text(&row, "brevo_sync_status"), "Complete", "{row:?}");
+        assert_eq!(text(&row, "brevo_processing_error"), "", "{row:?}");
+    }
 }
 
 async fn run_exits_1_when_every_row_is_put_back_for_a_retry(backend: Backend) {
