@@ -386,7 +386,15 @@ impl Engine {
 
     /// [`Engine::stop`], and the exit code must be `expected`.
     pub async fn stop_with(&mut self, expected: i32) {
-        let code = self.stop().await;
+        self.terminate();
+        self.assert_exits_with(expected, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Waits up to `timeout` for the exit, whose code must be `expected`
+    /// (stderr shown if not).
+    pub async fn assert_exits_with(&mut self, expected: i32, timeout: Duration) {
+        let code = self.exit_code(timeout).await;
         assert_eq!(code, expected, "{}", self.stderr());
     }
 

@@ -109,12 +109,7 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
     let (first, second) = rows.split_at(7);
     f.insert(first).await;
     let mut run = f.spawn(&["run", "--connector", "hubspot"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(0, Duration::from_secs(10)).await;
     assert_eq!(f.count("hubspot", "Complete").await, 7);
 
     // Eight more rows, one with an address HubSpot rejects. Batch upsert by email is
@@ -123,12 +118,7 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
     f.insert(&[row(BAD_ID, "not-an-email")]).await;
     let upserts_before = f.requests("POST /crm/v3/objects/contacts/batch/upsert");
     let mut run = f.spawn(&["run", "--connector", "hubspot"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(1, Duration::from_secs(10)).await;
     assert!(
         run.stderr()
             .contains("Batch rejected as a whole; splitting it"),
@@ -212,12 +202,7 @@ async fn run_exits_1_when_the_crm_rejects_a_delete_and_the_row_ends_in_error_wit
     }
 
     let mut run = f.spawn(&["run", "--connector", "brevo"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(1, Duration::from_secs(10)).await;
 
     assert_eq!(
         text(&f.row(&kept).await, "brevo_processing_status"),
@@ -335,12 +320,7 @@ async fn a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status(bac
     let mut run = f.spawn(&["--log-level", "trace", "run", "--connector", "brevo"]);
     // An unreachable host is the config's fault, not the rows': the run
     // stops (exit 2) naming the URL, and hands the rows back untouched.
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        2,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(2, Duration::from_secs(10)).await;
     let stderr = run.stderr();
     assert!(stderr.contains("could not connect"), "{stderr}");
     assert!(

@@ -243,12 +243,7 @@ async fn an_hourly_window_used_up_mid_run_hands_the_rest_back_and_the_run_exits_
     let began = Instant::now();
 
     let mut run = f.spawn(&["run", "--connector", "brevo"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(60)).await,
-        1,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(1, Duration::from_secs(60)).await;
     assert!(began.elapsed() < Duration::from_secs(60));
 
     let counts = f.counts("brevo").await;

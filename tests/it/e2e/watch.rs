@@ -107,12 +107,7 @@ async fn sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0(backen
     );
     engine.terminate();
 
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.assert_exits_with(0, Duration::from_secs(10)).await;
     let counts = f.counts("brevo").await;
     assert_eq!(
         counts.get("Processing"),
