@@ -174,6 +174,15 @@ pub fn brevo_deletes_records(config: &ConfigDir) {
     );
 }
 
+/// Brevo requests are tried once: a failure is not retried in-process.
+pub fn brevo_tries_once(config: &ConfigDir) {
+    config.edit(
+        "connectors/brevo.toml",
+        "max_attempts = 3",
+        "max_attempts = 1",
+    );
+}
+
 /// `n` contacts queued for both CRMs: ids `00000000-0000-4000-8000-000000000001`..,
 /// emails `contact-0001@e2e.example.com`.., each with a name and a phone number.
 pub fn generated_rows(n: usize) -> Vec<Map<String, Value>> {

@@ -300,11 +300,7 @@ async fn a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status(bac
             "kind = \"api_key_header\"\nheader = \"api-key\"",
             "kind = \"api_key_query\"\nparam = \"api_key\"",
         );
-        config.edit(
-            "connectors/brevo.toml",
-            "max_attempts = 3",
-            "max_attempts = 1",
-        );
+        super::brevo_tries_once(config);
     })
     .await
     else {

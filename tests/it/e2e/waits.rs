@@ -370,15 +370,7 @@ async fn run_exits_1_when_every_row_is_put_back_for_a_retry(backend: Backend) {
         headers: vec![],
         delay: Duration::ZERO,
     };
-    let Some((f, _crm)) = brevo_against(backend, html, 120, |config| {
-        config.edit(
-            "connectors/brevo.toml",
-            "max_attempts = 3",
-            "max_attempts = 1",
-        );
-    })
-    .await
-    else {
+    let Some((f, _crm)) = brevo_against(backend, html, 120, super::brevo_tries_once).await else {
         return;
     };
     f.insert(&generated_rows(3)).await;
