@@ -8,11 +8,11 @@ use std::time::Duration;
 use engine::clock::{Clock, ManualClock};
 use engine::engine::RunSummary;
 use engine::sandbox::{Sandbox, SandboxOptions};
-use engine::store::{Backend, RowResult, RowUpdate};
+use engine::store::{Backend, ClaimedRow, RowResult, RowUpdate, TableSpec};
 use serde_json::{Map, Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, Harness, execute};
+use crate::support::{ConfigDir, Harness, SandboxHarness, TestDb, check_errors, execute};
 
 const IDS: [&str; 3] = [
     "4b4be366-da73-4926-83a2-2fddb9a77d95",
@@ -41,41 +41,17 @@ fn mapping(connector: &str, table: &str, extra: &str) -> String {
 /// The sandbox, a database, and one mapping of a shipped connector, run on a
 /// manual clock.
 struct Fingerprinted {
-    harness: Harness,
-    sandbox: Sandbox,
+    inner: SandboxHarness,
     clock: ManualClock,
-    connector: &'static str,
 }
 
-impl std::ops::Deref for Fingerprinted {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
-
-impl std::ops::DerefMut for Fingerprinted {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.harness
-    }
-}
+crate::wraps!(Fingerprinted => inner: SandboxHarness);
 
 impl Fingerprinted {
     async fn new(backend: Backend, connector: &'static str, extra: &str) -> Option<Fingerprinted> {
-        let sandbox = Sandbox::start(SandboxOptions {
-            port: 0,
-            ..SandboxOptions::default()
-        })
-        .await
-        .unwrap();
-        let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let harness = Harness::start(
-            backend,
-            ConfigDir::shipped(),
-            env,
-            &[connector],
-            |config, db| {
+        let inner = SandboxHarness::around(SandboxOptions::default(), |base_url| async move {
+            let env = engine::demo::sandbox_env(&base_url);
+            let write = |config: &ConfigDir, db: &TestDb| {
                 config.write(
                     &format!("mappings/{connector}.toml"),
                     &mapping(connector, &db.table, extra),
@@ -86,19 +62,14 @@ impl Fingerprinted {
                     "hubspot"
                 };
                 std::fs::remove_file(config.path().join(format!("mappings/{other}.toml"))).unwrap();
-            },
-        )
+            };
+            Harness::start(backend, ConfigDir::shipped(), env, &[connector], write).await
+        })
         .await?;
         Some(Fingerprinted {
-            harness,
-            sandbox,
+            inner,
             clock: ManualClock::new(chrono::Utc::now()),
-            connector,
         })
-    }
-
-    fn status_column(&self) -> String {
-        format!("{}_processing_status", self.connector)
     }
 
     /// Queues rows with these ids, emails `person<n>@example.com`.
@@ -110,27 +81,54 @@ impl Fingerprinted {
                 "name": format!("Ann Person{n}"),
             })
         });
-        self.queue(rows).await;
+        self.harness.queue(rows).await;
     }
 
     async fn queue_all(&self) {
-        let spec = &self.plan.mappings[self.connector].table;
-        self.db.store.queue_all(spec).await.unwrap();
+        self.db.store.queue_all(self.table()).await.unwrap();
     }
 
-    async fn sql(&self, sql: String) {
-        execute(&self.db.store, sql).await;
+    /// The mapping's state columns.
+    fn table(&self) -> &TableSpec {
+        self.spec(&self.mapping)
+    }
+
+    /// `UPDATE <table> SET <set> WHERE id = '<id>'`, as the application would.
+    async fn update_row(&self, id: &str, set: &str) {
+        let table = &self.db.table;
+        execute(
+            &self.db.store,
+            format!("UPDATE \"{table}\" SET {set} WHERE id = '{id}'"),
+        )
+        .await;
+    }
+
+    /// Claims the queued rows on the manual clock, as a run would (the
+    /// mapping's 60 s lease), without sending them.
+    async fn claim_now(&self) -> Vec<ClaimedRow> {
+        let now = self.clock.utc();
+        let lease = now + chrono::Duration::seconds(60);
+        self.db
+            .store
+            .claim(self.table(), 10, now, lease)
+            .await
+            .unwrap()
+    }
+
+    /// Records `claimed` as synced (some CRM id and fingerprint), as the run
+    /// that claimed it would; returns how many rows the write changed.
+    async fn record_synced(&self, claimed: &ClaimedRow) -> u64 {
+        let complete = RowUpdate::Complete {
+            crm_id: Some("1".into()),
+            fingerprint: Some("f".repeat(32)),
+        };
+        let results = [RowResult::of(claimed, complete)];
+        self.db.store.record(self.table(), &results).await.unwrap()
     }
 
     /// Runs on the harness's manual clock.
     async fn run(&self) -> Arc<RunSummary> {
         self.harness.run(Arc::new(self.clock.clone())).await
-    }
-
-    fn requests(&self) -> u64 {
-        self.sandbox.stats()["requests"]
-            .as_object()
-            .map_or(0, |routes| routes.values().filter_map(Value::as_u64).sum())
     }
 }
 
@@ -165,7 +163,7 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
     h.queue_ids(&IDS).await;
     let first = h.run().await;
     assert_eq!(count(&first.complete), 3);
-    let sent = h.requests();
+    let sent = h.all_requests();
     assert_eq!(sent, 1, "one batch upsert of three rows");
     let fingerprint = text(&h.row(IDS[0]).await, "hubspot_fingerprint").unwrap();
     assert_eq!(fingerprint.len(), 32);
@@ -175,7 +173,7 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
     h.clock.advance(Duration::from_secs(86_400));
     h.queue_all().await;
     let again = h.run().await;
-    assert_eq!(h.requests(), sent, "no request for unchanged rows");
+    assert_eq!(h.all_requests(), sent, "no request for unchanged rows");
     assert_eq!(count(&again.unchanged), 3);
     assert_eq!(count(&again.complete), 0);
     let row = h.row(IDS[0]).await;
@@ -186,15 +184,10 @@ async fn a_queued_row_whose_values_did_not_change_is_not_sent_again(backend: Bac
     );
 
     // One row's name changes: only it is sent.
-    let table = &h.db.table;
-    h.sql(format!(
-        "UPDATE \"{table}\" SET name = 'Bea Person0' WHERE id = '{}'",
-        IDS[0]
-    ))
-    .await;
+    h.update_row(IDS[0], "name = 'Bea Person0'").await;
     h.queue_all().await;
     let changed = h.run().await;
-    assert_eq!(h.requests(), sent + 1);
+    assert_eq!(h.all_requests(), sent + 1);
     assert_eq!(
         (count(&changed.complete), count(&changed.unchanged)),
         (1, 2)
@@ -273,13 +266,7 @@ async fn a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerpri
     };
     h.queue_ids(&IDS[..1]).await;
     // A run claims the row and sends it, then dies before recording.
-    let spec = h.plan.mappings["hubspot"].table.clone();
-    let now = h.clock.utc();
-    let claimed =
-        h.db.store
-            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
-            .await
-            .unwrap();
+    let claimed = h.claim_now().await;
     assert_eq!(claimed.len(), 1);
     let sent = reqwest::Client::new()
         .post(format!(
@@ -304,10 +291,10 @@ async fn a_crash_between_send_and_record_resends_the_row_and_stores_no_fingerpri
 
     // The next run after the lease reclaims and re-sends it: still one record.
     h.clock.advance(Duration::from_secs(61));
-    let requests = h.requests();
+    let requests = h.all_requests();
     let rerun = h.run().await;
     assert_eq!(count(&rerun.complete), 1);
-    assert_eq!(h.requests(), requests + 1, "sent again, not skipped");
+    assert_eq!(h.all_requests(), requests + 1, "sent again, not skipped");
     assert_eq!(h.sandbox.hubspot_contacts().len(), 1);
     let row = h.row(IDS[0]).await;
     assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Complete");
@@ -319,37 +306,16 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
         return;
     };
     h.queue_ids(&IDS[..1]).await;
-    let spec = h.plan.mappings["hubspot"].table.clone();
-    let now = h.clock.utc();
-    let claimed =
-        h.db.store
-            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
-            .await
-            .unwrap();
+    let claimed = h.claim_now().await;
     // While the first version is in flight, the application changes the
     // name and queues the row again (as a change trigger would).
-    let table = &h.db.table;
-    h.sql(format!(
-        "UPDATE \"{table}\" SET name = 'Bea Person0', hubspot_processing_status = 'Queued' WHERE id = '{}'",
-        IDS[0]
-    ))
+    h.update_row(
+        IDS[0],
+        "name = 'Bea Person0', hubspot_processing_status = 'Queued'",
+    )
     .await;
     // The first version's result arrives: it must not mark the new one done.
-    let written =
-        h.db.store
-            .record(
-                &spec,
-                &[RowResult::of(
-                    &claimed[0],
-                    RowUpdate::Complete {
-                        crm_id: Some("1".into()),
-                        fingerprint: Some("f".repeat(32)),
-                    },
-                )],
-            )
-            .await
-            .unwrap();
-    assert_eq!(written, 0);
+    assert_eq!(h.record_synced(&claimed[0]).await, 0);
     let row = h.row(IDS[0]).await;
     assert_eq!(text(&row, "hubspot_processing_status").unwrap(), "Queued");
     assert_eq!(text(&row, "hubspot_fingerprint"), None);
@@ -370,7 +336,7 @@ async fn a_row_updated_while_in_flight_is_sent_again_afterwards(backend: Backend
 impl Fingerprinted {
     /// What `engine migrate` adds for the change triggers, run.
     async fn install_triggers(&self) -> Vec<String> {
-        let mapping = &self.plan.mappings[self.connector];
+        let mapping = &self.plan.mappings[&self.mapping];
         let sql = engine::change::change_trigger_migration(&self.db.store, &self.plan, mapping)
             .await
             .unwrap();
@@ -379,7 +345,7 @@ impl Fingerprinted {
     }
 
     async fn trigger_warnings(&self) -> Vec<String> {
-        let mapping = self.plan.mappings[self.connector].as_ref();
+        let mapping = self.plan.mappings[&self.mapping].as_ref();
         engine::change::check_change_triggers(&self.db.store, &self.plan, [mapping])
             .await
             .unwrap()
@@ -389,16 +355,14 @@ impl Fingerprinted {
     }
 
     async fn status_of(&self, id: &str) -> Option<String> {
-        text(&self.row(id).await, &self.status_column())
+        text(&self.row(id).await, &self.table().processing_status)
     }
 
     async fn insert_unqueued(&self, id: &str, email: &str) {
         let row = json!({"id": id, "email": email, "name": "Cy Unqueued"});
-        self.db
-            .store
-            .insert_rows(&self.db.table, &[row.as_object().unwrap().clone()])
-            .await
-            .unwrap();
+        self.harness
+            .insert(&[row.as_object().unwrap().clone()])
+            .await;
     }
 }
 
@@ -429,26 +393,16 @@ async fn change_triggers_queue_a_row_when_a_column_the_mapping_reads_changes_and
     assert_eq!(count(&first.complete), 1);
     assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Complete"));
 
-    let table = &h.db.table;
     let id = IDS[0];
     // A column the mapping does not read, and a read column set to its own value.
-    h.sql(format!(
-        "UPDATE \"{table}\" SET phone_number = '+33612345678' WHERE id = '{id}'"
-    ))
-    .await;
-    h.sql(format!(
-        "UPDATE \"{table}\" SET name = 'Cy Unqueued' WHERE id = '{id}'"
-    ))
-    .await;
+    h.update_row(id, "phone_number = '+33612345678'").await;
+    h.update_row(id, "name = 'Cy Unqueued'").await;
     assert_eq!(h.status_of(id).await.as_deref(), Some("Complete"));
     let idle = h.run().await;
     assert_eq!(count(&idle.complete) + count(&idle.unchanged), 0);
 
     // A read column that changes queues it, and the new value reaches the CRM.
-    h.sql(format!(
-        "UPDATE \"{table}\" SET name = 'Dee Changed' WHERE id = '{id}'"
-    ))
-    .await;
+    h.update_row(id, "name = 'Dee Changed'").await;
     assert_eq!(h.status_of(id).await.as_deref(), Some("Queued"));
     let changed = h.run().await;
     assert_eq!(count(&changed.complete), 1);
@@ -492,12 +446,7 @@ async fn engine_check_says_when_change_triggers_are_missing_or_stale_and_migrate
     // And they watch the new column.
     h.insert_unqueued(IDS[0], "cy@example.com").await;
     h.run().await;
-    let table = &h.db.table;
-    h.sql(format!(
-        "UPDATE \"{table}\" SET phone_number = '+33612345678' WHERE id = '{}'",
-        IDS[0]
-    ))
-    .await;
+    h.update_row(IDS[0], "phone_number = '+33612345678'").await;
     assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Queued"));
 }
 
@@ -507,31 +456,15 @@ async fn a_row_the_trigger_queues_while_in_flight_is_sent_again_afterwards(backe
     };
     h.install_triggers().await;
     h.insert_unqueued(IDS[0], "cy@example.com").await;
-    let spec = h.plan.mappings["hubspot"].table.clone();
-    let now = h.clock.utc();
-    let claimed =
-        h.db.store
-            .claim(&spec, 10, now, now + chrono::Duration::seconds(60))
-            .await
-            .unwrap();
+    let claimed = h.claim_now().await;
     assert_eq!(claimed.len(), 1);
-    let table = &h.db.table;
-    h.sql(format!(
-        "UPDATE \"{table}\" SET name = 'Dee Changed' WHERE id = '{}'",
-        IDS[0]
-    ))
-    .await;
+    h.update_row(IDS[0], "name = 'Dee Changed'").await;
     assert_eq!(h.status_of(IDS[0]).await.as_deref(), Some("Queued"));
-    let complete = RowUpdate::Complete {
-        crm_id: Some("1".into()),
-        fingerprint: Some("f".repeat(32)),
-    };
-    let written =
-        h.db.store
-            .record(&spec, &[RowResult::of(&claimed[0], complete)])
-            .await
-            .unwrap();
-    assert_eq!(written, 0, "the older version does not mark the row done");
+    assert_eq!(
+        h.record_synced(&claimed[0]).await,
+        0,
+        "the older version does not mark the row done"
+    );
     let rerun = h.run().await;
     assert_eq!(count(&rerun.complete), 1);
     assert_eq!(
@@ -568,7 +501,7 @@ fn migrate_print_shows_the_change_triggers_for_either_database_kind() {
 
 /// The first names the CRM holds, by email.
 fn crm_first_names(h: &Fingerprinted) -> BTreeMap<String, String> {
-    let (contacts, email, first) = match h.connector {
+    let (contacts, email, first) = match h.connector.as_str() {
         "hubspot" => (
             h.sandbox.hubspot_contacts(),
             "/properties/email",
@@ -598,7 +531,7 @@ fn crm_first_names(h: &Fingerprinted) -> BTreeMap<String, String> {
 async fn seed_crm_contact(h: &Fingerprinted) {
     let client = reqwest::Client::new();
     let base = h.sandbox.base_url();
-    let sent = match h.connector {
+    let sent = match h.connector.as_str() {
         "hubspot" => client
             .post(format!("{base}/crm/v3/objects/contacts"))
             .bearer_auth("demo-token")
@@ -704,13 +637,7 @@ fn engine_check_refuses_a_sync_mode_the_connector_cannot_tell_apart() {
             "connector = \"crm\"\nmode = \"update_only\"\n[source]\ntable = \"contacts\"\n\
              [fields]\nname = \"{{name}}\"\n",
         );
-    let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
-    let errors: Vec<String> = checked
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
+    let errors = check_errors(&config, &BTreeMap::new());
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("mode `update_only` needs to know whether a record exists"),
@@ -764,13 +691,7 @@ fn engine_check_refuses_a_fingerprint_column_the_mapping_reads() {
         "[state]\n",
         "[state]\nfingerprint = \"name\"\n",
     );
-    let checked = engine::check::check_dir(config.path(), &BTreeMap::new());
-    let errors: Vec<String> = checked
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
+    let errors = check_errors(&config, &BTreeMap::new());
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("the engine would overwrite it"),

@@ -57,13 +57,7 @@ struct Recording {
     recorder: Recorder,
 }
 
-impl std::ops::Deref for Recording {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
+crate::wraps!(Recording => harness: Harness);
 
 impl Recording {
     /// `None` when PostgreSQL is not reachable outside CI (see

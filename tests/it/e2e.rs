@@ -66,19 +66,7 @@ pub struct Fixture {
     pub sandbox: Sandbox,
 }
 
-impl std::ops::Deref for Fixture {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
-
-impl std::ops::DerefMut for Fixture {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.harness
-    }
-}
+crate::wraps!(Fixture => harness: Harness);
 
 impl Fixture {
     /// `None` when PostgreSQL is not reachable outside CI (see [`crate::support::TestDb::open`]).
@@ -134,6 +122,18 @@ impl Fixture {
         self.counts(mapping).await.get(status).copied().unwrap_or(0)
     }
 
+    /// Asks for the delete of row `id`'s record in `mapping`'s CRM, as the
+    /// application does: its processing status set to `Delete`.
+    pub async fn ask_to_delete(&self, mapping: &str, id: &str) {
+        let status = &self.spec(mapping).processing_status;
+        let table = &self.db.table;
+        self.db
+            .execute(format!(
+                "UPDATE \"{table}\" SET \"{status}\" = 'Delete' WHERE id = '{id}'"
+            ))
+            .await;
+    }
+
     /// `--config-dir DIR --database URL`, for the binary.
     pub fn location(&self) -> Vec<String> {
         vec![
@@ -162,6 +162,25 @@ impl Fixture {
     pub fn in_flight(&self) -> u64 {
         self.sandbox.stats()["in_flight"].as_u64().unwrap_or(0)
     }
+}
+
+/// Lets the Brevo mapping delete records (`on_removed = "archive"`): a row
+/// whose processing status is set to `Delete` has its contact deleted.
+pub fn brevo_deletes_records(config: &ConfigDir) {
+    config.edit(
+        "mappings/brevo.toml",
+        "connector = \"brevo\"",
+        "connector = \"brevo\"\non_removed = \"archive\"",
+    );
+}
+
+/// Brevo requests are tried once: a failure is not retried in-process.
+pub fn brevo_tries_once(config: &ConfigDir) {
+    config.edit(
+        "connectors/brevo.toml",
+        "max_attempts = 3",
+        "max_attempts = 1",
+    );
 }
 
 /// `n` contacts queued for both CRMs: ids `00000000-0000-4000-8000-000000000001`..,
@@ -365,6 +384,27 @@ impl Engine {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// SIGTERM, then the exit code, which must come within the 10 s the
+    /// README promises for a stop.
+    pub async fn stop(&mut self) -> i32 {
+        self.terminate();
+        self.exit_code(Duration::from_secs(10)).await
+    }
+
+    /// [`Engine::stop`], and the exit code must be `expected`.
+    pub async fn stop_with(&mut self, expected: i32) {
+        self.terminate();
+        self.assert_exits_with(expected, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Waits up to `timeout` for the exit, whose code must be `expected`
+    /// (stderr shown if not).
+    pub async fn assert_exits_with(&mut self, expected: i32, timeout: Duration) {
+        let code = self.exit_code(timeout).await;
+        assert_eq!(code, expected, "{}", self.stderr());
     }
 
     /// Waits for the process to exit; panics (and kills it) after `timeout`.

@@ -3,11 +3,12 @@
 //! the five mistakes gets the `check` error the guide prints.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use engine::sandbox::SandboxOptions;
+use engine::store::Backend;
+use serde_json::json;
 
-use crate::support::{ConfigDir, TestDb, plan_and_migrate, quiet, run_engine, run_to_end};
+use crate::support::{ConfigDir, Harness, SandboxHarness, run_engine};
 
 const GUIDE: &str = include_str!("../../docs/add-a-crm.md");
 
@@ -94,55 +95,30 @@ fn the_files_the_guide_writes_pass_check_with_the_output_it_shows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_connector_syncs_against_the_sandbox_creating_then_updating() {
-    engine::install_crypto_provider();
-    let sandbox = engine::sandbox::Sandbox::start(engine::sandbox::SandboxOptions {
-        port: 0,
-        ..Default::default()
+    // The guide's own database is private to this test: its table keeps its name.
+    let h = SandboxHarness::around(SandboxOptions::default(), |base_url| {
+        let env = BTreeMap::from([
+            ("MYBREVO_API_KEY".into(), "anything".into()),
+            ("MYBREVO_BASE_URL".into(), format!("{base_url}/v3")),
+        ]);
+        Harness::start(Backend::Sqlite, written(), env, &["mybrevo"], |_, _| {})
     })
     .await
-    .unwrap();
-    let config = written();
-    // The guide's own database is private to this test: its table keeps its name.
-    let db = TestDb::open(engine::store::Backend::Sqlite).await.unwrap();
-    let env: BTreeMap<String, String> = BTreeMap::from([
-        ("MYBREVO_API_KEY".into(), "anything".into()),
-        (
-            "MYBREVO_BASE_URL".into(),
-            format!("{}/v3", sandbox.base_url()),
-        ),
-    ]);
-    let plan = plan_and_migrate(&config, &env, &db, &["mybrevo"]).await;
-    let queue = |id: &str, name: &str| -> Map<String, Value> {
-        json!({"id": id, "email": "ada@example.com", "name": name,
-               "mybrevo_processing_status": "Queued"})
-        .as_object()
-        .unwrap()
-        .clone()
-    };
-    let run = || async {
-        let clock = Arc::new(engine::clock::SystemClock);
-        run_to_end(&plan, "mybrevo", &db, &env, clock, quiet()).await;
-    };
-    db.store
-        .insert_rows("contacts", &[queue("c1", "Ada Lovelace")])
-        .await
-        .unwrap();
-    run().await;
+    .expect("SQLite is always there");
+    let contact =
+        |id: &str, name: &str| json!({"id": id, "email": "ada@example.com", "name": name});
+    h.harness.queue([contact("c1", "Ada Lovelace")]).await;
+    h.run_now().await;
     // The same email again: an update (204), its id looked up.
-    db.store
-        .insert_rows("contacts", &[queue("c2", "Ada King")])
-        .await
-        .unwrap();
-    run().await;
-    let table = &plan.mappings["mybrevo"].table;
-    let c1 = db.store.fetch_row(table, "c1").await.unwrap().unwrap();
-    let c2 = db.store.fetch_row(table, "c2").await.unwrap().unwrap();
+    h.harness.queue([contact("c2", "Ada King")]).await;
+    h.run_now().await;
+    let (c1, c2) = (h.row("c1").await, h.row("c2").await);
     for row in [&c1, &c2] {
         assert_eq!(row["mybrevo_processing_status"], "Complete", "{row:?}");
     }
     assert!(c1["mybrevo_contact_id"].is_string(), "{c1:?}");
     assert_eq!(c1["mybrevo_contact_id"], c2["mybrevo_contact_id"]);
-    let contacts = sandbox.brevo_contacts();
+    let contacts = h.sandbox.brevo_contacts();
     assert_eq!(contacts.len(), 1, "{contacts:?}");
     assert_eq!(contacts[0]["attributes"]["LASTNAME"], "King");
 }

@@ -52,13 +52,7 @@ struct Scripted {
     crm: ScriptedCrm,
 }
 
-impl std::ops::Deref for Scripted {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
+crate::wraps!(Scripted => harness: Harness);
 
 impl Scripted {
     async fn new(backend: Backend, script: Vec<Reply>, max_retries: u32) -> Option<Scripted> {

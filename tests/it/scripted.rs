@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
 
 /// One scripted reply.
 #[derive(Debug, Clone)]
@@ -65,6 +66,8 @@ struct State {
 pub struct ScriptedCrm {
     pub base_url: String,
     state: Arc<Mutex<State>>,
+    /// `false` while requests are held (received, not answered).
+    open: Arc<watch::Sender<bool>>,
 }
 
 impl ScriptedCrm {
@@ -74,12 +77,15 @@ impl ScriptedCrm {
             received: vec![],
             in_flight: 0,
         }));
-        let shared = state.clone();
+        let open = Arc::new(watch::Sender::new(true));
+        let (shared, gate) = (state.clone(), open.clone());
         let app = Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let state = shared.clone();
+                let mut open = gate.subscribe();
                 async move {
                     let reply = receive(&state, method, uri, &headers, body);
+                    let _ = open.wait_for(|open| *open).await;
                     tokio::time::sleep(reply.delay).await;
                     state.lock().unwrap().in_flight -= 1;
                     respond(reply)
@@ -89,11 +95,27 @@ impl ScriptedCrm {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base_url, state }
+        Self {
+            base_url,
+            state,
+            open,
+        }
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// From now on every request is received (and counted) but not
+    /// answered until [`ScriptedCrm::release`]: a request held at the CRM
+    /// for as long as a test needs, however slow the machine.
+    pub fn hold(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Answers the held requests, and every later one at once.
+    pub fn release(&self) {
+        self.open.send_replace(true);
     }
 }
 

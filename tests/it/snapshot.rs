@@ -6,31 +6,29 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use engine::engine::{RunOptions, RunSummary, run_connector};
-use engine::plan::Plan;
-use engine::sandbox::{Sandbox, SandboxOptions};
+use engine::clock::{Clock, SystemClock};
+use engine::engine::{RunOptions, RunSummary};
+use engine::sandbox::SandboxOptions;
 use engine::store::{Backend, Store};
 use serde_json::{Value, json};
 
 use crate::on_both_backends;
-use crate::support::{ConfigDir, TestDb, execute, quiet, replacing};
+use crate::support::{ConfigDir, Harness, SandboxHarness, check_errors, execute, quiet, replacing};
 
 /// One test's world: a source table, a config dir holding only the shipped
-/// connectors and this test's snapshot mapping, and a sandbox.
+/// connectors and this test's snapshot mapping (named after the table, so
+/// states never mix), and a sandbox.
 struct World {
-    db: TestDb,
-    config: ConfigDir,
-    sandbox: Sandbox,
-    env: BTreeMap<String, String>,
-    /// The mapping's name (unique per test, so states never mix).
-    name: String,
-    connector: &'static str,
+    inner: SandboxHarness,
     /// Ids are uuids (PostgreSQL `uuid`, SQLite `TEXT`), which the source
     /// streams in its own order instead of sorting their text.
     uuid_ids: bool,
 }
 
+crate::wraps!(World => inner: SandboxHarness);
+
 /// How the mapping reads the source.
+#[derive(Clone, Copy)]
 enum Read {
     Table,
     View,
@@ -38,6 +36,40 @@ enum Read {
     Query,
     /// The table, its ids uuids.
     UuidTable,
+}
+
+impl Read {
+    /// The mapping's `[source]` line over `table` (its view is `<table>_view`).
+    fn source(self, table: &str) -> String {
+        match self {
+            Read::Table | Read::UuidTable => format!("table = \"{table}\""),
+            Read::View => format!("table = \"{table}_view\""),
+            Read::Query => {
+                format!("query = \"SELECT id, email, name FROM {table} WHERE active = 1\"")
+            }
+        }
+    }
+}
+
+/// Puts the snapshot mapping of `connector` over `table` in place of the
+/// shipped mappings, and returns its name.
+fn write_snapshot_mapping(config: &ConfigDir, table: &str, connector: &str, read: Read) -> String {
+    for shipped in ["hubspot", "brevo"] {
+        std::fs::remove_file(config.path().join(format!("mappings/{shipped}.toml"))).unwrap();
+    }
+    let name = format!("snap_{table}");
+    let fields = match connector {
+        "hubspot" => "email = \"{{lower email}}\"\nfirstname = \"{{first_name name}}\"",
+        _ => "FIRSTNAME = \"{{first_name name}}\"",
+    };
+    let source = read.source(table);
+    config.write(
+        &format!("mappings/{name}.toml"),
+        &format!(
+            "connector = \"{connector}\"\non_removed = \"archive\"\n\n[source]\nmode = \"snapshot\"\n{source}\nkey = \"email\"\nid = \"id\"\n\n[schedule]\nbatch_size = 50\n\n[fields]\n{fields}\n"
+        ),
+    );
+    name
 }
 
 impl World {
@@ -52,80 +84,51 @@ impl World {
         read: Read,
         latency_ms: u64,
     ) -> Option<World> {
-        engine::install_crypto_provider();
-        let db = TestDb::open(backend).await?;
-        let uuid_ids = matches!(read, Read::UuidTable);
-        let id_type = match (backend, uuid_ids) {
+        let options = SandboxOptions {
+            latency_ms,
+            ..SandboxOptions::default()
+        };
+        let inner = SandboxHarness::around(options, |base_url| {
+            let env = engine::demo::sandbox_env(&base_url);
+            Harness::unmigrated(backend, ConfigDir::shipped(), env, |config, db| {
+                write_snapshot_mapping(config, &db.table, connector, read)
+            })
+        })
+        .await?;
+        let world = World {
+            inner,
+            uuid_ids: matches!(read, Read::UuidTable),
+        };
+        world.create_source(read).await;
+        Some(world)
+    }
+
+    /// The source table (and its view, read through one).
+    async fn create_source(&self, read: Read) {
+        let id_type = match (self.db.store.backend(), self.uuid_ids) {
             (Backend::Sqlite, false) => "INTEGER",
             (Backend::Postgres, false) => "BIGINT",
             (Backend::Sqlite, true) => "TEXT",
             (Backend::Postgres, true) => "UUID",
         };
-        execute(
-            &db.store,
-            format!(
-                "CREATE TABLE {} (id {id_type} PRIMARY KEY, email TEXT, name TEXT, active INTEGER NOT NULL DEFAULT 1)",
-                db.table
-            ),
-        )
+        let table = &self.db.table;
+        self.sql(format!(
+            "CREATE TABLE {table} (id {id_type} PRIMARY KEY, email TEXT, name TEXT, active INTEGER NOT NULL DEFAULT 1)"
+        ))
         .await;
-        let source = match read {
-            Read::Table | Read::UuidTable => format!("table = \"{}\"", db.table),
-            Read::View => {
-                let view = format!("{}_view", db.table);
-                execute(
-                    &db.store,
-                    format!(
-                        "CREATE VIEW {view} AS SELECT id, email, name FROM {}",
-                        db.table
-                    ),
-                )
-                .await;
-                format!("table = \"{view}\"")
-            }
-            Read::Query => format!(
-                "query = \"SELECT id, email, name FROM {} WHERE active = 1\"",
-                db.table
-            ),
-        };
-        let sandbox = Sandbox::start(SandboxOptions {
-            port: 0,
-            latency_ms,
-            ..SandboxOptions::default()
-        })
-        .await
-        .unwrap();
-        let config = ConfigDir::shipped();
-        for shipped in ["hubspot", "brevo"] {
-            std::fs::remove_file(config.path().join(format!("mappings/{shipped}.toml"))).unwrap();
+        if let Read::View = read {
+            self.sql(format!(
+                "CREATE VIEW {table}_view AS SELECT id, email, name FROM {table}"
+            ))
+            .await;
         }
-        let name = format!("snap_{}", db.table);
-        let fields = match connector {
-            "hubspot" => "email = \"{{lower email}}\"\nfirstname = \"{{first_name name}}\"",
-            _ => "FIRSTNAME = \"{{first_name name}}\"",
-        };
-        config.write(
-            &format!("mappings/{name}.toml"),
-            &format!(
-                "connector = \"{connector}\"\non_removed = \"archive\"\n\n[source]\nmode = \"snapshot\"\n{source}\nkey = \"email\"\nid = \"id\"\n\n[schedule]\nbatch_size = 50\n\n[fields]\n{fields}\n"
-            ),
-        );
-        let env = engine::demo::sandbox_env(&sandbox.base_url());
-        Some(World {
-            db,
-            config,
-            sandbox,
-            env,
-            name,
-            connector,
-            uuid_ids,
-        })
     }
 
-    fn plan(&self) -> Arc<Plan> {
-        let checked = engine::check::check_dir(self.config.path(), &self.env);
-        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-        Arc::new(checked.plan)
+    /// Replaces `from` by `to` in the mapping file and plans again.
+    async fn edit_mapping(&mut self, from: &str, to: &str) {
+        let file = format!("mappings/{}.toml", self.mapping);
+        self.config.edit(&file, from, to);
+        self.replan().await;
     }
 
     async fn insert(&self, rows: &[(i64, &str, &str)]) {
@@ -144,11 +147,7 @@ impl World {
                     .clone()
             })
             .collect();
-        self.db
-            .store
-            .insert_rows(&self.db.table, &rows)
-            .await
-            .unwrap();
+        self.harness.insert(&rows).await;
     }
 
     async fn sql(&self, sql: String) {
@@ -162,13 +161,8 @@ impl World {
         state: Option<Store>,
         allow_empty_source: bool,
     ) -> anyhow::Result<Arc<RunSummary>> {
-        self.run_at(
-            source,
-            state,
-            allow_empty_source,
-            Arc::new(engine::clock::SystemClock),
-        )
-        .await
+        self.run_at(source, state, allow_empty_source, Arc::new(SystemClock))
+            .await
     }
 
     async fn run_at(
@@ -176,24 +170,14 @@ impl World {
         source: &Store,
         state: Option<Store>,
         allow_empty_source: bool,
-        clock: Arc<dyn engine::clock::Clock>,
+        clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<RunSummary>> {
-        let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let options = RunOptions {
             state_store: state,
             allow_empty_source,
             ..quiet()
         };
-        run_connector(
-            self.plan(),
-            self.connector,
-            source.clone(),
-            &self.env,
-            clock,
-            options,
-            shutdown,
-        )
-        .await
+        self.try_run_over(source, clock, options).await
     }
 
     async fn run(&self) -> Arc<RunSummary> {
@@ -202,22 +186,9 @@ impl World {
             .expect("the run finishes")
     }
 
-    /// Every request the sandbox answered so far.
-    fn requests(&self) -> u64 {
-        let stats = self.sandbox.stats();
-        let requests = stats["requests"].as_object().cloned().unwrap_or_default();
-        requests.values().filter_map(Value::as_u64).sum()
-    }
-
-    fn requests_to(&self, route: &str) -> u64 {
-        self.sandbox.stats()["requests"][route]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
     /// The CRM's contacts as `(email, first name)`, sorted.
     fn crm(&self) -> Vec<(String, String)> {
-        let mut contacts: Vec<(String, String)> = match self.connector {
+        let mut contacts: Vec<(String, String)> = match self.connector.as_str() {
             "hubspot" => self
                 .sandbox
                 .hubspot_contacts()
@@ -238,11 +209,14 @@ impl World {
         contacts
     }
 
+    /// The mapping's scope in the engine's snapshot state.
+    fn scope(&self) -> String {
+        engine::snapshot::scope(&self.plan.mappings[&self.mapping])
+    }
+
     /// State rows by status (a pending delete shown as `Queued (delete)`).
     async fn state_counts(&self, state: &Store) -> BTreeMap<String, i64> {
-        let plan = self.plan();
-        let scope = engine::snapshot::scope(&plan.mappings[&self.name]);
-        engine::snapshot::state::counts(state, &scope)
+        engine::snapshot::state::counts(state, &self.scope())
             .await
             .unwrap()
             .into_iter()
@@ -289,10 +263,14 @@ async fn a_snapshot_over_a_table_sends_each_row_once_and_nothing_when_nothing_ch
         [("a@x.io", "Ann"), ("b@x.io", "Bob"), ("c@x.io", "Cy")]
             .map(|(e, n)| (e.to_string(), n.to_string()))
     );
-    let before = w.requests();
+    let before = w.all_requests();
     let second = w.run().await;
     assert_eq!(synced(&second), 0);
-    assert_eq!(w.requests(), before, "an unchanged source sends no request");
+    assert_eq!(
+        w.all_requests(),
+        before,
+        "an unchanged source sends no request"
+    );
     assert_eq!(
         w.state_counts(&w.db.store).await,
         counts(&[("Complete", 3)])
@@ -314,17 +292,17 @@ async fn a_snapshot_over_a_view_sends_a_changed_row_once(backend: Backend) {
     // A column the mapping does not read changes nothing.
     w.sql(format!("UPDATE {} SET active = 0 WHERE id = 1", w.db.table))
         .await;
-    let before = w.requests_to("POST /v3/contacts");
+    let before = w.requests("POST /v3/contacts");
     let summary = w.run().await;
     assert_eq!(synced(&summary), 1);
-    assert_eq!(w.requests_to("POST /v3/contacts"), before + 1);
+    assert_eq!(w.requests("POST /v3/contacts"), before + 1);
     assert_eq!(
         w.crm(),
         [("a@x.io", "Ann"), ("b@x.io", "Bea")].map(|(e, n)| (e.to_string(), n.to_string()))
     );
-    let requests = w.requests();
+    let requests = w.all_requests();
     w.run().await;
-    assert_eq!(w.requests(), requests, "the change was sent once");
+    assert_eq!(w.all_requests(), requests, "the change was sent once");
 }
 
 async fn a_snapshot_over_a_query_archives_a_row_that_left_it_once(backend: Backend) {
@@ -339,15 +317,12 @@ async fn a_snapshot_over_a_query_archives_a_row_that_left_it_once(backend: Backe
         .await;
     let summary = w.run().await;
     assert_eq!(deleted(&summary), 1);
-    assert_eq!(
-        w.requests_to("POST /crm/v3/objects/contacts/batch/archive"),
-        1
-    );
+    assert_eq!(w.requests("POST /crm/v3/objects/contacts/batch/archive"), 1);
     assert_eq!(w.crm(), [("a@x.io".to_string(), "Ann".to_string())]);
     let again = w.run().await;
     assert_eq!(deleted(&again), 0);
     assert_eq!(
-        w.requests_to("POST /crm/v3/objects/contacts/batch/archive"),
+        w.requests("POST /crm/v3/objects/contacts/batch/archive"),
         1,
         "a second cycle does not delete again"
     );
@@ -392,7 +367,7 @@ async fn only_records_this_mapping_synced_are_deleted(backend: Backend) {
         w.crm(),
         [("a@x.io", "Ann"), ("other@x.io", "")].map(|(e, n)| (e.to_string(), n.to_string()))
     );
-    assert_eq!(w.requests_to("DELETE /v3/contacts/{identifier}"), 1);
+    assert_eq!(w.requests("DELETE /v3/contacts/{identifier}"), 1);
 }
 
 async fn a_delete_answered_404_counts_as_done(backend: Backend) {
@@ -552,22 +527,15 @@ on_both_backends!(
     a_snapshot_in_create_only_mode_creates_new_records_and_leaves_known_ones,
 );
 
-/// The error messages `engine check` gives for one mapping file.
-fn check_errors(mapping: &str) -> Vec<String> {
+/// The errors `engine check` gives for one mapping file.
+fn errors_of_mapping(mapping: &str) -> Vec<String> {
     let config = ConfigDir::shipped();
     config.write("mappings/brevo.toml", mapping);
     // A copy of Brevo without a [delete] operation.
     let brevo = std::fs::read_to_string(config.path().join("connectors/brevo.toml")).unwrap();
     let cut = brevo.find("[delete]").expect("brevo declares [delete]");
     config.write("connectors/nodelete.toml", &brevo[..cut]);
-    let env = engine::demo::sandbox_env("http://127.0.0.1:1");
-    let checked = engine::check::check_dir(config.path(), &env);
-    checked
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.message.clone())
-        .collect()
+    check_errors(&config, &engine::demo::sandbox_env("http://127.0.0.1:1"))
 }
 
 #[test]
@@ -608,13 +576,13 @@ fn check_refuses_snapshot_settings_that_cannot_work() {
         ),
     ];
     for (mapping, expected) in cases {
-        let errors = check_errors(&format!("{mapping}{fields}"));
+        let errors = errors_of_mapping(&format!("{mapping}{fields}"));
         assert!(
             errors.iter().any(|e| e.contains(expected)),
             "{mapping}: expected {expected:?} in {errors:?}"
         );
     }
-    let errors = check_errors(&format!(
+    let errors = errors_of_mapping(&format!(
         "connector = \"brevo\"\n[source]\nmode = \"snapshot\"\ntable = \"t\"\nstate_database_env = \"sqlite://state.db\"\n{fields}"
     ));
     assert!(
@@ -625,7 +593,7 @@ fn check_refuses_snapshot_settings_that_cannot_work() {
     );
     let good = "connector = \"brevo\"\non_removed = \"archive\"\n[source]\nmode = \"snapshot\"\nquery = \"SELECT id, email, name FROM t;\"\n";
     assert_eq!(
-        check_errors(&format!("{good}{fields}")),
+        errors_of_mapping(&format!("{good}{fields}")),
         Vec::<String>::new()
     );
 }
@@ -650,11 +618,7 @@ async fn status_of_a_snapshot_counts_its_state_deleted_included() {
     ))
     .await;
     w.run().await;
-    let mut env: Vec<(&str, &str)> = w
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let mut env = w.env_pairs();
     env.push(("DATABASE_URL", &w.db.url));
     let status = crate::support::run_engine(w.config.path(), &["status"], &env);
     replacing(&[(&w.db.table, "[TABLE]")])
@@ -664,16 +628,10 @@ async fn status_of_a_snapshot_counts_its_state_deleted_included() {
 /// Queue mode: a row set to `Delete` has its record deleted once, and a
 /// record already gone (404) counts as deleted too.
 async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend) {
-    use crate::e2e::{Fixture, generated_rows, ids_of, sandbox_options, text};
-    let Some(f) = Fixture::new(backend, sandbox_options(0), |config| {
-        config.edit(
-            "mappings/brevo.toml",
-            "connector = \"brevo\"",
-            "connector = \"brevo\"\non_removed = \"archive\"",
-        );
-    })
-    .await
-    else {
+    use crate::e2e::{
+        Fixture, brevo_deletes_records, generated_rows, ids_of, sandbox_options, text,
+    };
+    let Some(f) = Fixture::new(backend, sandbox_options(0), brevo_deletes_records).await else {
         return;
     };
     let rows = generated_rows(3);
@@ -681,7 +639,6 @@ async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend)
     f.insert(&rows).await;
     f.run_now("brevo").await;
     assert_eq!(f.sandbox.brevo_contacts().len(), 3);
-    let status = &f.spec("brevo").processing_status;
     // Row 3's contact is already gone from the CRM: a 404, done all the same.
     let crm_id = text(&f.row(&ids[2]).await, &f.spec("brevo").crm_id);
     let gone = reqwest::Client::new()
@@ -692,14 +649,7 @@ async fn a_queue_row_set_to_delete_has_its_record_deleted_once(backend: Backend)
         .unwrap();
     assert_eq!(gone.status().as_u16(), 204);
     for id in &ids[1..] {
-        execute(
-            &f.db.store,
-            format!(
-                "UPDATE {} SET \"{status}\" = 'Delete' WHERE id = '{id}'",
-                f.db.table
-            ),
-        )
-        .await;
+        f.ask_to_delete("brevo", id).await;
     }
     let summary = f.run_now("brevo").await;
     assert_eq!(deleted(&summary), 2);
@@ -764,7 +714,7 @@ async fn a_crashed_run_resends_its_rows_and_loses_no_update(backend: Backend) {
         .copied()
         .unwrap_or(0);
     assert!(processing > 0, "the crash left rows Processing");
-    let scope = engine::snapshot::scope(&w.plan().mappings[&w.name]);
+    let scope = w.scope();
     let confirmed = scalar(
         &w.db.store,
         format!(
@@ -819,12 +769,8 @@ async fn check_with_a_database_names_what_a_snapshot_source_lacks() {
     let w = World::new(Backend::Sqlite, "brevo", Read::Query)
         .await
         .expect("SQLite is always there");
-    let file = format!("mappings/{}.toml", w.name);
-    let env: Vec<(&str, &str)> = w
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let file = format!("mappings/{}.toml", w.mapping);
+    let env = w.env_pairs();
     let check = |env: &[(&str, &str)]| {
         crate::support::run_engine(w.config.path(), &["check", "--database", &w.db.url], env)
     };
@@ -851,7 +797,7 @@ async fn check_with_a_database_names_what_a_snapshot_source_lacks() {
         &[
             "migrate",
             "--mapping",
-            &w.name,
+            &w.mapping,
             "--print",
             "--database",
             &w.db.url,
@@ -898,9 +844,9 @@ async fn a_snapshot_over_uuid_ids_streams_them_in_order(backend: Backend) {
     assert_eq!(synced(&summary), 1);
     assert_eq!(deleted(&summary), 2);
     assert_eq!(w.crm().len(), 38);
-    let before = w.requests();
+    let before = w.all_requests();
     w.run().await;
-    assert_eq!(w.requests(), before);
+    assert_eq!(w.all_requests(), before);
 }
 
 on_both_backends!(a_snapshot_over_uuid_ids_streams_them_in_order);
@@ -911,12 +857,11 @@ async fn a_mapping_can_name_its_state_database_by_environment_variable(backend: 
     let Some(mut w) = World::new(backend, "hubspot", Read::Table).await else {
         return;
     };
-    let file = format!("mappings/{}.toml", w.name);
-    w.config.edit(
-        &file,
+    w.edit_mapping(
         "id = \"id\"",
         "id = \"id\"\nstate_database_env = \"SNAP_STATE_URL\"",
-    );
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("state.db").display());
     w.env.insert("SNAP_STATE_URL".into(), url.clone());
@@ -956,15 +901,11 @@ on_both_backends!(a_mapping_can_name_its_state_database_by_environment_variable)
 /// row once between them: they diff at the same time, and the state's claims
 /// and its re-checked writes keep them from sending a row twice.
 async fn two_runs_at_once_send_each_row_once(backend: Backend) {
-    let Some(w) = World::with_latency(backend, "brevo", Read::Table, 20).await else {
+    let Some(mut w) = World::with_latency(backend, "brevo", Read::Table, 20).await else {
         return;
     };
-    let file = format!("mappings/{}.toml", w.name);
-    w.config.edit(
-        &file,
-        "batch_size = 50",
-        "batch_size = 10\nmax_instances = 2",
-    );
+    w.edit_mapping("batch_size = 50", "batch_size = 10\nmax_instances = 2")
+        .await;
     let emails: Vec<String> = (1..=120).map(|i| format!("p{i}@x.io")).collect();
     let rows: Vec<(i64, &str, &str)> = emails
         .iter()
@@ -978,17 +919,13 @@ async fn two_runs_at_once_send_each_row_once(backend: Backend) {
     });
     let sent = synced(&a.unwrap()) + synced(&b.unwrap());
     assert_eq!(sent, 120);
-    assert_eq!(
-        w.requests_to("POST /v3/contacts"),
-        120,
-        "each row sent once"
-    );
+    assert_eq!(w.requests("POST /v3/contacts"), 120, "each row sent once");
     assert_eq!(w.crm().len(), 120);
     assert_eq!(
         w.state_counts(&w.db.store).await,
         counts(&[("Complete", 120)])
     );
-    let before = w.requests();
+    let before = w.all_requests();
     let (a, b) = tokio::join!(
         w.run_with(&w.db.store, None, false),
         w.run_with(&w.db.store, None, false)
@@ -996,7 +933,7 @@ async fn two_runs_at_once_send_each_row_once(backend: Backend) {
     a.unwrap();
     b.unwrap();
     assert_eq!(
-        w.requests(),
+        w.all_requests(),
         before,
         "nothing changed: no request from either run"
     );
@@ -1007,11 +944,10 @@ on_both_backends!(two_runs_at_once_send_each_row_once);
 /// New rows between known ones, across several pages of the state (1,000
 /// rows each), are all found new, and no known row looks removed.
 async fn new_rows_between_known_ones_across_state_pages_are_found(backend: Backend) {
-    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+    let Some(mut w) = World::new(backend, "hubspot", Read::Table).await else {
         return;
     };
-    let file = format!("mappings/{}.toml", w.name);
-    w.config.edit(&file, "batch_size = 50", "batch_size = 500");
+    w.edit_mapping("batch_size = 50", "batch_size = 500").await;
     let emails: Vec<String> = (1..=5000).map(|i| format!("m{i}@x.io")).collect();
     let rows = |parity: i64| -> Vec<(i64, &str, &str)> {
         emails
@@ -1033,9 +969,9 @@ async fn new_rows_between_known_ones_across_state_pages_are_found(backend: Backe
         w.state_counts(&w.db.store).await,
         counts(&[("Complete", 5000)])
     );
-    let before = w.requests();
+    let before = w.all_requests();
     w.run().await;
-    assert_eq!(w.requests(), before);
+    assert_eq!(w.all_requests(), before);
 }
 
 on_both_backends!(new_rows_between_known_ones_across_state_pages_are_found);
@@ -1046,22 +982,20 @@ fn skipped(summary: &RunSummary) -> u64 {
 
 impl World {
     /// Puts `mode = "<mode>"` in the mapping.
-    fn set_mode(&self, mode: &str) {
-        self.config.edit(
-            &format!("mappings/{}.toml", self.name),
-            "on_removed = \"archive\"\n",
-            &format!("on_removed = \"archive\"\nmode = \"{mode}\"\n"),
-        );
+    async fn set_mode(&mut self, mode: &str) {
+        let archive = "on_removed = \"archive\"\n";
+        self.edit_mapping(archive, &format!("{archive}mode = \"{mode}\"\n"))
+            .await;
     }
 
     /// Every connector with a mapping, in one process (`engine run --all`).
     async fn run_all(&self) -> Vec<engine::service::ConnectorRun> {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         engine::service::run_all(
-            self.plan(),
+            self.plan.clone(),
             self.db.store.clone(),
             &self.env,
-            Arc::new(engine::clock::SystemClock),
+            Arc::new(SystemClock),
             quiet(),
             shutdown,
         )
@@ -1081,23 +1015,28 @@ async fn run_all_syncs_a_snapshot_mapping_once_and_sends_nothing_the_second_time
     let summary = runs[0].result.as_ref().expect("the run finishes");
     assert_eq!(synced(summary), 2);
     assert_eq!(w.crm().len(), 2);
-    let before = w.requests();
+    let before = w.all_requests();
     let again = w.run_all().await;
     assert_eq!(synced(again[0].result.as_ref().unwrap()), 0);
-    assert_eq!(w.requests(), before, "an unchanged source sends no request");
+    assert_eq!(
+        w.all_requests(),
+        before,
+        "an unchanged source sends no request"
+    );
     assert_eq!(
         w.state_counts(&w.db.store).await,
         counts(&[("Complete", 2)])
     );
 }
 
-async fn a_snapshot_in_update_only_mode_updates_known_records_and_creates_none(backend: Backend) {
-    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
-        return;
-    };
+/// A snapshot that synced `a@x.io`, then turned to `mode`; `a@x.io` was
+/// renamed and `b@x.io` added, and the next run sent one and skipped the
+/// other.
+async fn after_turning_to_mode(backend: Backend, mode: &str) -> Option<World> {
+    let mut w = World::new(backend, "hubspot", Read::Table).await?;
     w.insert(&[(1, "a@x.io", "Ann A")]).await;
     w.run().await;
-    w.set_mode("update_only");
+    w.set_mode(mode).await;
     w.sql(format!(
         "UPDATE {} SET name = 'Anna A' WHERE id = 1",
         w.db.table
@@ -1105,8 +1044,14 @@ async fn a_snapshot_in_update_only_mode_updates_known_records_and_creates_none(b
     .await;
     w.insert(&[(2, "b@x.io", "Bob B")]).await;
     let summary = w.run().await;
-    assert_eq!(synced(&summary), 1);
-    assert_eq!(skipped(&summary), 1);
+    assert_eq!((synced(&summary), skipped(&summary)), (1, 1), "{mode}");
+    Some(w)
+}
+
+async fn a_snapshot_in_update_only_mode_updates_known_records_and_creates_none(backend: Backend) {
+    let Some(w) = after_turning_to_mode(backend, "update_only").await else {
+        return;
+    };
     assert_eq!(
         w.crm(),
         [("a@x.io".to_string(), "Anna".to_string())],
@@ -1117,21 +1062,9 @@ async fn a_snapshot_in_update_only_mode_updates_known_records_and_creates_none(b
 async fn a_snapshot_in_create_only_mode_creates_new_records_and_leaves_known_ones(
     backend: Backend,
 ) {
-    let Some(w) = World::new(backend, "hubspot", Read::Table).await else {
+    let Some(w) = after_turning_to_mode(backend, "create_only").await else {
         return;
     };
-    w.insert(&[(1, "a@x.io", "Ann A")]).await;
-    w.run().await;
-    w.set_mode("create_only");
-    w.sql(format!(
-        "UPDATE {} SET name = 'Anna A' WHERE id = 1",
-        w.db.table
-    ))
-    .await;
-    w.insert(&[(2, "b@x.io", "Bob B")]).await;
-    let summary = w.run().await;
-    assert_eq!(synced(&summary), 1);
-    assert_eq!(skipped(&summary), 1);
     assert_eq!(
         w.crm(),
         [("a@x.io", "Ann"), ("b@x.io", "Bob")].map(|(e, n)| (e.to_string(), n.to_string())),

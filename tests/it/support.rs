@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use engine::clock::{Clock, SystemClock};
 use engine::engine::{RunOptions, RunSummary, run_connector};
 use engine::plan::Plan;
+use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, ClaimedRow, Store, TableSpec};
 use futures::FutureExt;
 use serde_json::{Map, Value};
@@ -276,6 +277,18 @@ pub async fn plan_and_migrate(
     plan
 }
 
+/// The errors `engine check` finds in `config` against `env`, each as it
+/// prints them (file, line, message, hint).
+pub fn check_errors(config: &ConfigDir, env: &BTreeMap<String, String>) -> Vec<String> {
+    let checked = engine::check::check_dir(config.path(), env);
+    checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// The engine's defaults without progress lines.
 pub fn quiet() -> RunOptions {
     RunOptions {
@@ -293,16 +306,16 @@ pub async fn run_to_end(
     clock: Arc<dyn Clock>,
     options: RunOptions,
 ) -> Arc<RunSummary> {
-    try_run_to_end(plan, connector, db, env, clock, options)
+    try_run_to_end(plan, connector, &db.store, env, clock, options)
         .await
         .expect("the run finishes")
 }
 
-/// As [`run_to_end`], handing back the error a run stops with.
+/// As [`run_to_end`] over `store`, handing back the error a run stops with.
 pub async fn try_run_to_end(
     plan: &Arc<Plan>,
     connector: &str,
-    db: &TestDb,
+    store: &Store,
     env: &BTreeMap<String, String>,
     clock: Arc<dyn Clock>,
     options: RunOptions,
@@ -311,7 +324,7 @@ pub async fn try_run_to_end(
     run_connector(
         plan.clone(),
         connector,
-        db.store.clone(),
+        store.clone(),
         env,
         clock,
         options,
@@ -354,6 +367,27 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// `Deref` and `DerefMut` from a test's fixture to the harness it wraps:
+/// `wraps!(Fixture => harness: Harness)`.
+#[macro_export]
+macro_rules! wraps {
+    ($outer:ty => $field:ident: $inner:ty) => {
+        impl std::ops::Deref for $outer {
+            type Target = $inner;
+
+            fn deref(&self) -> &$inner {
+                &self.$field
+            }
+        }
+
+        impl std::ops::DerefMut for $outer {
+            fn deref_mut(&mut self) -> &mut $inner {
+                &mut self.$field
+            }
+        }
+    };
+}
+
 /// The engine driven in-process over one test's table: a config dir, the
 /// environment, and the plan checked from them with its tables migrated.
 pub struct Harness {
@@ -361,8 +395,9 @@ pub struct Harness {
     pub config: ConfigDir,
     pub env: BTreeMap<String, String>,
     pub plan: Arc<Plan>,
-    /// The connector [`Harness::run`] drives; its mapping has the same name
-    /// and is the one [`Harness::row`] and [`Harness::queue`] use.
+    /// The mapping [`Harness::row`] and [`Harness::queue`] use.
+    pub mapping: String,
+    /// Its connector: the one [`Harness::run`] drives.
     pub connector: String,
     /// The mappings whose tables are migrated (and again on a replan).
     mappings: Vec<String>,
@@ -371,7 +406,7 @@ pub struct Harness {
 impl Harness {
     /// Opens `backend`'s database, lets `write` fill `config` for its table,
     /// then plans against `env` and migrates `mappings` (the first is the
-    /// harness's connector). `None` when PostgreSQL is not reachable outside CI.
+    /// harness's mapping). `None` when PostgreSQL is not reachable outside CI.
     pub async fn start(
         backend: Backend,
         config: ConfigDir,
@@ -379,17 +414,46 @@ impl Harness {
         mappings: &[&str],
         write: impl FnOnce(&ConfigDir, &TestDb),
     ) -> Option<Harness> {
+        let first = mappings[0].to_string();
+        let write = |config: &ConfigDir, db: &TestDb| {
+            write(config, db);
+            first
+        };
+        Harness::open(backend, config, env, mappings, write).await
+    }
+
+    /// As [`Harness::start`] for a mapping over a table the test makes
+    /// itself (a snapshot's source, a view): nothing is migrated. `write`
+    /// fills `config` and names the harness's mapping.
+    pub async fn unmigrated(
+        backend: Backend,
+        config: ConfigDir,
+        env: BTreeMap<String, String>,
+        write: impl FnOnce(&ConfigDir, &TestDb) -> String,
+    ) -> Option<Harness> {
+        Harness::open(backend, config, env, &[], write).await
+    }
+
+    async fn open(
+        backend: Backend,
+        config: ConfigDir,
+        env: BTreeMap<String, String>,
+        migrated: &[&str],
+        write: impl FnOnce(&ConfigDir, &TestDb) -> String,
+    ) -> Option<Harness> {
         engine::install_crypto_provider();
         let db = TestDb::open(backend).await?;
-        write(&config, &db);
-        let plan = plan_and_migrate(&config, &env, &db, mappings).await;
+        let mapping = write(&config, &db);
+        let plan = plan_and_migrate(&config, &env, &db, migrated).await;
+        let connector = plan.mappings[&mapping].connector.clone();
         Some(Harness {
             db,
             config,
             env,
             plan,
-            connector: mappings[0].to_string(),
-            mappings: mappings.iter().map(|m| m.to_string()).collect(),
+            mapping,
+            connector,
+            mappings: migrated.iter().map(|m| m.to_string()).collect(),
         })
     }
 
@@ -420,6 +484,14 @@ impl Harness {
         self.plan = plan_and_migrate(&self.config, &self.env, &self.db, &mappings).await;
     }
 
+    /// The environment as [`run_engine`] takes it.
+    pub fn env_pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     /// The state columns of `mapping`.
     pub fn spec(&self, mapping: &str) -> &TableSpec {
         &self.plan.mappings[mapping].table
@@ -436,10 +508,10 @@ impl Harness {
         assert_eq!(inserted, rows.len() as u64);
     }
 
-    /// Inserts `rows` (JSON objects) queued for the harness's mapping, with
-    /// no retry spent.
+    /// Inserts `rows` (JSON objects) into the harness's mapping's table,
+    /// queued for it with no retry spent.
     pub async fn queue(&self, rows: impl IntoIterator<Item = Value>) {
-        let spec = self.spec(&self.connector);
+        let spec = self.spec(&self.mapping);
         let (status, retry_count) = (spec.processing_status.clone(), spec.retry_count.clone());
         let rows: Vec<Map<String, Value>> = rows
             .into_iter()
@@ -452,7 +524,13 @@ impl Harness {
                 row
             })
             .collect();
-        self.insert(&rows).await;
+        let inserted = self
+            .db
+            .store
+            .insert_rows(&spec.table, &rows)
+            .await
+            .expect("insert rows");
+        assert_eq!(inserted, rows.len() as u64);
     }
 
     /// Runs `connector` in this process until nothing is claimable.
@@ -477,14 +555,26 @@ impl Harness {
 
     /// As [`Harness::run_now`], handing back the error the run stops with.
     pub async fn try_run(&self) -> anyhow::Result<Arc<RunSummary>> {
-        let clock = Arc::new(SystemClock);
+        self.try_run_over(&self.db.store, Arc::new(SystemClock), quiet())
+            .await
+    }
+
+    /// Runs the harness's connector with `options` until nothing is
+    /// claimable, reading `source` (a read-only connection, say) instead of
+    /// the test's own, and hands back the error the run stops with.
+    pub async fn try_run_over(
+        &self,
+        source: &Store,
+        clock: Arc<dyn Clock>,
+        options: RunOptions,
+    ) -> anyhow::Result<Arc<RunSummary>> {
         try_run_to_end(
             &self.plan,
             &self.connector,
-            &self.db,
+            source,
             &self.env,
             clock,
-            quiet(),
+            options,
         )
         .await
     }
@@ -493,41 +583,46 @@ impl Harness {
     pub async fn row(&self, id: &str) -> Map<String, Value> {
         self.db
             .store
-            .fetch_row(self.spec(&self.connector), id)
+            .fetch_row(self.spec(&self.mapping), id)
             .await
             .expect("fetch row")
             .unwrap_or_else(|| panic!("no row {id}"))
     }
 }
 
-/// A shipped connector and mapping run in-process against the sandbox, over a
-/// fresh SQLite table.
+/// A [`Harness`] run in-process against the sandbox.
 pub struct SandboxHarness {
     pub harness: Harness,
-    pub sandbox: engine::sandbox::Sandbox,
+    pub sandbox: Sandbox,
 }
 
-impl std::ops::Deref for SandboxHarness {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
+wraps!(SandboxHarness => harness: Harness);
 
 impl SandboxHarness {
-    /// `connector` names both the shipped connector and its mapping.
-    pub async fn new(connector: &str, options: engine::sandbox::SandboxOptions) -> SandboxHarness {
+    /// A shipped connector and its mapping (`connector` names both) over a
+    /// fresh SQLite table.
+    pub async fn new(connector: &str, options: SandboxOptions) -> SandboxHarness {
+        SandboxHarness::around(options, |base_url| async move {
+            let env = engine::demo::sandbox_env(&base_url);
+            Harness::shipped(Backend::Sqlite, env, &[connector], |_| {}).await
+        })
+        .await
+        .expect("SQLite is always there")
+    }
+
+    /// Starts a sandbox on a free port, then the harness `start` makes for
+    /// the sandbox's base URL (`None` where `start` gives none: PostgreSQL
+    /// not reachable outside CI).
+    pub async fn around<F, Fut>(options: SandboxOptions, start: F) -> Option<SandboxHarness>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Option<Harness>>,
+    {
         engine::install_crypto_provider();
-        let sandbox =
-            engine::sandbox::Sandbox::start(engine::sandbox::SandboxOptions { port: 0, ..options })
-                .await
-                .unwrap();
-        let env = engine::demo::sandbox_env(&sandbox.base_url());
-        let harness = Harness::shipped(Backend::Sqlite, env, &[connector], |_| {})
-            .await
-            .expect("SQLite is always there");
-        SandboxHarness { harness, sandbox }
+        let options = SandboxOptions { port: 0, ..options };
+        let sandbox = Sandbox::start(options).await.expect("the sandbox starts");
+        let harness = start(sandbox.base_url()).await?;
+        Some(SandboxHarness { harness, sandbox })
     }
 
     /// Queues rows `(id, email)`, plus any extra columns, for this connector.
@@ -557,6 +652,13 @@ impl SandboxHarness {
         self.sandbox.stats()["requests"][route]
             .as_u64()
             .unwrap_or(0)
+    }
+
+    /// Every request the sandbox received, on any route.
+    pub fn all_requests(&self) -> u64 {
+        let stats = self.sandbox.stats();
+        let routes = stats["requests"].as_object().cloned().unwrap_or_default();
+        routes.values().filter_map(Value::as_u64).sum()
     }
 }
 

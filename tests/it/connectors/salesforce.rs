@@ -294,6 +294,64 @@ pub fn token_url_at(base_url: &str) -> impl FnOnce(String) -> String {
     }
 }
 
+/// An org holding `known@example.com` and two records keyed
+/// `twice@example.com`, whose API allocation is spent for requests about
+/// `busy@example.com`, changed by `adjust`; then `connector` (a shipped
+/// Salesforce file, its token URL pointed at the org) with `mapping`, and
+/// the rows every Salesforce test queues (see [`assert_the_shared_rows_ended`]).
+/// Returns the org, the sync, and the known record's id.
+pub async fn sync_against_an_org(
+    connector: &str,
+    mapping: &str,
+    adjust: impl FnOnce(&mut Org),
+) -> (Imitation<Org>, ExampleSync, String) {
+    let mut org = Org::default();
+    let known = org.seed("known@example.com", "Old");
+    org.seed("twice@example.com", "One");
+    org.seed("twice@example.com", "Two");
+    org.throttle_key = Some("busy@example.com".into());
+    adjust(&mut org);
+    let org = Imitation::start(org).await;
+    let token_url = token_url_at(&org.base_url);
+    let sync = ExampleSync::start(connector, &org.base_url, mapping, SECRETS, token_url).await;
+    sync.queue(&[
+        ("new", "new@example.com", "New Person"),
+        ("known", "Known@Example.com", "Known Person"),
+        ("twice", "twice@example.com", "Twice Person"),
+        ("bad", "bad.example.com", "Bad Person"),
+    ])
+    .await;
+    (org, sync, known)
+}
+
+/// The rows of [`sync_against_an_org`] ended as Salesforce decides: `new`
+/// created, `known` updated (matched despite its case), `twice` failed for
+/// matching several records (`twice_error` in its reason), `bad` failed with
+/// `bad_error`.
+pub async fn assert_the_shared_rows_ended(
+    org: &Imitation<Org>,
+    sync: &ExampleSync,
+    known: &str,
+    twice_error: &str,
+    bad_error: &str,
+) {
+    let new_id = org.with(|o| o.with_key("new@example.com")[0].id.clone());
+    assert_eq!(sync.ended("new").await, synced(&new_id));
+    assert_eq!(sync.ended("known").await, synced(known));
+    let twice = sync.ended("twice").await;
+    assert_eq!(twice.status, "Error");
+    let reason = twice.error.as_deref().unwrap_or_default();
+    assert!(reason.contains(twice_error), "{twice:?}");
+    assert_eq!(
+        sync.ended("bad").await,
+        Ended {
+            status: "Error".into(),
+            crm_id: None,
+            error: Some(bad_error.into()),
+        }
+    );
+}
+
 const MAPPING: &str = r#"
 [fields]
 LastName = "{{last_name name}}"
@@ -304,55 +362,21 @@ Email = "{{email}}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn salesforce_creates_updates_by_external_id_fails_on_several_matches_and_a_bad_email_and_hands_back_a_row_when_the_allocation_is_spent()
  {
-    let mut org = Org::default();
-    let known = org.seed("known@example.com", "Old");
-    org.seed("twice@example.com", "One");
-    org.seed("twice@example.com", "Two");
-    org.throttle_key = Some("busy@example.com".into());
-    let org = Imitation::start(org).await;
-    let sync = ExampleSync::start(
-        "salesforce",
-        &org.base_url,
-        MAPPING,
-        SECRETS,
-        token_url_at(&org.base_url),
-    )
-    .await;
-    sync.queue(&[
-        ("new", "new@example.com", "New Person"),
-        ("known", "Known@Example.com", "Known Person"),
-        ("twice", "twice@example.com", "Twice Person"),
-        ("bad", "bad.example.com", "Bad Person"),
-        ("busy", "busy@example.com", "Busy Person"),
-    ])
-    .await;
+    let (org, sync, known) = sync_against_an_org("salesforce", MAPPING, |_| {}).await;
+    sync.queue(&[("busy", "busy@example.com", "Busy Person")])
+        .await;
     sync.run().await;
 
-    let new_id = org.with(|o| o.with_key("new@example.com")[0].id.clone());
-    assert_eq!(sync.ended("new").await, synced(&new_id));
-    assert_eq!(sync.ended("known").await, synced(&known));
+    assert_the_shared_rows_ended(
+        &org,
+        &sync,
+        &known,
+        "HTTP 300 Multiple Choices",
+        "HTTP 400 Bad Request: Email: invalid email address: bad.example.com",
+    )
+    .await;
     let known_fields = org.with(|o| o.with_key("known@example.com")[0].fields.clone());
     assert_eq!(known_fields["LastName"], "Person");
-    let twice = sync.ended("twice").await;
-    assert_eq!(twice.status, "Error");
-    assert!(
-        twice
-            .error
-            .as_deref()
-            .unwrap()
-            .starts_with("HTTP 300 Multiple Choices"),
-        "{twice:?}"
-    );
-    assert_eq!(
-        sync.ended("bad").await,
-        Ended {
-            status: "Error".into(),
-            crm_id: None,
-            error: Some(
-                "HTTP 400 Bad Request: Email: invalid email address: bad.example.com".into()
-            ),
-        }
-    );
     // Nothing duplicated, nothing written on several matches.
     assert_eq!(org.with(|o| o.contacts.len()), 4);
     assert_eq!(org.count("POST /services/oauth2/token"), 1);

@@ -87,6 +87,7 @@ fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
 
 on_both_backends!(
     run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_error,
+    run_exits_1_when_the_crm_rejects_a_delete_and_the_row_ends_in_error_with_the_reason,
     json_logs_parse_and_never_carry_the_token_even_at_trace,
     a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status,
 );
@@ -108,12 +109,7 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
     let (first, second) = rows.split_at(7);
     f.insert(first).await;
     let mut run = f.spawn(&["run", "--connector", "hubspot"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(0, Duration::from_secs(10)).await;
     assert_eq!(f.count("hubspot", "Complete").await, 7);
 
     // Eight more rows, one with an address HubSpot rejects. Batch upsert by email is
@@ -122,12 +118,7 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
     f.insert(&[row(BAD_ID, "not-an-email")]).await;
     let upserts_before = f.requests("POST /crm/v3/objects/contacts/batch/upsert");
     let mut run = f.spawn(&["run", "--connector", "hubspot"]);
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        1,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(1, Duration::from_secs(10)).await;
     assert!(
         run.stderr()
             .contains("Batch rejected as a whole; splitting it"),
@@ -182,6 +173,53 @@ async fn run_exits_0_when_every_row_syncs_and_1_when_a_bad_row_is_isolated_in_er
         text(&f.row(BAD_ID).await, "hubspot_processing_status"),
         "Queued"
     );
+}
+
+/// A delete the CRM refuses for good fails its row as an upsert would: the
+/// row ends in `Error` with the CRM's reason, and the run exits 1 although
+/// the other delete went through.
+async fn run_exits_1_when_the_crm_rejects_a_delete_and_the_row_ends_in_error_with_the_reason(
+    backend: Backend,
+) {
+    let Some(f) = Fixture::new(backend, sandbox_options(0), super::brevo_deletes_records).await
+    else {
+        return;
+    };
+    let rows = generated_rows(2);
+    let (kept, refused) = (super::generated_id(1), super::generated_id(2));
+    f.insert(&rows).await;
+    f.run_now("brevo").await;
+    assert_eq!(f.sandbox.brevo_contacts().len(), 2);
+    // Brevo answers 400 "Invalid contact id" to an id that is not a number.
+    let crm_id = &f.spec("brevo").crm_id;
+    f.db.execute(format!(
+        "UPDATE \"{}\" SET \"{crm_id}\" = 'not-a-contact-id' WHERE id = '{refused}'",
+        f.db.table
+    ))
+    .await;
+    for id in [&kept, &refused] {
+        f.ask_to_delete("brevo", id).await;
+    }
+
+    let mut run = f.spawn(&["run", "--connector", "brevo"]);
+    run.assert_exits_with(1, Duration::from_secs(10)).await;
+
+    assert_eq!(
+        text(&f.row(&kept).await, "brevo_processing_status"),
+        "Deleted"
+    );
+    let failed = f.row(&refused).await;
+    assert_eq!(
+        text(&failed, "brevo_processing_status"),
+        "Error",
+        "{failed:?}"
+    );
+    assert_eq!(text(&failed, "brevo_sync_status"), "Error", "{failed:?}");
+    let reason = text(&failed, "brevo_processing_error");
+    assert!(reason.contains("Invalid contact id"), "{failed:?}");
+    // Refused for good: sent once, not retried; its contact is still there.
+    assert_eq!(f.requests("DELETE /v3/contacts/{identifier}"), 2);
+    assert_eq!(f.sandbox.brevo_contacts().len(), 1);
 }
 
 const TOKEN: &str = "pat-na1-E2E-SECRET-7f3c9a1d";
@@ -262,11 +300,7 @@ async fn a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status(bac
             "kind = \"api_key_header\"\nheader = \"api-key\"",
             "kind = \"api_key_query\"\nparam = \"api_key\"",
         );
-        config.edit(
-            "connectors/brevo.toml",
-            "max_attempts = 3",
-            "max_attempts = 1",
-        );
+        super::brevo_tries_once(config);
     })
     .await
     else {
@@ -282,12 +316,7 @@ async fn a_key_sent_in_the_query_string_never_shows_in_logs_errors_or_status(bac
     let mut run = f.spawn(&["--log-level", "trace", "run", "--connector", "brevo"]);
     // An unreachable host is the config's fault, not the rows': the run
     // stops (exit 2) naming the URL, and hands the rows back untouched.
-    assert_eq!(
-        run.exit_code(Duration::from_secs(10)).await,
-        2,
-        "{}",
-        run.stderr()
-    );
+    run.assert_exits_with(2, Duration::from_secs(10)).await;
     let stderr = run.stderr();
     assert!(stderr.contains("could not connect"), "{stderr}");
     assert!(

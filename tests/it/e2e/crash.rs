@@ -124,12 +124,7 @@ async fn a_run_killed_mid_batch_leaves_rows_processing_that_the_next_run_after_t
         (lease - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100);
     tokio::time::sleep(wait).await;
     let mut restart = f.spawn(&["run", "--connector", "hubspot"]);
-    assert_eq!(
-        restart.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        restart.stderr()
-    );
+    restart.assert_exits_with(0, Duration::from_secs(10)).await;
 
     assert_eq!(
         f.counts("hubspot").await,

@@ -122,12 +122,6 @@ async fn a_second_process_beyond_max_instances_1_exits_2_naming_max_instances(ba
         format!("stdout:\n{}stderr:\n{}", second.stdout(), second.stderr())
     );
 
-    first.terminate();
-    assert_eq!(
-        first.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        first.stderr()
-    );
+    first.stop_with(0).await;
     assert_eq!(f.count("brevo", "Complete").await, 3);
 }

@@ -208,13 +208,7 @@ async fn a_scrape_of_a_running_engine_has_every_series_with_the_rows_it_synced(b
     let (status, body) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, 200, "{body}");
 
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
 }
 
 #[tokio::test]
@@ -269,11 +263,5 @@ async fn a_connector_paused_by_a_broken_config_makes_readyz_fail_and_shows_in_th
         Some(3.0)
     );
     assert_eq!(f.count("brevo", "Queued").await, 3);
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
 }

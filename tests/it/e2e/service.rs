@@ -133,13 +133,7 @@ async fn run_all_watch_syncs_every_connector_and_stops_cleanly_on_sigterm(backen
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
     assert!(
         engine.stderr().contains("Signal received"),
         "{}",
@@ -164,8 +158,7 @@ async fn sigterm_during_run_all_on_the_shared_retry_columns_leaves_every_row_com
         || async { f.count("brevo", "Complete").await >= 5 },
     )
     .await;
-    engine.terminate();
-    let code = engine.exit_code(Duration::from_secs(10)).await;
+    let code = engine.stop().await;
     assert!(code <= 1, "exit {code}: {}", engine.stderr());
     for mapping in ["hubspot", "brevo"] {
         let counts = f.counts(mapping).await;

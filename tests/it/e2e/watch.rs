@@ -1,15 +1,18 @@
 //! `engine run --watch`: a long-running sync that picks up rows queued while it
 //! runs, and stops cleanly on SIGTERM, recording the rows it is sending first.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use engine::store::Backend;
+use serde_json::{Map, Value, json};
 
 use super::{
     Engine, Fixture, assert_each_row_synced_once, generated_rows, ids_of, sandbox_options, text,
     wait_for,
 };
 use crate::on_both_backends;
+use crate::scripted::{Reply, ScriptedCrm};
 use crate::support::execute;
 
 on_both_backends!(
@@ -64,13 +67,7 @@ async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
     .await;
 
     // Stopped while it sleeps between cycles.
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
     assert!(
         engine.stderr().contains("Signal received"),
         "{}",
@@ -79,7 +76,7 @@ async fn a_watching_run_syncs_rows_queued_after_it_started(backend: Backend) {
 }
 
 async fn sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0(backend: Backend) {
-    let Some(f) = Fixture::new(backend, sandbox_options(300), |config| {
+    let Some(mut f) = Fixture::new(backend, sandbox_options(0), |config| {
         config.edit(
             "mappings/brevo.toml",
             "interval_secs = 300",
@@ -91,59 +88,74 @@ async fn sigterm_lets_a_watching_run_record_its_in_flight_rows_and_exit_0(backen
     else {
         return;
     };
+    // Brevo's answer to a create, held until the test lets the CRM answer:
+    // the first batch stays in flight for as long as the test needs.
+    let crm = ScriptedCrm::start(vec![Reply::json(201, json!({"id": 7}))]).await;
+    crm.hold();
+    f.env.insert("BREVO_BASE_URL".into(), crm.base_url.clone());
     let rows = generated_rows(10);
     let ids = ids_of(&rows);
     f.insert(&rows).await;
-    // One worker, two rows per batch, 300 ms per request: five batches in ~1.5 s.
+    // One worker, two rows per batch: one batch at a time, a request per row.
     let mut engine = f.spawn(&["run", "--connector", "brevo", "--watch", "--workers", "1"]);
-    wait_for("a batch at the CRM", Duration::from_secs(10), || async {
-        f.in_flight() > 0
-    })
+    wait_for(
+        "the first batch's two requests at the CRM",
+        Duration::from_secs(30),
+        || async { crm.received().len() == 2 },
+    )
     .await;
-    let in_flight: Vec<String> = f
+    let in_flight: Vec<Map<String, Value>> = f
         .rows(&ids)
         .await
         .into_iter()
         .filter(|r| text(r, "brevo_processing_status") == "Processing")
-        .map(|r| text(&r, "id"))
         .collect();
-    assert!(
-        !in_flight.is_empty(),
-        "rows are Processing while their requests are in flight"
+    assert_eq!(
+        emails_of(&in_flight),
+        sent_emails(&crm),
+        "the rows Processing are those whose requests are in flight"
     );
     engine.terminate();
+    // The CRM answers only once the engine is stopping.
+    wait_for(
+        "the engine to take the signal",
+        Duration::from_secs(30),
+        || async { engine.stderr().contains("Signal received") },
+    )
+    .await;
+    crm.release();
 
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
-    let counts = f.counts("brevo").await;
-    assert_eq!(
-        counts.get("Processing"),
-        None,
-        "no row is left Processing: {counts:?}"
-    );
-    for id in &in_flight {
+    engine.assert_exits_with(0, Duration::from_secs(10)).await;
+    for row in &in_flight {
+        let id = text(row, "id");
         assert_eq!(
-            text(&f.row(id).await, "brevo_processing_status"),
+            text(&f.row(&id).await, "brevo_processing_status"),
             "Complete",
             "the in-flight row {id} was recorded"
         );
     }
-    // It stopped instead of draining the queue: later batches were never claimed.
-    let (complete, queued) = (
-        counts.get("Complete").copied().unwrap_or(0),
-        counts.get("Queued").copied().unwrap_or(0),
-    );
-    assert!(queued > 0, "{counts:?}");
-    assert_eq!(complete + queued, 10, "{counts:?}");
+    // It stopped instead of draining the queue: no later batch was claimed
+    // or sent.
     assert_eq!(
-        f.sandbox.brevo_contacts().len() as i64,
-        complete,
-        "the CRM holds the Complete rows and no other"
+        f.counts("brevo").await,
+        [("Complete".to_string(), 2), ("Queued".to_string(), 8)].into()
     );
+    assert_eq!(crm.received().len(), 2, "no request after the stop");
+}
+
+/// The lower-cased emails of `rows`.
+fn emails_of(rows: &[Map<String, Value>]) -> BTreeSet<String> {
+    rows.iter()
+        .map(|r| text(r, "email").to_lowercase())
+        .collect()
+}
+
+/// The emails Brevo was sent contacts for.
+fn sent_emails(crm: &ScriptedCrm) -> BTreeSet<String> {
+    crm.received()
+        .iter()
+        .filter_map(|r| r.body["email"].as_str().map(str::to_lowercase))
+        .collect()
 }
 
 async fn a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answers_again(
@@ -176,11 +188,5 @@ async fn a_watching_run_outlives_a_failed_cycle_and_syncs_once_the_database_answ
     )
     .await;
     assert_each_row_synced_once(&f, "brevo", &ids_of(&rows)).await;
-    engine.terminate();
-    assert_eq!(
-        engine.exit_code(Duration::from_secs(10)).await,
-        0,
-        "{}",
-        engine.stderr()
-    );
+    engine.stop_with(0).await;
 }
