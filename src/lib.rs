@@ -3,10 +3,11 @@
 //!
 //! # Map of the stages
 //! config → plan → claim → render → send → record, one home each:
-//! - **config** (`config`): raw TOML → typed structs, the JSON Schema gate,
-//!   spans for file:line:column; `diagnostic` prints located errors, `redact`
-//!   keeps secrets out of everything printed; `choices` holds the closed
-//!   choices a file spells and the runtime acts on as they are.
+//! - **config** (`config`): raw TOML → typed structs, the JSON Schema gate;
+//!   `source_file` keeps each file's text and the spans for file:line:column,
+//!   `diagnostic` prints located errors, `redact` keeps secrets out of
+//!   everything printed; `choices` holds the closed choices a file spells and
+//!   the runtime acts on as they are.
 //! - **plan** (`plan`, `fingerprint`, `change`): the validated, pure plan that `check`
 //!   builds and `run` executes; fingerprints of a mapping and of a row, and
 //!   whether a claimed row changed since the CRM confirmed it.
@@ -68,5 +69,6 @@ pub mod sandbox;
 pub mod send;
 pub mod service;
 pub mod snapshot;
+pub mod source_file;
 pub mod store;
 pub mod template;

@@ -18,104 +18,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::source_file::{SourceFile, SpanIndex};
 pub use connector::ConnectorFile;
 pub use mapping::MappingFile;
-use toml_json::SpanIndex;
-
-/// One config file's text and where each key is in it.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    /// Path shown to the user, relative to the config dir (`connectors/hubspot.toml`).
-    pub display: String,
-    /// The file's text.
-    pub text: String,
-    /// Spans by key path.
-    pub spans: SpanIndex,
-    /// The file as JSON (what the schema validated).
-    pub json: Value,
-}
-
-impl SourceFile {
-    /// A diagnostic pointing at the key `path` (or its nearest parent).
-    pub fn diagnostic_at_key(
-        &self,
-        severity: Severity,
-        path: &str,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        self.diagnostic_at(self.spans.key_span(path), severity, path, message)
-    }
-
-    /// A diagnostic pointing at the value of `path` (or its nearest parent).
-    pub fn diagnostic_at_value(
-        &self,
-        severity: Severity,
-        path: &str,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        self.diagnostic_at(self.spans.value_span(path), severity, path, message)
-    }
-
-    fn diagnostic_at(
-        &self,
-        span: Option<std::ops::Range<usize>>,
-        severity: Severity,
-        path: &str,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        let span = span.or_else(|| self.spans.nearest(path));
-        Diagnostic::at(severity, &self.display, &self.text, span, path, message)
-    }
-
-    /// A diagnostic at a byte offset inside the value of `path` (for template errors).
-    pub fn diagnostic_inside_value(
-        &self,
-        severity: Severity,
-        path: &str,
-        line: usize,
-        column: usize,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        let span = self.spans.value_span(path).map(|value| {
-            let offset = offset_in_string_literal(&self.text[value.clone()], line, column);
-            let start = value.start + offset;
-            start..start + 1
-        });
-        Diagnostic::at(severity, &self.display, &self.text, span, path, message)
-    }
-}
-
-/// Maps a (line, column) inside a string's content to a byte offset inside its TOML
-/// literal, skipping the opening quotes. Escapes make this approximate, which is fine
-/// for pointing a caret.
-fn offset_in_string_literal(literal: &str, line: usize, column: usize) -> usize {
-    let quote = if literal.starts_with("\"\"\"") || literal.starts_with("'''") {
-        3
-    } else {
-        1
-    };
-    let mut quote_len = quote.min(literal.len());
-    if quote == 3 && literal[quote_len..].starts_with('\n') {
-        quote_len += 1;
-    }
-    let content = &literal[quote_len..];
-    let mut offset = 0;
-    for (index, text_line) in content.split('\n').enumerate() {
-        if index + 1 == line {
-            let col: usize = text_line
-                .chars()
-                .take(column.saturating_sub(1))
-                .map(char::len_utf8)
-                .sum();
-            return quote_len + offset + col;
-        }
-        offset += text_line.len() + 1;
-    }
-    quote_len
-}
 
 /// A file that passed all three gates.
 #[derive(Debug, Clone)]

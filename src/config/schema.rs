@@ -7,9 +7,9 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
 use serde_json::Value;
 
-use super::SourceFile;
 use super::toml_json::{join_key, pointer_to_path};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::source_file::SourceFile;
 
 /// Which kind of file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

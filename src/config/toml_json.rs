@@ -1,48 +1,10 @@
 //! TOML → JSON with a span for every key and value, so that schema and plan
 //! errors found on the JSON can point back at the TOML line and column.
 
-use std::collections::HashMap;
-use std::ops::Range;
-
 use serde_json::{Map, Number, Value};
+
+use crate::source_file::SpanIndex;
 use toml::de::{DeTable, DeValue};
-
-/// Spans of one parsed file, by key path (`retry.max_attempts`, `rate_limits[0].requests`).
-#[derive(Debug, Default, Clone)]
-pub struct SpanIndex {
-    values: HashMap<String, Range<usize>>,
-    keys: HashMap<String, Range<usize>>,
-}
-
-impl SpanIndex {
-    /// Span of the key itself when known, else of its value.
-    pub fn key_span(&self, path: &str) -> Option<Range<usize>> {
-        self.keys
-            .get(path)
-            .or_else(|| self.values.get(path))
-            .cloned()
-    }
-
-    /// Span of the value at `path`.
-    pub fn value_span(&self, path: &str) -> Option<Range<usize>> {
-        self.values
-            .get(path)
-            .or_else(|| self.keys.get(path))
-            .cloned()
-    }
-
-    /// The nearest span at `path` or one of its parents, for errors on keys that are absent.
-    pub fn nearest(&self, path: &str) -> Option<Range<usize>> {
-        let mut current = path.to_string();
-        loop {
-            if let Some(span) = self.value_span(&current) {
-                return Some(span);
-            }
-            let cut = current.rfind(['.', '['])?;
-            current.truncate(cut);
-        }
-    }
-}
 
 /// Appends one segment to a key path: `a` + `b` = `a.b`; keys that are not
 /// bare TOML keys are quoted, so every path is unambiguous.
@@ -103,8 +65,8 @@ fn convert_table(table: &DeTable<'_>, path: &str, spans: &mut SpanIndex) -> Valu
     let mut map = Map::new();
     for (key, value) in table {
         let child = join_key(path, key.get_ref());
-        spans.keys.insert(child.clone(), key.span());
-        spans.values.insert(child.clone(), value.span());
+        spans.record_key(&child, key.span());
+        spans.record_value(&child, value.span());
         map.insert(
             key.get_ref().to_string(),
             convert_value(value.get_ref(), &child, spans),
@@ -137,7 +99,7 @@ fn convert_value(value: &DeValue<'_>, path: &str, spans: &mut SpanIndex) -> Valu
                 .enumerate()
                 .map(|(index, item)| {
                     let child = join_index(path, index);
-                    spans.values.insert(child.clone(), item.span());
+                    spans.record_value(&child, item.span());
                     convert_value(item.get_ref(), &child, spans)
                 })
                 .collect(),

@@ -15,9 +15,10 @@ use crate::config::connector::{
     UpsertMode,
 };
 use crate::config::toml_json::{join_index, join_key};
-use crate::config::{ConnectorFile, Loaded, SourceFile};
+use crate::config::{ConnectorFile, Loaded};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::redact::url_for_display;
+use crate::source_file::SourceFile;
 use crate::template::{CompiledPath, CompiledTree, Templates};
 
 /// Variables connector templates may use.

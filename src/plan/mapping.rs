@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 use super::templates::{VariableUse, check_tree};
 use super::{OnRemoved, SyncMode, is_identifier};
 use crate::config::mapping::{OnEmptyChoice, Schedule, SourceMode};
-use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile, SourceFile};
+use crate::config::{ConfigSet, ConnectorFile, Loaded, MappingFile};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::source_file::SourceFile;
 use crate::store::TableSpec;
 use crate::template::{CompiledTree, OnEmpty, Templates};
 

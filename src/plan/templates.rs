@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
-use crate::config::SourceFile;
 use crate::config::toml_json::{join_index, join_key};
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::source_file::SourceFile;
 use crate::template::{self, ENGINE_HELPERS};
 
 /// The [`VariableUse::name`] of a template that reads its whole render

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use super::Env;
 use super::pacing::{LimitsInForce, WindowPlan};
-use crate::config::SourceFile;
 use crate::config::connector::RateLimit;
 use crate::config::toml_json::join_key;
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::source_file::SourceFile;
 
 /// The variable that picks a tier: `<NAME>_TIER`.
 pub fn tier_env(connector: &str) -> String {
