@@ -7,9 +7,26 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::super::limits::Policy;
-use super::validate::PropError;
 
 pub(crate) const CORRELATION_HEADER: &str = "x-hubspot-correlation-id";
+
+/// One invalid property value, as listed in a VALIDATION_ERROR.
+#[derive(Debug, Clone)]
+pub(crate) struct PropError {
+    pub(crate) name: String,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl PropError {
+    pub(crate) fn invalid_email(name: &str, value: &str) -> Self {
+        PropError {
+            name: name.into(),
+            code: "INVALID_EMAIL",
+            message: format!("Email address {value} is invalid"),
+        }
+    }
+}
 
 /// One HubSpot error: a whole-request answer or, via [`HsError::item`], one
 /// entry of a 207's `errors[]`. Boxed: it travels in many `Result`s.

@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 use super::super::common::{is_valid_email, lock};
 use super::super::state::{App, Now};
 use super::batch::{Inputs, answer, check_count, check_unique, item_context, split, with_trace};
-use super::errors::{HsError, parse};
+use super::errors::{HsError, PropError, parse};
 use super::store::{Projection, Store};
-use super::validate::{PropError, Props, check_properties};
+use super::validate::{Props, check_properties};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

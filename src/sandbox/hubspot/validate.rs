@@ -7,7 +7,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use serde_json::{Map, Value};
 
 use super::super::common::is_valid_email;
-use super::errors::HsError;
+use super::errors::{HsError, PropError};
 
 /// Contact properties that exist in every sandbox portal.
 pub(crate) const DEFAULT_PROPERTIES: [&str; 14] = [
@@ -29,24 +29,6 @@ pub(crate) const DEFAULT_PROPERTIES: [&str; 14] = [
 
 /// Properties of HubSpot type `date`.
 const DATE_PROPERTIES: [&str; 1] = ["sync_date"];
-
-/// One invalid property value, as listed in a VALIDATION_ERROR.
-#[derive(Debug, Clone)]
-pub(crate) struct PropError {
-    pub(crate) name: String,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-}
-
-impl PropError {
-    pub(crate) fn invalid_email(name: &str, value: &str) -> Self {
-        PropError {
-            name: name.into(),
-            code: "INVALID_EMAIL",
-            message: format!("Email address {value} is invalid"),
-        }
-    }
-}
 
 /// Validated values: names to strings; an empty string means "clear".
 pub(crate) type Props = BTreeMap<String, String>;
