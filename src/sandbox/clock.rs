@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+/// One moment on the sandbox clock, with the search lag to apply to writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Now {
+    pub(crate) instant: Instant,
+    pub(crate) wall: DateTime<Utc>,
+    pub(crate) lag: Duration,
+}
+
 /// Real time shifted by a simulated offset that only ever grows.
 #[derive(Debug, Default)]
 pub(crate) struct Clock {

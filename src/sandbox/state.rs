@@ -2,27 +2,18 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::SandboxOptions;
 use super::brevo::store::Store as BrevoStore;
-use super::clock::Clock;
+use super::clock::{Clock, Now};
 use super::common::lock;
 use super::hubspot::store::Store as HubSpotStore;
 use super::hubspot::validate::DEFAULT_PROPERTIES;
 use super::limits::Limits;
 use super::stats::Stats;
-
-/// One moment on the sandbox clock, with the search lag to apply to writes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Now {
-    pub(crate) instant: Instant,
-    pub(crate) wall: DateTime<Utc>,
-    pub(crate) lag: Duration,
-}
 
 #[derive(Debug)]
 pub(crate) struct App {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::super::clock::Now;
 use super::super::common::iso;
-use super::super::state::Now;
 use super::validate::Props;
 
 /// The first id handed out; HubSpot's record ids are large integers.

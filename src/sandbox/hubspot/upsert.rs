@@ -13,8 +13,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::super::clock::Now;
 use super::super::common::{is_valid_email, lock};
-use super::super::state::{App, Now};
+use super::super::state::App;
 use super::batch::{Inputs, answer, check_count, check_unique, item_context, split, with_trace};
 use super::errors::{HsError, PropError, parse};
 use super::store::{Projection, Store};
