@@ -12,8 +12,8 @@ use serde_json::{Map, Value, json};
 
 use super::super::state::App;
 use super::errors::{BvError, parse};
-use super::store::Changes;
-use super::validate::{Ident, check_attributes, check_email, ident};
+use super::store::{Changes, Ident};
+use super::validate::{check_attributes, check_email, ident};
 
 /// The fields that create, update and batch update share.
 #[derive(Deserialize, Default)]

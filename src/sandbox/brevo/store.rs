@@ -7,7 +7,6 @@ use serde_json::{Value, json};
 
 use super::super::common::iso;
 use super::errors::BvError;
-use super::validate::Ident;
 
 /// What one write sets; an attribute mapped to `None` is cleared.
 #[derive(Debug, Default)]
@@ -26,6 +25,20 @@ impl Changes {
     pub(crate) fn sms(&self) -> Option<&str> {
         self.attributes.get("SMS")?.as_ref()?.as_str()
     }
+}
+
+/// How a lookup names its contact: a `/v3/contacts/{identifier}` path, or
+/// the identifiers a write carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ident {
+    Email(String),
+    Id(u64),
+    Sms(String),
+    ExtId(String),
+    /// Digits without `identifierType`: a contact id, else an SMS number.
+    IdOrSms(String),
+    /// A phone-like attribute (`WHATSAPP`, `LANDLINE_NUMBER`).
+    Attribute(&'static str, String),
 }
 
 #[derive(Debug)]

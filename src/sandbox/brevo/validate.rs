@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::super::common::is_valid_email;
 use super::errors::BvError;
-use super::store::Changes;
+use super::store::{Changes, Ident};
 
 /// Contact attributes that exist in every sandbox account.
 pub(crate) const DEFAULT_ATTRIBUTES: [&str; 6] = [
@@ -75,19 +75,6 @@ fn text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// How a `/v3/contacts/{identifier}` path names its contact.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Ident {
-    Email(String),
-    Id(u64),
-    Sms(String),
-    ExtId(String),
-    /// Digits without `identifierType`: a contact id, else an SMS number.
-    IdOrSms(String),
-    /// A phone-like attribute (`WHATSAPP`, `LANDLINE_NUMBER`).
-    Attribute(&'static str, String),
 }
 
 /// Reads the identifier per `identifierType`, or guesses as Brevo does.
