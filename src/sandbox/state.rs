@@ -69,7 +69,7 @@ impl App {
     /// Brevo's store, with every import whose processing delay is over applied.
     pub(crate) fn brevo_settled(&self) -> std::sync::MutexGuard<'_, BrevoStore> {
         let mut store = lock(&self.brevo);
-        super::brevo::import::settle(&mut store, self.clock.instant(), self.clock.wall());
+        super::brevo::apply::settle(&mut store, self.clock.instant(), self.clock.wall());
         store
     }
 

@@ -4,14 +4,11 @@
 //!
 //! An import answers 202 `{processId}` at once and is applied later: its
 //! process is `in_process` until a processing delay has passed on the
-//! sandbox clock, then `completed`. Rows Brevo would not import (an invalid
-//! email, a value an attribute refuses, an identifier another contact owns)
-//! are skipped silently: the process still ends `completed`, and nothing says
-//! which rows were left out. Attributes the account lacks are ignored, as
-//! the spec says. Only `jsonBody` is imitated (not `fileBody` or `fileUrl`).
+//! sandbox clock, then `completed` (how its rows are applied is in `apply`).
+//! Only `jsonBody` is imitated (not `fileBody` or `fileUrl`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -20,38 +17,18 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::super::common::{is_valid_email, lock};
+use super::super::common::lock;
 use super::super::state::App;
 use super::errors::{BvError, parse};
-use super::store::{Changes, Store};
-use super::validate::{DEFAULT_ATTRIBUTES, check_attributes};
+use super::process::{ImportContact, ImportRows, Process};
 
 /// Brevo's documented ceiling for `jsonBody` (8 MB recommended).
 pub(crate) const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
 
 /// The most contacts one listing page returns.
 const MAX_PAGE: usize = 1000;
-
-/// One import waiting to be applied.
-#[derive(Debug)]
-pub(crate) struct Process {
-    id: u64,
-    ready_at: Instant,
-    contacts: Vec<ImportContact>,
-    list_ids: Vec<u64>,
-    update_existing: bool,
-    done: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImportContact {
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    attributes: Map<String, Value>,
-}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,14 +79,14 @@ pub(crate) async fn import(State(app): State<Arc<App>>, body: Bytes) -> Result<R
     );
     let mut store = lock(&app.brevo);
     let id = store.next_process_id();
-    store.processes.push(Process {
-        id,
-        ready_at: app.clock.instant() + delay,
+    let rows = ImportRows {
         contacts,
         list_ids: body.list_ids,
         update_existing: body.update_existing_contacts,
-        done: false,
-    });
+    };
+    store
+        .processes
+        .push(Process::new(id, app.clock.instant() + delay, rows));
     Ok((StatusCode::ACCEPTED, Json(json!({ "processId": id }))).into_response())
 }
 
@@ -123,14 +100,18 @@ pub(crate) async fn process(
         .parse()
         .map_err(|_| BvError::invalid("processId should be an integer"))?;
     let store = app.brevo_settled();
-    let process = store.processes.iter().find(|p| p.id == id).ok_or_else(|| {
-        BvError::new(
-            StatusCode::NOT_FOUND,
-            "document_not_found",
-            "Process does not exist",
-        )
-    })?;
-    let status = if process.done {
+    let process = store
+        .processes
+        .iter()
+        .find(|p| p.id() == id)
+        .ok_or_else(|| {
+            BvError::new(
+                StatusCode::NOT_FOUND,
+                "document_not_found",
+                "Process does not exist",
+            )
+        })?;
+    let status = if process.done() {
         "completed"
     } else {
         "in_process"
@@ -138,69 +119,6 @@ pub(crate) async fn process(
     Ok(Json(
         json!({ "id": id, "status": status, "name": "IMPORTUSER" }),
     ))
-}
-
-/// Applies every import whose processing delay is over, in submit order.
-pub(crate) fn settle(store: &mut Store, now: Instant, wall: DateTime<Utc>) {
-    let mut due = Vec::new();
-    for process in &mut store.processes {
-        if !process.done && process.ready_at <= now {
-            process.done = true;
-            due.push((
-                std::mem::take(&mut process.contacts),
-                process.list_ids.clone(),
-                process.update_existing,
-            ));
-        }
-    }
-    for (contacts, list_ids, update_existing) in due {
-        for contact in contacts {
-            apply(store, contact, &list_ids, update_existing, wall);
-        }
-    }
-}
-
-/// Imports one contact, or skips it silently.
-fn apply(
-    store: &mut Store,
-    contact: ImportContact,
-    list_ids: &[u64],
-    update_existing: bool,
-    now: DateTime<Utc>,
-) {
-    let Some(email) = contact
-        .email
-        .map(|e| e.trim().to_lowercase())
-        .filter(|e| is_valid_email(e))
-    else {
-        return;
-    };
-    let known: Map<String, Value> = contact
-        .attributes
-        .into_iter()
-        .filter(|(name, _)| DEFAULT_ATTRIBUTES.contains(&name.as_str()) && name != "EMAIL")
-        .collect();
-    let mut changes = Changes {
-        email: Some(email),
-        list_ids: list_ids.to_vec(),
-        ..Changes::default()
-    };
-    if check_attributes(&known, &mut changes).is_err() {
-        return;
-    }
-    let target = store.existing(&changes).map(|(id, _)| id);
-    if target.is_some() && !update_existing {
-        return;
-    }
-    if store.check_unique(&changes, target, "import").is_err() {
-        return;
-    }
-    match target {
-        Some(id) => store.update(id, changes, now),
-        None => {
-            store.create(changes, now);
-        }
-    }
 }
 
 /// `GET /v3/contacts?limit&offset&modifiedSince&createdSince&sort`: one

@@ -1,8 +1,10 @@
 //! The Brevo contacts v3 imitation under `/v3/contacts`.
 
+pub(crate) mod apply;
 mod errors;
 mod handlers;
-pub(crate) mod import;
+mod import;
+mod process;
 pub(crate) mod store;
 mod validate;
 

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::super::common::iso;
 use super::errors::BvError;
+use super::process::Process;
 
 /// What one write sets; an attribute mapped to `None` is cleared.
 #[derive(Debug, Default)]
@@ -113,7 +114,7 @@ pub(crate) struct Store {
     /// every contact per row.
     by_sms: HashMap<String, u64>,
     /// Imports, applied once their processing delay is over.
-    pub(crate) processes: Vec<super::import::Process>,
+    pub(crate) processes: Vec<Process>,
 }
 
 impl Store {
