@@ -32,7 +32,7 @@ use engine::sandbox::{Sandbox, SandboxOptions};
 use engine::store::{Backend, Queue, RowResult, RowUpdate, Store, TableSpec};
 use support::child::{EngineRun, run_hubspot};
 use support::db::Db;
-use support::timeline::{Timeline, time_of};
+use support::timeline::{Timeline, sustained_fraction, write_if_asked};
 use support::{
     CpuTicks, completion, instances_config, load_average, max_in_flight, median,
     per_contact_brevo_config, plan_at, rate_limited, shipped_plan, total_requests,
@@ -507,23 +507,8 @@ async fn limited_run(s: &Limited, rows: u64, ceiling: &Ceiling) -> anyhow::Resul
         "only {complete} of {total} rows are Complete (summary: {summary:?}); sandbox stats {stats}"
     );
     db.store.close().await;
-    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
-        // A diagnostic: "seconds requests-arrived" per change, for plotting.
-        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
-            // Writing to a String cannot fail.
-            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
-            text
-        });
-        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
-    }
-    let n = s.window_requests;
-    let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
-        (Some(first), Some(last)) if ceiling.requests > n && last > first => {
-            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
-            Some(rate / (n as f64 / s.window.as_secs_f64()))
-        }
-        _ => None,
-    };
+    write_if_asked(&points, "")?;
+    let sustained = sustained_fraction(&points, s.window_requests, ceiling.requests, s.window);
     Ok(LimitedRun {
         elapsed,
         contacts_per_s: rows as f64 / elapsed.as_secs_f64(),
@@ -1016,22 +1001,8 @@ async fn multi_process_run(
         complete == total && total as u64 == rows,
         "only {complete} of {total} rows are Complete; sandbox stats {stats}"
     );
-    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
-        let text = points.iter().fold(String::new(), |mut text, (t, n)| {
-            let _ = writeln!(text, "{:.3} {n}", t.as_secs_f64());
-            text
-        });
-        let path = format!("{path}.x{processes}");
-        std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
-    }
-    let n = s.window_requests;
-    let sustained = match (time_of(&points, n), time_of(&points, ceiling.requests)) {
-        (Some(first), Some(last)) if ceiling.requests > n && last > first => {
-            let rate = (ceiling.requests - n) as f64 / last.saturating_sub(first).as_secs_f64();
-            Some(rate / (n as f64 / s.window.as_secs_f64()))
-        }
-        _ => None,
-    };
+    write_if_asked(&points, &format!(".x{processes}"))?;
+    let sustained = sustained_fraction(&points, s.window_requests, ceiling.requests, s.window);
     Ok(MultiRun {
         elapsed,
         contacts_per_s: rows as f64 / elapsed.as_secs_f64(),
