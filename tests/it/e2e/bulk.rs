@@ -3,14 +3,17 @@
 //! polled, and each row is confirmed by listing the contacts modified since
 //! the import; rows the import skipped take the per-row flow.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use engine::clock::ManualClock;
 use engine::store::Backend;
 use serde_json::Value;
 
 use super::{
-    Fixture, assert_each_row_synced_once, brevo_by_email, generated_rows, ids_of, sandbox_options,
-    text, wait_for,
+    Fixture, assert_each_row_synced_once, brevo_by_email, generated_rows, ids_of, parse_time,
+    sandbox_options, text, wait_for,
 };
 use crate::on_both_backends;
 
@@ -154,15 +157,32 @@ async fn a_run_killed_mid_import_resends_its_rows_after_the_lease_without_a_dupl
     )
     .await;
 
-    // While the lease holds, nothing takes the rows.
-    f.run_now("brevo").await;
+    // While the lease holds, nothing takes the rows. The clock is pinned just
+    // before the lease ends rather than read: on a loaded machine the steps
+    // above can outlast a short lease, and the real clock would then rightly
+    // let the run take the rows.
+    let lease = latest_lease(&f, &ids).await;
+    let before_lease = ManualClock::new(lease - chrono::Duration::milliseconds(500));
+    f.run("brevo", Arc::new(before_lease)).await;
     assert_eq!(f.count("brevo", "Processing").await, 300);
     assert_eq!(f.requests(IMPORT), 1);
 
     // After it, the rows go again as an import: an upsert of the same contacts.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let wait =
+        (lease - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100);
+    tokio::time::sleep(wait).await;
     f.run_now("brevo").await;
 
     assert_eq!(f.requests(IMPORT), 2);
     assert_each_row_synced_once(&f, "brevo", &ids).await;
+}
+
+/// When the last of these rows' leases ends (their `next_retry_at`).
+async fn latest_lease(f: &Fixture, ids: &[String]) -> DateTime<Utc> {
+    f.rows(ids)
+        .await
+        .iter()
+        .map(|row| parse_time(&text(row, "next_retry_at")))
+        .max()
+        .expect("claimed rows")
 }
