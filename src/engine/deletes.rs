@@ -11,8 +11,8 @@ use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::AssertSqlSafe;
 
-use super::Run;
 use super::decide::after_failure;
+use super::{LoopGate, Run};
 use crate::plan::MappingPlan;
 use crate::send::delete::DeleteTarget;
 use crate::snapshot::state::time_text;
@@ -40,6 +40,7 @@ pub(crate) async fn process_batch(
     mapping: &MappingPlan,
     store: &Store,
     due_by: DateTime<Utc>,
+    gate: &LoopGate,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc().trunc_subsecs(3);
     let lease = crate::engine::lease_deadline(now, mapping.schedule.lease).trunc_subsecs(3);
@@ -54,6 +55,7 @@ pub(crate) async fn process_batch(
     )
     .await
     .with_context(|| format!("claiming rows to delete from {}", spec.table))?;
+    gate.claimed(claimed.len(), mapping.schedule.batch_size as usize);
     if claimed.is_empty() {
         return Ok(0);
     }

@@ -558,16 +558,31 @@ async fn drain(
     let burst_rows = run.client.plan.burst_rows(mapping.mode);
     let loops = claim_loops(burst_rows, mapping.schedule.batch_size as usize, workers);
     tracing::debug!(mapping = %mapping.name, loops, "Claim loops.");
-    let loops = (0..loops).map(|_| {
+    // The other loops start once the first loop's claim comes back full: a
+    // backlog smaller than one claim is then one claim, not several claims
+    // racing for the same rows (on PostgreSQL `SKIP LOCKED` splits them, and
+    // a bulk job or a batch would go as several smaller ones). They give up
+    // when the first loop ends without one.
+    let (open_others, others_opened) = watch::channel(false);
+    let mut open_others = Some(open_others);
+    let loops = (0..loops).map(|index| {
         let run = run.clone();
         let mapping = mapping.clone();
         let queue = queue.clone();
+        let gate = LoopGate(if index == 0 { open_others.take() } else { None });
+        let mut opened = others_opened.clone();
         tokio::spawn(async move {
+            if !gate.opens() && opened.wait_for(|open| *open).await.is_err() {
+                return anyhow::Ok(());
+            }
             // A connector whose config failed claims nothing more.
             let changes = ChangeCheck::new(&run.plan, &mapping);
             let mut empty_claims = 0;
             while !*run.shutdown.borrow() && run.client.config_fault().is_none() {
-                if process_one_batch(&run, &mapping, changes.as_ref(), &queue, due_by).await? > 0 {
+                let claimed =
+                    process_one_batch(&run, &mapping, changes.as_ref(), &queue, due_by, &gate)
+                        .await?;
+                if claimed > 0 {
                     empty_claims = 0;
                 } else if !due_rows_were_locked(&run, &queue, empty_claims, due_by).await {
                     break;
@@ -584,6 +599,26 @@ async fn drain(
         handle.context("a sync worker panicked")??;
     }
     Ok(())
+}
+
+/// Lets a mapping's other claim loops start once the first loop's claim
+/// comes back full (see [`drain`]). Only the first loop's gate opens; the
+/// others' claims leave it as it is.
+pub(crate) struct LoopGate(Option<watch::Sender<bool>>);
+
+impl LoopGate {
+    /// Whether this loop's claims open the gate (it is the first loop).
+    fn opens(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// After a claim that took `rows` of the `limit` asked for: a full claim
+    /// means more rows may be due, so the other loops start.
+    pub(crate) fn claimed(&self, rows: usize, limit: usize) {
+        if let Some(open) = self.0.as_ref().filter(|_| rows >= limit) {
+            open.send_replace(true);
+        }
+    }
 }
 
 /// Claim loops never exceed this, however large a burst: each holds a
@@ -676,16 +711,21 @@ async fn process_one_batch(
     changes: Option<&ChangeCheck>,
     feed: &Feed,
     due_by: DateTime<Utc>,
+    gate: &LoopGate,
 ) -> anyhow::Result<usize> {
     match feed {
         Feed::Queue(queue) => {
-            let mut claimed = process_queue_batch(run, mapping, changes, queue, due_by).await?;
+            let mut claimed =
+                process_queue_batch(run, mapping, changes, queue, due_by, gate).await?;
             if mapping.on_removed == OnRemoved::Archive {
-                claimed += deletes::process_batch(run, mapping, queue.store(), due_by).await?;
+                claimed +=
+                    deletes::process_batch(run, mapping, queue.store(), due_by, gate).await?;
             }
             Ok(claimed)
         }
-        Feed::Snapshot(snapshot) => snapshot::process_batch(run, mapping, snapshot, due_by).await,
+        Feed::Snapshot(snapshot) => {
+            snapshot::process_batch(run, mapping, snapshot, due_by, gate).await
+        }
     }
 }
 
@@ -696,12 +736,13 @@ async fn process_queue_batch(
     changes: Option<&ChangeCheck>,
     queue: &Queue,
     due_by: DateTime<Utc>,
+    gate: &LoopGate,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = lease_deadline(now, mapping.schedule.lease);
-    let mut rows = queue
-        .claim(claim_size(run, mapping), now.min(due_by), lease)
-        .await?;
+    let limit = claim_size(run, mapping);
+    let mut rows = queue.claim(limit, now.min(due_by), lease).await?;
+    gate.claimed(rows.len(), limit);
     if rows.is_empty() {
         return Ok(0);
     }

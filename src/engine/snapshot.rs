@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::decide::{after_failure, decide};
-use super::{Run, handed_back, lease_deadline, send_bounded, sync_rows};
+use super::{LoopGate, Run, handed_back, lease_deadline, send_bounded, sync_rows};
 use crate::plan::MappingPlan;
 use crate::send::RowOutcome;
 use crate::send::delete::DeleteTarget;
@@ -22,12 +22,13 @@ pub(crate) async fn process_batch(
     mapping: &MappingPlan,
     feed: &SnapshotFeed,
     due_by: DateTime<Utc>,
+    gate: &LoopGate,
 ) -> anyhow::Result<usize> {
     let now = run.clock.utc();
     let lease = lease_deadline(now, mapping.schedule.lease);
-    let claimed = feed
-        .claim(mapping.schedule.batch_size as usize, now.min(due_by), lease)
-        .await?;
+    let limit = mapping.schedule.batch_size as usize;
+    let claimed = feed.claim(limit, now.min(due_by), lease).await?;
+    gate.claimed(claimed.len(), limit);
     if claimed.is_empty() {
         return Ok(0);
     }

@@ -1,5 +1,7 @@
 //! `max_instances` across processes: two `engine run` processes share one queue
 //! without sending a row twice, and a process beyond the limit is turned away.
+//! Within one process, its claim loops do not split a backlog that one claim
+//! holds.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use crate::on_both_backends;
 on_both_backends!(
     two_processes_with_max_instances_2_share_the_queue_and_send_each_row_once,
     a_second_process_beyond_max_instances_1_exits_2_naming_max_instances,
+    a_backlog_one_claim_holds_goes_as_one_claim_however_many_claim_loops_the_burst_asks_for,
 );
 
 const ROWS: usize = 200;
@@ -124,4 +127,32 @@ async fn a_second_process_beyond_max_instances_1_exits_2_naming_max_instances(ba
 
     first.stop_with(0).await;
     assert_eq!(f.count("brevo", "Complete").await, 3);
+}
+
+/// HubSpot's window lets 100 batches of 100 out at once, so a run starts 20
+/// claim loops of 500 rows. A backlog of 300 is one claim, so three full
+/// batches: loops racing for the same rows would split it (`SKIP LOCKED` on
+/// PostgreSQL hands each loop a part) into more, smaller batches.
+async fn a_backlog_one_claim_holds_goes_as_one_claim_however_many_claim_loops_the_burst_asks_for(
+    backend: Backend,
+) {
+    const UPSERT: &str = "POST /crm/v3/objects/contacts/batch/upsert";
+    let Some(f) = Fixture::new(backend, sandbox_options(0), |_| {}).await else {
+        return;
+    };
+    let rows = generated_rows(1_800);
+    for (round, backlog) in rows.chunks(300).enumerate() {
+        f.insert(backlog).await;
+        let before = f.requests(UPSERT);
+
+        let summary = f.run_now("hubspot").await;
+
+        assert!(summary.all_complete(), "round {round}");
+        assert_eq!(
+            f.requests(UPSERT) - before,
+            3,
+            "round {round}: 300 rows in batches of 100"
+        );
+    }
+    assert_each_row_synced_once(&f, "hubspot", &ids_of(&rows)).await;
 }
